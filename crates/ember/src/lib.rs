@@ -1,0 +1,55 @@
+//! Ember: transformer inference generic over burn's [`Backend`](burn::prelude::Backend).
+//!
+//! Load an [`Engine`] from an [`EngineConfig`] on whichever backend a backend crate
+//! (`ember-flex`, ...) hands you, open a [`Session`] per conversation, and generate:
+//!
+//! ```no_run
+//! # fn demo<B: burn::prelude::Backend>(device: B::Device) -> ember::Result<()> {
+//! use ember::{CancelToken, Engine, EngineConfig, RuntimeInfo};
+//! let config = EngineConfig::from_file("configs/cpu-f32.toml".as_ref())?;
+//! let runtime = RuntimeInfo { backend: "flex".into(), device: "cpu".into(), dtype: ember::DType::F32 };
+//! let engine = Engine::<B>::load(&config, &device, runtime)?;
+//! let mut session = engine.session();
+//! let stats = session.generate(&config.generation, &CancelToken::new(), &mut |text| print!("{text}"))?;
+//! println!("\n{} tokens", stats.generated_tokens);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod models;
+pub mod nn;
+pub mod sampling;
+pub mod source;
+pub mod tokenizer;
+
+pub use config::{AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message};
+pub use engine::{
+    CancelToken, Engine, FinishReason, GenerationStats, LoadProgress, RuntimeInfo, Session,
+};
+pub use error::{Error, Result};
+
+/// Work to run on whatever backend the config chose: backend crates call
+/// [`BackendJob::run`] with their concrete backend type and device.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` with `device`, described by `runtime`.
+    fn run<B: burn::prelude::Backend>(
+        self,
+        device: B::Device,
+        runtime: RuntimeInfo,
+    ) -> Self::Output;
+}
+
+/// What a backend crate can do, for `ember devices` and backend selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device name as written in configs (`cpu`, `cuda:0`, ...).
+    pub name: String,
+    /// Float types usable on it.
+    pub dtypes: Vec<DType>,
+}

@@ -1,0 +1,78 @@
+//! The key/value cache, allocated once for the whole context and written in place.
+
+use burn::prelude::*;
+
+/// Keys and values of every layer for positions `0..len`.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    /// Per layer: keys and values, each `[batch, kv_heads, capacity, head_dim]`.
+    layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// A cache for `capacity` positions.
+    pub fn new(
+        layers: usize,
+        batch: usize,
+        kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
+        let shape = [batch, kv_heads, capacity, head_dim];
+        Self {
+            layers: (0..layers)
+                .map(|_| (Tensor::zeros(shape, device), Tensor::zeros(shape, device)))
+                .collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets everything (the memory stays allocated).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Writes `k`, `v` (`[batch, kv_heads, seq, head_dim]`) of layer `layer` at positions
+    /// `len..len + seq` and returns keys and values for `0..len + seq`.
+    ///
+    /// The caller checks the capacity first and calls [`KvCache::advance`] after the last layer.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, heads, seq, dim] = k.dims();
+        let end = self.len + seq;
+        let (kc, vc) = &mut self.layers[layer];
+        let range = [0..batch, 0..heads, self.len..end, 0..dim];
+        *kc = kc.clone().slice_assign(range.clone(), k);
+        *vc = vc.clone().slice_assign(range, v);
+        let upto = [0..batch, 0..heads, 0..end, 0..dim];
+        (kc.clone().slice(upto.clone()), vc.clone().slice(upto))
+    }
+
+    /// Records that `seq` more positions were written to every layer.
+    pub fn advance(&mut self, seq: usize) {
+        self.len += seq;
+    }
+}

@@ -1,0 +1,101 @@
+//! Rotary position embeddings in Hugging Face's rotate-half convention.
+//!
+//! GGUF files converted by llama.cpp store Q/K permuted for interleaved rotation; the GGUF
+//! loader undoes that permutation, so one convention serves both formats.
+//! Follows `LlamaRotaryEmbedding` and `_compute_llama3_parameters` in huggingface/transformers
+//! `src/transformers/modeling_rope_utils.py`.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+/// Llama 3's frequency-dependent rope scaling (`rope_scaling.rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+pub struct Llama3Scaling {
+    /// Scale for low frequencies.
+    pub factor: f64,
+    /// Wavelength bound below which frequencies are scaled fully.
+    pub low_freq_factor: f64,
+    /// Wavelength bound above which frequencies are kept.
+    pub high_freq_factor: f64,
+    /// Context the model was first trained for.
+    pub original_max_position_embeddings: f64,
+}
+
+/// Inverse frequencies `theta^(-2i/d)`, optionally scaled, for `i < head_dim / 2`.
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3Scaling>) -> Vec<f64> {
+    let base: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let Some(s) = scaling else {
+        return base;
+    };
+    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / s.factor
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// Precomputed cos/sin tables for every position of the context.
+#[derive(Debug, Clone)]
+pub struct Rope<B: Backend> {
+    /// `[context, head_dim]`
+    cos: Tensor<B, 2>,
+    /// `[context, head_dim]`
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// Tables for positions `0..context`, computed in f64 on the host.
+    pub fn new(inv_freq: &[f64], context: usize, device: &B::Device) -> Self {
+        let head_dim = inv_freq.len() * 2;
+        let mut cos = Vec::with_capacity(context * head_dim);
+        let mut sin = Vec::with_capacity(context * head_dim);
+        for pos in 0..context {
+            for _ in 0..2 {
+                for &f in inv_freq {
+                    let angle = pos as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let table = |v| Tensor::from_data(TensorData::new(v, [context, head_dim]), device);
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+        }
+    }
+
+    /// Rotates `x: [batch, heads, seq, head_dim]` whose first position is `start`.
+    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        let [_, _, seq, head_dim] = x.dims();
+        let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();
+        let half = head_dim / 2;
+        let rotated = Tensor::cat(
+            vec![
+                x.clone().narrow(3, half, half).neg(),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        x.mul(cos).add(rotated.mul(sin))
+    }
+
+    /// Positions the tables cover.
+    pub fn context(&self) -> usize {
+        self.cos.dims()[0]
+    }
+}

@@ -1,0 +1,323 @@
+//! Tokenization (the `tokenizers` crate), chat templates (Jinja, through minijinja) and
+//! streaming detokenization that never emits broken UTF-8.
+
+use std::path::Path;
+
+use serde_json::{json, Value as Json};
+
+use crate::config::Message;
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+
+/// A model's tokenizer with its special tokens and chat template.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Token ids that end generation.
+    eos_ids: Vec<u32>,
+    bos_token: String,
+    eos_token: String,
+    /// Prepend `bos` to raw prompts (GGUF `tokenizer.ggml.add_bos_token`).
+    add_bos: Option<u32>,
+    chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .field("eos_ids", &self.eos_ids)
+            .finish()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl TextTokenizer {
+    /// Reads `tokenizer.json`, `tokenizer_config.json` (template, special tokens) and the
+    /// end-of-sequence ids of `config.json` / `generation_config.json` from a directory.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::model(dir, "tokenizer.json is missing"));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::model(&path, format!("invalid tokenizer.json: {e}")))?;
+        let read_json = |name: &str| -> Result<Json> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Ok(Json::Null);
+            }
+            let text = std::fs::read_to_string(&p).map_err(Error::io(&p))?;
+            serde_json::from_str(&text).map_err(|e| Error::model(&p, format!("invalid JSON: {e}")))
+        };
+        let tok_config = read_json("tokenizer_config.json")?;
+        let token_text = |v: &Json| -> Option<String> {
+            v.as_str()
+                .map(String::from)
+                .or_else(|| v.get("content").and_then(Json::as_str).map(String::from))
+        };
+        let bos_token = tok_config
+            .get("bos_token")
+            .and_then(token_text)
+            .unwrap_or_default();
+        let eos_token = tok_config
+            .get("eos_token")
+            .and_then(token_text)
+            .unwrap_or_default();
+        let chat_template = match tok_config.get("chat_template") {
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(Json::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                .and_then(|t| t.get("template").and_then(Json::as_str))
+                .map(String::from),
+            _ => None,
+        };
+        let mut eos_ids = Vec::new();
+        for name in ["generation_config.json", "config.json"] {
+            match read_json(name)?.get("eos_token_id") {
+                Some(Json::Number(n)) => eos_ids.extend(n.as_u64().map(|v| v as u32)),
+                Some(Json::Array(list)) => {
+                    eos_ids.extend(list.iter().filter_map(Json::as_u64).map(|v| v as u32))
+                }
+                _ => {}
+            }
+            if !eos_ids.is_empty() {
+                break;
+            }
+        }
+        if let Some(id) = inner.token_to_id(&eos_token) {
+            eos_ids.push(id);
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Ok(Self {
+            inner,
+            eos_ids,
+            bos_token,
+            eos_token,
+            add_bos: None,
+            chat_template,
+        })
+    }
+
+    /// Builds a byte-level BPE tokenizer from GGUF `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = file.path();
+        let g = |e| Error::Gguf {
+            path: path.into(),
+            source: e,
+        };
+        let model = file.get_str("tokenizer.ggml.model").map_err(g)?;
+        if model != "gpt2" {
+            return Err(Error::model(
+                path,
+                format!("tokenizer.ggml.model `{model}` cannot be built from GGUF yet (supported: gpt2); use a Hugging Face directory with tokenizer.json"),
+            ));
+        }
+        let tokens = file.get_strings("tokenizer.ggml.tokens").map_err(g)?;
+        let merges = file.get_strings("tokenizer.ggml.merges").map_err(g)?;
+        let types = file
+            .get_ints("tokenizer.ggml.token_type")
+            .unwrap_or_default();
+        let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre_tokenizer = match pre {
+            "default" | "gpt-2" | "gpt2" => byte_level.clone(),
+            "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level.clone()]}),
+            "llama-bpe" | "llama3" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            other => {
+                return Err(Error::model(
+                    path,
+                    format!("tokenizer.ggml.pre `{other}` is not supported (supported: default, gpt-2, smollm, llama-bpe)"),
+                ))
+            }
+        };
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        let mut added = Vec::new();
+        for (id, &tok) in tokens.iter().enumerate() {
+            vocab.insert(tok.to_string(), json!(id));
+            // 3: control, 4: user-defined (llama.cpp's llama_token_type).
+            let ty = types.get(id).copied().unwrap_or(1);
+            if ty == 3 || ty == 4 {
+                added.push(
+                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}),
+                );
+            }
+        }
+        let doc = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added, "normalizer": null, "pre_tokenizer": pre_tokenizer,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges},
+        });
+        let inner: tokenizers::Tokenizer = doc.to_string().parse().map_err(|e| {
+            Error::model(
+                path,
+                format!("cannot build the tokenizer from GGUF metadata: {e}"),
+            )
+        })?;
+        let id_of = |key: &str| file.get_u64(key).ok().map(|v| v as u32);
+        let text_of = |id: Option<u32>| {
+            id.and_then(|i| tokens.get(i as usize))
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
+        let bos = id_of("tokenizer.ggml.bos_token_id");
+        let eos = id_of("tokenizer.ggml.eos_token_id");
+        let mut eos_ids: Vec<u32> = [eos, id_of("tokenizer.ggml.eot_token_id")]
+            .into_iter()
+            .flatten()
+            .filter(|&i| (i as usize) < tokens.len())
+            .collect();
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            Ok(crate::format::gguf::Value::Bool(true)) => bos,
+            _ => None,
+        };
+        Ok(Self {
+            inner,
+            eos_ids,
+            bos_token: text_of(bos),
+            eos_token: text_of(eos),
+            add_bos,
+            chat_template: file
+                .get_str("tokenizer.chat_template")
+                .ok()
+                .map(String::from),
+        })
+    }
+
+    /// Token ids of `text`. `special` adds the model's BOS/EOS conventions, as Hugging Face
+    /// does for a raw prompt; chat templates already contain them.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, special).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        if let (true, Some(bos)) = (special, self.add_bos) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`, without special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(tok_err)
+    }
+
+    /// Ids that end generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Vocabulary size, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Whether the model ships a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// Renders `messages` through the model's chat template, ending with the assistant's turn.
+    pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
+        let source = self.chat_template.as_deref().ok_or_else(|| {
+            Error::Template(
+                "this model has no chat template; use generation.prompt instead of messages".into(),
+            )
+        })?;
+        render_template(source, messages, &self.bos_token, &self.eos_token)
+    }
+}
+
+/// Llama 3's pre-tokenizer split pattern.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Renders a Hugging Face chat template with `add_generation_prompt = true`.
+pub fn render_template(source: &str, messages: &[Message], bos: &str, eos: &str) -> Result<String> {
+    use minijinja::{context, Environment, ErrorKind};
+    let mut env = Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
+    env.add_template("chat", source)
+        .map_err(|e| Error::Template(format!("cannot parse: {e}")))?;
+    let template = env
+        .get_template("chat")
+        .map_err(|e| Error::Template(e.to_string()))?;
+    template
+        .render(context! {
+            messages => messages.iter().map(|m| context!{role => m.role, content => m.content}).collect::<Vec<_>>(),
+            add_generation_prompt => true,
+            bos_token => bos,
+            eos_token => eos,
+        })
+        .map_err(|e| Error::Template(format!("cannot render: {e}")))
+}
+
+/// Turns a stream of token ids into text pieces, holding back bytes that do not yet form
+/// complete UTF-8 characters (after candle's `TokenOutputStream`).
+#[derive(Debug, Default)]
+pub struct TokenStream {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl TokenStream {
+    /// An empty stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `id`; returns the text that became complete, if any.
+    pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> Result<Option<String>> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        self.ids.push(id);
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
+            let piece = now[before.len()..].to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(Some(piece))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whatever text is still held back (at the end of generation).
+    pub fn flush(&mut self, tokenizer: &TextTokenizer) -> Result<Option<String>> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
+        self.read = self.ids.len();
+        if now.len() > before.len() && now.is_char_boundary(before.len()) {
+            Ok(Some(now[before.len()..].to_string()))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Every id pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
