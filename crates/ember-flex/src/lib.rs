@@ -25,6 +25,13 @@ pub fn devices() -> Vec<DeviceInfo> {
 
 /// Runs `job` on flex with the device, dtype and threads of `spec`.
 pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
+    let (device, runtime) = init(spec)?;
+    Ok(job.run::<Flex>(device, runtime))
+}
+
+/// Checks `spec` against what flex supports, sets the CPU threads and the device's float
+/// type, and returns the device to run on.
+pub fn init(spec: &BackendConfig) -> Result<(FlexDevice, RuntimeInfo)> {
     if !matches!(spec.device.as_str(), "auto" | "cpu") {
         return Err(Error::Backend(format!(
             "the flex backend runs on device `cpu` only, not `{}`",
@@ -48,7 +55,7 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
         device: "cpu".into(),
         dtype,
     };
-    Ok(job.run::<Flex>(device, runtime))
+    Ok((device, runtime))
 }
 
 fn float_dtype(dtype: DType) -> FloatDType {

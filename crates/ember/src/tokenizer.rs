@@ -75,6 +75,15 @@ impl TextTokenizer {
                 .map(String::from),
             _ => None,
         };
+        // transformers >= 4.43 may write the template to its own file instead.
+        let template_file = dir.join("chat_template.jinja");
+        let chat_template = match chat_template {
+            Some(t) => Some(t),
+            None if template_file.is_file() => {
+                Some(std::fs::read_to_string(&template_file).map_err(Error::io(&template_file))?)
+            }
+            None => None,
+        };
         let mut eos_ids = Vec::new();
         for name in ["generation_config.json", "config.json"] {
             match read_json(name)?.get("eos_token_id") {

