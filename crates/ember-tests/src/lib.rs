@@ -267,6 +267,7 @@ macro_rules! backend_suite {
             fused_attention_equals_plain,
             streamed_text_equals_full_decode,
             prompt_longer_than_context_is_an_error,
+            malformed_checkpoints_are_errors,
             smollm2_matches_transformers,
         );
     };
@@ -278,4 +279,105 @@ macro_rules! backend_suite {
             }
         )*
     };
+}
+
+/// Copies the tiny HF model to a fresh temp directory for a test to damage.
+fn scratch_copy(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny/gqa-untied/hf")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Rewrites `model.safetensors` in `dir` after `edit` changes its (name -> (shape, f32 values)) map.
+fn rewrite_safetensors(dir: &std::path::Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>)) {
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, (shape, data))| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), out).unwrap();
+}
+
+/// Broken checkpoints fail to load with an error naming the problem: bad config.json,
+/// inconsistent sizes, unknown architecture, missing, misshapen and unused tensors.
+pub fn malformed_checkpoints_are_errors<B: Backend>(ctx: &Ctx<B>) {
+    let load_err = |dir: &PathBuf| -> String {
+        match Engine::<B>::load(&config_for(dir.clone(), AttentionImpl::Fused), &ctx.device, ctx.runtime.clone()) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    };
+    let edit_config = |dir: &PathBuf, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join("config.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+    };
+
+    let dir = scratch_copy("broken-json");
+    std::fs::write(dir.join("config.json"), "{\"architectures\": [\"LlamaForCausalLM\"], ").unwrap();
+    let m = load_err(&dir);
+    assert!(m.contains("config.json") && m.contains("invalid JSON"), "{m}");
+
+    let dir = scratch_copy("bad-heads");
+    edit_config(&dir, &|j| j["num_key_value_heads"] = 3.into());
+    let m = load_err(&dir);
+    assert!(m.contains("not a multiple of num_key_value_heads"), "{m}");
+
+    let dir = scratch_copy("missing-field");
+    edit_config(&dir, &|j| {
+        j.as_object_mut().unwrap().remove("hidden_size");
+    });
+    let m = load_err(&dir);
+    assert!(m.contains("missing field `hidden_size`"), "{m}");
+
+    let dir = scratch_copy("arch");
+    edit_config(&dir, &|j| j["architectures"] = serde_json::json!(["GPT2LMHeadModel"]));
+    let m = load_err(&dir);
+    assert!(m.contains("unsupported architecture `GPT2LMHeadModel`") && m.contains("LlamaForCausalLM"), "{m}");
+
+    let dir = scratch_copy("missing-tensor");
+    rewrite_safetensors(&dir, |t| {
+        t.remove("model.norm.weight");
+    });
+    let m = load_err(&dir);
+    assert!(m.contains("tensor `model.norm.weight` is missing"), "{m}");
+
+    let dir = scratch_copy("wrong-shape");
+    rewrite_safetensors(&dir, |t| {
+        t.insert("model.norm.weight".into(), (vec![31], vec![0; 31 * 4]));
+    });
+    let m = load_err(&dir);
+    assert!(m.contains("`model.norm.weight` has shape [31], expected [32]"), "{m}");
+
+    let dir = scratch_copy("unused");
+    rewrite_safetensors(&dir, |t| {
+        t.insert("model.layers.0.self_attn.q_norm.weight".into(), (vec![8], vec![0; 8 * 4]));
+    });
+    let m = load_err(&dir);
+    assert!(m.contains("1 unused tensors") && m.contains("q_norm"), "{m}");
+
+    let dir = scratch_copy("truncated");
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let m = load_err(&dir);
+    assert!(m.contains("invalid safetensors"), "{m}");
+
+    for tag in ["broken-json", "bad-heads", "missing-field", "arch", "missing-tensor", "wrong-shape", "unused", "truncated"] {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ember-{tag}-{}", std::process::id())));
+    }
 }

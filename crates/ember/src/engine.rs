@@ -83,13 +83,13 @@ impl<B: Backend> Engine<B> {
             Checkpoint::Gguf(path) => {
                 let file = GgufFile::open(path).map_err(|e| Error::Gguf {
                     path: path.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 let arch = file
                     .get_str("general.architecture")
                     .map_err(|e| Error::Gguf {
                         path: path.clone(),
-                        source: e,
+                        error: e,
                     })?;
                 Architecture::from_name(arch)?;
                 model_config = LlamaConfig::from_gguf(&file)?;

@@ -8,12 +8,12 @@ use crate::format::gguf::GgufError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading a file failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The engine config (TOML) is invalid.
     #[error("config {path}: {message}")]
@@ -24,12 +24,12 @@ pub enum Error {
         message: String,
     },
     /// A GGUF file was rejected.
-    #[error("GGUF {path}: {source}")]
+    #[error("GGUF {path}: {error}")]
     Gguf {
         /// The file.
         path: PathBuf,
         /// Which check failed.
-        source: GgufError,
+        error: GgufError,
     },
     /// A model directory or file is malformed (config.json, safetensors, metadata).
     #[error("model {path}: {message}")]
@@ -110,7 +110,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 
     pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {

@@ -117,7 +117,7 @@ impl TextTokenizer {
         let path = file.path();
         let g = |e| Error::Gguf {
             path: path.into(),
-            source: e,
+            error: e,
         };
         let model = file.get_str("tokenizer.ggml.model").map_err(g)?;
         if model != "gpt2" {

@@ -30,10 +30,10 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 #[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("not a GGUF file: magic is {found:?}, expected \"GGUF\"")]
     BadMagic { found: [u8; 4] },
@@ -413,9 +413,9 @@ fn min_value_size(ty: u32) -> Option<u64> {
 impl GgufFile {
     /// Memory-maps and validates the file at `path`.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; the file is not expected to change while it is open
