@@ -1,0 +1,557 @@
+//! Llama-family decoders (Llama 2/3.x, SmolLM2, TinyLlama, ...): one implementation whose
+//! sizes all come from the checkpoint's config.
+//!
+//! Follows huggingface/transformers `src/transformers/models/llama/modeling_llama.py`.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::TensorData;
+use serde::Deserialize;
+
+use crate::config::AttentionImpl;
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::{Loader, TensorStore};
+use crate::nn::attention::{causal_attention, repeat_kv};
+use crate::nn::kv_cache::KvCache;
+use crate::nn::rope::{inv_freq, Llama3Scaling, Rope};
+use crate::nn::{linear, rms_norm};
+
+/// A Llama checkpoint's `config.json`, in Hugging Face's field names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to the query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Per-head width; defaults to `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// RoPE scaling as written in `config.json` (`rope_type = "llama3"` is supported).
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Whether the output projection reuses the token embedding.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Per-frequency divisors of the rotary frequencies (GGUF `rope_freqs.weight`).
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f32>>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+impl LlamaConfig {
+    /// Per-head width.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Parses `config.json` text.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let config: Self = serde_json::from_str(text)
+            .map_err(|e| Error::model(path, format!("invalid Llama config.json: {e}")))?;
+        config.validate().map_err(|m| Error::model(path, m))?;
+        Ok(config)
+    }
+
+    /// Reads the `llama.*` metadata of a GGUF file.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = file.path();
+        let g = |e| Error::Gguf {
+            path: path.into(),
+            error: e,
+        };
+        let arch = file.get_str("general.architecture").map_err(g)?;
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_of = |k: &str| -> Result<usize> {
+            let v = file.get_u64(&key(k)).map_err(g)?;
+            usize::try_from(v)
+                .map_err(|_| Error::model(path, format!("{} = {v} is too large", key(k))))
+        };
+        let heads = usize_of("attention.head_count")?;
+        let kv_heads = match file.get_u64(&key("attention.head_count_kv")) {
+            Ok(v) => Some(v as usize),
+            Err(_) => None,
+        };
+        let hidden_size = usize_of("embedding_length")?;
+        let head_dim = match file.get_u64(&key("rope.dimension_count")) {
+            Ok(v) => Some(v as usize),
+            Err(_) => None,
+        };
+        let embed = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor {
+                path: path.into(),
+                name: "token_embd.weight".into(),
+            })?;
+        let vocab_size = embed.shape().first().copied().unwrap_or(0);
+        let rope_freq_factors = match file.tensor("rope_freqs.weight") {
+            Some(info) => Some(file.dequantize(info).map_err(g)?),
+            None => None,
+        };
+        let config = Self {
+            hidden_size,
+            intermediate_size: usize_of("feed_forward_length")?,
+            num_hidden_layers: usize_of("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: file
+                .get_f64(&key("attention.layer_norm_rms_epsilon"))
+                .map_err(g)?,
+            rope_theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_scaling: None,
+            max_position_embeddings: usize_of("context_length")?,
+            vocab_size,
+            tie_word_embeddings: file.tensor("output.weight").is_none(),
+            rope_freq_factors,
+        };
+        config.validate().map_err(|m| Error::model(path, m))?;
+        Ok(config)
+    }
+
+    /// Checks that the sizes are consistent; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        // Generous caps keep a hostile config from asking for absurd allocations.
+        if self.hidden_size > 1 << 16
+            || self.intermediate_size > 1 << 18
+            || self.num_hidden_layers > 1024
+        {
+            return Err(format!(
+                "implausible sizes (hidden_size {}, intermediate_size {}, layers {})",
+                self.hidden_size, self.intermediate_size, self.num_hidden_layers
+            ));
+        }
+        if self.vocab_size > 1 << 22 {
+            return Err(format!(
+                "vocab_size {} is implausibly large",
+                self.vocab_size
+            ));
+        }
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim()
+            ));
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size ({}) is not a multiple of num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(format!(
+                "rms_norm_eps must be positive, got {}",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(format!(
+                "rope_theta must be positive, got {}",
+                self.rope_theta
+            ));
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim() / 2 || f.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
+                return Err(format!(
+                    "rope_freqs has {} factors, expected {} positive ones",
+                    f.len(),
+                    self.head_dim() / 2
+                ));
+            }
+        }
+        self.llama3_scaling().map(|_| ())
+    }
+
+    fn llama3_scaling(&self) -> std::result::Result<Option<Llama3Scaling>, String> {
+        let Some(value) = &self.rope_scaling else {
+            return Ok(None);
+        };
+        if value.is_null() {
+            return Ok(None);
+        }
+        let kind = value
+            .get("rope_type")
+            .or_else(|| value.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        match kind {
+            "default" => Ok(None),
+            "llama3" => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|e| format!("rope_scaling: {e}")),
+            other => Err(format!(
+                "rope_scaling type `{other}` is not supported (supported: llama3)"
+            )),
+        }
+    }
+
+    /// The rotary inverse frequencies, with scaling applied.
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let scaling = self.llama3_scaling().ok().flatten();
+        let mut freqs = inv_freq(self.head_dim(), self.rope_theta, scaling.as_ref());
+        if let Some(factors) = &self.rope_freq_factors {
+            for (f, &d) in freqs.iter_mut().zip(factors) {
+                *f /= f64::from(d);
+            }
+        }
+        freqs
+    }
+}
+
+/// How many positions' logits [`Llama::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (scoring, tests).
+    All,
+}
+
+#[derive(Debug)]
+struct SelfAttention<B: Backend> {
+    q_proj: Tensor<B, 2>,
+    k_proj: Tensor<B, 2>,
+    v_proj: Tensor<B, 2>,
+    o_proj: Tensor<B, 2>,
+}
+
+#[derive(Debug)]
+struct Mlp<B: Backend> {
+    gate_proj: Tensor<B, 2>,
+    up_proj: Tensor<B, 2>,
+    down_proj: Tensor<B, 2>,
+}
+
+#[derive(Debug)]
+struct DecoderLayer<B: Backend> {
+    input_layernorm: Tensor<B, 1>,
+    self_attn: SelfAttention<B>,
+    post_attention_layernorm: Tensor<B, 1>,
+    mlp: Mlp<B>,
+}
+
+/// A loaded Llama model; immutable, its state lives in the [`KvCache`] passed to `forward`.
+#[derive(Debug)]
+pub struct Llama<B: Backend> {
+    config: LlamaConfig,
+    /// `[vocab, hidden]`
+    embed_tokens: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: Tensor<B, 1>,
+    /// `[hidden, vocab]`
+    lm_head: Tensor<B, 2>,
+    rope: Rope<B>,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads weights by their Hugging Face names; RoPE tables cover `context` positions.
+    pub fn load(
+        config: LlamaConfig,
+        loader: &Loader<'_, B>,
+        context: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let h = config.hidden_size;
+        let (heads, kv_heads, hd) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.head_dim(),
+        );
+        let inter = config.intermediate_size;
+        let embed_tokens = loader.tensor("model.embed_tokens.weight", [config.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = |name: &str| format!("model.layers.{i}.{name}");
+            layers.push(DecoderLayer {
+                input_layernorm: loader.tensor(&p("input_layernorm.weight"), [h])?,
+                self_attn: SelfAttention {
+                    q_proj: loader.linear(&p("self_attn.q_proj.weight"), heads * hd, h)?,
+                    k_proj: loader.linear(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
+                    v_proj: loader.linear(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                    o_proj: loader.linear(&p("self_attn.o_proj.weight"), h, heads * hd)?,
+                },
+                post_attention_layernorm: loader
+                    .tensor(&p("post_attention_layernorm.weight"), [h])?,
+                mlp: Mlp {
+                    gate_proj: loader.linear(&p("mlp.gate_proj.weight"), inter, h)?,
+                    up_proj: loader.linear(&p("mlp.up_proj.weight"), inter, h)?,
+                    down_proj: loader.linear(&p("mlp.down_proj.weight"), h, inter)?,
+                },
+            });
+        }
+        let norm = loader.tensor("model.norm.weight", [h])?;
+        let lm_head = if config.tie_word_embeddings {
+            loader.linear("model.embed_tokens.weight", config.vocab_size, h)?
+        } else {
+            loader.linear("lm_head.weight", config.vocab_size, h)?
+        };
+        if config.rope_freq_factors.is_some() {
+            loader.skip(GGUF_ROPE_FREQS);
+        }
+        let rope = Rope::new(&config.inv_freq(), context, device);
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// A KV cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            batch,
+            c.kv_heads(),
+            capacity.min(self.rope.context()),
+            c.head_dim(),
+            device,
+        )
+    }
+
+    /// Runs `tokens: [batch, seq]` at positions `cache.len()..cache.len() + seq`, appending
+    /// their keys and values to `cache`.
+    ///
+    /// Returns logits `[batch, seq, vocab]` ([`Logits::All`]) or `[batch, 1, vocab]` ([`Logits::Last`]).
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        attention: AttentionImpl,
+        logits: Logits,
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = tokens.dims();
+        let start = cache.len();
+        if start + seq > cache.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt: start + seq,
+                context: cache.capacity(),
+                max_new_tokens: 0,
+            });
+        }
+        let c = &self.config;
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, tokens.reshape([batch * seq]))
+            .reshape([batch, seq, c.hidden_size]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
+            let a = &layer.self_attn;
+            // [batch, seq, heads * hd] -> [batch, heads, seq, hd]
+            let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
+            let q = self
+                .rope
+                .apply(split(linear(h.clone(), &a.q_proj), heads), start);
+            let k = self
+                .rope
+                .apply(split(linear(h.clone(), &a.k_proj), kv_heads), start);
+            let v = split(linear(h, &a.v_proj), kv_heads);
+            let (k, v) = cache.append(i, k, v);
+            let groups = heads / kv_heads;
+            let out = causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention);
+            // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
+            let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
+            x = x.add(linear(out, &a.o_proj));
+
+            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, c.rms_norm_eps);
+            let m = &layer.mlp;
+            let gated = silu(linear(h.clone(), &m.gate_proj)).mul(linear(h, &m.up_proj));
+            x = x.add(linear(gated, &m.down_proj));
+        }
+        cache.advance(seq);
+        let x = match logits {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, seq - 1, 1),
+        };
+        let x = rms_norm(x, &self.norm, c.rms_norm_eps);
+        Ok(linear(x, &self.lm_head))
+    }
+}
+
+/// Token ids as a `[1, len]` tensor.
+pub fn token_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let len = ids.len();
+    Tensor::from_data(TensorData::new(ids, [1, len]), device)
+}
+
+const GGUF_ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Hugging Face name -> llama.cpp name, for tensors outside the layers.
+const GGUF_NAMES: &[(&str, &str)] = &[
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+    (GGUF_ROPE_FREQS, GGUF_ROPE_FREQS),
+];
+
+/// Hugging Face name -> llama.cpp name, inside `model.layers.N.` / `blk.N.`.
+const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+/// A llama.cpp GGUF file seen through Hugging Face names, with Q/K rows un-permuted back
+/// from llama.cpp's interleaved-RoPE order.
+pub struct GgufLlamaStore<'a> {
+    file: &'a GgufFile,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl<'a> GgufLlamaStore<'a> {
+    /// Wraps `file` for a model with `config`'s head counts.
+    pub fn new(file: &'a GgufFile, config: &LlamaConfig) -> Self {
+        Self {
+            file,
+            heads: config.num_attention_heads,
+            kv_heads: config.kv_heads(),
+        }
+    }
+
+    fn to_gguf(hf: &str) -> Option<String> {
+        if let Some((_, g)) = GGUF_NAMES.iter().find(|(h, _)| *h == hf) {
+            return Some((*g).into());
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (index, name) = rest.split_once('.')?;
+        let (_, g) = GGUF_LAYER_NAMES.iter().find(|(h, _)| *h == name)?;
+        Some(format!("blk.{index}.{g}"))
+    }
+
+    fn to_hf(gguf: &str) -> String {
+        if let Some((h, _)) = GGUF_NAMES.iter().find(|(_, g)| *g == gguf) {
+            return (*h).into();
+        }
+        let mapped = gguf.strip_prefix("blk.").and_then(|rest| {
+            let (index, name) = rest.split_once('.')?;
+            let (h, _) = GGUF_LAYER_NAMES.iter().find(|(_, g)| *g == name)?;
+            Some(format!("model.layers.{index}.{h}"))
+        });
+        mapped.unwrap_or_else(|| gguf.into())
+    }
+}
+
+impl TensorStore for GgufLlamaStore<'_> {
+    fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.file
+            .tensors()
+            .iter()
+            .map(|t| Self::to_hf(&t.name))
+            .collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.file.tensor(&Self::to_gguf(name)?).map(|t| t.shape())
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        let Some(info) = Self::to_gguf(name).and_then(|g| self.file.tensor(&g)) else {
+            return Ok(None);
+        };
+        let values = self.file.dequantize(info).map_err(|e| Error::Gguf {
+            path: self.file.path().into(),
+            error: e,
+        })?;
+        let heads = if name.ends_with("self_attn.q_proj.weight") {
+            self.heads
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            self.kv_heads
+        } else {
+            return Ok(Some(values));
+        };
+        let shape = info.shape();
+        Ok(Some(unpermute_rope_rows(
+            &values, heads, shape[0], shape[1],
+        )))
+    }
+}
+
+/// Undoes llama.cpp's `permute` of Q/K rows: per head, rows `[hd/2, 2]` -> `[2, hd/2]`.
+fn unpermute_rope_rows(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for a in 0..2 {
+            for b in 0..half {
+                let hf_row = h * hd + a * half + b;
+                let gguf_row = h * hd + b * 2 + a;
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&values[gguf_row * cols..(gguf_row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
