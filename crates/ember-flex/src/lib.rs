@@ -2,8 +2,6 @@
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::Flex;
-use burn::tensor::backend::{get_device_settings, set_default_dtypes, DeviceError};
-use burn::tensor::{FloatDType, IntDType};
 use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
 
 /// The name configs use for this backend.
@@ -29,8 +27,8 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     Ok(job.run::<Flex>(device, runtime))
 }
 
-/// Checks `spec` against what flex supports, sets the CPU threads and the device's float
-/// type, and returns the device to run on.
+/// Checks `spec` against what flex supports, sets the CPU threads, and returns the device
+/// and what runs there (the engine creates its tensors in `runtime.dtype`).
 pub fn init(spec: &BackendConfig) -> Result<(FlexDevice, RuntimeInfo)> {
     if !matches!(spec.device.as_str(), "auto" | "cpu") {
         return Err(Error::Backend(format!(
@@ -49,39 +47,10 @@ pub fn init(spec: &BackendConfig) -> Result<(FlexDevice, RuntimeInfo)> {
             .build_global();
     }
     let device = FlexDevice;
-    set_dtype(&device, dtype)?;
     let runtime = RuntimeInfo {
         backend: NAME.into(),
         device: "cpu".into(),
         dtype,
     };
     Ok((device, runtime))
-}
-
-fn float_dtype(dtype: DType) -> FloatDType {
-    match dtype {
-        DType::F16 => FloatDType::F16,
-        DType::Bf16 => FloatDType::BF16,
-        DType::F32 | DType::Auto => FloatDType::F32,
-    }
-}
-
-/// Sets the device's default float type; a second run in the same process may only ask for
-/// the type already set (burn fixes it per device for the process).
-fn set_dtype(device: &FlexDevice, dtype: DType) -> Result<()> {
-    let wanted = float_dtype(dtype);
-    match set_default_dtypes::<Flex>(device, wanted, IntDType::I64) {
-        Ok(()) => Ok(()),
-        Err(DeviceError::AlreadyInitialized { .. }) => {
-            let current = get_device_settings::<Flex>(device).float_dtype;
-            if current == wanted {
-                Ok(())
-            } else {
-                Err(Error::Backend(format!(
-                    "this process already runs flex in {current:?}; burn cannot switch the CPU device to {dtype}"
-                )))
-            }
-        }
-        Err(e) => Err(Error::Backend(format!("flex cannot use {dtype}: {e}"))),
-    }
 }

@@ -1,21 +1,27 @@
-//! The shared model suite on flex, in f32.
+//! The shared model suite on flex, in f32 and in the reduced precisions flex supports.
+//!
+//! Tolerances (max abs logit error against `transformers` in f32, and top-1 agreement):
+//! f32 1e-4 and exact greedy tokens; f16 and bf16 see the README's precision table.
 
 use ember::{BackendConfig, DType};
 use ember_tests::{backend_suite, Ctx};
 
-fn ctx() -> Ctx<ember_flex::Backend> {
+fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_flex::Backend> {
     let spec = BackendConfig {
         name: "flex".into(),
         device: "cpu".into(),
-        dtype: DType::F32,
+        dtype,
         ..BackendConfig::default()
     };
-    let (device, runtime) = ember_flex::init(&spec).expect("flex runs in f32");
+    let (device, runtime) = ember_flex::init(&spec).expect("flex runs this dtype");
     Ctx {
         device,
         runtime,
-        logits_tol: 1e-4,
+        logits_tol,
+        min_top1,
     }
 }
 
-backend_suite!(ember_flex::Backend, ctx());
+backend_suite!(f32, ember_flex::Backend, ctx(DType::F32, 1e-4, 1.0));
+backend_suite!(f16, ember_flex::Backend, ctx(DType::F16, 1e-1, 0.9));
+backend_suite!(bf16, ember_flex::Backend, ctx(DType::Bf16, 5e-1, 0.8));

@@ -22,6 +22,20 @@ pub struct Ctx<B: Backend> {
     pub runtime: RuntimeInfo,
     /// Largest absolute logit error accepted against the f32 reference.
     pub logits_tol: f32,
+    /// Smallest fraction of positions whose top-1 token must equal the f32 reference's;
+    /// 1.0 (f32) also requires free-running greedy generation to match token for token.
+    pub min_top1: f32,
+}
+
+impl<B: Backend> Ctx<B> {
+    /// Whether results must match the f32 reference exactly (greedy token for token).
+    pub fn exact(&self) -> bool {
+        self.min_top1 >= 1.0
+    }
+
+    fn dtype(&self) -> burn::tensor::DType {
+        self.runtime.dtype.to_burn().expect("a resolved dtype")
+    }
 }
 
 /// Tiny random-init variants made by the reference script.
@@ -89,6 +103,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Fraction of positions whose argmax agrees between two `[positions, vocab]` logit sets.
+pub fn top1_agreement(a: &[f32], b: &[f32], vocab: usize) -> f32 {
+    let rows = a.len() / vocab;
+    let same = a
+        .chunks_exact(vocab)
+        .zip(b.chunks_exact(vocab))
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count();
+    same as f32 / rows as f32
+}
+
 /// Greedy continuation of `prompt` for `n` tokens, one decode step at a time.
 pub fn greedy<B: Backend>(engine: &Engine<B>, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut session = engine.session();
@@ -132,8 +157,16 @@ pub fn tiny_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
                 "{what}: max logit error {err} > {}",
                 ctx.logits_tol
             );
-            let tokens = greedy(&engine, &expected.prompt_ids, expected.greedy.len());
-            assert_eq!(tokens, expected.greedy, "{what}: greedy tokens");
+            let top1 = top1_agreement(&got, &want, expected.logits[0].len());
+            assert!(
+                top1 >= ctx.min_top1,
+                "{what}: top-1 agreement {top1} < {}",
+                ctx.min_top1
+            );
+            if ctx.exact() {
+                let tokens = greedy(&engine, &expected.prompt_ids, expected.greedy.len());
+                assert_eq!(tokens, expected.greedy, "{what}: greedy tokens");
+            }
         }
     }
 }
@@ -188,10 +221,11 @@ pub fn fused_attention_equals_plain<B: Backend>(ctx: &Ctx<B>) {
     use burn::tensor::Distribution;
     B::seed(&ctx.device, 42);
     for (q_len, k_len) in [(7, 7), (3, 9), (1, 9)] {
-        let shape = |s| [2, 4, s, 16];
-        let q = Tensor::<B, 4>::random(shape(q_len), Distribution::Normal(0.0, 1.0), &ctx.device);
-        let k = Tensor::<B, 4>::random(shape(k_len), Distribution::Normal(0.0, 1.0), &ctx.device);
-        let v = Tensor::<B, 4>::random(shape(k_len), Distribution::Normal(0.0, 1.0), &ctx.device);
+        let random = |s| {
+            Tensor::<B, 4>::random([2, 4, s, 16], Distribution::Normal(0.0, 1.0), &ctx.device)
+                .cast(ctx.dtype())
+        };
+        let (q, k, v) = (random(q_len), random(k_len), random(k_len));
         let fused = causal_attention(q.clone(), k.clone(), v.clone(), AttentionImpl::Fused);
         let plain = causal_attention(q, k, v, AttentionImpl::Plain);
         let f: Vec<f32> = fused.into_data().iter::<f32>().collect();
@@ -304,6 +338,7 @@ pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
         expected.chat_ids,
         "chat ids"
     );
+    let vocab = engine.model().config().vocab_size;
     for case in &expected.cases {
         // transformers adds a BOS that this GGUF's add_bos_token = false rules out, so the
         // text's own tokens are compared, and the greedy run starts from transformers' ids.
@@ -313,16 +348,47 @@ pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
             "{:?}: text ids",
             case.prompt
         );
-        let got = greedy(&engine, &case.prompt_ids, case.greedy.len());
-        assert_eq!(got, case.greedy, "{:?}: greedy tokens", case.prompt);
+        if ctx.exact() {
+            let got = greedy(&engine, &case.prompt_ids, case.greedy.len());
+            assert_eq!(got, case.greedy, "{:?}: greedy tokens", case.prompt);
+        } else {
+            // Teacher-forced on the reference continuation: the next-token choices agree.
+            let ids: Vec<u32> = case
+                .prompt_ids
+                .iter()
+                .chain(&case.greedy)
+                .copied()
+                .collect();
+            let logits = engine
+                .session()
+                .forward(&ids[..ids.len() - 1], true)
+                .unwrap();
+            let from = (case.prompt_ids.len() - 1) * vocab;
+            let agree = logits[from..]
+                .chunks_exact(vocab)
+                .zip(&case.greedy)
+                .filter(|(row, &want)| argmax(row) == want)
+                .count() as f32
+                / case.greedy.len() as f32;
+            assert!(
+                agree >= ctx.min_top1,
+                "{:?}: top-1 agreement {agree} < {}",
+                case.prompt,
+                ctx.min_top1
+            );
+        }
     }
 }
 
-/// Binds every suite test to one backend: `backend_suite!(Flex, ctx())` in a test file.
+/// Binds every suite test to one backend and dtype, in module `$module`:
+/// `backend_suite!(f32, Flex, ctx(DType::F32))` in a test file.
 #[macro_export]
 macro_rules! backend_suite {
-    ($backend:ty, $ctx:expr) => {
-        $crate::backend_suite!(@tests $backend, $ctx,
+    ($module:ident, $backend:ty, $ctx:expr) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::backend_suite!(@tests $backend, $ctx,
             tiny_matches_transformers,
             tiny_gguf_equals_hf,
             cached_decode_equals_full_recompute,
@@ -331,7 +397,8 @@ macro_rules! backend_suite {
             prompt_longer_than_context_is_an_error,
             malformed_checkpoints_are_errors,
             smollm2_matches_transformers,
-        );
+            );
+        }
     };
     (@tests $backend:ty, $ctx:expr, $($name:ident),* $(,)?) => {
         $(

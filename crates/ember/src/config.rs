@@ -104,6 +104,18 @@ pub enum DType {
     Bf16,
 }
 
+impl DType {
+    /// burn's float type for this dtype; `None` for `Auto`, which a backend resolves first.
+    pub fn to_burn(self) -> Option<burn::tensor::DType> {
+        match self {
+            DType::Auto => None,
+            DType::F32 => Some(burn::tensor::DType::F32),
+            DType::F16 => Some(burn::tensor::DType::F16),
+            DType::Bf16 => Some(burn::tensor::DType::BF16),
+        }
+    }
+}
+
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

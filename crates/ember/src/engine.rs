@@ -74,6 +74,15 @@ impl<B: Backend> Engine<B> {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let start = Instant::now();
+        let dtype = runtime.dtype.to_burn().ok_or_else(|| {
+            Error::Backend("the backend must resolve dtype = \"auto\" before loading".into())
+        })?;
+        if !B::supports_dtype(device, dtype) {
+            return Err(Error::Backend(format!(
+                "{} on {} does not support {}",
+                runtime.backend, runtime.device, runtime.dtype
+            )));
+        }
         progress(LoadProgress::Opening);
         let checkpoint = source::resolve(&config.model)?;
         let mut on_tensor = |done, total| progress(LoadProgress::Tensors { done, total });
@@ -133,7 +142,7 @@ impl<B: Backend> Engine<B> {
                 model_config.max_position_embeddings
             );
         }
-        let loader = Loader::<B>::new(store.as_ref(), device, &mut on_tensor);
+        let loader = Loader::<B>::new(store.as_ref(), device, dtype, &mut on_tensor);
         let model = Llama::load(model_config, &loader, context, device)?;
         loader.finish()?;
         Ok(Self {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 
 use crate::error::{Error, Result};
 
@@ -29,22 +29,25 @@ pub trait TensorStore {
 pub struct Loader<'a, B: Backend> {
     store: &'a dyn TensorStore,
     device: B::Device,
+    dtype: DType,
     used: RefCell<BTreeSet<String>>,
     progress: RefCell<&'a mut dyn FnMut(usize, usize)>,
     total: usize,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
-    /// `progress(done, total)` is called after every tensor.
+    /// Tensors go to `device` as `dtype`; `progress(done, total)` is called after each.
     pub fn new(
         store: &'a dyn TensorStore,
         device: &B::Device,
+        dtype: DType,
         progress: &'a mut dyn FnMut(usize, usize),
     ) -> Self {
         let total = store.names().len();
         Self {
             store,
             device: device.clone(),
+            dtype,
             used: RefCell::default(),
             progress: RefCell::new(progress),
             total,
@@ -86,12 +89,12 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.used.borrow_mut().insert(name.into());
     }
 
-    /// A tensor on the device, in the device's default float dtype.
+    /// A tensor on the device, in the run's dtype.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         let values = self.values(name, &shape)?;
         Ok(Tensor::from_data(
             TensorData::new(values, shape),
-            &self.device,
+            (&self.device, self.dtype),
         ))
     }
 
@@ -111,7 +114,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         }
         Ok(Tensor::from_data(
             TensorData::new(t, [in_features, out_features]),
-            &self.device,
+            (&self.device, self.dtype),
         ))
     }
 

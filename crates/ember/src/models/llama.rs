@@ -338,7 +338,7 @@ impl<B: Backend> Llama<B> {
         if config.rope_freq_factors.is_some() {
             loader.skip(GGUF_ROPE_FREQS);
         }
-        let rope = Rope::new(&config.inv_freq(), context, device);
+        let rope = Rope::new(&config.inv_freq(), context, device, embed_tokens.dtype());
         Ok(Self {
             config,
             embed_tokens,
@@ -364,6 +364,7 @@ impl<B: Backend> Llama<B> {
             capacity.min(self.rope.context()),
             c.head_dim(),
             device,
+            self.embed_tokens.dtype(),
         )
     }
 

@@ -1,6 +1,7 @@
 //! The key/value cache, allocated once for the whole context and written in place.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 /// Keys and values of every layer for positions `0..len`.
 #[derive(Debug, Clone)]
@@ -12,7 +13,7 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// A cache for `capacity` positions.
+    /// A cache for `capacity` positions, stored as `dtype`.
     pub fn new(
         layers: usize,
         batch: usize,
@@ -20,11 +21,17 @@ impl<B: Backend> KvCache<B> {
         capacity: usize,
         head_dim: usize,
         device: &B::Device,
+        dtype: DType,
     ) -> Self {
         let shape = [batch, kv_heads, capacity, head_dim];
         Self {
             layers: (0..layers)
-                .map(|_| (Tensor::zeros(shape, device), Tensor::zeros(shape, device)))
+                .map(|_| {
+                    (
+                        Tensor::zeros(shape, (device, dtype)),
+                        Tensor::zeros(shape, (device, dtype)),
+                    )
+                })
                 .collect(),
             len: 0,
             capacity,

@@ -6,7 +6,7 @@
 //! `src/transformers/modeling_rope_utils.py`.
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 
 /// Llama 3's frequency-dependent rope scaling (`rope_scaling.rope_type = "llama3"`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
@@ -57,8 +57,8 @@ pub struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for positions `0..context`, computed in f64 on the host.
-    pub fn new(inv_freq: &[f64], context: usize, device: &B::Device) -> Self {
+    /// Tables for positions `0..context`, computed in f64 on the host, stored as `dtype`.
+    pub fn new(inv_freq: &[f64], context: usize, device: &B::Device, dtype: DType) -> Self {
         let head_dim = inv_freq.len() * 2;
         let mut cos = Vec::with_capacity(context * head_dim);
         let mut sin = Vec::with_capacity(context * head_dim);
@@ -71,7 +71,7 @@ impl<B: Backend> Rope<B> {
                 }
             }
         }
-        let table = |v| Tensor::from_data(TensorData::new(v, [context, head_dim]), device);
+        let table = |v| Tensor::from_data(TensorData::new(v, [context, head_dim]), (device, dtype));
         Self {
             cos: table(cos),
             sin: table(sin),
