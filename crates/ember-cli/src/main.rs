@@ -213,15 +213,25 @@ fn main() {
 }
 
 fn devices() -> Result<()> {
-    println!("{:<8} {:<10} dtypes", "backend", "device");
-    #[cfg(feature = "flex")]
-    for d in ember_flex::devices() {
-        let dtypes: Vec<String> = d.dtypes.iter().map(ToString::to_string).collect();
+    println!("{:<8} {:<40} dtypes", "backend", "device");
+    for (backend, devices) in ember_cli::backends::devices() {
+        if devices.is_empty() {
+            println!("{backend:<8} {:<40} -", "(none found)");
+        }
+        for d in devices {
+            let dtypes: Vec<String> = d.dtypes.iter().map(ToString::to_string).collect();
+            println!("{backend:<8} {:<40} {}", d.name, dtypes.join(", "));
+        }
+    }
+    let missing: Vec<&str> = ember_cli::backends::KNOWN
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !ember_cli::backends::compiled().contains(n))
+        .collect();
+    if !missing.is_empty() {
         println!(
-            "{:<8} {:<10} {}",
-            ember_flex::NAME,
-            d.name,
-            dtypes.join(", ")
+            "not compiled in: {} (cargo features of the same names)",
+            missing.join(", ")
         );
     }
     Ok(())
@@ -229,26 +239,7 @@ fn devices() -> Result<()> {
 
 fn run(args: &RunArgs) -> Result<()> {
     let config = args.config()?;
-    dispatch(&config.backend, RunJob { config: &config })?
-}
-
-/// Every backend Ember has a crate for, compiled in or not.
-const KNOWN_BACKENDS: &[&str] = &["flex", "candle", "tch", "wgpu", "cuda"];
-
-/// Calls `job` on the backend `spec` names.
-fn dispatch<J: BackendJob>(spec: &ember::BackendConfig, job: J) -> Result<J::Output> {
-    let name = spec.name.as_str();
-    match name {
-        #[cfg(feature = "flex")]
-        "flex" | "auto" => Ok(ember_flex::run(spec, job)?),
-        known if KNOWN_BACKENDS.contains(&known) => bail!(
-            "backend `{name}` is not compiled into this binary; rebuild with `--features {name}`"
-        ),
-        _ => bail!(
-            "unknown backend `{name}` (known: {}, auto)",
-            KNOWN_BACKENDS.join(", ")
-        ),
-    }
+    ember_cli::backends::dispatch(&config.backend, RunJob { config: &config })?
 }
 
 struct RunJob<'a> {
@@ -280,9 +271,10 @@ impl BackendJob for RunJob<'_> {
         .context("cannot load the model")?;
         bar.finish_and_clear();
         tracing::info!(
-            "model {} | context {} tokens | loaded in {:.2} s",
+            "model {} | context {} tokens | weights {:.1} MiB on the device | loaded in {:.2} s",
             engine.checkpoint().path().display(),
             engine.context_length(),
+            engine.model().weights_bytes() as f64 / (1 << 20) as f64,
             engine.load_time().as_secs_f64()
         );
         let mut session = engine.session();
@@ -303,6 +295,20 @@ impl BackendJob for RunJob<'_> {
             stats.decode_tps(),
             stats.finish
         );
+        if let Some(peak) = peak_rss_bytes() {
+            eprintln!(
+                "peak memory: {:.1} MiB process RSS",
+                peak as f64 / (1 << 20) as f64
+            );
+        }
         Ok(())
     }
+}
+
+/// The process's peak resident set size, where the OS reports it (Linux `/proc`).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -2,6 +2,7 @@
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::Flex;
+use ember::backend::{choose_dtype, DeviceSpec};
 use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
 
 /// The name configs use for this backend.
@@ -10,7 +11,8 @@ pub const NAME: &str = "flex";
 /// The concrete backend type.
 pub type Backend = Flex;
 
-/// Float types flex computes in (measured: f32, f16 and bf16 all run on the CPU).
+/// Float types flex computes in, best first (measured: all three run on the CPU; f32 is
+/// the fastest there).
 pub const DTYPES: &[DType] = &[DType::F32, DType::F16, DType::Bf16];
 
 /// The devices flex sees: one CPU.
@@ -30,27 +32,27 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
 /// Checks `spec` against what flex supports, sets the CPU threads, and returns the device
 /// and what runs there (the engine creates its tensors in `runtime.dtype`).
 pub fn init(spec: &BackendConfig) -> Result<(FlexDevice, RuntimeInfo)> {
-    if !matches!(spec.device.as_str(), "auto" | "cpu") {
-        return Err(Error::Backend(format!(
-            "the flex backend runs on device `cpu` only, not `{}`",
-            spec.device
-        )));
+    match DeviceSpec::parse(&spec.device)? {
+        DeviceSpec::Auto | DeviceSpec::Cpu => {}
+        _ => {
+            return Err(Error::DeviceUnavailable {
+                backend: NAME.into(),
+                device: spec.device.clone(),
+                reason: "flex runs on the CPU only".into(),
+            })
+        }
     }
-    let dtype = match spec.dtype {
-        DType::Auto => DType::F32,
-        d => d,
-    };
+    let dtype = choose_dtype(spec.dtype, DTYPES, NAME, "cpu")?;
     if spec.threads > 0 {
         // Only the first pool of the process takes effect; later runs keep it.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(spec.threads)
             .build_global();
     }
-    let device = FlexDevice;
     let runtime = RuntimeInfo {
         backend: NAME.into(),
         device: "cpu".into(),
         dtype,
     };
-    Ok((device, runtime))
+    Ok((FlexDevice, runtime))
 }

@@ -41,14 +41,18 @@ impl<B: Backend> Ctx<B> {
 /// Tiny random-init variants made by the reference script.
 pub const TINY_VARIANTS: &[&str] = &["gqa-untied", "mha-tied", "llama3-rope"];
 
-/// `fixtures/` of this crate.
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+/// The workspace root: `EMBER_WORKSPACE` when set (test binaries carried to another
+/// machine), else where this crate was built.
+pub fn workspace() -> PathBuf {
+    match std::env::var_os("EMBER_WORKSPACE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
 }
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// `fixtures/` of this crate.
+pub fn fixtures() -> PathBuf {
+    workspace().join("crates/ember-tests/fixtures")
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,6 +71,21 @@ pub struct BackendConfig {
     /// Attention implementation.
     #[serde(default)]
     pub attention: AttentionImpl,
+    /// What to do when the backend, device or dtype cannot run here.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+}
+
+/// `backend.on_unavailable`: the policy when what the config asks for cannot run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Stop with an error naming what is missing (the default).
+    #[default]
+    Error,
+    /// Warn once, naming what was asked and what runs instead, and run on the best
+    /// available backend, device and dtype.
+    Fallback,
 }
 
 fn auto() -> String {
@@ -85,6 +100,7 @@ impl Default for BackendConfig {
             dtype: DType::default(),
             threads: 0,
             attention: AttentionImpl::default(),
+            on_unavailable: OnUnavailable::default(),
         }
     }
 }

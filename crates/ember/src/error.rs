@@ -102,6 +102,28 @@ pub enum Error {
     /// A backend, device or dtype cannot run this.
     #[error("backend: {0}")]
     Backend(String),
+    /// The device cannot compute in the requested float type.
+    #[error("{backend} on {device} does not support {dtype} (supported: {supported})")]
+    UnsupportedDType {
+        /// Backend name.
+        backend: String,
+        /// Device name.
+        device: String,
+        /// What the config asked for.
+        dtype: crate::config::DType,
+        /// What the device supports.
+        supported: String,
+    },
+    /// The requested device is not present.
+    #[error("{backend}: device `{device}` is not available ({reason})")]
+    DeviceUnavailable {
+        /// Backend name.
+        backend: String,
+        /// Device name.
+        device: String,
+        /// What the probe found.
+        reason: String,
+    },
 }
 
 /// Ember's result type.

@@ -16,6 +16,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -26,7 +27,9 @@ pub mod sampling;
 pub mod source;
 pub mod tokenizer;
 
-pub use config::{AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message};
+pub use config::{
+    AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message, OnUnavailable,
+};
 pub use engine::{
     CancelToken, Engine, FinishReason, GenerationStats, LoadProgress, RuntimeInfo, Session,
 };

@@ -354,6 +354,39 @@ impl<B: Backend> Llama<B> {
         &self.config
     }
 
+    /// Number of weights on the device (a tied output projection counted once per copy).
+    pub fn num_params(&self) -> usize {
+        let n1 = |t: &Tensor<B, 1>| t.dims()[0];
+        let n2 = |t: &Tensor<B, 2>| t.dims().iter().product::<usize>();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                n1(&l.input_layernorm)
+                    + n1(&l.post_attention_layernorm)
+                    + [
+                        &a.q_proj,
+                        &a.k_proj,
+                        &a.v_proj,
+                        &a.o_proj,
+                        &m.gate_proj,
+                        &m.up_proj,
+                        &m.down_proj,
+                    ]
+                    .into_iter()
+                    .map(n2)
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + n2(&self.embed_tokens) + n1(&self.norm) + n2(&self.lm_head)
+    }
+
+    /// Bytes the weights take on the device.
+    pub fn weights_bytes(&self) -> usize {
+        self.num_params() * self.embed_tokens.dtype().size()
+    }
+
     /// A KV cache for `batch` sequences of up to `capacity` positions.
     pub fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
         let c = &self.config;

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{FloatDType, TensorData};
+use burn::tensor::FloatDType;
 
 use crate::config::AttentionImpl;
 
@@ -68,6 +68,9 @@ pub fn causal_attention<B: Backend>(
 }
 
 /// `true` where query `i` (at absolute position `k_len - q_len + i`) must not see key `j`.
+///
+/// Built from integer ranges on the device: every backend accepts those (candle cannot
+/// create a bool tensor from host data).
 fn causal_mask<B: Backend>(
     batch: usize,
     heads: usize,
@@ -75,10 +78,14 @@ fn causal_mask<B: Backend>(
     k_len: usize,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
-    let offset = k_len - q_len;
-    let values: Vec<bool> = (0..q_len)
-        .flat_map(|i| (0..k_len).map(move |j| j > offset + i))
-        .collect();
-    Tensor::<B, 4, Bool>::from_data(TensorData::new(values, [1, 1, q_len, k_len]), device)
+    let offset = (k_len - q_len) as i64;
+    let rows = Tensor::<B, 1, Int>::arange(offset..offset + q_len as i64, device)
+        .reshape([q_len, 1])
+        .expand([q_len, k_len]);
+    let cols = Tensor::<B, 1, Int>::arange(0..k_len as i64, device)
+        .reshape([1, k_len])
+        .expand([q_len, k_len]);
+    cols.greater(rows)
+        .reshape([1, 1, q_len, k_len])
         .expand([batch, heads, q_len, k_len])
 }

@@ -1,0 +1,88 @@
+//! Ember on burn's CubeCL CUDA backend. The driver and NVRTC are loaded at run time, so this
+//! builds anywhere; the device is probed through the driver before burn touches it (burn
+//! panics when there is none).
+
+use burn::backend::cuda::CudaDevice;
+use burn::backend::Cuda;
+
+use ember::backend::{choose_dtype, DeviceSpec};
+use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
+
+/// The name configs use for this backend.
+pub const NAME: &str = "cuda";
+
+/// The concrete backend type (with burn's kernel fusion).
+pub type Backend = Cuda;
+
+/// Number of CUDA devices the driver reports, or why there are none.
+pub fn device_count() -> std::result::Result<usize, String> {
+    // SAFETY: only checks whether the driver library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda) is not installed".into());
+    }
+    cudarc::driver::result::init().map_err(|e| format!("the CUDA driver failed to start: {e}"))?;
+    let count = cudarc::driver::result::device::get_count()
+        .map_err(|e| format!("the CUDA driver cannot count devices: {e}"))?;
+    Ok(count.max(0) as usize)
+}
+
+fn dtypes(device: &CudaDevice) -> Vec<DType> {
+    [DType::F16, DType::Bf16, DType::F32]
+        .into_iter()
+        .filter(|d| {
+            d.to_burn()
+                .is_some_and(|b| <Backend as burn::prelude::Backend>::supports_dtype(device, b))
+        })
+        .collect()
+}
+
+/// The CUDA devices the driver sees, with the dtypes burn supports on each.
+pub fn devices() -> Vec<DeviceInfo> {
+    (0..device_count().unwrap_or(0))
+        .map(|index| DeviceInfo {
+            name: format!("cuda:{index}"),
+            dtypes: dtypes(&CudaDevice::new(index)),
+        })
+        .collect()
+}
+
+/// Runs `job` on CUDA with the device and dtype of `spec`.
+pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
+    let (device, runtime) = init(spec)?;
+    Ok(job.run::<Backend>(device, runtime))
+}
+
+/// Resolves `spec` to a CUDA device and dtype, or explains why it cannot run.
+pub fn init(spec: &BackendConfig) -> Result<(CudaDevice, RuntimeInfo)> {
+    let unavailable = |reason: String| Error::DeviceUnavailable {
+        backend: NAME.into(),
+        device: spec.device.clone(),
+        reason,
+    };
+    let index = match DeviceSpec::parse(&spec.device)? {
+        DeviceSpec::Auto => 0,
+        DeviceSpec::Cuda(index) => index,
+        _ => {
+            return Err(unavailable(
+                "the cuda backend runs on cuda[:N] devices".into(),
+            ))
+        }
+    };
+    let count = device_count().map_err(unavailable)?;
+    if index >= count {
+        return Err(unavailable(format!(
+            "the driver reports {count} CUDA device(s)"
+        )));
+    }
+    let device = CudaDevice::new(index);
+    let name = format!("cuda:{index}");
+    let dtype = choose_dtype(spec.dtype, &dtypes(&device), NAME, &name)?;
+    Ok((
+        device,
+        RuntimeInfo {
+            backend: NAME.into(),
+            device: name,
+            dtype,
+        },
+    ))
+}

@@ -1,0 +1,120 @@
+//! What backend crates share: device names as configs write them, and dtype resolution.
+
+use crate::config::DType;
+use crate::error::{Error, Result};
+
+/// A `backend.device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The best device the backend sees.
+    Auto,
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU (`cuda`, `cuda:N`).
+    Cuda(usize),
+    /// A Vulkan adapter (`vulkan`, `vulkan:N`; `vulkan:cpu` is a software device such as lavapipe).
+    Vulkan(Option<usize>),
+    /// A software Vulkan device (`vulkan:cpu`).
+    VulkanCpu,
+    /// An Apple GPU through Metal (`metal`, `metal:N`).
+    Metal(usize),
+    /// An Apple GPU through PyTorch's MPS.
+    Mps,
+}
+
+impl DeviceSpec {
+    /// Parses a device name; the error lists the accepted forms.
+    pub fn parse(name: &str) -> Result<Self> {
+        let (kind, index) = match name.split_once(':') {
+            Some((k, i)) => (k, Some(i)),
+            None => (name, None),
+        };
+        let bad = || {
+            Error::Backend(format!(
+                "unknown device `{name}` (expected auto, cpu, cuda[:N], vulkan[:N|:cpu], metal[:N] or mps)"
+            ))
+        };
+        let number = |i: Option<&str>| -> Result<usize> {
+            i.map_or(Ok(0), |i| i.parse().map_err(|_| bad()))
+        };
+        Ok(match kind {
+            "auto" if index.is_none() => DeviceSpec::Auto,
+            "cpu" if index.is_none() => DeviceSpec::Cpu,
+            "cuda" => DeviceSpec::Cuda(number(index)?),
+            "vulkan" if index == Some("cpu") => DeviceSpec::VulkanCpu,
+            "vulkan" => {
+                DeviceSpec::Vulkan(index.map(|i| i.parse().map_err(|_| bad())).transpose()?)
+            }
+            "metal" => DeviceSpec::Metal(number(index)?),
+            "mps" if index.is_none() => DeviceSpec::Mps,
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// The dtype to run: the first of `supported` for `auto`, else `requested` if supported.
+///
+/// `supported` is in order of preference for that device.
+pub fn choose_dtype(
+    requested: DType,
+    supported: &[DType],
+    backend: &str,
+    device: &str,
+) -> Result<DType> {
+    let list = || {
+        supported
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match requested {
+        DType::Auto => supported
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Backend(format!("{backend} supports no dtype on {device}"))),
+        d if supported.contains(&d) => Ok(d),
+        d => Err(Error::UnsupportedDType {
+            backend: backend.into(),
+            device: device.into(),
+            dtype: d,
+            supported: list(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(DeviceSpec::parse("cuda:1").unwrap(), DeviceSpec::Cuda(1));
+        assert_eq!(DeviceSpec::parse("cuda").unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!(
+            DeviceSpec::parse("vulkan").unwrap(),
+            DeviceSpec::Vulkan(None)
+        );
+        assert_eq!(
+            DeviceSpec::parse("vulkan:cpu").unwrap(),
+            DeviceSpec::VulkanCpu
+        );
+        for bad in ["gpu", "cuda:x", "cpu:1", "mps:0", ""] {
+            assert!(DeviceSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dtype_choice() {
+        let s = [DType::F32, DType::F16];
+        assert_eq!(choose_dtype(DType::Auto, &s, "b", "d").unwrap(), DType::F32);
+        assert_eq!(choose_dtype(DType::F16, &s, "b", "d").unwrap(), DType::F16);
+        let m = choose_dtype(DType::Bf16, &s, "candle", "cpu")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("candle on cpu does not support bf16 (supported: f32, f16)"),
+            "{m}"
+        );
+    }
+}
