@@ -195,7 +195,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+                    "info,cubecl_wgpu=warn,cubecl_runtime=warn,cubecl_cuda=warn,wgpu_core=warn,wgpu_hal=warn",
+                )),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
