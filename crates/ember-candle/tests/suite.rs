@@ -1,22 +1,12 @@
 //! The shared model suite on candle's CPU device, in f32 and f16.
 
-use ember::{BackendConfig, DType};
-use ember_tests::{backend_suite, Ctx};
+use ember::DType;
+use ember_tests::{backend_suite, spec, Ctx};
 
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_candle::Backend> {
-    let spec = BackendConfig {
-        name: "candle".into(),
-        device: "cpu".into(),
-        dtype,
-        ..BackendConfig::default()
-    };
-    let (device, runtime) = ember_candle::init(&spec).expect("candle runs this dtype on the CPU");
-    Ctx {
-        device,
-        runtime,
-        logits_tol,
-        min_top1,
-    }
+    let init = ember_candle::init(&spec("candle", "cpu", dtype))
+        .expect("candle runs this dtype on the CPU");
+    Ctx::new(init, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_candle::Backend, ctx(DType::F32, 1e-4, 1.0));

@@ -5,7 +5,7 @@
 use burn::backend::cuda::CudaDevice;
 use burn::backend::Cuda;
 
-use ember::backend::{choose_dtype, DeviceSpec};
+use ember::backend::{choose_dtype, supported_dtypes, DeviceSpec};
 use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
 
 /// The name configs use for this backend.
@@ -27,13 +27,7 @@ pub fn device_count() -> std::result::Result<usize, String> {
 }
 
 fn dtypes(device: &CudaDevice) -> Vec<DType> {
-    [DType::F16, DType::Bf16, DType::F32]
-        .into_iter()
-        .filter(|d| {
-            d.to_burn()
-                .is_some_and(|b| <Backend as burn::prelude::Backend>::supports_dtype(device, b))
-        })
-        .collect()
+    supported_dtypes::<Backend>(device, &[DType::F16, DType::Bf16, DType::F32])
 }
 
 /// The CUDA devices the driver sees, with the dtypes burn supports on each.

@@ -2,23 +2,12 @@
 //! without one (CI here) the suite is not run; see the README's GPU table for where it ran.
 #![cfg(feature = "gpu-tests")]
 
-use ember::{BackendConfig, DType};
-use ember_tests::{backend_suite, Ctx};
+use ember::DType;
+use ember_tests::{backend_suite, spec, Ctx};
 
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_cuda::Backend> {
-    let spec = BackendConfig {
-        name: "cuda".into(),
-        device: "cuda:0".into(),
-        dtype,
-        ..BackendConfig::default()
-    };
-    let (device, runtime) = ember_cuda::init(&spec).unwrap_or_else(|e| panic!("{e}"));
-    Ctx {
-        device,
-        runtime,
-        logits_tol,
-        min_top1,
-    }
+    let init = ember_cuda::init(&spec("cuda", "cuda:0", dtype)).unwrap_or_else(|e| panic!("{e}"));
+    Ctx::new(init, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_cuda::Backend, ctx(DType::F32, 1e-4, 1.0));

@@ -3,23 +3,12 @@
 //! Tolerances (max abs logit error against `transformers` in f32, and top-1 agreement):
 //! f32 1e-4 and exact greedy tokens; f16 and bf16 see the README's precision table.
 
-use ember::{BackendConfig, DType};
-use ember_tests::{backend_suite, Ctx};
+use ember::DType;
+use ember_tests::{backend_suite, spec, Ctx};
 
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_flex::Backend> {
-    let spec = BackendConfig {
-        name: "flex".into(),
-        device: "cpu".into(),
-        dtype,
-        ..BackendConfig::default()
-    };
-    let (device, runtime) = ember_flex::init(&spec).expect("flex runs this dtype");
-    Ctx {
-        device,
-        runtime,
-        logits_tol,
-        min_top1,
-    }
+    let init = ember_flex::init(&spec("flex", "cpu", dtype)).expect("flex runs this dtype");
+    Ctx::new(init, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_flex::Backend, ctx(DType::F32, 1e-4, 1.0));

@@ -28,6 +28,17 @@ pub struct Ctx<B: Backend> {
 }
 
 impl<B: Backend> Ctx<B> {
+    /// The context for what a backend crate's `init` returned for [`spec`].
+    pub fn new(init: (B::Device, RuntimeInfo), logits_tol: f32, min_top1: f32) -> Self {
+        let (device, runtime) = init;
+        Self {
+            device,
+            runtime,
+            logits_tol,
+            min_top1,
+        }
+    }
+
     /// Whether results must match the f32 reference exactly (greedy token for token).
     pub fn exact(&self) -> bool {
         self.min_top1 >= 1.0
@@ -35,6 +46,16 @@ impl<B: Backend> Ctx<B> {
 
     fn dtype(&self) -> burn::tensor::DType {
         self.runtime.dtype.to_burn().expect("a resolved dtype")
+    }
+}
+
+/// The backend section a suite binding asks its backend crate to `init`.
+pub fn spec(name: &str, device: &str, dtype: ember::DType) -> ember::BackendConfig {
+    ember::BackendConfig {
+        name: name.into(),
+        device: device.into(),
+        dtype,
+        ..ember::BackendConfig::default()
     }
 }
 

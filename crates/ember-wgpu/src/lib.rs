@@ -8,7 +8,7 @@
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::Wgpu;
 
-use ember::backend::{choose_dtype, DeviceSpec};
+use ember::backend::{choose_dtype, supported_dtypes, DeviceSpec};
 use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
 
 /// The name configs use for this backend.
@@ -99,13 +99,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 fn dtypes(device: &WgpuDevice) -> Vec<DType> {
-    [DType::F16, DType::F32, DType::Bf16]
-        .into_iter()
-        .filter(|d| {
-            d.to_burn()
-                .is_some_and(|b| <Backend as burn::prelude::Backend>::supports_dtype(device, b))
-        })
-        .collect()
+    supported_dtypes::<Backend>(device, &[DType::F16, DType::F32, DType::Bf16])
 }
 
 /// The adapters wgpu sees, best first, with the dtypes each supports.

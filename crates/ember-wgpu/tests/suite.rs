@@ -1,23 +1,17 @@
 //! The shared model suite on wgpu: on Linux CI, Vulkan through Mesa's lavapipe (a real
 //! Vulkan driver on the CPU); f32 and f16 (lavapipe has no bf16).
 
-use ember::{BackendConfig, DType};
-use ember_tests::{backend_suite, Ctx};
+use ember::DType;
+use ember_tests::{backend_suite, spec, Ctx};
 
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_wgpu::Backend> {
-    let spec = BackendConfig {
-        name: "wgpu".into(),
-        device: std::env::var("EMBER_TEST_WGPU_DEVICE").unwrap_or_else(|_| "auto".into()),
+    let init = ember_wgpu::init(&spec(
+        "wgpu",
+        &std::env::var("EMBER_TEST_WGPU_DEVICE").unwrap_or_else(|_| "auto".into()),
         dtype,
-        ..BackendConfig::default()
-    };
-    let (device, runtime) = ember_wgpu::init(&spec).unwrap_or_else(|e| panic!("{e}"));
-    Ctx {
-        device,
-        runtime,
-        logits_tol,
-        min_top1,
-    }
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Ctx::new(init, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_wgpu::Backend, ctx(DType::F32, 1e-4, 1.0));

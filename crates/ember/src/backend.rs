@@ -52,6 +52,18 @@ impl DeviceSpec {
     }
 }
 
+/// The dtypes of `preference` that backend `B` supports on `device`, in that order.
+pub fn supported_dtypes<B: burn::prelude::Backend>(
+    device: &B::Device,
+    preference: &[DType],
+) -> Vec<DType> {
+    preference
+        .iter()
+        .copied()
+        .filter(|d| d.to_burn().is_some_and(|b| B::supports_dtype(device, b)))
+        .collect()
+}
+
 /// The dtype to run: the first of `supported` for `auto`, else `requested` if supported.
 ///
 /// `supported` is in order of preference for that device.

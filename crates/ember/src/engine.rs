@@ -327,13 +327,7 @@ impl<B: Backend> Session<'_, B> {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        if self.cache.len() + ids.len() > self.cache.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt: self.cache.len() + ids.len(),
-                context: self.cache.capacity(),
-                max_new_tokens: 0,
-            });
-        }
+        // The model checks that the ids fit in the cache.
         let input = token_tensor::<B>(ids, &self.engine.device);
         let which = if all { Logits::All } else { Logits::Last };
         let logits =

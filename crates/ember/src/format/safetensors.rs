@@ -37,8 +37,8 @@ pub fn shards_of_index(text: &str, path: &Path) -> Result<Vec<String>> {
 pub struct SafetensorsStore {
     dir: PathBuf,
     shards: Vec<Mmap>,
-    /// name -> (shard index)
-    index: HashMap<String, usize>,
+    /// name -> (shard index, shape), read once from the headers at open
+    index: HashMap<String, (usize, Vec<usize>)>,
 }
 
 impl SafetensorsStore {
@@ -65,8 +65,11 @@ impl SafetensorsStore {
             let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
             let st = SafeTensors::deserialize(&mmap)
                 .map_err(|e| Error::model(&path, format!("invalid safetensors: {e}")))?;
-            for tensor in st.names() {
-                if index.insert(tensor.to_string(), shards.len()).is_some() {
+            for (tensor, view) in st.tensors() {
+                if index
+                    .insert(tensor.clone(), (shards.len(), view.shape().to_vec()))
+                    .is_some()
+                {
                     return Err(Error::model(
                         &path,
                         format!("tensor `{tensor}` appears in two shards"),
@@ -93,13 +96,11 @@ impl TensorStore for SafetensorsStore {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let shard = &self.shards[*self.index.get(name)?];
-        let st = SafeTensors::deserialize(shard).ok()?;
-        st.tensor(name).ok().map(|t| t.shape().to_vec())
+        self.index.get(name).map(|(_, shape)| shape.clone())
     }
 
     fn read(&self, name: &str) -> Result<Option<Vec<f32>>> {
-        let Some(&i) = self.index.get(name) else {
+        let Some(&(i, _)) = self.index.get(name) else {
             return Ok(None);
         };
         let st = SafeTensors::deserialize(&self.shards[i])
