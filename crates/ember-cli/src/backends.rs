@@ -24,6 +24,9 @@ pub fn compiled() -> Vec<&'static str> {
     if cfg!(feature = "candle") {
         out.push("candle");
     }
+    if cfg!(feature = "tch") {
+        out.push("tch");
+    }
     if cfg!(feature = "wgpu") {
         out.push("wgpu");
     }
@@ -36,12 +39,15 @@ pub fn compiled() -> Vec<&'static str> {
 /// `(backend, device)` pairs `auto` tries, best first.
 const AUTO_ORDER: &[(&str, &str, &str)] = &[
     ("wgpu", "metal", "Metal GPU"),
+    ("tch", "mps", "Apple GPU (MPS)"),
     ("candle", "metal", "Metal GPU"),
     ("cuda", "cuda:0", "CUDA GPU"),
     ("candle", "cuda:0", "CUDA GPU"),
+    ("tch", "cuda:0", "CUDA GPU"),
     ("wgpu", "vulkan", "Vulkan GPU"),
     ("flex", "cpu", "CPU"),
     ("candle", "cpu", "CPU"),
+    ("tch", "cpu", "CPU"),
 ];
 
 /// The devices each compiled-in backend sees.
@@ -52,6 +58,8 @@ pub fn devices() -> Vec<(&'static str, Vec<DeviceInfo>)> {
     out.push((ember_flex::NAME, ember_flex::devices()));
     #[cfg(feature = "candle")]
     out.push((ember_candle::NAME, ember_candle::devices()));
+    #[cfg(feature = "tch")]
+    out.push((ember_tch::NAME, ember_tch::devices()));
     #[cfg(feature = "wgpu")]
     out.push((ember_wgpu::NAME, ember_wgpu::devices()));
     #[cfg(feature = "cuda")]
@@ -66,6 +74,8 @@ pub fn probe(spec: &BackendConfig) -> ember::Result<RuntimeInfo> {
         "flex" => ember_flex::init(spec).map(|(_, r)| r),
         #[cfg(feature = "candle")]
         "candle" => ember_candle::init(spec).map(|(_, r)| r),
+        #[cfg(feature = "tch")]
+        "tch" => ember_tch::init(spec).map(|(_, r)| r),
         #[cfg(feature = "wgpu")]
         "wgpu" => ember_wgpu::init(spec).map(|(_, r)| r),
         #[cfg(feature = "cuda")]
@@ -175,6 +185,8 @@ pub fn dispatch<J: BackendJob>(spec: &BackendConfig, job: J) -> ember::Result<J:
         "flex" => ember_flex::run(&spec, job),
         #[cfg(feature = "candle")]
         "candle" => ember_candle::run(&spec, job),
+        #[cfg(feature = "tch")]
+        "tch" => ember_tch::run(&spec, job),
         #[cfg(feature = "wgpu")]
         "wgpu" => ember_wgpu::run(&spec, job),
         #[cfg(feature = "cuda")]

@@ -1,4 +1,5 @@
 //! The `ember` command line's library side: backend selection, shared by `run`, `devices`
-//! and the tests.
+//! and the tests; the bench.
 
 pub mod backends;
+pub mod bench;

@@ -66,6 +66,64 @@ enum Command {
     Run(Box<RunArgs>),
     /// List the backends compiled into this binary, their devices and dtypes.
     Devices,
+    /// Time prefill and decode (llama-bench's pp/tg) across backends, devices and dtypes,
+    /// with accuracy against f32 and baselines; writes Markdown, JSON, CSV and SVG.
+    Bench(Box<BenchArgs>),
+    /// One bench run (what `bench` starts in a child process).
+    #[command(hide = true)]
+    BenchRun {
+        /// The run's spec (JSON).
+        spec: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Engine configs to bench, each as it is (see configs/).
+    #[arg(value_name = "CONFIG")]
+    configs: Vec<PathBuf>,
+    /// A matrix file: models x targets x dtypes x attention x threads x autotune
+    /// (see bench/all.toml).
+    #[arg(long, value_name = "FILE")]
+    matrix: Option<PathBuf>,
+    /// Replace the models of the configs or matrix (repeatable), e.g. preset:smollm2-1.7b.
+    #[arg(short, long = "model", value_name = "SOURCE")]
+    models: Vec<String>,
+    /// Prompt lengths of the pp tests (comma-separated; 0 for none).
+    #[arg(short = 'p', long, value_delimiter = ',', default_value = "512")]
+    n_prompt: Vec<usize>,
+    /// Generation lengths of the tg tests (comma-separated; 0 for none).
+    #[arg(short = 'n', long, value_delimiter = ',', default_value = "128")]
+    n_gen: Vec<usize>,
+    /// Timed repetitions of each test.
+    #[arg(short, long, default_value_t = 5)]
+    repetitions: usize,
+    /// Untimed repetitions before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Tokens of the fixed text scored for top-1 agreement, logit error and perplexity
+    /// (0: off).
+    #[arg(long, default_value_t = 256)]
+    accuracy_tokens: usize,
+    /// Reference tokens for the f32 correctness check (used when its model matches).
+    #[arg(long, default_value = "crates/ember-tests/fixtures/smollm2.json")]
+    reference: PathBuf,
+    /// Output formats (comma-separated): md, json, csv, svg.
+    #[arg(short, long, value_delimiter = ',', default_value = "md,json,csv,svg")]
+    output: Vec<String>,
+    /// Directory for results (a timestamped folder is made inside).
+    #[arg(long, default_value = "results")]
+    out_dir: PathBuf,
+    /// Devices for the PyTorch eager baseline (comma-separated: cpu, cuda, mps); adds to
+    /// the matrix's.
+    #[arg(long, value_delimiter = ',')]
+    pytorch: Vec<String>,
+    /// Add llama.cpp's llama-bench (when on PATH) for GGUF models.
+    #[arg(long)]
+    llama_cpp: bool,
+    /// Seconds a run may take before it is killed and reported as failed.
+    #[arg(long, default_value_t = 1800)]
+    run_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +263,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Devices) => devices(),
+        Some(Command::Bench(args)) => bench(&args),
+        Some(Command::BenchRun { spec }) => bench_run(&spec),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     };
@@ -236,6 +296,81 @@ fn devices() -> Result<()> {
             missing.join(", ")
         );
     }
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    use ember_cli::bench::{self, Baselines, Matrix, Plan, Target};
+    let mut targets = Vec::new();
+    let mut baselines = Baselines::default();
+    if let Some(path) = &args.matrix {
+        let matrix = Matrix::from_file(path)?;
+        targets.extend(matrix.targets());
+        baselines = matrix.baselines;
+    }
+    for path in &args.configs {
+        let mut config = EngineConfig::from_file(path)?;
+        config.backend.on_unavailable = ember::OnUnavailable::Error;
+        if !baselines.dtypes.contains(&config.backend.dtype) {
+            baselines.dtypes.push(config.backend.dtype);
+        }
+        targets.push(Target {
+            config,
+            autotune: "default".into(),
+        });
+    }
+    if targets.is_empty() {
+        bail!("nothing to bench: pass configs (see configs/) or --matrix FILE (see bench/)");
+    }
+    if !args.models.is_empty() {
+        let mut expanded = Vec::new();
+        for model in &args.models {
+            for t in &targets {
+                let mut t = t.clone();
+                t.config.model.source = model.clone();
+                expanded.push(t);
+            }
+        }
+        expanded.dedup_by(|a, b| a.config == b.config && a.autotune == b.autotune);
+        targets = expanded;
+    }
+    // f32 first per model (the accuracy reference), order otherwise kept.
+    targets.sort_by_key(|t| {
+        (
+            t.config.model.source.clone(),
+            t.config.backend.dtype != DType::F32,
+        )
+    });
+    baselines.pytorch.extend(args.pytorch.iter().cloned());
+    baselines.llama_cpp |= args.llama_cpp;
+    if baselines.dtypes.is_empty() {
+        baselines.dtypes.push(DType::F32);
+    }
+    let plan = Plan {
+        n_prompt: args.n_prompt.iter().copied().filter(|&n| n > 0).collect(),
+        n_gen: args.n_gen.iter().copied().filter(|&n| n > 0).collect(),
+        repetitions: args.repetitions.max(1),
+        warmup: args.warmup,
+        accuracy_tokens: args.accuracy_tokens,
+        reference: Some(args.reference.clone()).filter(|p| p.is_file()),
+        out_dir: args.out_dir.clone(),
+        formats: args.output.clone(),
+        run_timeout: std::time::Duration::from_secs(args.run_timeout),
+    };
+    let records = bench::run(&targets, &plan, &baselines)?;
+    println!("{}", bench::report::markdown(&records));
+    Ok(())
+}
+
+fn bench_run(spec: &std::path::Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(spec).with_context(|| format!("cannot read {}", spec.display()))?;
+    let spec: ember_cli::bench::job::RunSpec = serde_json::from_str(&text)?;
+    let result = ember_cli::backends::dispatch(
+        &spec.config.backend,
+        ember_cli::bench::job::BenchJob { spec: &spec },
+    )??;
+    println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsStore;
 use crate::format::{Loader, TensorStore};
 use crate::models::llama::{token_tensor, GgufLlamaStore, Llama, LlamaConfig, Logits};
+use crate::models::presets::{Preset, SyntheticStore};
 use crate::models::Architecture;
 use crate::nn::kv_cache::KvCache;
 use crate::sampling::Sampler;
@@ -120,6 +121,13 @@ impl<B: Backend> Engine<B> {
                 model_config = LlamaConfig::from_json(&text, &path)?;
                 tokenizer = TextTokenizer::from_hf_dir(dir)?;
                 store = Box::new(SafetensorsStore::open(dir)?);
+            }
+            Checkpoint::Synthetic(path) => {
+                let name = path.to_string_lossy();
+                let name = name.trim_start_matches("preset:");
+                model_config = Preset::find(name)?.config();
+                tokenizer = TextTokenizer::synthetic(model_config.vocab_size)?;
+                store = Box::new(SyntheticStore::new(name, &model_config, 0));
             }
         }
         if tokenizer.vocab_size() > model_config.vocab_size {

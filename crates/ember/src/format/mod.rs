@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::prelude::*;
+use rayon::prelude::*;
 use burn::tensor::{DType, TensorData};
 
 use crate::error::{Error, Result};
@@ -106,12 +107,15 @@ impl<'a, B: Backend> Loader<'a, B> {
         in_features: usize,
     ) -> Result<Tensor<B, 2>> {
         let values = self.values(name, &[out_features, in_features])?;
+        // Row `i` of the transpose is column `i` of the weight; rows are filled in parallel.
         let mut t = vec![0f32; values.len()];
-        for (o, row) in values.chunks_exact(in_features).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                t[i * out_features + o] = v;
-            }
-        }
+        t.par_chunks_mut(out_features)
+            .enumerate()
+            .for_each(|(i, row)| {
+                for (o, slot) in row.iter_mut().enumerate() {
+                    *slot = values[o * in_features + i];
+                }
+            });
         Ok(Tensor::from_data(
             TensorData::new(t, [in_features, out_features]),
             (&self.device, self.dtype),

@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::TensorData;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ use crate::nn::rope::{inv_freq, Llama3Scaling, Rope};
 use crate::nn::{linear, rms_norm};
 
 /// A Llama checkpoint's `config.json`, in Hugging Face's field names.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
     /// Width of the residual stream.
     pub hidden_size: usize,

@@ -1,6 +1,7 @@
 //! Model families, one file each, and the registry that maps checkpoint names to them.
 
 pub mod llama;
+pub mod presets;
 
 /// The model families Ember implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,20 +35,25 @@ pub fn causal_attention<B: Backend>(
     match imp {
         AttentionImpl::Fused => {
             // burn's backends disagree on how `is_causal` aligns when q_len < k_len, so it is
-            // used only for a full square prefill; decode steps pass an explicit mask or none.
-            let (mask, is_causal) = if q_len == 1 {
+            // used only for a full square prefill. A single new token needs no mask. Queries
+            // appended to a cache get an additive bias rather than a boolean mask: burn-tch
+            // 0.21 hands burn's mask (true = hidden) to PyTorch, which reads true = visible.
+            let (bias, is_causal) = if q_len == 1 {
                 (None, false)
             } else if q_len == k_len {
                 (None, true)
             } else {
-                (Some(mask()), false)
+                let bias =
+                    Tensor::<B, 4>::zeros([batch, heads, q_len, k_len], (&device, q.dtype()))
+                        .mask_fill(mask(), f32::NEG_INFINITY);
+                (Some(bias), false)
             };
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,
                 is_causal,
             };
-            fused_attention(q, k, v, mask, None, options)
+            fused_attention(q, k, v, None, bias, options)
         }
         AttentionImpl::Plain => {
             let dtype = q.dtype();

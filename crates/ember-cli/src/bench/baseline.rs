@@ -1,0 +1,239 @@
+//! Baselines beside Ember's rows: PyTorch eager through `transformers`
+//! (`scripts/bench_pytorch.py`, same shapes, tokens and timing rules) and llama.cpp's
+//! `llama-bench`. A missing tool is a skipped row with the reason, never an error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ember::config::ModelConfig;
+use ember::models::presets::Preset;
+use ember::source::Checkpoint;
+use ember::DType;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::job::{RunResult, TestResult};
+use super::report::Record;
+use super::{Baselines, Plan};
+
+/// One baseline run's outcome (`Err`: the reason; prefixed `failed: ` when it ran and
+/// broke) and the columns known before it ran.
+pub type Outcome = (Result<(RunResult, Option<PathBuf>), String>, Record);
+
+/// The PyTorch script, relative to the repository root (override: `EMBER_PYTORCH_BENCH`).
+pub const PYTORCH_SCRIPT: &str = "scripts/bench_pytorch.py";
+
+/// Runs every baseline `baselines` asks for on `model`.
+pub fn run_all(
+    model: &str,
+    cache_dir: Option<&Path>,
+    baselines: &Baselines,
+    plan: &Plan,
+    accuracy_ids: Option<&[u32]>,
+    scratch: &Path,
+) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    let checkpoint = resolve(model, cache_dir);
+    for device in &baselines.pytorch {
+        let mut dtypes = baselines.dtypes.clone();
+        dtypes.sort_by_key(|d| *d != DType::F32);
+        for dtype in dtypes {
+            let base = Record {
+                engine: "pytorch".into(),
+                build_commit: env!("EMBER_COMMIT").into(),
+                test_time: super::utc_now(),
+                cpu_info: super::cpu_info(),
+                model_filename: model.into(),
+                backends: "torch eager".into(),
+                device: device.clone(),
+                dtype: dtype.to_string(),
+                flash_attn: false,
+                fusion: "n/a".into(),
+                autotune: "n/a".into(),
+                ..Record::default()
+            };
+            let index = out.len();
+            let result = checkpoint.clone().and_then(|c| {
+                pytorch(&c, model, device, dtype, plan, accuracy_ids, scratch, index)
+            });
+            out.push((result, base));
+        }
+    }
+    if baselines.llama_cpp {
+        let base = Record {
+            engine: "llama.cpp".into(),
+            build_commit: env!("EMBER_COMMIT").into(),
+            test_time: super::utc_now(),
+            cpu_info: super::cpu_info(),
+            model_filename: model.into(),
+            backends: "llama-bench".into(),
+            fusion: "n/a".into(),
+            autotune: "n/a".into(),
+            ..Record::default()
+        };
+        let result = checkpoint.and_then(|c| llama_bench(&c, plan));
+        out.push((result, base));
+    }
+    out
+}
+
+fn resolve(model: &str, cache_dir: Option<&Path>) -> Result<Checkpoint, String> {
+    let config = ModelConfig {
+        source: model.into(),
+        cache_dir: cache_dir.map(Path::to_path_buf),
+        ..ModelConfig::default()
+    };
+    ember::source::resolve(&config).map_err(|e| e.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pytorch(
+    checkpoint: &Checkpoint,
+    model: &str,
+    device: &str,
+    dtype: DType,
+    plan: &Plan,
+    accuracy_ids: Option<&[u32]>,
+    scratch: &Path,
+    index: usize,
+) -> Result<(RunResult, Option<PathBuf>), String> {
+    let script = std::env::var_os("EMBER_PYTORCH_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(PYTORCH_SCRIPT));
+    if !script.is_file() {
+        return Err(format!(
+            "{} not found (run from the repository root, or set EMBER_PYTORCH_BENCH)",
+            script.display()
+        ));
+    }
+    let model_spec = match checkpoint {
+        Checkpoint::Synthetic(_) => {
+            let name = model.trim_start_matches("preset:");
+            let preset = Preset::find(name).map_err(|e| e.to_string())?;
+            json!({"preset": name, "config": preset.config()})
+        }
+        Checkpoint::Gguf(path) => json!({"gguf": path}),
+        Checkpoint::HfDir(path) => json!({"dir": path}),
+    };
+    let logits_path = scratch.join(format!("pytorch-{index}.f32"));
+    let spec = json!({
+        "model": model_spec,
+        "device": device,
+        "dtype": dtype.to_string(),
+        "n_prompt": plan.n_prompt,
+        "n_gen": plan.n_gen,
+        "repetitions": plan.repetitions,
+        "warmup": plan.warmup,
+        "accuracy_ids": accuracy_ids.unwrap_or_default(),
+        "logits_path": logits_path,
+    });
+    let spec_path = scratch.join(format!("pytorch-{index}.json"));
+    std::fs::write(&spec_path, spec.to_string()).map_err(|e| format!("failed: {e}"))?;
+    let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&spec_path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last_err = stderr.lines().last().unwrap_or("").to_string();
+    match out.status.code() {
+        Some(0) => {
+            let line = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .ok_or_else(|| "failed: no result line".to_string())?;
+            let run: RunResult =
+                serde_json::from_str(line).map_err(|e| format!("failed: bad result: {e}"))?;
+            let logits = logits_path.is_file().then_some(logits_path);
+            Ok((run, logits))
+        }
+        // The script exits 3 when torch, transformers (or gguf) or the device is missing.
+        Some(3) => Err(last_err),
+        _ => Err(format!("failed: {last_err}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct LlamaBenchRow {
+    n_prompt: usize,
+    n_gen: usize,
+    samples_ns: Vec<u64>,
+    #[serde(default)]
+    backends: String,
+    #[serde(default)]
+    model_type: String,
+    #[serde(default)]
+    model_size: u64,
+    #[serde(default)]
+    model_n_params: u64,
+    #[serde(default)]
+    gpu_info: String,
+}
+
+fn llama_bench(
+    checkpoint: &Checkpoint,
+    plan: &Plan,
+) -> Result<(RunResult, Option<PathBuf>), String> {
+    let Checkpoint::Gguf(path) = checkpoint else {
+        return Err("llama-bench needs a GGUF file".into());
+    };
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let out = match Command::new("llama-bench")
+        .arg("-m")
+        .arg(path)
+        .args(["-p", &list(&plan.n_prompt), "-n", &list(&plan.n_gen)])
+        .args(["-r", &plan.repetitions.to_string(), "-o", "json"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("llama-bench is not on PATH".into())
+        }
+        Err(e) => return Err(format!("failed: cannot run llama-bench: {e}")),
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "failed: llama-bench exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    let rows: Vec<LlamaBenchRow> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("failed: unreadable llama-bench JSON: {e}"))?;
+    let first = rows.first().ok_or("failed: llama-bench printed no rows")?;
+    let run = RunResult {
+        backend: format!("llama.cpp {}", first.backends),
+        device: first.gpu_info.clone(),
+        dtype: "gguf".into(),
+        model_filename: path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        model_type: first.model_type.clone(),
+        model_size: first.model_size,
+        model_n_params: first.model_n_params,
+        tests: rows
+            .iter()
+            .map(|r| TestResult {
+                n_prompt: r.n_prompt,
+                n_gen: r.n_gen,
+                samples_ns: r.samples_ns.clone(),
+            })
+            .collect(),
+        ..RunResult::default()
+    };
+    Ok((run, None))
+}

