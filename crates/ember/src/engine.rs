@@ -14,7 +14,7 @@ use crate::format::safetensors::SafetensorsStore;
 use crate::format::{Loader, TensorStore};
 use crate::models::llama::{token_tensor, GgufLlamaStore, Llama, LlamaConfig, Logits};
 use crate::models::presets::{Preset, SyntheticStore};
-use crate::models::Architecture;
+use crate::models::{self, Architecture};
 use crate::nn::kv_cache::KvCache;
 use crate::sampling::Sampler;
 use crate::source::{self, Checkpoint};
@@ -101,7 +101,7 @@ impl<B: Backend> Engine<B> {
                         path: path.clone(),
                         error: e,
                     })?;
-                Architecture::from_name(arch)?;
+                models::expect(Architecture::from_name(arch)?, Architecture::Llama, path)?;
                 model_config = LlamaConfig::from_gguf(&file)?;
                 tokenizer = TextTokenizer::from_gguf(&file)?;
                 gguf = file;
@@ -117,7 +117,7 @@ impl<B: Backend> Engine<B> {
                     .and_then(|a| a.get(0))
                     .and_then(|a| a.as_str())
                     .ok_or_else(|| Error::model(&path, "no `architectures` list"))?;
-                Architecture::from_name(arch)?;
+                models::expect(Architecture::from_name(arch)?, Architecture::Llama, &path)?;
                 model_config = LlamaConfig::from_json(&text, &path)?;
                 tokenizer = TextTokenizer::from_hf_dir(dir)?;
                 store = Box::new(SafetensorsStore::open(dir)?);

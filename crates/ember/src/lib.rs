@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -30,6 +31,7 @@ pub mod tokenizer;
 pub use config::{
     AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message, OnUnavailable,
 };
+pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{
     CancelToken, Engine, FinishReason, GenerationStats, LoadProgress, RuntimeInfo, Session,
 };

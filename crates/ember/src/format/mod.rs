@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::prelude::*;
-use rayon::prelude::*;
 use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 

@@ -1,13 +1,16 @@
 //! Model families, one file each, and the registry that maps checkpoint names to them.
 
+pub mod bert;
 pub mod llama;
 pub mod presets;
 
 /// The model families Ember implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama-family decoders.
+    /// Llama-family decoders (`ember run`, [`crate::Engine`]).
     Llama,
+    /// BERT encoders (`ember embed`, [`crate::Embedder`]).
+    Bert,
 }
 
 impl Architecture {
@@ -15,6 +18,9 @@ impl Architecture {
     const NAMES: &'static [(&'static str, Architecture)] = &[
         ("llama", Architecture::Llama),
         ("LlamaForCausalLM", Architecture::Llama),
+        ("bert", Architecture::Bert),
+        ("BertModel", Architecture::Bert),
+        ("BertForMaskedLM", Architecture::Bert),
     ];
 
     /// The family of a checkpoint's declared architecture.
@@ -32,4 +38,20 @@ impl Architecture {
                     .join(", "),
             })
     }
+}
+
+/// Fails unless `found` is `want`, saying which command runs what was found.
+pub fn expect(
+    found: Architecture,
+    want: Architecture,
+    path: &std::path::Path,
+) -> crate::Result<()> {
+    if found == want {
+        return Ok(());
+    }
+    let what = match found {
+        Architecture::Llama => "a decoder (text generation): run it with `ember run`",
+        Architecture::Bert => "an encoder (embeddings): run it with `ember embed`",
+    };
+    Err(crate::Error::model(path, format!("this model is {what}")))
 }

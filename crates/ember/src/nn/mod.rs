@@ -27,3 +27,22 @@ pub fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
         .matmul(w.clone())
         .reshape([batch, seq, out])
 }
+
+/// LayerNorm over the last dim, statistics in f32 whatever the run's dtype:
+/// `(x - mean) / sqrt(var + eps) * weight + bias`. `x`: `[batch, seq, hidden]`.
+pub fn layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let xf = x.cast(FloatDType::F32);
+    let mean = xf.clone().mean_dim(2);
+    let centered = xf.sub(mean);
+    let var = centered.clone().square().mean_dim(2);
+    let normed = centered.div(var.add_scalar(eps).sqrt()).cast(dtype);
+    normed
+        .mul(weight.clone().unsqueeze::<3>())
+        .add(bias.clone().unsqueeze::<3>())
+}
