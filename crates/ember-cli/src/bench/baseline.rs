@@ -230,6 +230,7 @@ fn llama_bench(
             .map(|r| TestResult {
                 n_prompt: r.n_prompt,
                 n_gen: r.n_gen,
+                n_batch: 0,
                 samples_ns: r.samples_ns.clone(),
             })
             .collect(),

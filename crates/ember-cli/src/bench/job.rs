@@ -42,6 +42,9 @@ pub struct TestResult {
     pub n_prompt: usize,
     /// Generated tokens (tg) or 0.
     pub n_gen: usize,
+    /// Texts per batch (embedding tests) or 0.
+    #[serde(default)]
+    pub n_batch: usize,
     /// Each repetition's wall time.
     pub samples_ns: Vec<u64>,
 }
@@ -131,6 +134,9 @@ impl BackendJob for BenchJob<'_> {
 
     fn run<B: Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<RunResult> {
         let spec = self.spec;
+        if is_encoder(&spec.config)? {
+            return embed_run::<B>(spec, &device, runtime);
+        }
         let cold = {
             let engine = Engine::<B>::load(&spec.config, &device, runtime.clone())
                 .context("cannot load the model")?;
@@ -182,6 +188,7 @@ impl BackendJob for BenchJob<'_> {
             result.tests.push(TestResult {
                 n_prompt: n,
                 n_gen: 0,
+                n_batch: 0,
                 samples_ns: samples,
             });
         }
@@ -203,6 +210,7 @@ impl BackendJob for BenchJob<'_> {
             result.tests.push(TestResult {
                 n_prompt: 0,
                 n_gen: n,
+                n_batch: 0,
                 samples_ns: samples,
             });
         }
@@ -231,6 +239,92 @@ impl BackendJob for BenchJob<'_> {
         result.peak_mem = peak_rss_bytes();
         Ok(result)
     }
+}
+
+/// Whether the config's model is an encoder (BERT): benched as embeddings per second.
+fn is_encoder(config: &EngineConfig) -> Result<bool> {
+    let checkpoint = ember::source::resolve(&config.model)?;
+    let ember::source::Checkpoint::HfDir(dir) = checkpoint else {
+        return Ok(false);
+    };
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let arch = json["architectures"][0]
+        .as_str()
+        .or_else(|| json["model_type"].as_str())
+        .unwrap_or("");
+    Ok(matches!(
+        ember::models::Architecture::from_name(arch),
+        Ok(ember::models::Architecture::Bert)
+    ))
+}
+
+/// Batch sizes of the embedding tests.
+pub const EMBED_BATCHES: &[usize] = &[1, 8, 32];
+
+/// An encoder run: embeddings per second at batch sizes 1, 8 and 32 of fixed sentences
+/// (sentences of the fixed text, so lengths are realistic and equal across backends).
+fn embed_run<B: Backend>(
+    spec: &RunSpec,
+    device: &B::Device,
+    runtime: RuntimeInfo,
+) -> Result<RunResult> {
+    let start = Instant::now();
+    let cold = ember::Embedder::<B>::load(&spec.config, device, runtime.clone())
+        .context("cannot load the model")?;
+    let cold_s = start.elapsed().as_secs_f64();
+    drop(cold);
+    let start = Instant::now();
+    let embedder = ember::Embedder::<B>::load(&spec.config, device, runtime)
+        .context("cannot load the model")?;
+    let warm_s = start.elapsed().as_secs_f64();
+    let sentences: Vec<&str> = FIXED_TEXT
+        .split_inclusive(". ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut tests = Vec::new();
+    for &batch in EMBED_BATCHES {
+        let texts: Vec<&str> = sentences.iter().cycle().take(batch).copied().collect();
+        let mut samples = Vec::new();
+        for rep in 0..spec.warmup + spec.repetitions {
+            let t = Instant::now();
+            std::hint::black_box(embedder.embed(&texts)?);
+            if rep >= spec.warmup {
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        tests.push(TestResult {
+            n_prompt: 0,
+            n_gen: 0,
+            n_batch: batch,
+            samples_ns: samples,
+        });
+    }
+    let c = embedder.model().config();
+    let params = c.vocab_size * c.hidden_size
+        + c.max_position_embeddings * c.hidden_size
+        + c.num_hidden_layers
+            * (4 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.intermediate_size);
+    Ok(RunResult {
+        backend: embedder.runtime().backend.clone(),
+        device: embedder.runtime().device.clone(),
+        dtype: embedder.runtime().dtype.to_string(),
+        model_filename: embedder.checkpoint().path().display().to_string(),
+        model_type: format!(
+            "bert {} {}",
+            human_params(params),
+            embedder.runtime().dtype.to_string().to_uppercase()
+        ),
+        model_size: embedder.model().weights_bytes() as u64,
+        model_n_params: params as u64,
+        load_s_cold: cold_s,
+        load_s_warm: Some(warm_s),
+        tests,
+        peak_mem: peak_rss_bytes(),
+        peak_mem_kind: "process RSS".into(),
+        ..RunResult::default()
+    })
 }
 
 /// `exp` of the mean negative log-likelihood of `targets` under `logits` (`[n, vocab]`).

@@ -218,7 +218,8 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
     run.tests
         .iter()
         .map(|t| {
-            let tokens = t.n_prompt + t.n_gen;
+            // Tokens per second, or texts per second for embedding tests.
+            let tokens = t.n_prompt + t.n_gen + t.n_batch;
             let ts = stats::rates(tokens, &t.samples_ns);
             let ns: Vec<f64> = t.samples_ns.iter().map(|&n| n as f64).collect();
             Record {
@@ -233,6 +234,7 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
                 dtype: run.dtype.clone(),
                 n_prompt: t.n_prompt,
                 n_gen: t.n_gen,
+                n_batch: t.n_batch,
                 avg_ns: stats::mean(&ns) as u64,
                 stddev_ns: stats::stddev(&ns) as u64,
                 avg_ts: stats::mean(&ts),
@@ -678,6 +680,7 @@ mod tests {
             tests: vec![job::TestResult {
                 n_prompt: 4,
                 n_gen: 0,
+                n_batch: 0,
                 samples_ns: vec![1_000_000_000, 2_000_000_000],
             }],
             reference_match: Some((95, 96)),

@@ -48,6 +48,8 @@ pub struct Record {
     pub n_prompt: usize,
     /// Tokens generated (tg test), else 0.
     pub n_gen: usize,
+    /// Texts per batch of an embedding test (then `avg_ts` is texts per second), else 0.
+    pub n_batch: usize,
     /// Mean time of one repetition.
     pub avg_ns: u64,
     /// Sample standard deviation of the time.
@@ -88,6 +90,7 @@ impl Record {
         match (self.n_prompt, self.n_gen) {
             (p, 0) if p > 0 => format!("pp{p}"),
             (0, g) if g > 0 => format!("tg{g}"),
+            (0, 0) if self.n_batch > 0 => format!("embed b{}", self.n_batch),
             (0, 0) => "-".into(),
             (p, g) => format!("pp{p}+tg{g}"),
         }
@@ -168,6 +171,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "n_threads",
     "n_prompt",
     "n_gen",
+    "n_batch",
     "avg_ns",
     "stddev_ns",
     "avg_ts",
@@ -324,6 +328,11 @@ mod tests {
     fn test_names_follow_llama_bench() {
         assert_eq!(row("ok", 512, 0).test(), "pp512");
         assert_eq!(row("ok", 0, 128).test(), "tg128");
+        let embed = Record {
+            n_batch: 8,
+            ..row("ok", 0, 0)
+        };
+        assert_eq!(embed.test(), "embed b8");
     }
 
     #[test]
