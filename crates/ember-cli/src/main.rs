@@ -560,12 +560,23 @@ impl BackendJob for RunJob<'_> {
             engine.load_time().as_secs_f64()
         );
         let mut session = engine.session();
+        // Ctrl-C stops generation after the current token; the text so far and the summary
+        // are printed. A second Ctrl-C exits at once.
+        let cancel = CancelToken::new();
+        let on_signal = cancel.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            if on_signal.is_cancelled() {
+                std::process::exit(130);
+            }
+            on_signal.cancel();
+        }) {
+            tracing::debug!("no Ctrl-C handler: {e}");
+        }
         let mut stdout = std::io::stdout().lock();
-        let stats =
-            session.generate(&self.config.generation, &CancelToken::new(), &mut |text| {
-                let _ = write!(stdout, "{text}");
-                let _ = stdout.flush();
-            })?;
+        let stats = session.generate(&self.config.generation, &cancel, &mut |text| {
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
+        })?;
         drop(stdout);
         println!();
         eprintln!(

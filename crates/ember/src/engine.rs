@@ -125,7 +125,7 @@ impl<B: Backend> Engine<B> {
             Checkpoint::Synthetic(path) => {
                 let name = path.to_string_lossy();
                 let name = name.trim_start_matches("preset:");
-                model_config = Preset::find(name)?.config();
+                model_config = Preset::parse(name)?.config();
                 tokenizer = TextTokenizer::synthetic(model_config.vocab_size)?;
                 store = Box::new(SyntheticStore::new(name, &model_config, 0));
             }

@@ -64,7 +64,7 @@ impl ModelSource {
             }
             Ok(Self::PyPi(package.into()))
         } else if let Some(name) = spec.strip_prefix("preset:") {
-            crate::models::presets::Preset::find(name)?;
+            crate::models::presets::Preset::parse(name)?;
             Ok(Self::Preset(name.into()))
         } else {
             Ok(Self::Path(PathBuf::from(spec)))

@@ -109,7 +109,7 @@ fn pytorch(
     let model_spec = match checkpoint {
         Checkpoint::Synthetic(_) => {
             let name = model.trim_start_matches("preset:");
-            let preset = Preset::find(name).map_err(|e| e.to_string())?;
+            let preset = Preset::parse(name).map_err(|e| e.to_string())?;
             json!({"preset": name, "config": preset.config()})
         }
         Checkpoint::Gguf(path) => json!({"gguf": path}),

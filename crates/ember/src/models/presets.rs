@@ -80,6 +80,42 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 impl Preset {
+    /// `NAME` or `NAME,key=value,...` with keys hidden, intermediate, layers, heads,
+    /// kv_heads, vocab overriding the shape (for experiments at other sizes).
+    pub fn parse(spec: &str) -> Result<Preset> {
+        let mut parts = spec.split(',');
+        let mut preset = *Self::find(parts.next().unwrap_or_default())?;
+        for part in parts {
+            let bad = || {
+                Error::Source {
+                source_spec: format!("preset:{spec}"),
+                message: format!(
+                    "bad override `{part}` (expected hidden, intermediate, layers, heads, kv_heads or vocab = a positive number)"
+                ),
+            }
+            };
+            let (key, value) = part.split_once('=').ok_or_else(bad)?;
+            let value: usize = value.parse().ok().filter(|&v| v > 0).ok_or_else(bad)?;
+            match key {
+                "hidden" => preset.hidden = value,
+                "intermediate" => preset.intermediate = value,
+                "layers" => preset.layers = value,
+                "heads" => preset.heads = value,
+                "kv_heads" => preset.kv_heads = value,
+                "vocab" => preset.vocab = value,
+                _ => return Err(bad()),
+            }
+        }
+        preset
+            .config()
+            .validate()
+            .map_err(|message| Error::Source {
+                source_spec: format!("preset:{spec}"),
+                message,
+            })?;
+        Ok(preset)
+    }
+
     /// The preset called `name`; the error lists them all.
     pub fn find(name: &str) -> Result<&'static Preset> {
         PRESETS
