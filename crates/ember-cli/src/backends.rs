@@ -84,7 +84,8 @@ pub fn probe(spec: &BackendConfig) -> ember::Result<RuntimeInfo> {
     }
 }
 
-fn not_compiled(name: &str) -> Error {
+/// The error for a backend this binary lacks: unknown, or the cargo feature that adds it.
+pub fn not_compiled(name: &str) -> Error {
     match KNOWN.iter().find(|(n, _)| *n == name) {
         Some((_, feature)) => Error::Backend(format!(
             "backend `{name}` is not compiled into this binary; rebuild with `cargo build --release --features {feature}` (compiled in: {})",

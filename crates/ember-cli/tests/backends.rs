@@ -27,8 +27,20 @@ fn unknown_backend_is_named_with_the_known_ones() {
 
 #[test]
 fn a_backend_not_compiled_in_names_its_feature() {
-    // tch needs libtorch at build time and is never in the default or portable builds.
-    let m = err(&spec("tch", "cpu", DType::F32));
+    let compiled = ember_cli::backends::compiled();
+    // Through `resolve` for every known backend this build lacks (tch in the default and
+    // portable builds), and the message itself in any build.
+    for (name, feature) in ember_cli::backends::KNOWN {
+        if !compiled.contains(name) {
+            let m = err(&spec(name, "cpu", DType::F32));
+            assert!(
+                m.contains(&format!("`{name}` is not compiled into this binary"))
+                    && m.contains(&format!("--features {feature}")),
+                "{m}"
+            );
+        }
+    }
+    let m = ember_cli::backends::not_compiled("tch").to_string();
     assert!(
         m.contains("`tch` is not compiled into this binary") && m.contains("--features tch"),
         "{m}"

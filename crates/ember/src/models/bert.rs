@@ -66,7 +66,9 @@ impl BertConfig {
         let bad = |m: String| Err(Error::model(path, m));
         if config.hidden_size == 0
             || config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
         {
             return bad(format!(
                 "hidden_size {} is not a positive multiple of num_attention_heads {}",
