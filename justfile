@@ -1,5 +1,8 @@
 # Ember's everyday commands. `just --list` shows them.
 
+# With the tch backend in a build, burn links libtorch into every test binary.
+export LD_LIBRARY_PATH := justfile_directory() + "/libtorch/lib"
+
 # Run a model from a config (the quick start).
 run config="configs/cpu-f32.toml" *args="":
     cargo run --release -- --config {{config}} {{args}}
