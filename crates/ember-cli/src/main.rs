@@ -449,12 +449,7 @@ impl BackendJob for EmbedJob<'_> {
     type Output = Result<()>;
 
     fn run<B: burn::prelude::Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<()> {
-        tracing::info!(
-            "backend {} | device {} | dtype {}",
-            runtime.backend,
-            runtime.device,
-            runtime.dtype
-        );
+        log_runtime(&runtime);
         let start = std::time::Instant::now();
         let embedder = ember::Embedder::<B>::load(self.config, &device, runtime)
             .context("cannot load the model")?;
@@ -532,12 +527,7 @@ impl BackendJob for RunJob<'_> {
     type Output = Result<()>;
 
     fn run<B: burn::prelude::Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<()> {
-        tracing::info!(
-            "backend {} | device {} | dtype {}",
-            runtime.backend,
-            runtime.device,
-            runtime.dtype
-        );
+        log_runtime(&runtime);
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
                 .expect("static template")
@@ -588,7 +578,7 @@ impl BackendJob for RunJob<'_> {
             stats.decode_tps(),
             stats.finish
         );
-        if let Some(peak) = peak_rss_bytes() {
+        if let Some(peak) = ember_cli::bench::job::peak_rss_bytes() {
             eprintln!(
                 "peak memory: {:.1} MiB process RSS",
                 peak as f64 / (1 << 20) as f64
@@ -598,10 +588,12 @@ impl BackendJob for RunJob<'_> {
     }
 }
 
-/// The process's peak resident set size, where the OS reports it (Linux `/proc`).
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// The first log line of every command that loads a model.
+fn log_runtime(runtime: &RuntimeInfo) {
+    tracing::info!(
+        "backend {} | device {} | dtype {}",
+        runtime.backend,
+        runtime.device,
+        runtime.dtype
+    );
 }

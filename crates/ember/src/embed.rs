@@ -137,11 +137,7 @@ impl<B: Backend> Embedder<B> {
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?;
-        let arch = json
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(|a| a.as_str())
-            .or_else(|| json.get("model_type").and_then(|a| a.as_str()))
+        let arch = models::declared_name(&json)
             .ok_or_else(|| Error::model(&path, "no `architectures` or `model_type`"))?;
         models::expect(Architecture::from_name(arch)?, Architecture::Bert, &path)?;
         let model_config = BertConfig::from_json(&text, &path)?;

@@ -249,10 +249,7 @@ fn is_encoder(config: &EngineConfig) -> Result<bool> {
     };
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let arch = json["architectures"][0]
-        .as_str()
-        .or_else(|| json["model_type"].as_str())
-        .unwrap_or("");
+    let arch = ember::models::declared_name(&json).unwrap_or("");
     Ok(matches!(
         ember::models::Architecture::from_name(arch),
         Ok(ember::models::Architecture::Bert)

@@ -338,17 +338,20 @@ fn accuracy(records: &mut [Record], logits: &HashMap<usize, (PathBuf, usize)>, k
                     .position(|r| r.dtype == "f32" && r.engine == k.engine && r.model == k.model)
             })
     };
-    let mut cache: HashMap<usize, Vec<f32>> = HashMap::new();
-    let mut load = |i: usize| -> Option<Vec<f32>> {
+    // Each file is read once; an f32 reference serves every reduced run compared with it.
+    let mut cache: HashMap<usize, std::rc::Rc<Vec<f32>>> = HashMap::new();
+    let mut load = |i: usize| -> Option<std::rc::Rc<Vec<f32>>> {
         if let Some(v) = cache.get(&i) {
             return Some(v.clone());
         }
         let (path, _) = logits.get(&i)?;
         let bytes = std::fs::read(path).ok()?;
-        let v: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let v: std::rc::Rc<Vec<f32>> = std::rc::Rc::new(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
         cache.insert(i, v.clone());
         Some(v)
     };

@@ -40,6 +40,16 @@ impl Architecture {
     }
 }
 
+/// The architecture a Hugging Face `config.json` declares: `architectures[0]`, else
+/// `model_type`.
+pub fn declared_name(config_json: &serde_json::Value) -> Option<&str> {
+    config_json
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .or_else(|| config_json.get("model_type").and_then(|a| a.as_str()))
+}
+
 /// Fails unless `found` is `want`, saying which command runs what was found.
 pub fn expect(
     found: Architecture,
