@@ -41,3 +41,18 @@ reference: fetch-models
 # List the backends, devices and dtypes this machine offers.
 devices *features="full":
     cargo run --release --features "{{features}}" -- devices
+
+# Fuzz one target (gguf, hf_dir, chat, config) for SECONDS with libFuzzer (nightly Rust and
+# `cargo install cargo-fuzz`). New inputs land in fuzz/corpus/TARGET; crashes in
+# fuzz/artifacts/TARGET: copy each to fuzz/regressions/TARGET, where `just test` replays it.
+fuzz target seconds="600":
+    cd fuzz && cargo +nightly fuzz run {{target}} corpus/{{target}} -- \
+        -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=4096 -max_len=262144 -print_final_stats=1
+
+# Fuzz every target in turn.
+fuzz-all seconds="600":
+    for t in gguf hf_dir chat config; do just fuzz $t {{seconds}}; done
+
+# Rebuild the fuzz seed corpora from the fixtures and configs.
+fuzz-seeds:
+    scripts/fuzz-seeds.sh

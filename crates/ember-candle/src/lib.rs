@@ -1,5 +1,7 @@
 //! Ember on burn's candle backend: CPU always, CUDA and Metal with the `cuda` / `metal`
 //! features.
+// Bad input (a file, a config, a user's text) must come back as an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // burn 0.21 marks burn-candle deprecated (it is gone after 0.21); Ember pins 0.21 to keep it.
 #![allow(deprecated)]
 

@@ -57,6 +57,7 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   repetition_penalty = 1.0      # 1 = off
   seed = 299792458
   stop = [\"\\n\\n\"]             # stop strings (not printed)
+  truncate = \"error\"            # prompt longer than the context: error | left (drop oldest)
 
 Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
 

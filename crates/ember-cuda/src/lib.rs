@@ -1,6 +1,8 @@
 //! Ember on burn's CubeCL CUDA backend. The driver and NVRTC are loaded at run time, so this
 //! builds anywhere; the device is probed through the driver before burn touches it (burn
 //! panics when there is none).
+// Bad input (a file, a config, a user's text) must come back as an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use burn::backend::cuda::CudaDevice;
 use burn::backend::Cuda;

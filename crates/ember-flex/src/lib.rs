@@ -1,4 +1,6 @@
 //! Ember on burn's flex backend: pure-Rust, runs on any CPU, the embedded default.
+// Bad input (a file, a config, a user's text) must come back as an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::Flex;

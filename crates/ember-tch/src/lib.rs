@@ -1,6 +1,8 @@
 //! Ember on burn's libtorch backend: CPU always; CUDA and MPS when the libtorch it was built
 //! against has them (the PyPI CPU libraries that `scripts/fetch-libtorch.sh` fetches do not
 //! include CUDA; build against a CUDA libtorch for `cuda:N`, or on macOS for `mps`).
+// Bad input (a file, a config, a user's text) must come back as an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::LibTorch;

@@ -302,7 +302,8 @@ pub fn streamed_text_equals_full_decode<B: Backend>(ctx: &Ctx<B>) {
     }
 }
 
-/// A prompt longer than the context is an error naming both lengths, not a panic.
+/// A prompt longer than the context is an error naming both lengths, not a panic, unless the
+/// config asks to truncate it.
 pub fn prompt_longer_than_context_is_an_error<B: Backend>(ctx: &Ctx<B>) {
     let mut config = config_for(fixtures().join("tiny/gqa-untied/hf"), AttentionImpl::Fused);
     config.model.context_length = Some(8);
@@ -319,6 +320,34 @@ pub fn prompt_longer_than_context_is_an_error<B: Backend>(ctx: &Ctx<B>) {
         message.contains(&format!("prompt is {} tokens", ids.len())) && message.contains("holds 8"),
         "{message}"
     );
+
+    // Asked to truncate, it keeps the prompt's last tokens (leaving room for 3 new ones) and
+    // generates exactly what that tail alone gives.
+    let truncating = GenerationConfig {
+        max_new_tokens: 3,
+        truncate: ember::Truncate::Left,
+        ..GenerationConfig::default()
+    };
+    let stats = engine
+        .session()
+        .generate_from_tokens(&ids, &truncating, &CancelToken::new(), &mut |_| {})
+        .unwrap();
+    assert_eq!(stats.truncated_tokens, ids.len() - 5);
+    assert_eq!(stats.prompt_tokens, 5);
+    let tail = GenerationConfig {
+        max_new_tokens: 3,
+        ..GenerationConfig::default()
+    };
+    let alone = engine
+        .session()
+        .generate_from_tokens(
+            &ids[ids.len() - 5..],
+            &tail,
+            &CancelToken::new(),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(stats.tokens, alone.tokens);
 }
 
 #[derive(Debug, Deserialize)]

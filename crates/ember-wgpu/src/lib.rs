@@ -4,6 +4,8 @@
 //!
 //! wgpu panics in a worker thread when no adapter exists, so adapters are probed here
 //! first and a missing one is an error.
+// Bad input (a file, a config, a user's text) must come back as an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::Wgpu;

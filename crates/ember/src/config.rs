@@ -213,6 +213,22 @@ pub struct GenerationConfig {
     /// Generation stops when the text ends with one of these (not printed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// A prompt that does not fit in the context: `"error"` (the default) fails naming both
+    /// lengths; `"left"` drops the prompt's oldest tokens, keeping room to generate.
+    #[serde(default)]
+    pub truncate: Truncate,
+}
+
+/// What to do with a prompt longer than the context.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncate {
+    /// Fail with [`crate::Error::ContextOverflow`].
+    #[default]
+    Error,
+    /// Keep the prompt's most recent tokens: as many as leave room for `max_new_tokens`
+    /// (but at least half the free context for the prompt).
+    Left,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -238,6 +254,7 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             seed: default_seed(),
             stop: Vec::new(),
+            truncate: Truncate::Error,
         }
     }
 }

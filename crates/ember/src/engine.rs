@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
-use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig};
+use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig, Truncate};
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsStore;
@@ -150,6 +150,18 @@ impl<B: Backend> Engine<B> {
                 model_config.max_position_embeddings
             );
         }
+        if crate::memory::uses_host_memory(&runtime.device) {
+            let size = dtype.size() as u128;
+            let what = format!(
+                "{} ({} parameters in {}, and one {context}-token KV cache)",
+                checkpoint.path().display(),
+                model_config.param_count(),
+                runtime.dtype,
+            );
+            let needed =
+                (model_config.param_count() + model_config.context_elements(context)) * size;
+            crate::memory::ensure_fits(&what, needed, crate::memory::available_bytes())?;
+        }
         let loader = Loader::<B>::new(store.as_ref(), device, dtype, &mut on_tensor);
         let model = Llama::load(model_config, &loader, context, device)?;
         loader.finish()?;
@@ -265,8 +277,10 @@ pub enum FinishReason {
 /// Counts and timings of one generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationStats {
-    /// Tokens in the prompt.
+    /// Tokens of the prompt that were run.
     pub prompt_tokens: usize,
+    /// Oldest prompt tokens dropped to fit the context (`generation.truncate = "left"`).
+    pub truncated_tokens: usize,
     /// Time to process the prompt (up to the first token's logits).
     pub prefill: Duration,
     /// Tokens generated.
@@ -377,12 +391,27 @@ impl<B: Backend> Session<'_, B> {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerationStats> {
         let capacity = self.cache.capacity();
-        if self.cache.len() + prompt.len() >= capacity {
-            return Err(Error::ContextOverflow {
+        let room = capacity - self.cache.len();
+        let mut prompt = prompt;
+        let mut truncated_tokens = 0;
+        if prompt.len() >= room {
+            let overflow = Error::ContextOverflow {
                 prompt: self.cache.len() + prompt.len(),
                 context: capacity,
                 max_new_tokens: generation.max_new_tokens,
-            });
+            };
+            let reserve = generation.max_new_tokens.clamp(1, (room / 2).max(1));
+            let keep = room.saturating_sub(reserve);
+            if generation.truncate == Truncate::Error || keep == 0 {
+                return Err(overflow);
+            }
+            truncated_tokens = prompt.len() - keep;
+            tracing::warn!(
+                "prompt of {} tokens does not fit in the {room} free positions of the context: \
+                 dropped its oldest {truncated_tokens} (generation.truncate = \"left\")",
+                prompt.len()
+            );
+            prompt = &prompt[truncated_tokens..];
         }
         let tokenizer = &self.engine.tokenizer;
         let mut sampler = Sampler::new(generation);
@@ -423,6 +452,7 @@ impl<B: Backend> Session<'_, B> {
         }
         Ok(GenerationStats {
             prompt_tokens: prompt.len(),
+            truncated_tokens,
             prefill,
             generated_tokens: generated.len(),
             decode: decode_start.elapsed(),

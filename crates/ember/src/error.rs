@@ -90,7 +90,7 @@ pub enum Error {
     #[error("chat template: {0}")]
     Template(String),
     /// The prompt does not fit in the context.
-    #[error("prompt is {prompt} tokens but the context holds {context} (with {max_new_tokens} new tokens requested); shorten the prompt or raise model.context_length")]
+    #[error("prompt is {prompt} tokens but the context holds {context} (with {max_new_tokens} new tokens requested); shorten the prompt, raise model.context_length, or set generation.truncate = \"left\"")]
     ContextOverflow {
         /// Prompt tokens.
         prompt: usize,
@@ -98,6 +98,16 @@ pub enum Error {
         context: usize,
         /// Tokens requested.
         max_new_tokens: usize,
+    },
+    /// The model would not fit in the memory available (checked before allocating).
+    #[error("{what} needs {} but only {} of memory is available; use a smaller model, a lower-precision dtype or a shorter model.context_length", human_bytes(*needed), human_bytes(*available))]
+    OutOfMemory {
+        /// What was to be allocated.
+        what: String,
+        /// Bytes it needs.
+        needed: u128,
+        /// Bytes available.
+        available: u64,
     },
     /// A backend, device or dtype cannot run this.
     #[error("backend: {0}")]
@@ -124,6 +134,23 @@ pub enum Error {
         /// What the probe found.
         reason: String,
     },
+}
+
+/// `bytes` in binary units with two decimals, and the exact count: "1.50 GiB (1610612736 bytes)".
+pub fn human_bytes(bytes: impl Into<u128>) -> String {
+    let bytes = bytes.into();
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.2} {} ({bytes} bytes)", units[unit])
+    }
 }
 
 /// Ember's result type.

@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+// Bad input (a file, a config, a user's text) must come back as an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod backend;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod sampling;
@@ -30,6 +33,7 @@ pub mod tokenizer;
 
 pub use config::{
     AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message, OnUnavailable,
+    Truncate,
 };
 pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{

@@ -278,10 +278,19 @@ impl TextTokenizer {
 /// Llama 3's pre-tokenizer split pattern.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Template instructions allowed for a render, plus per message ([`render_template`]).
+const TEMPLATE_FUEL_BASE: u64 = 100_000;
+const TEMPLATE_FUEL_PER_MESSAGE: u64 = 10_000;
+
 /// Renders a Hugging Face chat template with `add_generation_prompt = true`.
 pub fn render_template(source: &str, messages: &[Message], bos: &str, eos: &str) -> Result<String> {
     use minijinja::{context, Environment, ErrorKind};
     let mut env = Environment::new();
+    // A template comes with the model file, from whoever made it: bound the work it may do
+    // (real chat templates use a few hundred instructions per message).
+    env.set_fuel(Some(
+        TEMPLATE_FUEL_BASE + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64,
+    ));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -352,5 +361,51 @@ impl TokenStream {
     /// Every id pushed so far.
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(content: &str) -> Vec<Message> {
+        vec![Message {
+            role: "user".into(),
+            content: content.into(),
+        }]
+    }
+
+    #[test]
+    fn a_template_renders_messages() {
+        let out = render_template(
+            "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}",
+            &user("hi"),
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        assert_eq!(out, "<s>[user] hi");
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let endless =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let err = render_template(endless, &user("hi"), "", "").unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn a_template_error_names_the_problem() {
+        let err = render_template(
+            "{{ raise_exception('no system role') }}",
+            &user("x"),
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no system role"), "{err}");
+        let err = render_template("{% for %}", &user("x"), "", "").unwrap_err();
+        assert!(err.to_string().contains("cannot parse"), "{err}");
     }
 }

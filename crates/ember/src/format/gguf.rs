@@ -278,10 +278,25 @@ impl TensorInfo {
     }
 }
 
+/// A file's bytes: memory-mapped from disk, or owned (a file read into memory, a fuzzer's input).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A parsed, validated GGUF file whose tensor data stays memory-mapped.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: Bytes,
     version: u32,
     metadata: HashMap<String, Value>,
     tensors: Vec<TensorInfo>,
@@ -421,12 +436,17 @@ impl GgufFile {
         // SAFETY: the map is read-only; the file is not expected to change while it is open
         // (the same contract as llama.cpp's and safetensors' readers).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), Bytes::Mapped(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self, GgufError> {
+    /// Validates a GGUF file held in memory; `name` stands for its path in messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self, GgufError> {
+        Self::parse(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, bytes: Bytes) -> Result<Self, GgufError> {
         let mut c = Cursor {
-            bytes: &mmap,
+            bytes: bytes.as_slice(),
             pos: 0,
         };
         let magic = c.array::<4>(&|| "magic".into())?;
@@ -543,7 +563,7 @@ impl GgufFile {
 
         let header_end = c.pos as u64;
         let data_start = header_end.div_ceil(alignment) * alignment;
-        let data_len = (mmap.len() as u64).saturating_sub(data_start);
+        let data_len = (bytes.as_slice().len() as u64).saturating_sub(data_start);
         let mut previous_end = 0u64;
         for t in &tensors {
             if t.offset % alignment != 0 {
@@ -574,7 +594,7 @@ impl GgufFile {
 
         Ok(Self {
             path,
-            mmap,
+            bytes,
             version,
             metadata,
             tensors,
@@ -611,7 +631,7 @@ impl GgufFile {
     /// The raw bytes of a tensor (validated in bounds at open).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         let start = self.data_start + info.offset as usize;
-        &self.mmap[start..start + info.size as usize]
+        &self.bytes.as_slice()[start..start + info.size as usize]
     }
 
     /// A tensor dequantized to f32, in row-major order of [`TensorInfo::shape`].

@@ -5,16 +5,15 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::Loader;
-use crate::nn::{layer_norm, linear};
+use crate::nn::{layer_norm, linear, scaled_softmax};
 
 /// A BERT `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,15 +291,8 @@ impl<B: Backend> Bert<B> {
                     },
                 ),
                 AttentionImpl::Plain => {
-                    let scores = q
-                        .matmul(k.swap_dims(2, 3))
-                        .cast(FloatDType::F32)
-                        .mul_scalar((hd as f64).powf(-0.5));
-                    let scores = match &bias {
-                        Some(b) => scores.add(b.clone().cast(FloatDType::F32)),
-                        None => scores,
-                    };
-                    softmax(scores, 3).cast(dtype).matmul(v)
+                    let scores = q.matmul(k.swap_dims(2, 3));
+                    scaled_softmax(scores, (hd as f64).powf(-0.5), bias.as_ref()).matmul(v)
                 }
             };
             let ctx = ctx.swap_dims(1, 2).reshape([batch, seq, h]);

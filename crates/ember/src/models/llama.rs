@@ -72,6 +72,30 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Weights the loaded model holds: the output projection is its own (transposed) copy even
+    /// when tied to the embedding. Wide arithmetic, so hostile sizes cannot overflow.
+    pub fn param_count(&self) -> u128 {
+        let n = |x: usize| x as u128;
+        let (h, hd) = (n(self.hidden_size), n(self.head_dim()));
+        let (heads, kv) = (n(self.num_attention_heads), n(self.kv_heads()));
+        let attention = h * heads * hd * 2 + h * kv * hd * 2;
+        let mlp = 3 * h * n(self.intermediate_size);
+        let layer = attention + mlp + 2 * h;
+        n(self.num_hidden_layers) * layer + 2 * n(self.vocab_size) * h + h
+    }
+
+    /// Elements of a KV cache for `positions` positions of one sequence (keys and values, every
+    /// layer) plus the RoPE tables for as many.
+    pub fn context_elements(&self, positions: usize) -> u128 {
+        let (layers, kv, hd) = (
+            self.num_hidden_layers as u128,
+            self.kv_heads() as u128,
+            self.head_dim() as u128,
+        );
+        let p = positions as u128;
+        2 * layers * kv * hd * p + 2 * p * hd
+    }
+
     /// Parses `config.json` text.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let config: Self = serde_json::from_str(text)

@@ -2,12 +2,11 @@
 //! matmul-softmax reference it is tested against.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::FloatDType;
 
 use crate::config::AttentionImpl;
+use crate::nn::scaled_softmax;
 
 /// Repeats each of `kv_heads` heads `groups` times: `[b, kv, s, d]` -> `[b, kv * groups, s, d]`.
 pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
@@ -43,10 +42,7 @@ pub fn causal_attention<B: Backend>(
             } else if q_len == k_len {
                 (None, true)
             } else {
-                let bias =
-                    Tensor::<B, 4>::zeros([batch, heads, q_len, k_len], (&device, q.dtype()))
-                        .mask_fill(mask(), f32::NEG_INFINITY);
-                (Some(bias), false)
+                (Some(hiding_bias(mask(), q.dtype())), false)
             };
             let options = AttentionModuleOptions {
                 scale: None,
@@ -56,20 +52,18 @@ pub fn causal_attention<B: Backend>(
             fused_attention(q, k, v, None, bias, options)
         }
         AttentionImpl::Plain => {
-            let dtype = q.dtype();
             let scale = (q.dims()[3] as f64).powf(-0.5);
-            let scores = q
-                .matmul(k.swap_dims(2, 3))
-                .cast(FloatDType::F32)
-                .mul_scalar(scale);
-            let scores = if q_len > 1 {
-                scores.mask_fill(mask(), f32::NEG_INFINITY)
-            } else {
-                scores
-            };
-            softmax(scores, 3).cast(dtype).matmul(v)
+            let scores = q.matmul(k.swap_dims(2, 3));
+            let bias = (q_len > 1).then(|| hiding_bias(mask(), scores.dtype()));
+            scaled_softmax(scores, scale, bias.as_ref()).matmul(v)
         }
     }
+}
+
+/// An additive bias from a boolean mask: 0 where visible, `-inf` where `hidden` is true.
+fn hiding_bias<B: Backend>(hidden: Tensor<B, 4, Bool>, dtype: burn::tensor::DType) -> Tensor<B, 4> {
+    Tensor::<B, 4>::zeros(hidden.dims(), (&hidden.device(), dtype))
+        .mask_fill(hidden, f32::NEG_INFINITY)
 }
 
 /// `true` where query `i` (at absolute position `k_len - q_len + i`) must not see key `j`.

@@ -1,4 +1,17 @@
 //! Layers shared by model families.
+//!
+//! # How the reductions are written
+//!
+//! burn-cubecl-fusion 0.21 fuses the element-wise ops that feed a reduction into the
+//! reduction's kernel ("fuse on read"). When one of those intermediates is also used after the
+//! reduction, the kernel writes it out too, and with a reduced-precision input (an f16 `x` cast
+//! to f32) it can pick that output as its layout reference, which its launcher then looks up
+//! among the inputs: an index-out-of-bounds panic while autotuning, on every CubeCL backend
+//! (wgpu, cuda; tracel-ai/burn#5292). So each reduction here reads a chain of element-wise ops
+//! that nothing else uses, starting from tensors that are already materialised (the layer's
+//! input, a matmul's output, an earlier reduction), and the ops after it recompute that chain
+//! instead of sharing it. Recomputing a cast or a subtraction is cheap next to the memory
+//! traffic of a materialised intermediate; on backends without fusion it costs one more cast.
 
 pub mod attention;
 pub mod kv_cache;
@@ -13,10 +26,17 @@ use burn::tensor::FloatDType;
 /// `x`: `[batch, seq, hidden]`; `weight`: `[hidden]`.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let dtype = x.dtype();
-    let xf = x.cast(FloatDType::F32);
-    let rms = xf.clone().square().mean_dim(2).add_scalar(eps).sqrt();
-    let normed = xf.div(rms).cast(dtype);
+    // See the module docs: the reduce reads its own cast of `x`, the division another one.
+    let mean_square = f32_of(&x).square().mean_dim(2);
+    let normed = f32_of(&x)
+        .div(mean_square.add_scalar(eps).sqrt())
+        .cast(dtype);
     normed.mul(weight.clone().unsqueeze::<3>())
+}
+
+/// `x` as f32 (a no-op when it already is).
+fn f32_of<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Tensor<B, D> {
+    x.clone().cast(FloatDType::F32)
 }
 
 /// `x.matmul(w)` for `x: [batch, seq, in]`, `w: [in, out]` -> `[batch, seq, out]`.
@@ -37,12 +57,38 @@ pub fn layer_norm<B: Backend>(
     eps: f64,
 ) -> Tensor<B, 3> {
     let dtype = x.dtype();
-    let xf = x.cast(FloatDType::F32);
-    let mean = xf.clone().mean_dim(2);
-    let centered = xf.sub(mean);
-    let var = centered.clone().square().mean_dim(2);
-    let normed = centered.div(var.add_scalar(eps).sqrt()).cast(dtype);
+    // See the module docs: each reduction reads a chain of its own.
+    let mean = f32_of(&x).mean_dim(2);
+    let var = f32_of(&x).sub(mean.clone()).square().mean_dim(2);
+    let normed = f32_of(&x)
+        .sub(mean)
+        .div(var.add_scalar(eps).sqrt())
+        .cast(dtype);
     normed
         .mul(weight.clone().unsqueeze::<3>())
         .add(bias.clone().unsqueeze::<3>())
+}
+
+/// Softmax over the last dim of `scale * scores + bias`, computed in f32 and returned in
+/// `scores`' dtype. `bias` is additive (0 where visible, `-inf` where hidden) and broadcasts.
+///
+/// Written as `exp(s - logsumexp(s))` so that both reductions (max and sum) read chains of
+/// their own from `scores` (see the module docs); `scores` is usually a matmul's output.
+pub fn scaled_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    scale: f64,
+    bias: Option<&Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let dtype = scores.dtype();
+    let logits = || {
+        let s = f32_of(&scores).mul_scalar(scale);
+        match bias {
+            Some(b) => s.add(f32_of(b)),
+            None => s,
+        }
+    };
+    let max = logits().max_dim(3);
+    let sum = logits().sub(max.clone()).exp().sum_dim(3);
+    let log_norm = max.add(sum.log());
+    logits().sub(log_norm).exp().cast(dtype)
 }
