@@ -43,10 +43,12 @@ devices *features="full":
     cargo run --release --features "{{features}}" -- devices
 
 # Fuzz one target (gguf, hf_dir, chat, config) for SECONDS with libFuzzer (nightly Rust and
-# `cargo install cargo-fuzz`). New inputs land in fuzz/corpus/TARGET; crashes in
-# fuzz/artifacts/TARGET: copy each to fuzz/regressions/TARGET, where `just test` replays it.
+# `cargo install cargo-fuzz`), starting from the committed fuzz/corpus/TARGET. Inputs it finds
+# go to fuzz/found/TARGET (not committed), crashes to fuzz/artifacts/TARGET: copy each crash
+# to fuzz/regressions/TARGET, where `cargo test` replays it.
 fuzz target seconds="600":
-    cd fuzz && cargo +nightly fuzz run {{target}} corpus/{{target}} -- \
+    mkdir -p fuzz/found/{{target}}
+    cd fuzz && cargo +nightly fuzz run -O {{target}} found/{{target}} corpus/{{target}} -- \
         -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=4096 -max_len=262144 -print_final_stats=1
 
 # Fuzz every target in turn.

@@ -155,8 +155,7 @@ impl<B: Backend> Embedder<B> {
         if !tok_path.is_file() {
             return Err(Error::model(dir, "tokenizer.json is missing"));
         }
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| Error::model(&tok_path, format!("invalid tokenizer.json: {e}")))?;
+        let mut tokenizer = crate::tokenizer::read_tokenizer_json(&tok_path)?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {

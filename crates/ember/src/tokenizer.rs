@@ -66,8 +66,7 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(Error::model(dir, "tokenizer.json is missing"));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::model(&path, format!("invalid tokenizer.json: {e}")))?;
+        let inner = read_tokenizer_json(&path)?;
         let read_json = |name: &str| -> Result<Json> {
             let p = dir.join(name);
             if !p.is_file() {
@@ -272,6 +271,29 @@ impl TextTokenizer {
             )
         })?;
         render_template(source, messages, &self.bos_token, &self.eos_token)
+    }
+}
+
+/// Reads a `tokenizer.json`. The `tokenizers` crate panics on some malformed files (0.22:
+/// `expect("Helper")` on a decoder it cannot read, found by the `hf_dir` fuzz target); such a
+/// panic is caught here and becomes an error naming the file, like any other bad input.
+pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes));
+    match parsed {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(Error::model(path, format!("invalid tokenizer.json: {e}"))),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(Error::model(
+                path,
+                format!("invalid tokenizer.json: the tokenizers crate failed on it ({why})"),
+            ))
+        }
     }
 }
 

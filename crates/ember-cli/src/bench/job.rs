@@ -137,11 +137,13 @@ impl BackendJob for BenchJob<'_> {
         if is_encoder(&spec.config)? {
             return embed_run::<B>(spec, &device, runtime);
         }
+        phase("cold load");
         let cold = {
             let engine = Engine::<B>::load(&spec.config, &device, runtime.clone())
                 .context("cannot load the model")?;
             engine.load_time().as_secs_f64()
         };
+        phase("warm load");
         let engine =
             Engine::<B>::load(&spec.config, &device, runtime).context("cannot load the model")?;
         let model = engine.model();
@@ -177,6 +179,7 @@ impl BackendJob for BenchJob<'_> {
             let ids = random_ids(n, vocab, PROMPT_SEED);
             let mut samples = Vec::new();
             for rep in 0..total {
+                phase(&format!("pp{n} repetition {}/{total}", rep + 1));
                 session.reset();
                 let start = Instant::now();
                 let logits = session.prefill(&ids)?;
@@ -196,6 +199,7 @@ impl BackendJob for BenchJob<'_> {
             let first = random_ids(1, vocab, PROMPT_SEED)[0];
             let mut samples = Vec::new();
             for rep in 0..total {
+                phase(&format!("tg{n} repetition {}/{total}", rep + 1));
                 session.reset();
                 let start = Instant::now();
                 let mut token = first;
@@ -378,6 +382,15 @@ fn check_reference<B: Backend>(
     }
     Ok(Some((matched, total)))
 }
+
+/// Marks what the run is doing on stderr, where the parent finds the last mark when it has
+/// to kill a run that takes too long.
+pub fn phase(what: &str) {
+    eprintln!("{PHASE_MARK}{what}");
+}
+
+/// Prefix of [`phase`] lines.
+pub const PHASE_MARK: &str = "ember-bench-phase: ";
 
 fn human_params(n: usize) -> String {
     if n >= 1_000_000_000 {

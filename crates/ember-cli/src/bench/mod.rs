@@ -297,7 +297,16 @@ fn run_child(
         if start.elapsed() > timeout {
             child.kill().ok();
             child.wait().ok();
-            bail!("run timed out after {} s (killed)", timeout.as_secs());
+            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+            let during = stderr
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix(job::PHASE_MARK))
+                .unwrap_or("start-up");
+            bail!(
+                "run timed out after {} s (killed) during {during}",
+                timeout.as_secs()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
@@ -451,6 +460,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
             bar.inc(1);
             continue;
         }
+        let before = records.len();
         let mut config = target.config.clone();
         let longest = plan
             .n_prompt
@@ -499,6 +509,8 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                 ..base
             }),
         }
+        let done = records.len() - before;
+        report_progress(&records[records.len() - done..], &records, plan, &dir, &bar);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -549,6 +561,8 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                 }),
             }
         }
+        let hidden = indicatif::ProgressBar::hidden();
+        report_progress(&[], &records, plan, &dir, &hidden);
     }
     accuracy(&mut records, &logits, &keys);
     for rec in &mut records {
@@ -557,8 +571,51 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
         }
     }
     write_outputs(&records, plan, &dir)?;
+    eprintln!("results written to {}", dir.display());
     std::fs::remove_dir_all(&scratch).ok();
     Ok(records)
+}
+
+/// After each run: prints its rows (so that a bench cut short still shows what it measured)
+/// and rewrites the outputs with every row so far, before the accuracy columns, which need
+/// all runs, are filled in at the end.
+fn report_progress(
+    new: &[Record],
+    all: &[Record],
+    plan: &Plan,
+    dir: &Path,
+    bar: &indicatif::ProgressBar,
+) {
+    for rec in new {
+        let what = if rec.status == "ok" {
+            format!("{:.2} ± {:.2} t/s", rec.avg_ts, rec.stddev_ts)
+        } else {
+            format!("{}: {}", rec.status, rec.reason)
+        };
+        let test = match (rec.n_batch, rec.n_prompt, rec.n_gen) {
+            (b, _, _) if b > 0 => format!("embed b{b}"),
+            (_, 0, 0) => "-".to_string(),
+            (_, p, 0) => format!("pp{p}"),
+            (_, _, g) => format!("tg{g}"),
+        };
+        bar.println(format!(
+            "{} | {} {} {} | {test} | {what}",
+            rec.model_filename, rec.backends, rec.device, rec.dtype
+        ));
+    }
+    let snapshot: Vec<Record> = all
+        .iter()
+        .cloned()
+        .map(|mut rec| {
+            if rec_key_index(&rec).is_some() {
+                rec.reason.clear();
+            }
+            rec
+        })
+        .collect();
+    if let Err(e) = write_outputs(&snapshot, plan, dir) {
+        bar.println(format!("warning: cannot write partial results: {e:#}"));
+    }
 }
 
 fn write_outputs(records: &[Record], plan: &Plan, dir: &Path) -> Result<()> {
@@ -573,7 +630,6 @@ fn write_outputs(records: &[Record], plan: &Plan, dir: &Path) -> Result<()> {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    eprintln!("results written to {}", dir.display());
     Ok(())
 }
 

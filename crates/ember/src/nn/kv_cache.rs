@@ -70,12 +70,18 @@ impl<B: Backend> KvCache<B> {
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, heads, seq, dim] = k.dims();
         let end = self.len + seq;
-        let (kc, vc) = &mut self.layers[layer];
         let range = [0..batch, 0..heads, self.len..end, 0..dim];
-        *kc = kc.clone().slice_assign(range.clone(), k);
-        *vc = vc.clone().slice_assign(range, v);
+        // Take the cache tensors out of their slot (the new k/v hold it meanwhile) so that
+        // each is uniquely owned when written: burn then writes in place instead of copying
+        // the whole cache every token, which `slot.clone().slice_assign(..)` would do.
+        let slot = &mut self.layers[layer];
+        let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
+        let kc = kc.slice_assign(range.clone(), k);
+        let vc = vc.slice_assign(range, v);
         let upto = [0..batch, 0..heads, 0..end, 0..dim];
-        (kc.clone().slice(upto.clone()), vc.clone().slice(upto))
+        let out = (kc.clone().slice(upto.clone()), vc.clone().slice(upto));
+        *slot = (kc, vc);
+        out
     }
 
     /// Records that `seq` more positions were written to every layer.
