@@ -72,8 +72,9 @@ impl<B: Backend> KvCache<B> {
         let end = self.len + seq;
         let range = [0..batch, 0..heads, self.len..end, 0..dim];
         // Take the cache tensors out of their slot (the new k/v hold it meanwhile) so that
-        // each is uniquely owned when written: burn then writes in place instead of copying
-        // the whole cache every token, which `slot.clone().slice_assign(..)` would do.
+        // each is uniquely owned when written, which lets burn write in place; with a second
+        // handle (`slot.clone().slice_assign(..)`) it may have to copy the whole cache.
+        // Measured on flex: +3 % decode at a 4096-position context (docs/performance.md).
         let slot = &mut self.layers[layer];
         let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
         let kc = kc.slice_assign(range.clone(), k);
