@@ -151,15 +151,13 @@ impl<B: Backend> Engine<B> {
             );
         }
         if crate::memory::uses_host_memory(&runtime.device) {
-            let size = dtype.size() as u128;
+            let params = model_config.param_count();
             let what = format!(
-                "{} ({} parameters in {}, and one {context}-token KV cache)",
+                "{} ({params} parameters in {}, and one {context}-token KV cache)",
                 checkpoint.path().display(),
-                model_config.param_count(),
                 runtime.dtype,
             );
-            let needed =
-                (model_config.param_count() + model_config.context_elements(context)) * size;
+            let needed = (params + model_config.context_elements(context)) * dtype.size() as u128;
             crate::memory::ensure_fits(&what, needed, crate::memory::available_bytes())?;
         }
         let loader = Loader::<B>::new(store.as_ref(), device, dtype, &mut on_tensor);

@@ -509,8 +509,12 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                 ..base
             }),
         }
-        let done = records.len() - before;
-        report_progress(&records[records.len() - done..], &records, plan, &dir, &bar);
+        // `suspend`, not `println`: that one prints nothing when stderr is not a terminal,
+        // and a log file is where these lines matter most.
+        for rec in &records[before..] {
+            bar.suspend(|| eprintln!("{}", row_line(rec)));
+        }
+        write_partial(&records, plan, &dir);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -561,60 +565,48 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                 }),
             }
         }
-        let hidden = indicatif::ProgressBar::hidden();
-        report_progress(&[], &records, plan, &dir, &hidden);
+        write_partial(&records, plan, &dir);
     }
     accuracy(&mut records, &logits, &keys);
-    for rec in &mut records {
-        if rec_key_index(rec).is_some() {
-            rec.reason.clear();
-        }
-    }
+    records.iter_mut().for_each(clear_run_tag);
     write_outputs(&records, plan, &dir)?;
     eprintln!("results written to {}", dir.display());
     std::fs::remove_dir_all(&scratch).ok();
     Ok(records)
 }
 
-/// After each run: prints its rows (so that a bench cut short still shows what it measured)
-/// and rewrites the outputs with every row so far, before the accuracy columns, which need
-/// all runs, are filled in at the end.
-fn report_progress(
-    new: &[Record],
-    all: &[Record],
-    plan: &Plan,
-    dir: &Path,
-    bar: &indicatif::ProgressBar,
-) {
-    for rec in new {
-        let what = if rec.status == "ok" {
-            format!("{:.2} ± {:.2} t/s", rec.avg_ts, rec.stddev_ts)
-        } else {
-            format!("{}: {}", rec.status, rec.reason)
-        };
-        let test = match (rec.n_batch, rec.n_prompt, rec.n_gen) {
-            (b, _, _) if b > 0 => format!("embed b{b}"),
-            (_, 0, 0) => "-".to_string(),
-            (_, p, 0) => format!("pp{p}"),
-            (_, _, g) => format!("tg{g}"),
-        };
-        bar.println(format!(
-            "{} | {} {} {} | {test} | {what}",
-            rec.model_filename, rec.backends, rec.device, rec.dtype
-        ));
-    }
-    let snapshot: Vec<Record> = all
-        .iter()
-        .cloned()
-        .map(|mut rec| {
-            if rec_key_index(&rec).is_some() {
-                rec.reason.clear();
-            }
-            rec
-        })
-        .collect();
+/// A run's row as one line, printed as soon as the run ends (a bench cut short still shows
+/// what it measured).
+fn row_line(rec: &Record) -> String {
+    let what = if rec.status == "ok" {
+        format!("{:.2} ± {:.2} t/s", rec.avg_ts, rec.stddev_ts)
+    } else {
+        format!("{}: {}", rec.status, rec.reason)
+    };
+    format!(
+        "{} | {} {} {} | {} | {what}",
+        rec.model_filename,
+        rec.backends,
+        rec.device,
+        rec.dtype,
+        rec.test()
+    )
+}
+
+/// Rewrites the outputs with every row so far, after each run: the accuracy columns, which
+/// need all runs, are filled in at the end.
+fn write_partial(records: &[Record], plan: &Plan, dir: &Path) {
+    let mut snapshot = records.to_vec();
+    snapshot.iter_mut().for_each(clear_run_tag);
     if let Err(e) = write_outputs(&snapshot, plan, dir) {
-        bar.println(format!("warning: cannot write partial results: {e:#}"));
+        eprintln!("warning: cannot write partial results: {e:#}");
+    }
+}
+
+/// Removes the internal run tag a row carries in `reason` until accuracy is computed.
+fn clear_run_tag(rec: &mut Record) {
+    if rec_key_index(rec).is_some() {
+        rec.reason.clear();
     }
 }
 
