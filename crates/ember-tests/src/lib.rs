@@ -219,8 +219,16 @@ pub fn tiny_gguf_equals_hf<B: Backend>(ctx: &Ctx<B>) {
 
 /// Prefill then token-by-token decode gives the logits of one full forward pass.
 pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
-    for attention in [AttentionImpl::Fused, AttentionImpl::Plain] {
-        let engine = tiny_engine(ctx, "gqa-untied", false, attention);
+    // The default decode window pads the keys to 256 positions (masked); 1 uses exactly the
+    // filled ones; 5 moves the window edge through the decoded tokens.
+    let cases = [AttentionImpl::Fused, AttentionImpl::Plain]
+        .into_iter()
+        .flat_map(|a| [None, Some(1), Some(5)].map(|w| (a, w)));
+    for (attention, window) in cases {
+        let source = fixtures().join("tiny").join("gqa-untied").join("hf");
+        let mut config = config_for(source, attention);
+        config.model.decode_window = window;
+        let engine = load(ctx, &config);
         let ids = tiny_expected("gqa-untied").prompt_ids;
         let full = engine.session().forward(&ids, true).unwrap();
         let vocab = full.len() / ids.len();
@@ -235,7 +243,7 @@ pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
         let err = max_abs_diff(&got, &full);
         assert!(
             err <= ctx.logits_tol,
-            "{attention:?}: cached vs full max logit error {err}"
+            "{attention:?}, decode window {window:?}: cached vs full max logit error {err}"
         );
     }
 }

@@ -50,6 +50,11 @@ pub struct ModelConfig {
     /// Tokens the KV cache holds (default: the model's own context, at most 4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_length: Option<usize>,
+    /// A decode step attends to the cached positions rounded up to a multiple of this, the
+    /// padding masked (default 256; 1 attends to exactly the filled positions). Fewer
+    /// distinct shapes means fewer kernel compilations and autotune runs on CubeCL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_window: Option<usize>,
 }
 
 /// `[backend]`: what runs the model.

@@ -57,6 +57,7 @@ pub struct Engine<B: Backend> {
     runtime: RuntimeInfo,
     attention: AttentionImpl,
     context: usize,
+    decode_window: usize,
     checkpoint: Checkpoint,
     load_time: Duration,
 }
@@ -170,6 +171,11 @@ impl<B: Backend> Engine<B> {
             runtime,
             attention: config.backend.attention,
             context,
+            decode_window: config
+                .model
+                .decode_window
+                .unwrap_or(crate::nn::kv_cache::DECODE_WINDOW)
+                .max(1),
             checkpoint,
             load_time: start.elapsed(),
         })
@@ -179,7 +185,10 @@ impl<B: Backend> Engine<B> {
     pub fn session(&self) -> Session<'_, B> {
         Session {
             engine: self,
-            cache: self.model.new_cache(1, self.context, &self.device),
+            cache: self
+                .model
+                .new_cache(1, self.context, &self.device)
+                .with_decode_window(self.decode_window),
             tokens: Vec::new(),
         }
     }

@@ -14,7 +14,7 @@ use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::{Loader, TensorStore};
-use crate::nn::attention::{causal_attention, repeat_kv};
+use crate::nn::attention::{decode_attention, padding_bias, repeat_kv};
 use crate::nn::kv_cache::KvCache;
 use crate::nn::rope::{inv_freq, Llama3Scaling, Rope};
 use crate::nn::{linear, rms_norm};
@@ -452,6 +452,17 @@ impl<B: Backend> Llama<B> {
             .clone()
             .select(0, tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size]);
+        // A single new token attends over a window of the cache that grows in steps of
+        // 256 positions (kv_cache::decode_window says why), the padding hidden by a bias.
+        let end = start + seq;
+        let window = if seq == 1 {
+            cache.decode_window(end)
+        } else {
+            end
+        };
+        let padding = (window > end).then(|| {
+            padding_bias::<B>(batch, heads, end, window, x.dtype(), &x.device())
+        });
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
             let a = &layer.self_attn;
@@ -464,9 +475,10 @@ impl<B: Backend> Llama<B> {
                 .rope
                 .apply(split(linear(h.clone(), &a.k_proj), kv_heads), start);
             let v = split(linear(h, &a.v_proj), kv_heads);
-            let (k, v) = cache.append(i, k, v);
+            let (k, v) = cache.append(i, k, v, window);
             let groups = heads / kv_heads;
-            let out = causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention);
+            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+            let out = decode_attention(q, k, v, padding.as_ref(), attention);
             // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
             let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
             x = x.add(linear(out, &a.o_proj));

@@ -27,8 +27,21 @@ pub fn causal_attention<B: Backend>(
     v: Tensor<B, 4>,
     imp: AttentionImpl,
 ) -> Tensor<B, 4> {
+    decode_attention(q, k, v, None, imp)
+}
+
+/// [`causal_attention`], where a single query (`q_len == 1`) may attend over a padded window
+/// of keys, `padding` (from [`padding_bias`]) hiding the keys past the real ones.
+pub fn decode_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    padding: Option<&Tensor<B, 4>>,
+    imp: AttentionImpl,
+) -> Tensor<B, 4> {
     let [batch, heads, q_len, _] = q.dims();
     let k_len = k.dims()[2];
+    let padding = padding.filter(|_| q_len == 1).cloned();
     let device = q.device();
     let mask = || causal_mask::<B>(batch, heads, q_len, k_len, &device);
     match imp {
@@ -38,7 +51,7 @@ pub fn causal_attention<B: Backend>(
             // appended to a cache get an additive bias rather than a boolean mask: burn-tch
             // 0.21 hands burn's mask (true = hidden) to PyTorch, which reads true = visible.
             let (bias, is_causal) = if q_len == 1 {
-                (None, false)
+                (padding, false)
             } else if q_len == k_len {
                 (None, true)
             } else {
@@ -54,10 +67,32 @@ pub fn causal_attention<B: Backend>(
         AttentionImpl::Plain => {
             let scale = (q.dims()[3] as f64).powf(-0.5);
             let scores = q.matmul(k.swap_dims(2, 3));
-            let bias = (q_len > 1).then(|| hiding_bias(mask(), scores.dtype()));
+            let bias = if q_len > 1 {
+                Some(hiding_bias(mask(), scores.dtype()))
+            } else {
+                padding
+            };
             scaled_softmax(scores, scale, bias.as_ref()).matmul(v)
         }
     }
+}
+
+/// The additive bias `[batch, heads, 1, window]` that hides keys `visible..window` from a
+/// single query: 0 before `visible`, `-inf` from it on. Built once per decode step and
+/// shared by every layer.
+pub fn padding_bias<B: Backend>(
+    batch: usize,
+    heads: usize,
+    visible: usize,
+    window: usize,
+    dtype: burn::tensor::DType,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let hidden = Tensor::<B, 1, Int>::arange(0..window as i64, device)
+        .greater_equal_elem(visible as i64)
+        .reshape([1, 1, 1, window])
+        .expand([batch, heads, 1, window]);
+    hiding_bias(hidden, dtype)
 }
 
 /// An additive bias from a boolean mask: 0 where visible, `-inf` where `hidden` is true.

@@ -10,6 +10,7 @@ pub struct KvCache<B: Backend> {
     layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
     len: usize,
     capacity: usize,
+    window: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -35,7 +36,14 @@ impl<B: Backend> KvCache<B> {
                 .collect(),
             len: 0,
             capacity,
+            window: DECODE_WINDOW,
         }
+    }
+
+    /// Sets the granularity of the decode window (1: exact lengths); see [`decode_window`].
+    pub fn with_decode_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
     }
 
     /// Positions filled so far.
@@ -59,7 +67,9 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Writes `k`, `v` (`[batch, kv_heads, seq, head_dim]`) of layer `layer` at positions
-    /// `len..len + seq` and returns keys and values for `0..len + seq`.
+    /// `len..len + seq` and returns keys and values for `0..visible`, where `visible` is at
+    /// least `len + seq` (positions past that hold zeros or stale entries, which the caller
+    /// masks; see [`decode_window`]).
     ///
     /// The caller checks the capacity first and calls [`KvCache::advance`] after the last layer.
     pub fn append(
@@ -67,9 +77,11 @@ impl<B: Backend> KvCache<B> {
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
+        visible: usize,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, heads, seq, dim] = k.dims();
         let end = self.len + seq;
+        debug_assert!(end <= visible && visible <= self.capacity);
         let range = [0..batch, 0..heads, self.len..end, 0..dim];
         // Take the cache tensors out of their slot (the new k/v hold it meanwhile) so that
         // each is uniquely owned when written, which lets burn write in place; with a second
@@ -79,14 +91,59 @@ impl<B: Backend> KvCache<B> {
         let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
         let kc = kc.slice_assign(range.clone(), k);
         let vc = vc.slice_assign(range, v);
-        let upto = [0..batch, 0..heads, 0..end, 0..dim];
+        let upto = [0..batch, 0..heads, 0..visible, 0..dim];
         let out = (kc.clone().slice(upto.clone()), vc.clone().slice(upto));
         *slot = (kc, vc);
         out
     }
 
+    /// How many cached positions a decode step attends to when `end` are filled: `end`
+    /// rounded up to a multiple of the cache's window (default [`DECODE_WINDOW`]), at most
+    /// the capacity. See [`decode_window`].
+    pub fn decode_window(&self, end: usize) -> usize {
+        decode_window(end, self.window, self.capacity)
+    }
+
     /// Records that `seq` more positions were written to every layer.
     pub fn advance(&mut self, seq: usize) {
         self.len += seq;
+    }
+}
+
+/// Default granularity of the cached length a decode step attends to (`[model]
+/// decode_window`).
+pub const DECODE_WINDOW: usize = 256;
+
+/// The number of cached positions a decode step attends to when `end` are filled: `end`
+/// rounded up to a multiple of `window`, at most `capacity`; the positions past `end` are
+/// hidden by an additive `-inf` bias.
+///
+/// Why: attention's shapes then change every 256 tokens instead of every token. CubeCL
+/// (cuda, wgpu) keys its autotune and compiled kernels on shapes and strides, so with the
+/// exact length every new token length was a new key (measured on an H100: a 1-layer f16
+/// model compiled and tuned anew for most of its first 32 decode steps; see
+/// docs/performance.md). The extra masked positions cost at most 255 positions of attention.
+pub fn decode_window(end: usize, window: usize, capacity: usize) -> usize {
+    let window = window.max(1);
+    end.div_ceil(window)
+        .saturating_mul(window)
+        .min(capacity)
+        .max(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_window_rounds_up_within_capacity() {
+        assert_eq!(decode_window(1, 256, 4096), 256);
+        assert_eq!(decode_window(256, 256, 4096), 256);
+        assert_eq!(decode_window(257, 256, 4096), 512);
+        assert_eq!(decode_window(300, 256, 320), 320);
+        assert_eq!(decode_window(40, 256, 64), 64);
+        assert_eq!(decode_window(64, 256, 64), 64);
+        assert_eq!(decode_window(37, 1, 64), 37);
+        assert_eq!(decode_window(37, 0, 64), 37);
     }
 }
