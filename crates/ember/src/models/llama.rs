@@ -460,9 +460,8 @@ impl<B: Backend> Llama<B> {
         } else {
             end
         };
-        let padding = (window > end).then(|| {
-            padding_bias::<B>(batch, heads, end, window, x.dtype(), &x.device())
-        });
+        let padding = (window > end)
+            .then(|| padding_bias::<B>(batch, heads, end, window, x.dtype(), &x.device()));
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
             let a = &layer.self_attn;
