@@ -14,7 +14,7 @@ use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::{Loader, TensorStore};
-use crate::nn::attention::{decode_attention, padding_bias, repeat_kv};
+use crate::nn::attention::{attend_all, causal_attention, padding_bias, repeat_kv};
 use crate::nn::kv_cache::KvCache;
 use crate::nn::rope::{inv_freq, Llama3Scaling, Rope};
 use crate::nn::{linear, rms_norm};
@@ -460,8 +460,11 @@ impl<B: Backend> Llama<B> {
         } else {
             end
         };
-        let padding = (window > end)
-            .then(|| padding_bias::<B>(batch, heads, end, window, x.dtype(), &x.device()));
+        let groups = heads / kv_heads;
+        let padding = (window > end).then(|| {
+            let shape = [batch, kv_heads, groups];
+            padding_bias::<B>(shape, end, window, x.dtype(), &x.device())
+        });
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
             let a = &layer.self_attn;
@@ -475,9 +478,16 @@ impl<B: Backend> Llama<B> {
                 .apply(split(linear(h.clone(), &a.k_proj), kv_heads), start);
             let v = split(linear(h, &a.v_proj), kv_heads);
             let (k, v) = cache.append(i, k, v, window);
-            let groups = heads / kv_heads;
-            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-            let out = decode_attention(q, k, v, padding.as_ref(), attention);
+            let out = if seq == 1 {
+                // One new token sees every cached position. Its query heads are laid onto
+                // their KV head ([b, heads, 1, d] -> [b, kv_heads, groups, d]; head h reads
+                // KV head h / groups, as `repeat_kv` orders them), so K and V are not
+                // repeated: two copies of the attended cache fewer per layer.
+                let q = q.reshape([batch, kv_heads, groups, hd]);
+                attend_all(q, k, v, padding.as_ref(), attention).reshape([batch, heads, 1, hd])
+            } else {
+                causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention)
+            };
             // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
             let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
             x = x.add(linear(out, &a.o_proj));

@@ -27,21 +27,11 @@ pub fn causal_attention<B: Backend>(
     v: Tensor<B, 4>,
     imp: AttentionImpl,
 ) -> Tensor<B, 4> {
-    decode_attention(q, k, v, None, imp)
-}
-
-/// [`causal_attention`], where a single query (`q_len == 1`) may attend over a padded window
-/// of keys, `padding` (from [`padding_bias`]) hiding the keys past the real ones.
-pub fn decode_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    padding: Option<&Tensor<B, 4>>,
-    imp: AttentionImpl,
-) -> Tensor<B, 4> {
     let [batch, heads, q_len, _] = q.dims();
     let k_len = k.dims()[2];
-    let padding = padding.filter(|_| q_len == 1).cloned();
+    if q_len == 1 {
+        return attend_all(q, k, v, None, imp);
+    }
     let device = q.device();
     let mask = || causal_mask::<B>(batch, heads, q_len, k_len, &device);
     match imp {
@@ -50,9 +40,7 @@ pub fn decode_attention<B: Backend>(
             // used only for a full square prefill. A single new token needs no mask. Queries
             // appended to a cache get an additive bias rather than a boolean mask: burn-tch
             // 0.21 hands burn's mask (true = hidden) to PyTorch, which reads true = visible.
-            let (bias, is_causal) = if q_len == 1 {
-                (padding, false)
-            } else if q_len == k_len {
+            let (bias, is_causal) = if q_len == k_len {
                 (None, true)
             } else {
                 (Some(hiding_bias(mask(), q.dtype())), false)
@@ -67,22 +55,46 @@ pub fn decode_attention<B: Backend>(
         AttentionImpl::Plain => {
             let scale = (q.dims()[3] as f64).powf(-0.5);
             let scores = q.matmul(k.swap_dims(2, 3));
-            let bias = if q_len > 1 {
-                Some(hiding_bias(mask(), scores.dtype()))
-            } else {
-                padding
-            };
+            let bias = Some(hiding_bias(mask(), scores.dtype()));
             scaled_softmax(scores, scale, bias.as_ref()).matmul(v)
         }
     }
 }
 
-/// The additive bias `[batch, heads, 1, window]` that hides keys `visible..window` from a
-/// single query: 0 before `visible`, `-inf` from it on. Built once per decode step and
-/// shared by every layer.
+/// Attention of every query in `q: [batch, heads, q_len, d]` to every key of
+/// `k, v: [batch, heads, k_len, d]` but those `bias` (additive, broadcastable to
+/// `[batch, heads, q_len, k_len]`) hides. Decode uses it with the query heads of one token
+/// grouped onto their KV head (`q_len` = query heads per KV head), so that grouped-query
+/// attention needs no repeated K and V.
+pub fn attend_all<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<&Tensor<B, 4>>,
+    imp: AttentionImpl,
+) -> Tensor<B, 4> {
+    match imp {
+        AttentionImpl::Fused => {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            };
+            fused_attention(q, k, v, None, bias.cloned(), options)
+        }
+        AttentionImpl::Plain => {
+            let scale = (q.dims()[3] as f64).powf(-0.5);
+            let scores = q.matmul(k.swap_dims(2, 3));
+            scaled_softmax(scores, scale, bias).matmul(v)
+        }
+    }
+}
+
+/// The additive bias `[batch, heads, queries, window]` that hides keys `visible..window`:
+/// 0 before `visible`, `-inf` from it on. Built once per decode step and shared by every
+/// layer.
 pub fn padding_bias<B: Backend>(
-    batch: usize,
-    heads: usize,
+    [batch, heads, queries]: [usize; 3],
     visible: usize,
     window: usize,
     dtype: burn::tensor::DType,
@@ -91,7 +103,7 @@ pub fn padding_bias<B: Backend>(
     let hidden = Tensor::<B, 1, Int>::arange(0..window as i64, device)
         .greater_equal_elem(visible as i64)
         .reshape([1, 1, 1, window])
-        .expand([batch, heads, 1, window]);
+        .expand([batch, heads, queries, window]);
     hiding_bias(hidden, dtype)
 }
 

@@ -52,7 +52,8 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3Scaling>) ->
 pub struct Rope<B: Backend> {
     /// `[context, head_dim]`
     cos: Tensor<B, 2>,
-    /// `[context, head_dim]`
+    /// `[context, head_dim]`, negated in the first half: rotate-half's sign is folded in, so
+    /// that the rotation needs only the halves swapped.
     sin: Tensor<B, 2>,
 }
 
@@ -63,11 +64,11 @@ impl<B: Backend> Rope<B> {
         let mut cos = Vec::with_capacity(context * head_dim);
         let mut sin = Vec::with_capacity(context * head_dim);
         for pos in 0..context {
-            for _ in 0..2 {
+            for sign in [-1.0, 1.0] {
                 for &f in inv_freq {
                     let angle = pos as f64 * f;
                     cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
+                    sin.push((sign * angle.sin()) as f32);
                 }
             }
         }
@@ -83,15 +84,18 @@ impl<B: Backend> Rope<B> {
         let [_, _, seq, head_dim] = x.dims();
         let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
         let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();
+        // rotate_half(x) * sin = [-x2, x1] * [sin, sin] = [x2, x1] * [-sin, sin]: the halves
+        // swapped by one flip, the sign in the table. Fewer operations than narrowing,
+        // negating and concatenating (which burn does with two slice-assigns): on CubeCL 8
+        // kernel launches fewer per layer (docs/performance.md).
+        let [batch, heads, _, _] = x.dims();
         let half = head_dim / 2;
-        let rotated = Tensor::cat(
-            vec![
-                x.clone().narrow(3, half, half).neg(),
-                x.clone().narrow(3, 0, half),
-            ],
-            3,
-        );
-        x.mul(cos).add(rotated.mul(sin))
+        let swapped = x
+            .clone()
+            .reshape([batch * heads * seq, 2, half])
+            .flip([1])
+            .reshape([batch, heads, seq, head_dim]);
+        x.mul(cos).add(swapped.mul(sin))
     }
 
     /// Positions the tables cover.
