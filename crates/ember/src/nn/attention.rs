@@ -37,8 +37,8 @@ pub fn causal_attention<B: Backend>(
     match imp {
         AttentionImpl::Fused => {
             // burn's backends disagree on how `is_causal` aligns when q_len < k_len, so it is
-            // used only for a full square prefill. A single new token needs no mask. Queries
-            // appended to a cache get an additive bias rather than a boolean mask: burn-tch
+            // used only for a full square prefill (a single new token, above, needs no mask).
+            // Queries appended to a cache get an additive bias rather than a boolean mask: burn-tch
             // 0.21 hands burn's mask (true = hidden) to PyTorch, which reads true = visible.
             let (bias, is_causal) = if q_len == k_len {
                 (None, true)
@@ -53,10 +53,8 @@ pub fn causal_attention<B: Backend>(
             fused_attention(q, k, v, None, bias, options)
         }
         AttentionImpl::Plain => {
-            let scale = (q.dims()[3] as f64).powf(-0.5);
-            let scores = q.matmul(k.swap_dims(2, 3));
-            let bias = Some(hiding_bias(mask(), scores.dtype()));
-            scaled_softmax(scores, scale, bias.as_ref()).matmul(v)
+            let bias = hiding_bias(mask(), q.dtype());
+            attend_all(q, k, v, Some(&bias), imp)
         }
     }
 }
