@@ -25,6 +25,10 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
+compile_log() { # LOG CUBECL_TOML: CubeCL logs kernel compilations and autotune results to LOG
+  printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
+    "$1" "$1" > "$2"
+}
 bench() { # NAME SECONDS MATRIX-TOML [bench flags...]
   local name=$1 limit=$2 matrix=$3; shift 3
   printf '%s\n' "$matrix" > "$work/$name.toml"
@@ -44,8 +48,7 @@ for stage in "$@"; do
     ;;
   diag)
     for level in default minimal; do
-      printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
-        "$work/compile-$level.log" "$work/compile-$level.log" > "$work/cubecl.toml"
+      compile_log "$work/compile-$level.log" "$work/cubecl.toml"
       start=$(date +%s)
       (cd "$work" && env $( [ $level = minimal ] && echo CUBECL_AUTOTUNE_LEVEL=minimal ) \
         timeout 120 "$ember" --model preset:smollm2-135m,layers=1 --backend cuda --device cuda:0 \
@@ -71,8 +74,7 @@ for stage in "$@"; do
     # 48 and 96 new tokens (compile + autotune log lines of each), then one profiled run
     # (every kernel timed on its own, CubeCL's "medium" profiling log).
     for n in 48 96; do
-      printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
-        "$work/probe-$n.log" "$work/probe-$n.log" > "$work/cubecl.toml"
+      compile_log "$work/probe-$n.log" "$work/cubecl.toml"
       start=$(date +%s)
       (cd "$work" && timeout 170 "$ember" --model preset:smollm2-135m,layers=1 --backend cuda \
         --device cuda:0 --dtype f16 --raw --prompt "The quick brown fox" -n $n > "$work/probe-$n.out" 2>&1)
@@ -91,8 +93,7 @@ for stage in "$@"; do
     # autotune cache (HOME, and a working directory with no Cargo.toml above it).
     for w in 1 256; do
       mkdir -p "$work/w$w/home"
-      printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
-        "$work/window-$w.log" "$work/window-$w.log" > "$work/w$w/cubecl.toml"
+      compile_log "$work/window-$w.log" "$work/w$w/cubecl.toml"
       start=$(date +%s)
       (cd "$work/w$w" && HOME="$work/w$w/home" timeout 200 "$ember" --model preset:smollm2-135m,layers=1 \
         --backend cuda --device cuda:0 --dtype f16 --raw --prompt "The quick brown fox" -n 48 \

@@ -174,8 +174,7 @@ impl<B: Backend> Engine<B> {
             decode_window: config
                 .model
                 .decode_window
-                .unwrap_or(crate::nn::kv_cache::DECODE_WINDOW)
-                .max(1),
+                .unwrap_or(crate::nn::kv_cache::DECODE_WINDOW),
             checkpoint,
             load_time: start.elapsed(),
         })

@@ -453,7 +453,8 @@ impl<B: Backend> Llama<B> {
             .select(0, tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size]);
         // A single new token attends over a window of the cache that grows in steps of
-        // 256 positions (kv_cache::decode_window says why), the padding hidden by a bias.
+        // `[model] decode_window` positions (kv_cache::decode_window says why), the padding
+        // hidden by a bias.
         let end = start + seq;
         let window = if seq == 1 {
             cache.decode_window(end)

@@ -38,8 +38,9 @@ pub fn causal_attention<B: Backend>(
         AttentionImpl::Fused => {
             // burn's backends disagree on how `is_causal` aligns when q_len < k_len, so it is
             // used only for a full square prefill (a single new token, above, needs no mask).
-            // Queries appended to a cache get an additive bias rather than a boolean mask: burn-tch
-            // 0.21 hands burn's mask (true = hidden) to PyTorch, which reads true = visible.
+            // Queries appended to a cache get an additive bias rather than a boolean mask:
+            // burn-tch 0.21 hands burn's mask (true = hidden) to PyTorch, which reads true =
+            // visible.
             let (bias, is_causal) = if q_len == k_len {
                 (None, true)
             } else {
