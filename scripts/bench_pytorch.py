@@ -85,19 +85,19 @@ def main():
     with torch.inference_mode():
         for n in spec["n_prompt"]:
             ids = torch.randint(0, vocab, (1, n), generator=gen).to(device)
-            samples = []
+            samples, warmups = [], []
             for rep in range(reps):
                 sync()
                 t0 = time.perf_counter()
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
                 int(out.logits[0, -1].argmax())
-                if rep >= spec["warmup"]:
-                    samples.append(int((time.perf_counter() - t0) * 1e9))
+                (samples if rep >= spec["warmup"] else warmups).append(
+                    int((time.perf_counter() - t0) * 1e9))
                 del out
-            tests.append({"n_prompt": n, "n_gen": 0, "samples_ns": samples})
+            tests.append({"n_prompt": n, "n_gen": 0, "samples_ns": samples, "warmup_ns": warmups})
         for n in spec["n_gen"]:
             first = torch.randint(0, vocab, (1, 1), generator=gen).to(device)
-            samples = []
+            samples, warmups = [], []
             for rep in range(reps):
                 sync()
                 t0 = time.perf_counter()
@@ -107,9 +107,9 @@ def main():
                     out = model(input_ids=token, past_key_values=cache, use_cache=True)
                     cache = out.past_key_values
                     token = torch.tensor([[int(out.logits[0, -1].argmax())]], device=device)
-                if rep >= spec["warmup"]:
-                    samples.append(int((time.perf_counter() - t0) * 1e9))
-            tests.append({"n_prompt": 0, "n_gen": n, "samples_ns": samples})
+                (samples if rep >= spec["warmup"] else warmups).append(
+                    int((time.perf_counter() - t0) * 1e9))
+            tests.append({"n_prompt": 0, "n_gen": n, "samples_ns": samples, "warmup_ns": warmups})
 
         perplexity = None
         ids = spec.get("accuracy_ids") or []

@@ -159,6 +159,10 @@ struct BenchArgs {
     /// Seconds a run may take before it is killed and reported as failed.
     #[arg(long, default_value_t = 1800)]
     run_timeout: u64,
+    /// Finish an interrupted bench: its folder (results/bench-*). Give the same matrix and
+    /// flags; runs that finished there with the same settings are kept, the rest run.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -398,6 +402,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         out_dir: args.out_dir.clone(),
         formats: args.output.clone(),
         run_timeout: std::time::Duration::from_secs(args.run_timeout),
+        resume: args.resume.clone(),
     };
     let records = bench::run(&targets, &plan, &baselines)?;
     println!("{}", bench::report::markdown(&records));

@@ -23,9 +23,10 @@ pub type Outcome = (Result<(RunResult, Option<PathBuf>), String>, Record);
 /// The PyTorch script, relative to the repository root (override: `EMBER_PYTORCH_BENCH`).
 pub const PYTORCH_SCRIPT: &str = "scripts/bench_pytorch.py";
 
-/// Runs every baseline `baselines` asks for on `model`.
+/// Runs every baseline `baselines` asks for on `model` (the `model_index`th of the bench).
 pub fn run_all(
     model: &str,
+    model_index: usize,
     cache_dir: Option<&Path>,
     baselines: &Baselines,
     plan: &Plan,
@@ -52,9 +53,9 @@ pub fn run_all(
                 autotune: "n/a".into(),
                 ..Record::default()
             };
-            let index = out.len();
+            let name = format!("pytorch-{model_index}-{}", out.len());
             let result = checkpoint.clone().and_then(|c| {
-                pytorch(&c, model, device, dtype, plan, accuracy_ids, scratch, index)
+                pytorch(&c, model, device, dtype, plan, accuracy_ids, scratch, &name)
             });
             out.push((result, base));
         }
@@ -95,7 +96,7 @@ fn pytorch(
     plan: &Plan,
     accuracy_ids: Option<&[u32]>,
     scratch: &Path,
-    index: usize,
+    name: &str,
 ) -> Result<(RunResult, Option<PathBuf>), String> {
     let script = std::env::var_os("EMBER_PYTORCH_BENCH")
         .map(PathBuf::from)
@@ -115,7 +116,7 @@ fn pytorch(
         Checkpoint::Gguf(path) => json!({"gguf": path}),
         Checkpoint::HfDir(path) => json!({"dir": path}),
     };
-    let logits_path = scratch.join(format!("pytorch-{index}.f32"));
+    let logits_path = scratch.join(format!("{name}.f32"));
     let spec = json!({
         "model": model_spec,
         "device": device,
@@ -127,8 +128,19 @@ fn pytorch(
         "accuracy_ids": accuracy_ids.unwrap_or_default(),
         "logits_path": logits_path,
     });
-    let spec_path = scratch.join(format!("pytorch-{index}.json"));
-    std::fs::write(&spec_path, spec.to_string()).map_err(|e| format!("failed: {e}"))?;
+    let (spec_path, out_path) = (
+        scratch.join(format!("{name}.json")),
+        scratch.join(format!("{name}.out")),
+    );
+    let spec = spec.to_string();
+    // Resuming an interrupted bench: the same run, finished before, is not run again.
+    if plan.resume.is_some() && std::fs::read_to_string(&spec_path).ok() == Some(spec.clone()) {
+        if let Some((run, _)) = super::finished_output(&out_path) {
+            return Ok((run, logits_path.is_file().then_some(logits_path)));
+        }
+    }
+    std::fs::remove_file(&out_path).ok();
+    std::fs::write(&spec_path, &spec).map_err(|e| format!("failed: {e}"))?;
     let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
         .arg(&script)
@@ -148,6 +160,7 @@ fn pytorch(
                 .ok_or_else(|| "failed: no result line".to_string())?;
             let run: RunResult =
                 serde_json::from_str(line).map_err(|e| format!("failed: bad result: {e}"))?;
+            std::fs::write(&out_path, line).ok();
             let logits = logits_path.is_file().then_some(logits_path);
             Ok((run, logits))
         }
@@ -232,6 +245,7 @@ fn llama_bench(
                 n_gen: r.n_gen,
                 n_batch: 0,
                 samples_ns: r.samples_ns.clone(),
+                warmup_ns: Vec::new(),
             })
             .collect(),
         ..RunResult::default()

@@ -36,7 +36,7 @@ pub struct RunSpec {
 }
 
 /// One timed test.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TestResult {
     /// Prompt tokens (pp) or 0.
     pub n_prompt: usize,
@@ -47,6 +47,24 @@ pub struct TestResult {
     pub n_batch: usize,
     /// Each repetition's wall time.
     pub samples_ns: Vec<u64>,
+    /// Each warm-up repetition's wall time, kept out of the statistics. The first one pays
+    /// for what a cold start costs: kernel compilation and autotuning on CubeCL (cuda, wgpu)
+    /// when its on-disk caches are empty, allocator growth, lazy initialisation.
+    #[serde(default)]
+    pub warmup_ns: Vec<u64>,
+}
+
+impl TestResult {
+    /// Files the time since `start` of repetition `rep` as a warm-up (the first `warmup`
+    /// repetitions) or a timed sample.
+    fn record(&mut self, rep: usize, warmup: usize, start: Instant) {
+        let ns = start.elapsed().as_nanos() as u64;
+        if rep < warmup {
+            self.warmup_ns.push(ns);
+        } else {
+            self.samples_ns.push(ns);
+        }
+    }
 }
 
 /// What a run reports back (also what `scripts/bench_pytorch.py` prints).
@@ -177,27 +195,26 @@ impl BackendJob for BenchJob<'_> {
         let total = spec.warmup + spec.repetitions;
         for &n in &spec.n_prompt {
             let ids = random_ids(n, vocab, PROMPT_SEED);
-            let mut samples = Vec::new();
+            let mut test = TestResult {
+                n_prompt: n,
+                ..TestResult::default()
+            };
             for rep in 0..total {
                 phase(&format!("pp{n} repetition {}/{total}", rep + 1));
                 session.reset();
                 let start = Instant::now();
                 let logits = session.prefill(&ids)?;
                 std::hint::black_box(argmax(&logits));
-                if rep >= spec.warmup {
-                    samples.push(start.elapsed().as_nanos() as u64);
-                }
+                test.record(rep, spec.warmup, start);
             }
-            result.tests.push(TestResult {
-                n_prompt: n,
-                n_gen: 0,
-                n_batch: 0,
-                samples_ns: samples,
-            });
+            result.tests.push(test);
         }
         for &n in &spec.n_gen {
             let first = random_ids(1, vocab, PROMPT_SEED)[0];
-            let mut samples = Vec::new();
+            let mut test = TestResult {
+                n_gen: n,
+                ..TestResult::default()
+            };
             for rep in 0..total {
                 phase(&format!("tg{n} repetition {}/{total}", rep + 1));
                 session.reset();
@@ -207,16 +224,9 @@ impl BackendJob for BenchJob<'_> {
                     let logits = session.decode(token)?;
                     token = argmax(&logits);
                 }
-                if rep >= spec.warmup {
-                    samples.push(start.elapsed().as_nanos() as u64);
-                }
+                test.record(rep, spec.warmup, start);
             }
-            result.tests.push(TestResult {
-                n_prompt: 0,
-                n_gen: n,
-                n_batch: 0,
-                samples_ns: samples,
-            });
+            result.tests.push(test);
         }
         if spec.accuracy_tokens > 0 {
             let ids = if matches!(engine.checkpoint(), ember::source::Checkpoint::Synthetic(_)) {
@@ -287,20 +297,16 @@ fn embed_run<B: Backend>(
     let mut tests = Vec::new();
     for &batch in EMBED_BATCHES {
         let texts: Vec<&str> = sentences.iter().cycle().take(batch).copied().collect();
-        let mut samples = Vec::new();
+        let mut test = TestResult {
+            n_batch: batch,
+            ..TestResult::default()
+        };
         for rep in 0..spec.warmup + spec.repetitions {
             let t = Instant::now();
             std::hint::black_box(embedder.embed(&texts)?);
-            if rep >= spec.warmup {
-                samples.push(t.elapsed().as_nanos() as u64);
-            }
+            test.record(rep, spec.warmup, t);
         }
-        tests.push(TestResult {
-            n_prompt: 0,
-            n_gen: 0,
-            n_batch: batch,
-            samples_ns: samples,
-        });
+        tests.push(test);
     }
     let c = embedder.model().config();
     let params = c.vocab_size * c.hidden_size

@@ -168,6 +168,8 @@ pub struct Plan {
     pub formats: Vec<String>,
     /// Longest a run may take before it is killed and reported as failed.
     pub run_timeout: std::time::Duration,
+    /// An interrupted bench's folder to finish (`--resume`): its finished runs are kept.
+    pub resume: Option<PathBuf>,
 }
 
 /// Why `target` cannot run here, or `None` when it can. Never falls back: a bench row
@@ -241,6 +243,7 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
                 stddev_ts: stats::stddev(&ts),
                 samples_ns: t.samples_ns.clone(),
                 samples_ts: ts,
+                warmup_ns: t.warmup_ns.clone(),
                 ttft_ms: (t.n_prompt > 0).then(|| stats::mean(&ns) / 1e6),
                 load_s_cold: Some(run.load_s_cold),
                 load_s_warm: run.load_s_warm,
@@ -257,6 +260,26 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
             }
         })
         .collect()
+}
+
+/// The result of run `index` of an interrupted bench, with when it finished, when that run
+/// was asked exactly what `spec` asks and got to its end (its result line is the last thing
+/// a run prints).
+fn finished_run(scratch: &Path, index: usize, spec: &RunSpec) -> Option<(RunResult, String)> {
+    let asked = std::fs::read(scratch.join(format!("run-{index}.json"))).ok()?;
+    if asked != serde_json::to_vec_pretty(spec).ok()? {
+        return None;
+    }
+    finished_output(&scratch.join(format!("run-{index}.out")))
+}
+
+/// The result line of a finished run's output file and the file's time, if it has one.
+pub(crate) fn finished_output(path: &Path) -> Option<(RunResult, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().rev().find(|l| l.starts_with('{'))?;
+    let result = serde_json::from_str(line).ok()?;
+    let when = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some((result, iso_time(when)))
 }
 
 /// Runs one target in a child process; `Err` carries the reason for a failed row.
@@ -428,11 +451,22 @@ fn rec_key_index(rec: &Record) -> Option<usize> {
 
 /// Runs the whole bench and writes its outputs; returns the rows.
 pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec<Record>> {
-    let stamp = utc_now().replace([':', '-'], "").replace('T', "-");
-    let dir = plan
-        .out_dir
-        .join(format!("bench-{}", stamp.trim_end_matches('Z')));
+    let dir = match &plan.resume {
+        Some(dir) => dir.clone(),
+        None => {
+            let stamp = utc_now().replace([':', '-'], "").replace('T', "-");
+            plan.out_dir
+                .join(format!("bench-{}", stamp.trim_end_matches('Z')))
+        }
+    };
     let scratch = dir.join("runs");
+    if plan.resume.is_some() && !scratch.is_dir() {
+        bail!(
+            "cannot resume {}: it has no runs/ folder (a bench that finished removes it; \
+             an interrupted one keeps it)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
     let bar = indicatif::ProgressBar::new(targets.len() as u64).with_style(
@@ -450,7 +484,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
             "{} {} on {} in {}",
             target.config.model.source, b.name, b.device, b.dtype
         ));
-        let base = base_record(target);
+        let mut base = base_record(target);
         if let Some(reason) = skip_reason(target) {
             records.push(Record {
                 status: "skipped".into(),
@@ -481,7 +515,18 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
             logits_path: (plan.accuracy_tokens > 0).then(|| logits_path.clone()),
             reference: plan.reference.clone(),
         };
-        match run_child(&spec, &target.autotune, &scratch, index, plan.run_timeout) {
+        let finished = plan
+            .resume
+            .as_ref()
+            .and_then(|_| finished_run(&scratch, index, &spec));
+        let outcome = match finished {
+            Some((result, when)) => {
+                base.test_time = when;
+                Ok(result)
+            }
+            None => run_child(&spec, &target.autotune, &scratch, index, plan.run_timeout),
+        };
+        match outcome {
             Ok(result) => {
                 let key = keys.len();
                 keys.push(RunKey {
@@ -526,15 +571,21 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
         m.dedup();
         m
     };
-    for model in &models {
+    for (model_index, model) in models.iter().enumerate() {
         let cache_dir = targets
             .iter()
             .find(|t| &t.config.model.source == model)
             .and_then(|t| t.config.model.cache_dir.clone());
         let ids = ids_of_model.get(model).map(|(ids, _)| ids.as_slice());
-        for (result, base) in
-            baseline::run_all(model, cache_dir.as_deref(), baselines, plan, ids, &scratch)
-        {
+        for (result, base) in baseline::run_all(
+            model,
+            model_index,
+            cache_dir.as_deref(),
+            baselines,
+            plan,
+            ids,
+            &scratch,
+        ) {
             match result {
                 Ok((run, logits_path)) => {
                     let key = keys.len();
@@ -644,7 +695,12 @@ pub fn cpu_info() -> String {
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
+    iso_time(std::time::SystemTime::now())
+}
+
+/// `time` as `YYYY-MM-DDTHH:MM:SSZ`.
+fn iso_time(time: std::time::SystemTime) -> String {
+    let secs = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
@@ -733,6 +789,7 @@ mod tests {
                 n_gen: 0,
                 n_batch: 0,
                 samples_ns: vec![1_000_000_000, 2_000_000_000],
+                warmup_ns: vec![9_000_000_000],
             }],
             reference_match: Some((95, 96)),
             ..RunResult::default()
@@ -743,7 +800,53 @@ mod tests {
         assert_eq!(rows[0].avg_ts, 3.0);
         assert!((rows[0].stddev_ts - 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(rows[0].ttft_ms, Some(1500.0));
+        assert_eq!(
+            rows[0].warmup_ns,
+            vec![9_000_000_000],
+            "the cold start stays apart"
+        );
         assert!(rows[0].check.starts_with("WRONG"));
+    }
+
+    #[test]
+    fn resume_keeps_only_finished_runs_of_the_same_spec() {
+        let dir = std::env::temp_dir().join(format!("ember-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = RunSpec {
+            config: EngineConfig::default(),
+            n_prompt: vec![16],
+            n_gen: vec![8],
+            repetitions: 2,
+            warmup: 1,
+            accuracy_tokens: 0,
+            logits_path: None,
+            reference: None,
+        };
+        std::fs::write(
+            dir.join("run-0.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        // Killed mid-run: output without the result line.
+        std::fs::write(dir.join("run-0.out"), "loading\n").unwrap();
+        assert!(finished_run(&dir, 0, &spec).is_none());
+        let done = RunResult {
+            backend: "flex".into(),
+            ..RunResult::default()
+        };
+        let line = serde_json::to_string(&done).unwrap();
+        std::fs::write(dir.join("run-0.out"), format!("loading\n{line}\n")).unwrap();
+        let (kept, when) = finished_run(&dir, 0, &spec).expect("a finished run is kept");
+        assert_eq!(kept.backend, "flex");
+        assert!(when.ends_with('Z'));
+        // The same index asked something else (another matrix or other flags): run again.
+        let other = RunSpec {
+            repetitions: 5,
+            ..spec.clone()
+        };
+        assert!(finished_run(&dir, 0, &other).is_none());
+        assert!(finished_run(&dir, 1, &spec).is_none(), "never started");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct Record {
     pub samples_ns: Vec<u64>,
     /// Each repetition's tokens per second.
     pub samples_ts: Vec<f64>,
+    /// Each untimed warm-up repetition's time; the first is the cold start (on CubeCL
+    /// backends with empty caches: kernel compilation and autotuning).
+    #[serde(default)]
+    pub warmup_ns: Vec<u64>,
     /// Time to first token of the pp test: prompt processing plus picking the token.
     pub ttft_ms: Option<f64>,
     /// Model load time in a fresh process.
@@ -110,8 +114,8 @@ fn mib(v: Option<u64>) -> String {
 /// The table printed at the end of a bench, in Markdown.
 pub fn markdown(records: &[Record]) -> String {
     let mut out = String::from(
-        "| model | engine | backend | device | dtype | fa | test | t/s | ttft ms | peak mem | load s (cold/warm) | top-1 vs f32 | max logit err | ppl | check |\n\
-         |---|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| model | engine | backend | device | dtype | fa | test | t/s | 1st run s | ttft ms | peak mem | load s (cold/warm) | top-1 vs f32 | max logit err | ppl | check |\n\
+         |---|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     for r in records {
         let ts = if r.status == "ok" {
@@ -126,7 +130,7 @@ pub fn markdown(records: &[Record]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model_filename,
             r.engine,
             r.backends,
@@ -135,6 +139,7 @@ pub fn markdown(records: &[Record]) -> String {
             if r.flash_attn { 1 } else { 0 },
             r.test(),
             ts,
+            opt(r.warmup_ns.first().map(|&ns| ns as f64 / 1e9), 2),
             opt(r.ttft_ms, 1),
             mib(r.peak_mem),
             load,
@@ -178,6 +183,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "stddev_ts",
     "samples_ns",
     "samples_ts",
+    "warmup_ns",
     "ttft_ms",
     "load_s_cold",
     "load_s_warm",
