@@ -25,9 +25,14 @@ check: fetch-libtorch
     cargo clippy --workspace --all-targets --features ember-cli/full -- -D warnings
 
 # Every backend x device x dtype this machine can run, side by side, with baselines
-# (results/bench-*/: Markdown, JSON, CSV, SVG). Extra flags go to `ember bench`.
+# (results/bench-*/: Markdown, JSON, CSV, SVG). Extra flags go to `ember bench`
+# (--resume DIR finishes an interrupted bench).
 bench-all *args="": fetch-models fetch-libtorch
     cargo run --release --features full -- bench --matrix bench/all.toml {{args}}
+
+# The same with another matrix, e.g. `just bench-matrix bench/nvidia.toml` on a CUDA machine.
+bench-matrix matrix *args="": fetch-models fetch-libtorch
+    cargo run --release --features full -- bench --matrix {{matrix}} {{args}}
 
 # Bench the given configs (e.g. `just bench configs/cpu-f32.toml configs/cpu-bf16.toml`).
 bench +configs: fetch-models fetch-libtorch

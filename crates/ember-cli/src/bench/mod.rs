@@ -478,105 +478,109 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
     let mut keys = Vec::new();
     let mut logits = HashMap::new();
     let mut ids_of_model: HashMap<String, (Vec<u32>, PathBuf)> = HashMap::new();
-    for (index, target) in targets.iter().enumerate() {
-        let b = &target.config.backend;
-        bar.set_message(format!(
-            "{} {} on {} in {}",
-            target.config.model.source, b.name, b.device, b.dtype
-        ));
-        let mut base = base_record(target);
-        if let Some(reason) = skip_reason(target) {
-            records.push(Record {
-                status: "skipped".into(),
-                reason,
-                ..base
-            });
-            bar.inc(1);
-            continue;
+    // Model by model: its runs, then its baselines, so that a bench cut short has whole
+    // models with their baselines rather than every Ember row and no baseline.
+    let mut models: Vec<&str> = Vec::new();
+    for t in targets {
+        if !models.contains(&t.config.model.source.as_str()) {
+            models.push(&t.config.model.source);
         }
-        let before = records.len();
-        let mut config = target.config.clone();
-        let longest = plan
-            .n_prompt
-            .iter()
-            .chain(&plan.n_gen)
-            .max()
-            .copied()
-            .unwrap_or(0);
-        config.model.context_length = Some(longest.max(plan.accuracy_tokens).max(64) + 16);
-        let logits_path = scratch.join(format!("logits-{index}.f32"));
-        let spec = RunSpec {
-            config,
-            n_prompt: plan.n_prompt.clone(),
-            n_gen: plan.n_gen.clone(),
-            repetitions: plan.repetitions,
-            warmup: plan.warmup,
-            accuracy_tokens: plan.accuracy_tokens,
-            logits_path: (plan.accuracy_tokens > 0).then(|| logits_path.clone()),
-            reference: plan.reference.clone(),
-        };
-        let finished = plan
-            .resume
-            .as_ref()
-            .and_then(|_| finished_run(&scratch, index, &spec));
-        let outcome = match finished {
-            Some((result, when)) => {
-                base.test_time = when;
-                Ok(result)
-            }
-            None => run_child(&spec, &target.autotune, &scratch, index, plan.run_timeout),
-        };
-        match outcome {
-            Ok(result) => {
-                let key = keys.len();
-                keys.push(RunKey {
-                    engine: "ember".into(),
-                    model: target.config.model.source.clone(),
-                    backend: result.backend.clone(),
-                    device: result.device.clone(),
-                    dtype: result.dtype.clone(),
-                    extra: format!("{:?} {} {}", b.attention, b.threads, target.autotune),
-                });
-                if plan.accuracy_tokens > 0 {
-                    logits.insert(key, (logits_path, result.vocab));
-                    ids_of_model
-                        .entry(target.config.model.source.clone())
-                        .or_insert_with(|| (result.accuracy_ids.clone(), scratch.clone()));
-                }
-                for mut rec in records_of(&base, &result) {
-                    rec.reason = format!("{RUN_TAG}{key}");
-                    records.push(rec);
-                }
-            }
-            Err(e) => records.push(Record {
-                status: "failed".into(),
-                reason: format!("{e:#}"),
-                ..base
-            }),
-        }
-        // `suspend`, not `println`: that one prints nothing when stderr is not a terminal,
-        // and a log file is where these lines matter most.
-        for rec in &records[before..] {
-            bar.suspend(|| eprintln!("{}", row_line(rec)));
-        }
-        write_partial(&records, plan, &dir);
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    let models: Vec<String> = {
-        let mut m: Vec<String> = targets
+    for (model_index, &model) in models.iter().enumerate() {
+        let of_model = targets
             .iter()
-            .map(|t| t.config.model.source.clone())
-            .collect();
-        m.dedup();
-        m
-    };
-    for (model_index, model) in models.iter().enumerate() {
+            .enumerate()
+            .filter(|(_, t)| t.config.model.source == model);
+        for (index, target) in of_model {
+            let b = &target.config.backend;
+            bar.set_message(format!(
+                "{} {} on {} in {}",
+                target.config.model.source, b.name, b.device, b.dtype
+            ));
+            let mut base = base_record(target);
+            if let Some(reason) = skip_reason(target) {
+                records.push(Record {
+                    status: "skipped".into(),
+                    reason,
+                    ..base
+                });
+                bar.inc(1);
+                continue;
+            }
+            let before = records.len();
+            let mut config = target.config.clone();
+            let longest = plan
+                .n_prompt
+                .iter()
+                .chain(&plan.n_gen)
+                .max()
+                .copied()
+                .unwrap_or(0);
+            config.model.context_length = Some(longest.max(plan.accuracy_tokens).max(64) + 16);
+            let logits_path = scratch.join(format!("logits-{index}.f32"));
+            let spec = RunSpec {
+                config,
+                n_prompt: plan.n_prompt.clone(),
+                n_gen: plan.n_gen.clone(),
+                repetitions: plan.repetitions,
+                warmup: plan.warmup,
+                accuracy_tokens: plan.accuracy_tokens,
+                logits_path: (plan.accuracy_tokens > 0).then(|| logits_path.clone()),
+                reference: plan.reference.clone(),
+            };
+            let finished = plan
+                .resume
+                .as_ref()
+                .and_then(|_| finished_run(&scratch, index, &spec));
+            let outcome = match finished {
+                Some((result, when)) => {
+                    base.test_time = when;
+                    Ok(result)
+                }
+                None => run_child(&spec, &target.autotune, &scratch, index, plan.run_timeout),
+            };
+            match outcome {
+                Ok(result) => {
+                    let key = keys.len();
+                    keys.push(RunKey {
+                        engine: "ember".into(),
+                        model: target.config.model.source.clone(),
+                        backend: result.backend.clone(),
+                        device: result.device.clone(),
+                        dtype: result.dtype.clone(),
+                        extra: format!("{:?} {} {}", b.attention, b.threads, target.autotune),
+                    });
+                    if plan.accuracy_tokens > 0 {
+                        logits.insert(key, (logits_path, result.vocab));
+                        ids_of_model
+                            .entry(target.config.model.source.clone())
+                            .or_insert_with(|| (result.accuracy_ids.clone(), scratch.clone()));
+                    }
+                    for mut rec in records_of(&base, &result) {
+                        rec.reason = format!("{RUN_TAG}{key}");
+                        records.push(rec);
+                    }
+                }
+                Err(e) => records.push(Record {
+                    status: "failed".into(),
+                    reason: format!("{e:#}"),
+                    ..base
+                }),
+            }
+            // `suspend`, not `println`: that one prints nothing when stderr is not a terminal,
+            // and a log file is where these lines matter most.
+            for rec in &records[before..] {
+                bar.suspend(|| eprintln!("{}", row_line(rec)));
+            }
+            write_partial(&records, plan, &dir);
+            bar.inc(1);
+        }
         let cache_dir = targets
             .iter()
             .find(|t| &t.config.model.source == model)
             .and_then(|t| t.config.model.cache_dir.clone());
         let ids = ids_of_model.get(model).map(|(ids, _)| ids.as_slice());
+        let before = records.len();
         for (result, base) in baseline::run_all(
             model,
             model_index,
@@ -591,7 +595,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                     let key = keys.len();
                     keys.push(RunKey {
                         engine: base.engine.clone(),
-                        model: model.clone(),
+                        model: model.to_string(),
                         backend: run.backend.clone(),
                         device: run.device.clone(),
                         dtype: run.dtype.clone(),
@@ -616,8 +620,12 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                 }),
             }
         }
+        for rec in &records[before..] {
+            bar.suspend(|| eprintln!("{}", row_line(rec)));
+        }
         write_partial(&records, plan, &dir);
     }
+    bar.finish_and_clear();
     accuracy(&mut records, &logits, &keys);
     records.iter_mut().for_each(clear_run_tag);
     write_outputs(&records, plan, &dir)?;
@@ -748,6 +756,32 @@ mod tests {
         assert!(t
             .iter()
             .all(|t| t.config.backend.on_unavailable == OnUnavailable::Error));
+    }
+
+    #[test]
+    fn committed_matrices_parse_and_name_known_backends() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let m = Matrix::from_file(&path).unwrap();
+            for t in m.targets() {
+                let reason = skip_reason(&t).unwrap_or_default();
+                assert!(
+                    !reason.contains("unknown backend"),
+                    "{}: {reason}",
+                    path.display()
+                );
+            }
+            seen += 1;
+        }
+        assert!(
+            seen >= 3,
+            "bench/all.toml, ci.toml and nvidia.toml at least"
+        );
     }
 
     #[test]
