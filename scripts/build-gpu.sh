@@ -13,7 +13,8 @@
 # - torch 2.11.0 (the GPU machine's version; tch 0.22 is made for 2.9.0, hence
 #   LIBTORCH_BYPASS_VERSION_CHECK), its lib/ and include/ only. Its CUDA libraries are not
 #   fetched: EMBER_LINK_ALLOW_SHLIB_UNDEFINED lets them stay unresolved until run time.
-# Also splits SmolLM2's file into .m1/part and .m2/part (one call carries at most 64 MiB).
+# Also splits SmolLM2's file into .m1/part.gz and .m2/part.gz (one call carries at most
+# 64 MiB: each half goes beside the 18 MB binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${GPU_BUILD:-/work/gpu-build}
@@ -55,7 +56,7 @@ if [ -e "$gguf/.complete" ]; then
   mkdir -p .m1 .m2
   tar -c "$gguf" > /tmp/smollm2.tar
   half=$(( ($(stat -c %s /tmp/smollm2.tar) + 1) / 2 ))
-  head -c "$half" /tmp/smollm2.tar > .m1/part
-  tail -c +"$((half + 1))" /tmp/smollm2.tar > .m2/part
+  head -c "$half" /tmp/smollm2.tar | gzip -6 > .m1/part.gz
+  tail -c +"$((half + 1))" /tmp/smollm2.tar | gzip -6 > .m2/part.gz
   rm /tmp/smollm2.tar
 fi

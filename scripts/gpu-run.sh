@@ -13,6 +13,8 @@
 #   big, big-cuda the SmolLM2-1.7B shape (seeded random weights), likewise
 #   sweep     decode against depth (1, 2, 8, 30 layers), f16, cuda and wgpu
 #   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
+#   warm      CubeCL's kernel and autotune caches filled for MODEL's rows of bench/nvidia.toml
+#   all       bench/nvidia.toml as one bench, resumed across calls (see the stage)
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -28,6 +30,10 @@ fi
 compile_log() { # LOG CUBECL_TOML: CubeCL logs kernel compilations and autotune results to LOG
   printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
     "$1" "$1" > "$2"
+}
+use_cubecl_cache() { # CubeCL keeps compiled kernels and autotune results in /tmp/cubecl-cache
+  printf '[compilation]\ncache = { file = "%s" }\n[autotune]\ncache = { file = "%s" }\n' \
+    /tmp/cubecl-cache /tmp/cubecl-cache > cubecl.toml
 }
 bench() { # NAME SECONDS MATRIX-TOML [bench flags...]
   local name=$1 limit=$2 matrix=$3; shift 3
@@ -134,6 +140,44 @@ for stage in "$@"; do
       a=$(grep -c . "$work/exec-$layers-1.log"); b=$(grep -c . "$work/exec-$layers-17.log")
       echo "== $layers layers: $a lines with 1 token, $b with 17: $(( (b - a) / 16 )) per decoded token"
     done
+    ;;
+  warm)
+    # Fills CubeCL's caches (/tmp/cubecl-cache) for MODEL's CubeCL rows of bench/nvidia.toml
+    # before that bench times them: the same shapes (the bench's own flags, one timed
+    # repetition), cuda f32/f16/bf16 and wgpu f32/f16 as five processes at once (kernel
+    # compilation is CPU work; autotune timings share the GPU, so a pick may be worse than
+    # on a quiet GPU, never wrong). Each one's table is a cold start: its "1st run s".
+    use_cubecl_cache
+    model=${MODEL:-preset:smollm2-1.7b}
+    for t in "cuda@cuda:0 f32" "cuda@cuda:0 f16" "cuda@cuda:0 bf16" "wgpu@vulkan:0 f32" "wgpu@vulkan:0 f16"; do
+      read -r target dtype <<< "$t"
+      name="warm-${target%%@*}-$dtype-$(echo "$model" | tr -c 'a-z0-9.\n' '-')"
+      printf 'models = ["%s"]\ncache_dir = "models"\ntargets = ["%s"]\ndtypes = ["%s"]\n' \
+        "$model" "$target" "$dtype" > "$work/$name.toml"
+      (start=$(date +%s)
+       timeout "${LIMIT:-540}" "$ember" bench --matrix "$work/$name.toml" --out-dir "$work/$name" \
+         -r 1 --warmup 1 --run-timeout 600 > "$work/$name.log" 2>&1
+       echo "== $name: rc $? in $(( $(date +%s) - start )) s") &
+    done
+    wait
+    grep -h -F ' | ' "$work"/warm-*.log | grep -v '^| '
+    ;;
+  all)
+    # bench/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the
+    # 1.7B shape, PyTorch eager beside them). It takes longer than one device call (10
+    # minutes), so the first call starts it under $work/all and the next ones finish it
+    # with --resume: the machine keeps /tmp while it stays warm, and finished runs are kept.
+    # CubeCL's compiled kernels and autotune results go to /tmp/cubecl-cache (cubecl.toml
+    # in the repository root), so a run cut off at a call's end pays them only once.
+    use_cubecl_cache
+    prev=$(ls -d "$work"/all/bench-*/runs 2>/dev/null | tail -1)
+    resume=(); [ -n "$prev" ] && resume=(--resume "$(dirname "$prev")")
+    echo "== all: ${resume[*]:-fresh start}; cubecl cache $(du -sh /tmp/cubecl-cache 2>/dev/null | cut -f1)"
+    start=$(date +%s)
+    timeout "${LIMIT:-560}" "$ember" bench --matrix bench/nvidia.toml --out-dir "$work/all" \
+      -r 3 --warmup 1 --run-timeout 540 "${resume[@]}" >> "$work/all.log" 2>&1
+    echo "== all: rc $? in $(( $(date +%s) - start )) s"
+    grep -F ' | ' "$work/all.log" | grep -v '^| ' | tail -70
     ;;
   *) echo "unknown stage $stage" ;;
   esac
