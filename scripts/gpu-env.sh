@@ -7,13 +7,17 @@ if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
 if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
-for z in .gpu/*.gz; do [ -e "$z" ] && gunzip -kf "$z" && chmod +x "${z%.gz}"; done
+for z in .gpu/*.xz; do
+  [ -e "$z" ] || continue
+  { xz -dc "$z" 2>/dev/null || python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$z"; } > "${z%.xz}"
+  chmod +x "${z%.xz}"
+done
 torch_dir=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
 site=$(dirname "$torch_dir")
 cuda_libs=$(find "$site/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
 export LD_LIBRARY_PATH="$torch_dir/lib:$cuda_libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export XDG_RUNTIME_DIR=/tmp EMBER_WORKSPACE=$PWD
-# The SmolLM2 file (98 MB) travels in two gzipped halves (.m1/part.gz, .m2/part.gz, 45 MB
+# The SmolLM2 file (98 MB) travels in two gzipped halves (.m1/part.gz, .m2/part.gz, 45-47 MB
 # each: scripts/build-gpu.sh), since one call carries at most 64 MiB and a carried folder
 # does not outlive its call: two calls in a row, within the machine's warm time, each
 # carrying one half (beside the binary) and unpacking it to /tmp; then it is put together.
