@@ -15,6 +15,7 @@
 #   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
 #   warm      CubeCL's kernel and autotune caches filled for MODEL's rows of bench/nvidia.toml
 #   all       bench/nvidia.toml as one bench, resumed across calls (see the stage)
+#   ab        decode before and after change 4 (.gpu/ember-before), f16, alternated
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -30,6 +31,9 @@ fi
 compile_log() { # LOG CUBECL_TOML: CubeCL logs kernel compilations and autotune results to LOG
   printf '[compilation.logger]\nlevel = "basic"\nfile = "%s"\n[autotune.logger]\nlevel = "minimal"\nfile = "%s"\n' \
     "$1" "$1" > "$2"
+}
+reap() { # a bench cut off by `timeout` leaves its current run (a child process) behind
+  pkill -f 'ember bench-run|bench_pytorch.py' 2>/dev/null; sleep 1
 }
 use_cubecl_cache() { # CubeCL keeps compiled kernels and autotune results in /tmp/cubecl-cache
   printf '[compilation]\ncache = { file = "%s" }\n[autotune]\ncache = { file = "%s" }\n' \
@@ -162,6 +166,26 @@ for stage in "$@"; do
     wait
     grep -h -F ' | ' "$work"/warm-*.log | grep -v '^| '
     ;;
+  ab)
+    # Change 4 (fewer kernels per decode step) before and after, in one call: the build of
+    # its parent commit (.gpu/ember-before) and this one (.gpu/ember), f16 on the SmolLM2-135M
+    # shape, alternated before/after/after/before. CubeCL's caches come from .tune/ (the
+    # `all` stage's, carried back) when present.
+    use_cubecl_cache
+    if [ -e .tune/cc.00 ] && [ ! -d /tmp/cubecl-cache ]; then cat .tune/cc.* | xz -dc | tar -x -C /tmp; fi
+    printf 'models = ["preset:smollm2-135m"]\ntargets = ["tch@cuda:0", "candle@cuda:0", "cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n' > "$work/ab.toml"
+    round=0
+    for build in before after after before; do
+      round=$((round + 1))
+      bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
+      start=$(date +%s)
+      timeout "${LIMIT:-130}" "$bin" bench --matrix "$work/ab.toml" --out-dir "$work/ab-$round-$build" \
+        -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 300 > "$work/ab-$round-$build.log" 2>&1
+      echo "== ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
+      reap
+      grep -F ' | ' "$work/ab-$round-$build.log" | grep -v '^| '
+    done
+    ;;
   all)
     # bench/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the
     # 1.7B shape, PyTorch eager beside them). It takes longer than one device call (10
@@ -177,6 +201,7 @@ for stage in "$@"; do
     timeout "${LIMIT:-560}" "$ember" bench --matrix bench/nvidia.toml --out-dir "$work/all" \
       -r 3 --warmup 1 --run-timeout 540 "${resume[@]}" >> "$work/all.log" 2>&1
     echo "== all: rc $? in $(( $(date +%s) - start )) s"
+    reap
     grep -F ' | ' "$work/all.log" | grep -v '^| ' | tail -70
     ;;
   *) echo "unknown stage $stage" ;;
