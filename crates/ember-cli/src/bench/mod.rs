@@ -577,7 +577,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
         }
         let cache_dir = targets
             .iter()
-            .find(|t| &t.config.model.source == model)
+            .find(|t| t.config.model.source == model)
             .and_then(|t| t.config.model.cache_dir.clone());
         let ids = ids_of_model.get(model).map(|(ids, _)| ids.as_slice());
         let before = records.len();
