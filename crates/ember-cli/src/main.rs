@@ -156,7 +156,8 @@ struct BenchArgs {
     /// Add llama.cpp's llama-bench (when on PATH) for GGUF models.
     #[arg(long)]
     llama_cpp: bool,
-    /// Seconds a run may take before it is killed and reported as failed.
+    /// Seconds a run (Ember's or a PyTorch baseline's) may take before it is killed and
+    /// reported as failed.
     #[arg(long, default_value_t = 1800)]
     run_timeout: u64,
     /// Finish an interrupted bench: its folder (results/bench-*). Give the same matrix and

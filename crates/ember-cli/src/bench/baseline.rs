@@ -39,7 +39,7 @@ pub fn run_all(
         let mut dtypes = baselines.dtypes.clone();
         dtypes.sort_by_key(|d| *d != DType::F32);
         for dtype in dtypes {
-            let base = Record {
+            let mut base = Record {
                 engine: "pytorch".into(),
                 build_commit: env!("EMBER_COMMIT").into(),
                 test_time: super::utc_now(),
@@ -55,7 +55,13 @@ pub fn run_all(
             };
             let name = format!("pytorch-{model_index}-{}", out.len());
             let result = checkpoint.clone().and_then(|c| {
-                pytorch(&c, model, device, dtype, plan, accuracy_ids, scratch, &name)
+                let run = Run {
+                    plan,
+                    accuracy_ids,
+                    scratch,
+                    name: &name,
+                };
+                pytorch(&c, model, device, dtype, &run, &mut base.test_time)
             });
             out.push((result, base));
         }
@@ -87,17 +93,31 @@ fn resolve(model: &str, cache_dir: Option<&Path>) -> Result<Checkpoint, String> 
     ember::source::resolve(&config).map_err(|e| e.to_string())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where and how one baseline run goes.
+struct Run<'a> {
+    plan: &'a Plan,
+    accuracy_ids: Option<&'a [u32]>,
+    scratch: &'a Path,
+    /// File stem of its spec, output and logits in `scratch`.
+    name: &'a str,
+}
+
+/// One PyTorch eager run; `test_time` becomes the time it finished when an interrupted
+/// bench's result is kept.
 fn pytorch(
     checkpoint: &Checkpoint,
     model: &str,
     device: &str,
     dtype: DType,
-    plan: &Plan,
-    accuracy_ids: Option<&[u32]>,
-    scratch: &Path,
-    name: &str,
+    run: &Run<'_>,
+    test_time: &mut String,
 ) -> Result<(RunResult, Option<PathBuf>), String> {
+    let Run {
+        plan,
+        accuracy_ids,
+        scratch,
+        name,
+    } = *run;
     let script = std::env::var_os("EMBER_PYTORCH_BENCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(PYTORCH_SCRIPT));
@@ -135,23 +155,28 @@ fn pytorch(
     let spec = spec.to_string();
     // Resuming an interrupted bench: the same run, finished before, is not run again.
     if plan.resume.is_some() && std::fs::read_to_string(&spec_path).ok() == Some(spec.clone()) {
-        if let Some((run, _)) = super::finished_output(&out_path) {
+        if let Some((run, when)) = super::finished_output(&out_path) {
+            *test_time = when;
             return Ok((run, logits_path.is_file().then_some(logits_path)));
         }
     }
-    std::fs::remove_file(&out_path).ok();
     std::fs::write(&spec_path, &spec).map_err(|e| format!("failed: {e}"))?;
     let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&spec_path)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let err_path = scratch.join(format!("{name}.err"));
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script).arg(&spec_path);
+    let status = super::run_with_timeout(&mut cmd, &out_path, &err_path, plan.run_timeout)
+        .map_err(|e| format!("cannot run {python}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "failed: timed out after {} s (killed)",
+                plan.run_timeout.as_secs()
+            )
+        })?;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let last_err = stderr.lines().last().unwrap_or("").to_string();
-    match out.status.code() {
+    match status.code() {
         Some(0) => {
             let line = stdout
                 .lines()
@@ -160,7 +185,6 @@ fn pytorch(
                 .ok_or_else(|| "failed: no result line".to_string())?;
             let run: RunResult =
                 serde_json::from_str(line).map_err(|e| format!("failed: bad result: {e}"))?;
-            std::fs::write(&out_path, line).ok();
             let logits = logits_path.is_file().then_some(logits_path);
             Ok((run, logits))
         }

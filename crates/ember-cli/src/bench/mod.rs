@@ -282,6 +282,34 @@ pub(crate) fn finished_output(path: &Path) -> Option<(RunResult, String)> {
     Some((result, iso_time(when)))
 }
 
+/// Runs `cmd` (no stdin) with its stdout and stderr written to the two files, and kills it
+/// after `timeout`: its exit status, or `None` when it was killed. A child that hangs (a
+/// panicked GPU worker thread can leave the main thread waiting) is not waited on forever.
+pub(crate) fn run_with_timeout(
+    cmd: &mut Command,
+    out_path: &Path,
+    err_path: &Path,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out_path)?)
+        .stderr(std::fs::File::create(err_path)?)
+        .spawn()?;
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if start.elapsed() > timeout {
+            child.kill().ok();
+            child.wait().ok();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs one target in a child process; `Err` carries the reason for a failed row.
 fn run_child(
     spec: &RunSpec,
@@ -300,38 +328,24 @@ fn run_child(
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
     }
-    // Output goes to files: a run that hangs (a panicked GPU worker thread can leave the
-    // main thread waiting) is killed after `timeout` and reported, not waited on forever.
+    // Output goes to files, read after the run ended or was killed.
     let (out_path, err_path) = (
         dir.join(format!("run-{index}.out")),
         dir.join(format!("run-{index}.err")),
     );
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path)?)
-        .stderr(std::fs::File::create(&err_path)?)
-        .spawn()
-        .context("cannot start the bench run")?;
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            child.kill().ok();
-            child.wait().ok();
-            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-            let during = stderr
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix(job::PHASE_MARK))
-                .unwrap_or("start-up");
-            bail!(
-                "run timed out after {} s (killed) during {during}",
-                timeout.as_secs()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let Some(status) = run_with_timeout(&mut cmd, &out_path, &err_path, timeout)
+        .context("cannot start the bench run")?
+    else {
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let during = stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(job::PHASE_MARK))
+            .unwrap_or("start-up");
+        bail!(
+            "run timed out after {} s (killed) during {during}",
+            timeout.as_secs()
+        );
     };
     let out = std::process::Output {
         status,
@@ -880,6 +894,28 @@ mod tests {
         };
         assert!(finished_run(&dir, 0, &other).is_none());
         assert!(finished_run(&dir, 1, &spec).is_none(), "never started");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_child_past_its_time_is_killed() {
+        let dir = std::env::temp_dir().join(format!("ember-timeout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (out, err) = (dir.join("out"), dir.join("err"));
+        let quick = std::time::Duration::from_millis(300);
+        let start = std::time::Instant::now();
+        let mut hang = Command::new("sleep");
+        hang.arg("30");
+        assert_eq!(
+            run_with_timeout(&mut hang, &out, &err, quick).unwrap(),
+            None
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        let mut echo = Command::new("echo");
+        echo.arg("{}");
+        let status = run_with_timeout(&mut echo, &out, &err, std::time::Duration::from_secs(30));
+        assert!(status.unwrap().unwrap().success());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{}\n");
         std::fs::remove_dir_all(&dir).ok();
     }
 
