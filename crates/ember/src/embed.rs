@@ -163,6 +163,16 @@ impl<B: Backend> Embedder<B> {
                 ..Default::default()
             }))
             .map_err(|e| Error::Tokenizer(format!("truncation: {e}")))?;
+        if crate::memory::uses_host_memory(&runtime.device) {
+            let params = model_config.param_count();
+            let what = format!(
+                "{} ({params} parameters in {})",
+                dir.display(),
+                runtime.dtype
+            );
+            let needed = params * dtype.size() as u128;
+            crate::memory::ensure_fits(&what, needed, crate::memory::available_bytes())?;
+        }
         let store = SafetensorsStore::open(dir)?;
         let mut progress = |_, _| {};
         let loader = Loader::<B>::new(&store, device, dtype, &mut progress);

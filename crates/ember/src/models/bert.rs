@@ -58,6 +58,19 @@ fn default_position_type() -> String {
 }
 
 impl BertConfig {
+    /// Weights the encoder loads: word, position and token-type embeddings with their
+    /// LayerNorm, and per layer the attention and feed-forward matrices, biases and norms.
+    /// Counted from the config alone, before any file is read.
+    pub fn param_count(&self) -> u128 {
+        let n = |x: usize| x as u128;
+        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
+        let embeddings =
+            (n(self.vocab_size) + n(self.max_position_embeddings) + n(self.type_vocab_size)) * h
+                + 2 * h;
+        let layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h;
+        embeddings + n(self.num_hidden_layers) * layer
+    }
+
     /// Parses and checks `config.json`.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let config: Self = serde_json::from_str(text)
