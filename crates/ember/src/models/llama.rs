@@ -283,16 +283,16 @@ pub enum Logits {
 
 #[derive(Debug)]
 struct SelfAttention<B: Backend> {
-    q_proj: Tensor<B, 2>,
-    k_proj: Tensor<B, 2>,
-    v_proj: Tensor<B, 2>,
+    /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`,
+    /// one matmul instead of three.
+    qkv_proj: Tensor<B, 2>,
     o_proj: Tensor<B, 2>,
 }
 
 #[derive(Debug)]
 struct Mlp<B: Backend> {
-    gate_proj: Tensor<B, 2>,
-    up_proj: Tensor<B, 2>,
+    /// Gate and up projections side by side: `[hidden, 2 * intermediate]`.
+    gate_up_proj: Tensor<B, 2>,
     down_proj: Tensor<B, 2>,
 }
 
@@ -339,16 +339,26 @@ impl<B: Backend> Llama<B> {
             layers.push(DecoderLayer {
                 input_layernorm: loader.tensor(&p("input_layernorm.weight"), [h])?,
                 self_attn: SelfAttention {
-                    q_proj: loader.linear(&p("self_attn.q_proj.weight"), heads * hd, h)?,
-                    k_proj: loader.linear(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
-                    v_proj: loader.linear(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                    qkv_proj: Tensor::cat(
+                        vec![
+                            loader.linear(&p("self_attn.q_proj.weight"), heads * hd, h)?,
+                            loader.linear(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
+                            loader.linear(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                        ],
+                        1,
+                    ),
                     o_proj: loader.linear(&p("self_attn.o_proj.weight"), h, heads * hd)?,
                 },
                 post_attention_layernorm: loader
                     .tensor(&p("post_attention_layernorm.weight"), [h])?,
                 mlp: Mlp {
-                    gate_proj: loader.linear(&p("mlp.gate_proj.weight"), inter, h)?,
-                    up_proj: loader.linear(&p("mlp.up_proj.weight"), inter, h)?,
+                    gate_up_proj: Tensor::cat(
+                        vec![
+                            loader.linear(&p("mlp.gate_proj.weight"), inter, h)?,
+                            loader.linear(&p("mlp.up_proj.weight"), inter, h)?,
+                        ],
+                        1,
+                    ),
                     down_proj: loader.linear(&p("mlp.down_proj.weight"), h, inter)?,
                 },
             });
@@ -389,18 +399,10 @@ impl<B: Backend> Llama<B> {
                 let (a, m) = (&l.self_attn, &l.mlp);
                 n1(&l.input_layernorm)
                     + n1(&l.post_attention_layernorm)
-                    + [
-                        &a.q_proj,
-                        &a.k_proj,
-                        &a.v_proj,
-                        &a.o_proj,
-                        &m.gate_proj,
-                        &m.up_proj,
-                        &m.down_proj,
-                    ]
-                    .into_iter()
-                    .map(n2)
-                    .sum::<usize>()
+                    + [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
+                        .into_iter()
+                        .map(n2)
+                        .sum::<usize>()
             })
             .sum();
         layers + n2(&self.embed_tokens) + n1(&self.norm) + n2(&self.lm_head)
@@ -469,15 +471,16 @@ impl<B: Backend> Llama<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
             let a = &layer.self_attn;
-            // [batch, seq, heads * hd] -> [batch, heads, seq, hd]
-            let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
-            let q = self
-                .rope
-                .apply(split(linear(h.clone(), &a.q_proj), heads), start);
-            let k = self
-                .rope
-                .apply(split(linear(h.clone(), &a.k_proj), kv_heads), start);
-            let v = split(linear(h, &a.v_proj), kv_heads);
+            // One projection for q, k and v, split into heads once:
+            // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
+            // k's heads are rotated together, then q, k and v are views of their heads.
+            let qkv = linear(h, &a.qkv_proj)
+                .reshape([batch, seq, heads + 2 * kv_heads, hd])
+                .swap_dims(1, 2);
+            let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
+            let qk = self.rope.apply(qkv.narrow(1, 0, heads + kv_heads), start);
+            let q = qk.clone().narrow(1, 0, heads);
+            let k = qk.narrow(1, heads, kv_heads);
             let (k, v) = cache.append(i, k, v, window);
             let out = if seq == 1 {
                 // One new token sees every cached position. Its query heads are laid onto
@@ -495,7 +498,10 @@ impl<B: Backend> Llama<B> {
 
             let h = rms_norm(x.clone(), &layer.post_attention_layernorm, c.rms_norm_eps);
             let m = &layer.mlp;
-            let gated = silu(linear(h.clone(), &m.gate_proj)).mul(linear(h, &m.up_proj));
+            let inter = c.intermediate_size;
+            let gate_up = linear(h, &m.gate_up_proj);
+            let gated =
+                silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
             x = x.add(linear(gated, &m.down_proj));
         }
         cache.advance(seq);
