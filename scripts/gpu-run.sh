@@ -15,7 +15,7 @@
 #   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
 #   warm      CubeCL's kernel and autotune caches filled for MODEL's rows of bench/nvidia.toml
 #   all       bench/nvidia.toml as one bench, resumed across calls (see the stage)
-#   ab        decode before and after change 4 (.gpu/ember-before), f16, alternated
+#   ab        decode before and after a change (.gpu/ember-before, .gpu/ember), f16, alternated
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -167,10 +167,10 @@ for stage in "$@"; do
     grep -h -F ' | ' "$work"/warm-*.log | grep -v '^| '
     ;;
   ab)
-    # Change 4 (fewer kernels per decode step) before and after, in one call: the build of
-    # its parent commit (.gpu/ember-before) and this one (.gpu/ember), f16 on the SmolLM2-135M
-    # shape, alternated before/after/after/before. CubeCL's caches come from .tune/ (the
-    # `all` stage's, carried back) when present.
+    # A change before and after, in one call: a build of the commit before it
+    # (.gpu/ember-before) and one with it (.gpu/ember), f16 on the SmolLM2-135M shape,
+    # alternated before/after/after/before (docs/performance.md, changes 4 and 6). CubeCL's
+    # caches come from .tune/ (an `all` stage's, carried back) when present.
     use_cubecl_cache
     if [ -e .tune/cc.00 ] && [ ! -d /tmp/cubecl-cache ]; then cat .tune/cc.* | xz -dc | tar -x -C /tmp; fi
     printf 'models = ["preset:smollm2-135m"]\ntargets = ["tch@cuda:0", "candle@cuda:0", "cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n' > "$work/ab.toml"
