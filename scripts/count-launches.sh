@@ -4,15 +4,15 @@
 # launches of a run generating 17 tokens minus one generating 1, over 16, for the SmolLM2-135M
 # shape with 1 and 2 layers (the difference is the cost of a layer). Each count follows an
 # unlogged run that fills the autotune cache. Default: wgpu on lavapipe, f32.
-# Usage: scripts/count-launches.sh [EMBER_BINARY] [BACKEND] [DEVICE] [DTYPE]
+# Usage: scripts/count-launches.sh [EMBER_BINARY] [BACKEND] [DEVICE] [DTYPE] [ATTENTION]
 set -uo pipefail
 bin=$(realpath "${1:-target/debug/ember}")
-backend=${2:-wgpu}; device=${3:-vulkan:cpu}; dtype=${4:-f32}
+backend=${2:-wgpu}; device=${3:-vulkan:cpu}; dtype=${4:-f32}; attention=${5:-fused}
 dir=$(mktemp -d); cd "$dir"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} HOME=$dir
 run() {
   timeout 300 "$bin" --model "preset:smollm2-135m,layers=$1,vocab=1024" --backend "$backend" \
-    --device "$device" --dtype "$dtype" --raw --prompt "a b c d" -n "$2" > /dev/null 2>&1
+    --device "$device" --dtype "$dtype" --attention "$attention" --raw --prompt "a b c d" -n "$2" > /dev/null 2>&1
 }
 for layers in 1 2; do
   run $layers 17

@@ -16,6 +16,7 @@
 #   warm      CubeCL's kernel and autotune caches filled for MODEL's rows of bench/nvidia.toml
 #   all       bench/nvidia.toml as one bench, resumed across calls (see the stage)
 #   ab        decode before and after a change (.gpu/ember-before, .gpu/ember), f16, alternated
+#   attn      decode with burn's attention op against matmul-softmax, CubeCL cuda f16
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -185,6 +186,14 @@ for stage in "$@"; do
       reap
       grep -F ' | ' "$work/ab-$round-$build.log" | grep -v '^| '
     done
+    ;;
+  attn)
+    # Decode with burn's attention op (`fused`) against Ember's matmul-softmax (`plain`):
+    # CubeCL cuda, f16, the SmolLM2-135M shape, decode only (tg128), one bench.
+    use_cubecl_cache
+    if [ -e .tune/cc.00 ] && [ ! -d /tmp/cubecl-cache ]; then cat .tune/cc.* | xz -dc | tar -x -C /tmp; fi
+    bench attn "${LIMIT:-300}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0"]\ndtypes = ["f16"]\nattention = ["fused", "plain"]\n')" \
+      -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 200
     ;;
   all)
     # bench/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the
