@@ -24,9 +24,9 @@ check: fetch-libtorch
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --features ember-cli/full -- -D warnings
 
-# Every backend x device x dtype this machine can run, side by side, with baselines
-# (results/bench-*/: Markdown, JSON, CSV, SVG). Extra flags go to `ember bench`
-# (--resume DIR finishes an interrupted bench).
+# Results go to results/bench-*/ (Markdown, JSON, CSV, SVG); --resume DIR finishes an
+# interrupted bench. Extra flags go to `ember bench`.
+# Every backend x device x dtype this machine can run, side by side, with baselines.
 bench-all *args="": fetch-models fetch-libtorch
     cargo run --release --features full -- bench --matrix bench/all.toml {{args}}
 
