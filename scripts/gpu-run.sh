@@ -36,9 +36,11 @@ compile_log() { # LOG CUBECL_TOML: CubeCL logs kernel compilations and autotune 
 reap() { # a bench cut off by `timeout` leaves its current run (a child process) behind
   pkill -f 'ember bench-run|bench_pytorch.py' 2>/dev/null; sleep 1
 }
-use_cubecl_cache() { # CubeCL keeps compiled kernels and autotune results in /tmp/cubecl-cache
+use_cubecl_cache() { # CubeCL keeps compiled kernels and autotune results in /tmp/cubecl-cache,
+  # restored from .tune/ (an `all` stage's cache, carried back in pieces) on a fresh machine
   printf '[compilation]\ncache = { file = "%s" }\n[autotune]\ncache = { file = "%s" }\n' \
     /tmp/cubecl-cache /tmp/cubecl-cache > cubecl.toml
+  if [ -e .tune/cc.00 ] && [ ! -d /tmp/cubecl-cache ]; then cat .tune/cc.* | xz -dc | tar -x -C /tmp; fi
 }
 bench() { # NAME SECONDS MATRIX-TOML [bench flags...]
   local name=$1 limit=$2 matrix=$3; shift 3
@@ -170,10 +172,8 @@ for stage in "$@"; do
   ab)
     # A change before and after, in one call: a build of the commit before it
     # (.gpu/ember-before) and one with it (.gpu/ember), f16 on the SmolLM2-135M shape,
-    # alternated before/after/after/before (docs/performance.md, changes 4 and 6). CubeCL's
-    # caches come from .tune/ (an `all` stage's, carried back) when present.
+    # alternated before/after/after/before (docs/performance.md, changes 4 and 6).
     use_cubecl_cache
-    if [ -e .tune/cc.00 ] && [ ! -d /tmp/cubecl-cache ]; then cat .tune/cc.* | xz -dc | tar -x -C /tmp; fi
     printf 'models = ["preset:smollm2-135m"]\ntargets = ["tch@cuda:0", "candle@cuda:0", "cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n' > "$work/ab.toml"
     round=0
     for build in before after after before; do
@@ -191,7 +191,6 @@ for stage in "$@"; do
     # Decode with burn's attention op (`fused`) against Ember's matmul-softmax (`plain`):
     # CubeCL cuda, f16, the SmolLM2-135M shape, decode only (tg128), one bench.
     use_cubecl_cache
-    if [ -e .tune/cc.00 ] && [ ! -d /tmp/cubecl-cache ]; then cat .tune/cc.* | xz -dc | tar -x -C /tmp; fi
     bench attn "${LIMIT:-300}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0"]\ndtypes = ["f16"]\nattention = ["fused", "plain"]\n')" \
       -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 200
     ;;

@@ -178,11 +178,8 @@ fn pytorch(
     let last_err = stderr.lines().last().unwrap_or("").to_string();
     match status.code() {
         Some(0) => {
-            let line = stdout
-                .lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .ok_or_else(|| "failed: no result line".to_string())?;
+            let line =
+                super::result_line(&stdout).ok_or_else(|| "failed: no result line".to_string())?;
             let run: RunResult =
                 serde_json::from_str(line).map_err(|e| format!("failed: bad result: {e}"))?;
             let logits = logits_path.is_file().then_some(logits_path);

@@ -273,10 +273,16 @@ fn finished_run(scratch: &Path, index: usize, spec: &RunSpec) -> Option<(RunResu
     finished_output(&scratch.join(format!("run-{index}.out")))
 }
 
+/// The last JSON line of a run's output: its result (a bench run and the PyTorch script
+/// print it last, after any other output).
+pub(crate) fn result_line(stdout: &str) -> Option<&str> {
+    stdout.lines().rev().find(|l| l.starts_with('{'))
+}
+
 /// The result line of a finished run's output file and the file's time, if it has one.
 pub(crate) fn finished_output(path: &Path) -> Option<(RunResult, String)> {
     let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().rev().find(|l| l.starts_with('{'))?;
+    let line = result_line(&text)?;
     let result = serde_json::from_str(line).ok()?;
     let when = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
     Some((result, iso_time(when)))
@@ -353,8 +359,7 @@ fn run_child(
         stderr: std::fs::read(&err_path)?,
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
-    match (out.status.success(), line) {
+    match (out.status.success(), result_line(&stdout)) {
         (true, Some(line)) => Ok(serde_json::from_str(line)?),
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
