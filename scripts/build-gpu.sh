@@ -46,7 +46,7 @@ if [ ! -e "$libtorch/lib/libtorch_cuda.so" ]; then
 fi
 export CUDA_ROOT=$cuda PATH=$cuda/bin:$PATH CUDA_COMPUTE_CAP=90
 export LIBTORCH=$libtorch LIBTORCH_BYPASS_VERSION_CHECK=1 EMBER_LINK_ALLOW_SHLIB_UNDEFINED=1
-cargo build --release -p ember-cli --no-default-features --features flex,cuda,wgpu,candle-cuda,tch
+cargo build --release -p ember-cli --no-default-features --features flex,cuda,wgpu,candle-cuda,tch-cuda-graphs
 mkdir -p .gpu
 strip -o .gpu/ember target/release/ember
 rm -f .gpu/ember.gz

@@ -17,6 +17,8 @@
 #   all       bench/nvidia.toml as one bench, resumed across calls (see the stage)
 #   ab        decode before and after a change (.gpu/ember-before, .gpu/ember), f16, alternated
 #   attn      decode with burn's attention op against matmul-softmax, CubeCL cuda f16
+#   graphs    tch decode replayed as CUDA graphs: same greedy tokens as eager (f32, f16, both
+#             shapes, past a decode-window edge), then speed with and without, PyTorch beside
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -193,6 +195,26 @@ for stage in "$@"; do
     use_cubecl_cache
     bench attn "${LIMIT:-300}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0"]\ndtypes = ["f16"]\nattention = ["fused", "plain"]\n')" \
       -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 200
+    ;;
+  graphs)
+    for model in preset:smollm2-135m preset:smollm2-1.7b; do
+      for dtype in f32 f16; do
+        for mode in graphs eager; do
+          flag=(); [ $mode = eager ] && flag=(--no-graphs)
+          timeout 120 "$ember" --model "$model" --backend tch --device cuda:0 --dtype $dtype \
+            --raw --prompt "The quick brown fox" -n 300 -t 0 "${flag[@]}" \
+            > "$work/text-$dtype-$mode-${model#preset:}.txt" 2> "$work/text-$dtype-$mode-${model#preset:}.log"
+          echo "== $model $dtype $mode: rc $?; $(grep -i -E 'tokens|warn|error' "$work/text-$dtype-$mode-${model#preset:}.log" | tail -3)"
+        done
+        if cmp -s "$work/text-$dtype-graphs-${model#preset:}.txt" "$work/text-$dtype-eager-${model#preset:}.txt"; then
+          echo "SAME TEXT: $model $dtype graphs vs eager ($(wc -c < "$work/text-$dtype-eager-${model#preset:}.txt") bytes)"
+        else
+          echo "DIFFERENT TEXT: $model $dtype graphs vs eager"
+        fi
+      done
+    done
+    bench graphs "${LIMIT:-300}" "$(printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true, false]\n[baselines]\npytorch = ["cuda"]\n')" \
+      -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 200
     ;;
   all)
     # bench/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the

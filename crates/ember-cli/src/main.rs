@@ -47,6 +47,7 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   dtype = \"f32\"                 # f32 | f16 | bf16 | auto
   threads = 0                   # CPU threads, 0 = one per core
   attention = \"fused\"           # fused (burn's attention op) | plain (matmul-softmax)
+  graphs = true                 # replay decode steps as CUDA graphs where the backend can
 
   [generation]
   messages = [{ role = \"user\", content = \"Hi\" }]   # through the chat template
@@ -195,6 +196,9 @@ struct RunArgs {
     /// Attention implementation: fused or plain.
     #[arg(long, value_parser = parse_attention)]
     attention: Option<AttentionImpl>,
+    /// Decode eagerly even where the backend can replay recorded CUDA graphs.
+    #[arg(long)]
+    no_graphs: bool,
     /// The user's message (replaces the config's chat), or the raw prompt with --raw.
     #[arg(short, long)]
     prompt: Option<String>,
@@ -259,6 +263,9 @@ impl RunArgs {
         set(&mut b.dtype, self.dtype);
         set(&mut b.threads, self.threads);
         set(&mut b.attention, self.attention);
+        if self.no_graphs {
+            b.graphs = false;
+        }
         let g = &mut c.generation;
         if let Some(prompt) = &self.prompt {
             if self.raw {

@@ -4,6 +4,9 @@
 // Bad input (a file, a config, a user's text) must come back as an error, never a panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "cuda-graphs")]
+mod graphs;
+
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::LibTorch;
 use ember::backend::{choose_dtype, DeviceSpec};
@@ -117,6 +120,13 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
         }
     };
     let dtype = choose_dtype(spec.dtype, dtypes, NAME, &name)?;
+    #[cfg(feature = "cuda-graphs")]
+    if matches!(device, LibTorchDevice::Cuda(_)) {
+        static REGISTERED: std::sync::Once = std::sync::Once::new();
+        REGISTERED.call_once(|| {
+            ember::graph::register::<Backend>(std::sync::Arc::new(graphs::TchGraphs::default()));
+        });
+    }
     if spec.threads > 0 && matches!(device, LibTorchDevice::Cpu) {
         tch::set_num_threads(i32::try_from(spec.threads).unwrap_or(i32::MAX));
     }

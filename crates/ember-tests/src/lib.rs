@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use ember::nn::attention::causal_attention;
 use ember::sampling::argmax;
 use ember::{AttentionImpl, CancelToken, Engine, EngineConfig, GenerationConfig, RuntimeInfo};
@@ -244,6 +245,48 @@ pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
         assert!(
             err <= ctx.logits_tol,
             "{attention:?}, decode window {window:?}: cached vs full max logit error {err}"
+        );
+    }
+}
+
+/// The decode step whose token and position are device values (the step a backend records
+/// and replays as a graph, `Llama::decode_at`) gives the logits of one full forward pass,
+/// here with the portable masked KV write.
+pub fn device_position_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
+    use ember::models::llama::{token_tensor, Logits};
+    let cases = [AttentionImpl::Fused, AttentionImpl::Plain]
+        .into_iter()
+        .flat_map(|a| [256, 1, 5].map(|w| (a, w)));
+    for (attention, window) in cases {
+        let source = fixtures().join("tiny").join("gqa-untied").join("hf");
+        let engine = load(ctx, &config_for(source, attention));
+        let ids = tiny_expected("gqa-untied").prompt_ids;
+        let full = engine.session().forward(&ids, true).unwrap();
+        let model = engine.model();
+        let mut cache = model
+            .new_cache(1, engine.context_length(), &ctx.device)
+            .with_decode_window(window);
+        let prompt = token_tensor::<B>(&ids[..5], &ctx.device);
+        let logits = model
+            .forward(prompt, &mut cache, attention, Logits::All)
+            .unwrap();
+        let mut got: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        for &id in &ids[5..] {
+            let pos = cache.len();
+            let values = vec![i64::from(id), pos as i64];
+            let step = Tensor::<B, 1, Int>::from_data(TensorData::new(values, [2]), &ctx.device);
+            let visible = cache.decode_window(pos + 1);
+            let logits = model
+                .decode_at(&step, &mut cache, visible, attention, None)
+                .unwrap();
+            cache.advance(1);
+            got.extend(logits.into_data().iter::<f32>());
+        }
+        assert_eq!(got.len(), full.len());
+        let err = max_abs_diff(&got, &full);
+        assert!(
+            err <= ctx.logits_tol,
+            "{attention:?}, decode window {window}: device-position decode vs full max logit error {err}"
         );
     }
 }
@@ -545,6 +588,7 @@ macro_rules! backend_suite {
             tiny_matches_transformers,
             tiny_gguf_equals_hf,
             cached_decode_equals_full_recompute,
+            device_position_decode_equals_full_recompute,
             fused_attention_equals_plain,
             streamed_text_equals_full_decode,
             prompt_longer_than_context_is_an_error,

@@ -76,6 +76,10 @@ pub struct BackendConfig {
     /// Attention implementation.
     #[serde(default)]
     pub attention: AttentionImpl,
+    /// Record the decode step once and replay it (CUDA graphs) where the backend can: tch on
+    /// CUDA, in a build with the `cuda-graphs` feature. Elsewhere it has no effect.
+    #[serde(default = "yes")]
+    pub graphs: bool,
     /// What to do when the backend, device or dtype cannot run here.
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
@@ -93,6 +97,10 @@ pub enum OnUnavailable {
     Fallback,
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn auto() -> String {
     "auto".into()
 }
@@ -105,6 +113,7 @@ impl Default for BackendConfig {
             dtype: DType::default(),
             threads: 0,
             attention: AttentionImpl::default(),
+            graphs: true,
             on_unavailable: OnUnavailable::default(),
         }
     }

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsStore;
 use crate::format::{Loader, TensorStore};
+use crate::graph::{DeviceGraphs, Graph};
 use crate::models::llama::{token_tensor, GgufLlamaStore, Llama, LlamaConfig, Logits};
 use crate::models::presets::{Preset, SyntheticStore};
 use crate::models::{self, Architecture};
@@ -58,8 +59,18 @@ pub struct Engine<B: Backend> {
     attention: AttentionImpl,
     context: usize,
     decode_window: usize,
+    graphs: Option<GraphSupport<B>>,
     checkpoint: Checkpoint,
     load_time: Duration,
+}
+
+/// The backend's graph support, when this engine replays its decode steps.
+struct GraphSupport<B: Backend>(Arc<dyn DeviceGraphs<B>>);
+
+impl<B: Backend> std::fmt::Debug for GraphSupport<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceGraphs")
+    }
 }
 
 impl<B: Backend> Engine<B> {
@@ -175,6 +186,9 @@ impl<B: Backend> Engine<B> {
                 .model
                 .decode_window
                 .unwrap_or(crate::nn::kv_cache::DECODE_WINDOW),
+            graphs: crate::graph::registered::<B>()
+                .filter(|g| config.backend.graphs && g.supports(device))
+                .map(GraphSupport),
             checkpoint,
             load_time: start.elapsed(),
         })
@@ -189,7 +203,18 @@ impl<B: Backend> Engine<B> {
                 .new_cache(1, self.context, &self.device)
                 .with_decode_window(self.decode_window),
             tokens: Vec::new(),
+            replay: self.graphs.as_ref().map(|g| Replay {
+                graphs: g.0.clone(),
+                step: Tensor::zeros([2], &self.device),
+                recorded: Vec::new(),
+            }),
         }
+    }
+
+    /// Whether sessions replay their decode steps as recorded graphs (`backend.graphs` on a
+    /// backend that can; see [`crate::graph`]).
+    pub fn replays_graphs(&self) -> bool {
+        self.graphs.is_some()
     }
 
     /// Backend, device and dtype this engine runs on.
@@ -316,6 +341,26 @@ pub struct Session<'e, B: Backend> {
     engine: &'e Engine<B>,
     cache: KvCache<B>,
     tokens: Vec<u32>,
+    /// Recorded decode steps, when the engine replays graphs.
+    replay: Option<Replay<B>>,
+}
+
+/// A session's recorded decode steps: one per attended window (the window grows in steps of
+/// `decode_window` positions, and a recording has fixed shapes).
+struct Replay<B: Backend> {
+    graphs: Arc<dyn DeviceGraphs<B>>,
+    /// `[token id, position]`: the recorded steps' input, written before each replay.
+    step: Tensor<B, 1, Int>,
+    recorded: Vec<Recorded<B>>,
+}
+
+struct Recorded<B: Backend> {
+    window: usize,
+    graph: Box<dyn Graph>,
+    /// Where the recording leaves its logits.
+    logits: Tensor<B, 3>,
+    /// The KV cache's device addresses when recorded; a replay is valid only at these.
+    addresses: Vec<usize>,
 }
 
 impl<B: Backend> Session<'_, B> {
@@ -354,6 +399,28 @@ impl<B: Backend> Session<'_, B> {
             return Err(Error::Tokenizer(format!(
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
+        }
+        if let ([id], false, Some(replay)) = (ids, all, self.replay.as_mut()) {
+            let pos = self.cache.len();
+            if pos >= self.cache.capacity() {
+                return Err(Error::ContextOverflow {
+                    prompt: pos + 1,
+                    context: self.cache.capacity(),
+                    max_new_tokens: 0,
+                });
+            }
+            let engine = self.engine;
+            match replay.decode(engine, &mut self.cache, *id, pos) {
+                Ok(logits) => {
+                    self.cache.advance(1);
+                    self.tokens.push(*id);
+                    return Ok(logits);
+                }
+                Err(e) => {
+                    tracing::warn!("decoding without graph replay from now on: {e}");
+                    self.replay = None;
+                }
+            }
         }
         // The model checks that the ids fit in the cache.
         let input = token_tensor::<B>(ids, &self.engine.device);
@@ -465,6 +532,64 @@ impl<B: Backend> Session<'_, B> {
             finish,
             tokens: generated,
         })
+    }
+}
+
+impl<B: Backend> Replay<B> {
+    /// Logits after token `id` at position `pos`: a replay of the step recorded for this
+    /// window, or (first time, or the cache moved) the step run eagerly, then recorded.
+    fn decode(
+        &mut self,
+        engine: &Engine<B>,
+        cache: &mut KvCache<B>,
+        id: u32,
+        pos: usize,
+    ) -> Result<Vec<f32>> {
+        let window = cache.decode_window(pos + 1);
+        let graphs = self.graphs.as_ref();
+        let _scope = graphs.enter(&engine.device)?;
+        graphs.write_ints(&self.step, &[i64::from(id), pos as i64])?;
+        let addresses = cache.addresses(graphs);
+        if let Some(r) = self
+            .recorded
+            .iter()
+            .find(|r| r.window == window && r.addresses == addresses)
+        {
+            r.graph.replay()?;
+            return Ok(r.logits.clone().into_data().iter::<f32>().collect());
+        }
+        self.recorded.retain(|r| r.window != window);
+        let (model, attention) = (&engine.model, engine.attention);
+        // Eagerly first: this token's logits, and the warm-up a recording needs (kernels
+        // loaded, libraries' workspaces allocated). Recording runs nothing.
+        let logits = model.decode_at(&self.step, cache, window, attention, Some(graphs))?;
+        let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        graphs.begin()?;
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.decode_at(&self.step, cache, window, attention, Some(graphs))
+        }));
+        let graph = graphs.end();
+        let out = match recorded {
+            Ok(out) => out?,
+            Err(_) => {
+                return Err(Error::Backend(
+                    "an operation of the decode step cannot be recorded as a graph".into(),
+                ))
+            }
+        };
+        let graph = graph?;
+        if cache.addresses(graphs) != addresses {
+            return Err(Error::Backend(
+                "the KV cache moved while the decode step was recorded".into(),
+            ));
+        }
+        self.recorded.push(Recorded {
+            window,
+            graph,
+            logits: out,
+            addresses,
+        });
+        Ok(logits)
     }
 }
 

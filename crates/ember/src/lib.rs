@@ -24,6 +24,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod graph;
 pub mod memory;
 pub mod models;
 pub mod nn;

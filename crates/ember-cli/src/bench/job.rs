@@ -78,6 +78,9 @@ pub struct RunResult {
     pub dtype: String,
     /// Model file name or preset.
     pub model_filename: String,
+    /// Whether decode steps were replayed as recorded CUDA graphs.
+    #[serde(default)]
+    pub graphs: bool,
     /// e.g. `llama 135M F32`.
     pub model_type: String,
     /// Bytes of weights on the device.
@@ -189,6 +192,7 @@ impl BackendJob for BenchJob<'_> {
             load_s_warm: Some(engine.load_time().as_secs_f64()),
             vocab,
             peak_mem_kind: "process RSS".into(),
+            graphs: engine.replays_graphs(),
             ..RunResult::default()
         };
         let mut session = engine.session();

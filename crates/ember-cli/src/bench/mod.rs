@@ -39,6 +39,10 @@ pub struct Matrix {
     /// `fused` and/or `plain`.
     #[serde(default = "default_attention")]
     pub attention: Vec<ember::AttentionImpl>,
+    /// Replay decode steps as CUDA graphs where the backend can (`backend.graphs`):
+    /// `[true]` (default), `[false]`, or both to compare.
+    #[serde(default = "default_graphs")]
+    pub graphs: Vec<bool>,
     /// CPU thread counts (0: one per core).
     #[serde(default = "default_threads")]
     pub threads: Vec<usize>,
@@ -71,6 +75,9 @@ fn default_dtypes() -> Vec<DType> {
 }
 fn default_attention() -> Vec<ember::AttentionImpl> {
     vec![ember::AttentionImpl::Fused]
+}
+fn default_graphs() -> Vec<bool> {
+    vec![true]
 }
 fn default_threads() -> Vec<usize> {
     vec![0]
@@ -119,7 +126,11 @@ impl Matrix {
             for target in &self.targets {
                 let (name, device) = target.split_once('@').unwrap_or((target, "auto"));
                 for &dtype in &dtypes {
-                    for &attention in &self.attention {
+                    for (&attention, &graphs) in self
+                        .attention
+                        .iter()
+                        .flat_map(|a| self.graphs.iter().map(move |g| (a, g)))
+                    {
                         for &threads in &self.threads {
                             for autotune in &self.autotune {
                                 let mut config = EngineConfig::default();
@@ -131,6 +142,7 @@ impl Matrix {
                                     dtype,
                                     threads,
                                     attention,
+                                    graphs,
                                     on_unavailable: OnUnavailable::Error,
                                 };
                                 out.push(Target {
@@ -237,6 +249,7 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
                 n_prompt: t.n_prompt,
                 n_gen: t.n_gen,
                 n_batch: t.n_batch,
+                graphs: run.graphs,
                 avg_ns: stats::mean(&ns) as u64,
                 stddev_ns: stats::stddev(&ns) as u64,
                 avg_ts: stats::mean(&ts),
@@ -567,7 +580,10 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                         backend: result.backend.clone(),
                         device: result.device.clone(),
                         dtype: result.dtype.clone(),
-                        extra: format!("{:?} {} {}", b.attention, b.threads, target.autotune),
+                        extra: format!(
+                            "{:?} {} {} {}",
+                            b.attention, b.threads, target.autotune, b.graphs
+                        ),
                     });
                     if plan.accuracy_tokens > 0 {
                         logits.insert(key, (logits_path, result.vocab));

@@ -38,6 +38,9 @@ pub struct Record {
     pub dtype: String,
     /// Whether burn's fused attention op ran (llama-bench's `flash_attn`).
     pub flash_attn: bool,
+    /// Whether decode steps were replayed as recorded CUDA graphs (`backend.graphs`).
+    #[serde(default)]
+    pub graphs: bool,
     /// burn's kernel fusion: `on` (compiled into this backend), `n/a` (no such layer).
     pub fusion: String,
     /// CubeCL autotune level, or `n/a`.
@@ -133,7 +136,11 @@ pub fn markdown(records: &[Record]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model_filename,
             r.engine,
-            r.backends,
+            if r.graphs {
+                format!("{} + graphs", r.backends)
+            } else {
+                r.backends.clone()
+            },
             r.device,
             r.dtype,
             if r.flash_attn { 1 } else { 0 },
@@ -171,6 +178,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "device",
     "dtype",
     "flash_attn",
+    "graphs",
     "fusion",
     "autotune",
     "n_threads",

@@ -14,9 +14,10 @@ use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::{Loader, TensorStore};
-use crate::nn::attention::{attend_all, causal_attention, padding_bias, repeat_kv};
+use crate::graph::DeviceGraphs;
+use crate::nn::attention::{attend_all, causal_attention, padding_bias, padding_bias_at, repeat_kv};
 use crate::nn::kv_cache::KvCache;
-use crate::nn::rope::{inv_freq, Llama3Scaling, Rope};
+use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
 use crate::nn::{linear, rms_norm};
 
 /// A Llama checkpoint's `config.json`, in Hugging Face's field names.
@@ -427,6 +428,94 @@ impl<B: Backend> Llama<B> {
         )
     }
 
+    /// One decoder layer on `x: [batch, seq, hidden]`. `store` puts the layer's new keys and
+    /// values (`[batch, kv_heads, seq, head_dim]`, rotated) in the cache and returns the keys
+    /// and values to attend to; `padding` hides the attended positions past the last one
+    /// (single-token steps only).
+    fn layer(
+        &self,
+        layer: &DecoderLayer<B>,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        padding: Option<&Tensor<B, 4>>,
+        attention: AttentionImpl,
+        store: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> Result<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Result<Tensor<B, 3>> {
+        let c = &self.config;
+        let [batch, seq, _] = x.dims();
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let groups = heads / kv_heads;
+        let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
+        let a = &layer.self_attn;
+        // One projection for q, k and v, split into heads once:
+        // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
+        // k's heads are rotated together, then q, k and v are views of their heads.
+        let qkv = linear(h, &a.qkv_proj)
+            .reshape([batch, seq, heads + 2 * kv_heads, hd])
+            .swap_dims(1, 2);
+        let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
+        let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
+        let q = qk.clone().narrow(1, 0, heads);
+        let k = qk.narrow(1, heads, kv_heads);
+        let (k, v) = store(k, v)?;
+        let out = if seq == 1 {
+            // One new token sees every cached position. Its query heads are laid onto
+            // their KV head ([b, heads, 1, d] -> [b, kv_heads, groups, d]; head h reads
+            // KV head h / groups, as `repeat_kv` orders them), so K and V are not
+            // repeated: two copies of the attended cache fewer per layer.
+            let q = q.reshape([batch, kv_heads, groups, hd]);
+            attend_all(q, k, v, padding, attention).reshape([batch, heads, 1, hd])
+        } else {
+            causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention)
+        };
+        // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
+        let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
+        let x = x.add(linear(out, &a.o_proj));
+
+        let h = rms_norm(x.clone(), &layer.post_attention_layernorm, c.rms_norm_eps);
+        let m = &layer.mlp;
+        let inter = c.intermediate_size;
+        let gate_up = linear(h, &m.gate_up_proj);
+        let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
+        Ok(x.add(linear(gated, &m.down_proj)))
+    }
+
+    /// One token at a position, both held on the device in `step: [2]` (token id, position),
+    /// attending to the first `window` cache positions (at least position + 1, at most the
+    /// capacity): logits `[1, 1, vocab]`, as [`Llama::forward`] gives for that token at that
+    /// position with `cache.len()` = position.
+    ///
+    /// No host value depends on the token or the position, so that a backend can record the
+    /// step once and replay it ([`crate::graph`]); with `graphs`, keys and values are written
+    /// in place. The caller checks the capacity and calls [`KvCache::advance`].
+    pub fn decode_at(
+        &self,
+        step: &Tensor<B, 1, Int>,
+        cache: &mut KvCache<B>,
+        window: usize,
+        attention: AttentionImpl,
+        graphs: Option<&dyn DeviceGraphs<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let c = &self.config;
+        let token = step.clone().narrow(0, 0, 1);
+        let pos = step.clone().narrow(0, 1, 1);
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, token)
+            .reshape([1, 1, c.hidden_size]);
+        let (kv_heads, groups) = (c.kv_heads(), c.num_attention_heads / c.kv_heads());
+        let padding = padding_bias_at::<B>([1, kv_heads, groups], pos.clone(), window, x.dtype());
+        let rope = self.rope.tables_at(pos.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer(layer, x, &rope, Some(&padding), attention, |k, v| {
+                cache.write_at(i, &pos, k, v, window, graphs)
+            })?;
+        }
+        let x = rms_norm(x, &self.norm, c.rms_norm_eps);
+        Ok(linear(x, &self.lm_head))
+    }
+
     /// Runs `tokens: [batch, seq]` at positions `cache.len()..cache.len() + seq`, appending
     /// their keys and values to `cache`.
     ///
@@ -448,7 +537,7 @@ impl<B: Backend> Llama<B> {
             });
         }
         let c = &self.config;
-        let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let (heads, kv_heads) = (c.num_attention_heads, c.kv_heads());
         let mut x = self
             .embed_tokens
             .clone()
@@ -468,41 +557,11 @@ impl<B: Backend> Llama<B> {
             let shape = [batch, kv_heads, groups];
             padding_bias::<B>(shape, end, window, x.dtype(), &x.device())
         });
+        let rope = self.rope.tables(start, seq);
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
-            let a = &layer.self_attn;
-            // One projection for q, k and v, split into heads once:
-            // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
-            // k's heads are rotated together, then q, k and v are views of their heads.
-            let qkv = linear(h, &a.qkv_proj)
-                .reshape([batch, seq, heads + 2 * kv_heads, hd])
-                .swap_dims(1, 2);
-            let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
-            let qk = self.rope.apply(qkv.narrow(1, 0, heads + kv_heads), start);
-            let q = qk.clone().narrow(1, 0, heads);
-            let k = qk.narrow(1, heads, kv_heads);
-            let (k, v) = cache.append(i, k, v, window);
-            let out = if seq == 1 {
-                // One new token sees every cached position. Its query heads are laid onto
-                // their KV head ([b, heads, 1, d] -> [b, kv_heads, groups, d]; head h reads
-                // KV head h / groups, as `repeat_kv` orders them), so K and V are not
-                // repeated: two copies of the attended cache fewer per layer.
-                let q = q.reshape([batch, kv_heads, groups, hd]);
-                attend_all(q, k, v, padding.as_ref(), attention).reshape([batch, heads, 1, hd])
-            } else {
-                causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention)
-            };
-            // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
-            let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
-            x = x.add(linear(out, &a.o_proj));
-
-            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, c.rms_norm_eps);
-            let m = &layer.mlp;
-            let inter = c.intermediate_size;
-            let gate_up = linear(h, &m.gate_up_proj);
-            let gated =
-                silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
-            x = x.add(linear(gated, &m.down_proj));
+            x = self.layer(layer, x, &rope, padding.as_ref(), attention, |k, v| {
+                Ok(cache.append(i, k, v, window))
+            })?;
         }
         cache.advance(seq);
         let x = match logits {

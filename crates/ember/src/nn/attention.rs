@@ -106,6 +106,22 @@ pub fn padding_bias<B: Backend>(
     hiding_bias(hidden, dtype)
 }
 
+/// [`padding_bias`] for a query at the position held on the device in `pos: [1]`: hides keys
+/// after `pos` (a decode step whose position must not be a host value; see [`crate::graph`]).
+pub fn padding_bias_at<B: Backend>(
+    [batch, heads, queries]: [usize; 3],
+    pos: Tensor<B, 1, Int>,
+    window: usize,
+    dtype: burn::tensor::DType,
+) -> Tensor<B, 4> {
+    let device = pos.device();
+    let hidden = Tensor::<B, 1, Int>::arange(0..window as i64, &device)
+        .greater(pos.expand([window]))
+        .reshape([1, 1, 1, window])
+        .expand([batch, heads, queries, window]);
+    hiding_bias(hidden, dtype)
+}
+
 /// An additive bias from a boolean mask: 0 where visible, `-inf` where `hidden` is true.
 fn hiding_bias<B: Backend>(hidden: Tensor<B, 4, Bool>, dtype: burn::tensor::DType) -> Tensor<B, 4> {
     Tensor::<B, 4>::zeros(hidden.dims(), (&hidden.device(), dtype))

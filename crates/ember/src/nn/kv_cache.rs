@@ -3,6 +3,9 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::error::Result;
+use crate::graph::DeviceGraphs;
+
 /// Keys and values of every layer for positions `0..len`.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
@@ -95,6 +98,56 @@ impl<B: Backend> KvCache<B> {
         let out = (kc.clone().slice(upto.clone()), vc.clone().slice(upto));
         *slot = (kc, vc);
         out
+    }
+
+    /// Writes one position's `k`, `v` (`[batch, kv_heads, 1, head_dim]`) of layer `layer` at
+    /// the position held on the device in `pos: [1]` and returns keys and values for
+    /// `0..window`. Nothing here reads a host position, so the step can be replayed as a
+    /// graph (see [`crate::graph`]).
+    ///
+    /// With `graphs`, the cache is written in place (it keeps its device memory, which a
+    /// replay needs); without, by a masked select over the whole cache (the portable
+    /// reference). The caller calls [`KvCache::advance`] after the last layer.
+    pub fn write_at(
+        &mut self,
+        layer: usize,
+        pos: &Tensor<B, 1, Int>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        window: usize,
+        graphs: Option<&dyn DeviceGraphs<B>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let slot = &mut self.layers[layer];
+        match graphs {
+            Some(g) => {
+                g.index_copy(&slot.0, 2, pos, &k)?;
+                g.index_copy(&slot.1, 2, pos, &v)?;
+            }
+            None => {
+                let [batch, heads, capacity, dim] = slot.0.dims();
+                let shape = [batch, heads, capacity, dim];
+                let at = Tensor::<B, 1, Int>::arange(0..capacity as i64, &pos.device())
+                    .equal(pos.clone().expand([capacity]))
+                    .reshape([1, 1, capacity, 1])
+                    .expand(shape);
+                let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
+                *slot = (
+                    kc.mask_where(at.clone(), k.expand(shape)),
+                    vc.mask_where(at, v.expand(shape)),
+                );
+            }
+        }
+        let [batch, heads, _, dim] = slot.0.dims();
+        let upto = [0..batch, 0..heads, 0..window, 0..dim];
+        Ok((slot.0.clone().slice(upto.clone()), slot.1.clone().slice(upto)))
+    }
+
+    /// Device addresses of every layer's keys and values (see [`DeviceGraphs::address`]).
+    pub fn addresses(&self, graphs: &dyn DeviceGraphs<B>) -> Vec<usize> {
+        self.layers
+            .iter()
+            .flat_map(|(k, v)| [graphs.address(k), graphs.address(v)])
+            .collect()
     }
 
     /// How many cached positions a decode step attends to when `end` are filled: `end`

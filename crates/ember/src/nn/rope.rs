@@ -47,6 +47,30 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3Scaling>) ->
         .collect()
 }
 
+/// cos and sin of some positions, `[1, 1, seq, head_dim]`, as [`rotate`] takes them.
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+/// Rotates `x: [batch, heads, seq, head_dim]` by the angles of `tables`.
+pub fn rotate<B: Backend>(x: Tensor<B, 4>, tables: &RopeTables<B>) -> Tensor<B, 4> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    // rotate_half(x) * sin = [-x2, x1] * [sin, sin] = [x2, x1] * [-sin, sin]: the halves
+    // swapped by one flip, the sign in the table. Fewer operations than narrowing,
+    // negating and concatenating (which burn does with two slice-assigns): on CubeCL 8
+    // kernel launches fewer per layer (docs/performance.md).
+    let half = head_dim / 2;
+    let swapped = x
+        .clone()
+        .reshape([batch * heads * seq, 2, half])
+        .flip([1])
+        .reshape([batch, heads, seq, head_dim]);
+    x.mul(tables.cos.clone())
+        .add(swapped.mul(tables.sin.clone()))
+}
+
 /// Precomputed cos/sin tables for every position of the context.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
@@ -81,21 +105,25 @@ impl<B: Backend> Rope<B> {
 
     /// Rotates `x: [batch, heads, seq, head_dim]` whose first position is `start`.
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();
-        // rotate_half(x) * sin = [-x2, x1] * [sin, sin] = [x2, x1] * [-sin, sin]: the halves
-        // swapped by one flip, the sign in the table. Fewer operations than narrowing,
-        // negating and concatenating (which burn does with two slice-assigns): on CubeCL 8
-        // kernel launches fewer per layer (docs/performance.md).
-        let [batch, heads, _, _] = x.dims();
-        let half = head_dim / 2;
-        let swapped = x
-            .clone()
-            .reshape([batch * heads * seq, 2, half])
-            .flip([1])
-            .reshape([batch, heads, seq, head_dim]);
-        x.mul(cos).add(swapped.mul(sin))
+        let seq = x.dims()[2];
+        rotate(x, &self.tables(start, seq))
+    }
+
+    /// cos and sin `[1, 1, seq, head_dim]` of positions `start..start + seq`.
+    pub fn tables(&self, start: usize, seq: usize) -> RopeTables<B> {
+        RopeTables {
+            cos: self.cos.clone().narrow(0, start, seq).unsqueeze::<4>(),
+            sin: self.sin.clone().narrow(0, start, seq).unsqueeze::<4>(),
+        }
+    }
+
+    /// cos and sin `[1, 1, 1, head_dim]` of the position held on the device in `pos: [1]`
+    /// (a decode step whose position must not be a host value; see [`crate::graph`]).
+    pub fn tables_at(&self, pos: Tensor<B, 1, Int>) -> RopeTables<B> {
+        RopeTables {
+            cos: self.cos.clone().select(0, pos.clone()).unsqueeze::<4>(),
+            sin: self.sin.clone().select(0, pos).unsqueeze::<4>(),
+        }
     }
 
     /// Positions the tables cover.

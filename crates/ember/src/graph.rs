@@ -1,0 +1,77 @@
+//! Recording the decode step once and replaying it (CUDA graphs), for backends that can.
+//!
+//! A decode step on a GPU is hundreds of small kernels, each launched by the host through
+//! burn's op dispatch; at batch 1 the host's launch work, not the GPU, sets the speed
+//! (docs/performance.md). A backend that can record a stream of kernels and replay it with
+//! one call (libtorch's `at::cuda::CUDAGraph`) implements [`DeviceGraphs`] and registers it
+//! with [`register`]; a [`Session`](crate::Session) then decodes through
+//! [`Llama::decode_at`](crate::models::llama::Llama::decode_at), whose shapes and device
+//! addresses do not change from one token to the next, and replays it.
+//!
+//! What a replay needs that eager code does not:
+//! - inputs in fixed device buffers, written in place ([`DeviceGraphs::write_ints`]);
+//! - the keys and values written in place at a position held on the device
+//!   ([`DeviceGraphs::index_copy`]), so that the cache keeps its addresses;
+//! - no host work inside the step (the sampled token is read after the replay).
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use burn::prelude::*;
+
+use crate::error::Result;
+
+/// A recorded step, replayed on the stream it was recorded on.
+pub trait Graph: Send {
+    /// Runs the recorded kernels again.
+    fn replay(&self) -> Result<()>;
+}
+
+/// Work that must be undone when a [`DeviceGraphs::enter`] scope ends (restoring the stream).
+pub trait Scope {}
+
+/// What a backend provides for graph replay of the decode step on its type `B`.
+pub trait DeviceGraphs<B: Backend>: Send + Sync {
+    /// Whether `device` can record and replay graphs.
+    fn supports(&self, device: &B::Device) -> bool;
+    /// Sends the calling thread's device work to the graph stream until the scope is dropped
+    /// (recording needs a stream of its own; eager warm-up and replays run there too).
+    fn enter(&self, device: &B::Device) -> Result<Box<dyn Scope>>;
+    /// Starts recording the work of this thread (inside [`DeviceGraphs::enter`]).
+    fn begin(&self) -> Result<()>;
+    /// Stops recording and returns the graph.
+    fn end(&self) -> Result<Box<dyn Graph>>;
+    /// Writes `values` into the device buffer `dst` in place.
+    fn write_ints(&self, dst: &Tensor<B, 1, Int>, values: &[i64]) -> Result<()>;
+    /// `dst[.., index[i], ..] = src[.., i, ..]` along `dim`, in place: `dst` keeps its memory.
+    fn index_copy(
+        &self,
+        dst: &Tensor<B, 4>,
+        dim: usize,
+        index: &Tensor<B, 1, Int>,
+        src: &Tensor<B, 4>,
+    ) -> Result<()>;
+    /// Where `t`'s data lives on the device (a replay is valid only while these stay put).
+    fn address(&self, t: &Tensor<B, 4>) -> usize;
+}
+
+type Entry = Box<dyn Any + Send + Sync>;
+
+static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+/// Makes `graphs` the graph support of backend `B` (a backend crate calls it once; a second
+/// call for the same `B` replaces the first).
+pub fn register<B: Backend>(graphs: Arc<dyn DeviceGraphs<B>>) {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    registry.retain(|e| !e.is::<Arc<dyn DeviceGraphs<B>>>());
+    registry.push(Box::new(graphs));
+}
+
+/// The graph support registered for backend `B`, if any.
+pub fn registered<B: Backend>() -> Option<Arc<dyn DeviceGraphs<B>>> {
+    let registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    registry
+        .iter()
+        .find_map(|e| e.downcast_ref::<Arc<dyn DeviceGraphs<B>>>())
+        .cloned()
+}
