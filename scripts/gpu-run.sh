@@ -19,6 +19,7 @@
 #   attn      decode with burn's attention op against matmul-softmax, CubeCL cuda f16
 #   graphs    tch decode replayed as CUDA graphs: same greedy tokens as eager (f32, f16, both
 #             shapes, past a decode-window edge), then speed with and without, PyTorch beside
+#   graphs-bench  bench/nvidia-graphs.toml (the real SmolLM2: carry .m1 and .m2 in two calls)
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -215,6 +216,14 @@ for stage in "$@"; do
     done
     bench graphs "${LIMIT:-300}" "$(printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true, false]\n[baselines]\npytorch = ["cuda"]\n')" \
       -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 200
+    ;;
+  graphs-bench)
+    start=$(date +%s)
+    timeout "${LIMIT:-560}" "$ember" bench --matrix bench/nvidia-graphs.toml --out-dir "$work/graphs-bench" \
+      -r 5 --warmup 1 --run-timeout 240 > "$work/graphs-bench.log" 2>&1
+    echo "== graphs-bench: rc $? in $(( $(date +%s) - start )) s"
+    reap
+    grep -F ' | ' "$work/graphs-bench.log" | grep '^| ' | tail -30
     ;;
   all)
     # bench/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the

@@ -31,7 +31,9 @@ fn check(error: *mut c_char, what: &str) -> Result<()> {
         return Ok(());
     }
     // SAFETY: a non-null return is a NUL-terminated string from strdup, freed once here.
-    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { ember_cg_free_error(error) };
     Err(Error::Backend(format!("CUDA graph {what}: {message}")))
 }
@@ -138,10 +140,15 @@ impl DeviceGraphs<Tch> for TchGraphs {
     }
 
     fn end(&self) -> Result<Box<dyn Graph>> {
-        let recording = self.recording.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let graph = TchGraph(recording.ok_or_else(|| {
-            Error::Backend("CUDA graph capture end without a begin".into())
-        })?);
+        let recording = self
+            .recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let graph = TchGraph(
+            recording
+                .ok_or_else(|| Error::Backend("CUDA graph capture end without a begin".into()))?,
+        );
         // SAFETY: the graph ember_cg_begin made; freed by TchGraph's drop either way.
         check(unsafe { ember_cg_end(graph.0 .0) }, "capture end")?;
         Ok(Box::new(graph))

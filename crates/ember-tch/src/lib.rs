@@ -4,6 +4,7 @@
 // Bad input (a file, a config, a user's text) must come back as an error, never a panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod fused;
 #[cfg(feature = "cuda-graphs")]
 mod graphs;
 
@@ -120,11 +121,19 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
         }
     };
     let dtype = choose_dtype(spec.dtype, dtypes, NAME, &name)?;
+    static FUSED: std::sync::Once = std::sync::Once::new();
+    FUSED.call_once(|| {
+        ember::graph::register::<dyn ember::nn::FusedOps<Backend>>(std::sync::Arc::new(
+            fused::TchFused,
+        ));
+    });
     #[cfg(feature = "cuda-graphs")]
     if matches!(device, LibTorchDevice::Cuda(_)) {
         static REGISTERED: std::sync::Once = std::sync::Once::new();
         REGISTERED.call_once(|| {
-            ember::graph::register::<Backend>(std::sync::Arc::new(graphs::TchGraphs::default()));
+            ember::graph::register::<dyn ember::graph::DeviceGraphs<Backend>>(std::sync::Arc::new(
+                graphs::TchGraphs::default(),
+            ));
         });
     }
     if spec.threads > 0 && matches!(device, LibTorchDevice::Cpu) {

@@ -186,7 +186,7 @@ impl<B: Backend> Engine<B> {
                 .model
                 .decode_window
                 .unwrap_or(crate::nn::kv_cache::DECODE_WINDOW),
-            graphs: crate::graph::registered::<B>()
+            graphs: crate::graph::registered::<dyn DeviceGraphs<B>>()
                 .filter(|g| config.backend.graphs && g.supports(device))
                 .map(GraphSupport),
             checkpoint,

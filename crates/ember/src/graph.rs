@@ -59,19 +59,20 @@ type Entry = Box<dyn Any + Send + Sync>;
 
 static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-/// Makes `graphs` the graph support of backend `B` (a backend crate calls it once; a second
-/// call for the same `B` replaces the first).
-pub fn register<B: Backend>(graphs: Arc<dyn DeviceGraphs<B>>) {
+/// Makes `value` what [`registered`] returns for `T`: a backend crate provides a backend's
+/// graph support (`T = dyn DeviceGraphs<B>`) or fused ops (`T = dyn FusedOps<B>`,
+/// [`crate::nn::FusedOps`]) once; a second call for the same `T` replaces the first.
+pub fn register<T: ?Sized + Send + Sync + 'static>(value: Arc<T>) {
     let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    registry.retain(|e| !e.is::<Arc<dyn DeviceGraphs<B>>>());
-    registry.push(Box::new(graphs));
+    registry.retain(|e| !e.is::<Arc<T>>());
+    registry.push(Box::new(value));
 }
 
-/// The graph support registered for backend `B`, if any.
-pub fn registered<B: Backend>() -> Option<Arc<dyn DeviceGraphs<B>>> {
+/// What was registered for `T`, if anything.
+pub fn registered<T: ?Sized + Send + Sync + 'static>() -> Option<Arc<T>> {
     let registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     registry
         .iter()
-        .find_map(|e| e.downcast_ref::<Arc<dyn DeviceGraphs<B>>>())
+        .find_map(|e| e.downcast_ref::<Arc<T>>())
         .cloned()
 }

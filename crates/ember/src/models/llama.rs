@@ -15,10 +15,12 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::{Loader, TensorStore};
 use crate::graph::DeviceGraphs;
-use crate::nn::attention::{attend_all, causal_attention, padding_bias, padding_bias_at, repeat_kv};
+use crate::nn::attention::{
+    attend_all, causal_attention, padding_bias, padding_bias_at, repeat_kv,
+};
 use crate::nn::kv_cache::KvCache;
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{linear, rms_norm};
+use crate::nn::{linear, rms_norm_with, FusedOps};
 
 /// A Llama checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,6 +318,16 @@ pub struct Llama<B: Backend> {
     /// `[hidden, vocab]`
     lm_head: Tensor<B, 2>,
     rope: Rope<B>,
+    /// The backend's fused ops, when it registered some ([`FusedOps`]).
+    fused: Option<Fused<B>>,
+}
+
+struct Fused<B: Backend>(std::sync::Arc<dyn FusedOps<B>>);
+
+impl<B: Backend> std::fmt::Debug for Fused<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FusedOps")
+    }
 }
 
 impl<B: Backend> Llama<B> {
@@ -381,7 +393,14 @@ impl<B: Backend> Llama<B> {
             norm,
             lm_head,
             rope,
+            fused: crate::graph::registered::<dyn FusedOps<B>>().map(Fused),
         })
+    }
+
+    /// RMSNorm with the model's epsilon, fused where the backend can.
+    fn norm(&self, x: Tensor<B, 3>, weight: &Tensor<B, 1>) -> Tensor<B, 3> {
+        let fused = self.fused.as_ref().map(|f| f.0.as_ref());
+        rms_norm_with(x, weight, self.config.rms_norm_eps, fused)
     }
 
     /// The model's config.
@@ -445,7 +464,7 @@ impl<B: Backend> Llama<B> {
         let [batch, seq, _] = x.dims();
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let groups = heads / kv_heads;
-        let h = rms_norm(x.clone(), &layer.input_layernorm, c.rms_norm_eps);
+        let h = self.norm(x.clone(), &layer.input_layernorm);
         let a = &layer.self_attn;
         // One projection for q, k and v, split into heads once:
         // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
@@ -472,7 +491,7 @@ impl<B: Backend> Llama<B> {
         let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
         let x = x.add(linear(out, &a.o_proj));
 
-        let h = rms_norm(x.clone(), &layer.post_attention_layernorm, c.rms_norm_eps);
+        let h = self.norm(x.clone(), &layer.post_attention_layernorm);
         let m = &layer.mlp;
         let inter = c.intermediate_size;
         let gate_up = linear(h, &m.gate_up_proj);
@@ -512,7 +531,7 @@ impl<B: Backend> Llama<B> {
                 cache.write_at(i, &pos, k, v, window, graphs)
             })?;
         }
-        let x = rms_norm(x, &self.norm, c.rms_norm_eps);
+        let x = self.norm(x, &self.norm);
         Ok(linear(x, &self.lm_head))
     }
 
@@ -568,7 +587,7 @@ impl<B: Backend> Llama<B> {
             Logits::All => x,
             Logits::Last => x.narrow(1, seq - 1, 1),
         };
-        let x = rms_norm(x, &self.norm, c.rms_norm_eps);
+        let x = self.norm(x, &self.norm);
         Ok(linear(x, &self.lm_head))
     }
 }

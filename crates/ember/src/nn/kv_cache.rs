@@ -139,7 +139,10 @@ impl<B: Backend> KvCache<B> {
         }
         let [batch, heads, _, dim] = slot.0.dims();
         let upto = [0..batch, 0..heads, 0..window, 0..dim];
-        Ok((slot.0.clone().slice(upto.clone()), slot.1.clone().slice(upto)))
+        Ok((
+            slot.0.clone().slice(upto.clone()),
+            slot.1.clone().slice(upto),
+        ))
     }
 
     /// Device addresses of every layer's keys and values (see [`DeviceGraphs::address`]).

@@ -20,6 +20,29 @@ pub mod rope;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
+/// Ops a backend can run as one kernel where the portable composition of burn ops takes
+/// several (each a launch on backends without fusion). A backend crate registers them with
+/// [`crate::graph::register`] (`T = dyn FusedOps<B>`); the functions here fall back to the
+/// portable path, which tests compare them with.
+pub trait FusedOps<B: Backend>: Send + Sync {
+    /// [`rms_norm`] as one op, or `None` where the backend cannot (the caller then runs the
+    /// portable path).
+    fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>>;
+}
+
+/// [`rms_norm`] through `fused` where it can, else the portable composition.
+pub fn rms_norm_with<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 3> {
+    match fused.and_then(|f| f.rms_norm(&x, weight, eps)) {
+        Some(y) => y,
+        None => rms_norm(x, weight, eps),
+    }
+}
+
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, with the mean square taken in f32
 /// whatever the run's dtype.
 ///
