@@ -17,6 +17,11 @@
 # 64 MiB: each half goes beside the 18 MB binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Bench rows name the commit the binary was built from: build only committed code.
+if ! git diff --quiet HEAD -- crates Cargo.toml Cargo.lock; then
+  echo "build-gpu.sh: crates/ has uncommitted changes; commit them first" >&2
+  exit 1
+fi
 root=${GPU_BUILD:-/work/gpu-build}
 py=(python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64

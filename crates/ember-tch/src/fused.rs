@@ -1,6 +1,7 @@
-//! libtorch's fused RMSNorm (`at::_fused_rms_norm`: one CUDA kernel; a composition of ATen
-//! ops on other devices) as Ember's [`FusedOps`]: two of a decoded layer's ~36 libtorch ops
-//! instead of 18 (docs/performance.md, change 9).
+//! libtorch's fused ops as Ember's [`FusedOps`]: RMSNorm (`at::_fused_rms_norm`: one CUDA
+//! kernel; a composition of ATen ops on other devices), two of a decoded layer's ~36
+//! libtorch ops instead of 18 (docs/performance.md, change 9); a projection added to the
+//! residual as one `addmm` (change 10).
 
 use burn::backend::libtorch::TchTensor;
 use burn::prelude::*;
@@ -33,6 +34,29 @@ impl FusedOps<Tch> for TchFused {
             .ok()?;
         Some(Tensor::from_primitive(TensorPrimitive::Float(
             TchTensor::new(out),
+        )))
+    }
+
+    fn linear_add(
+        &self,
+        residual: &Tensor<Tch, 3>,
+        x: &Tensor<Tch, 3>,
+        w: &Tensor<Tch, 2>,
+    ) -> Option<Tensor<Tch, 3>> {
+        let [batch, seq, features] = x.dims();
+        let out = w.dims()[1];
+        let rows = (batch * seq) as i64;
+        let input = torch(x.clone().into_primitive());
+        let acc = torch(residual.clone().into_primitive());
+        let weight = torch(w.clone().into_primitive());
+        let sum = input
+            .f_reshape([rows, features as i64])
+            .and_then(|input| acc.f_reshape([rows, out as i64])?.f_addmm(&input, &weight))
+            .and_then(|t| t.f_reshape([batch as i64, seq as i64, out as i64]))
+            .map_err(|e| tracing::warn!("libtorch's addmm failed, using burn ops: {e}"))
+            .ok()?;
+        Some(Tensor::from_primitive(TensorPrimitive::Float(
+            TchTensor::new(sum),
         )))
     }
 }

@@ -1,15 +1,15 @@
-//! libtorch's fused RMSNorm against Ember's portable one (burn ops), per dtype, on random
-//! inputs: the equivalence test of that fast path (on the CPU here; on CUDA too when
+//! libtorch's fused ops (RMSNorm, matmul into the residual) against Ember's portable ones
+//! (burn ops), per dtype, on random inputs: the equivalence test of those fast paths (on the CPU here; on CUDA too when
 //! libtorch sees a GPU).
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use ember::nn::{rms_norm, FusedOps};
+use ember::nn::{linear_add, rms_norm, FusedOps};
 use ember::DType;
 use ember_tests::spec;
 
 #[test]
-fn fused_rms_norm_equals_portable() {
+fn fused_ops_equal_portable() {
     let mut devices = vec!["cpu"];
     if tch::Cuda::is_available() {
         devices.push("cuda:0");

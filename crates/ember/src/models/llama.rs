@@ -20,7 +20,7 @@ use crate::nn::attention::{
 };
 use crate::nn::kv_cache::KvCache;
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{linear, rms_norm_with, FusedOps};
+use crate::nn::{linear, linear_add_with, rms_norm_with, FusedOps};
 
 /// A Llama checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -397,6 +397,16 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// `residual + x.matmul(w)`, one op where the backend can.
+    fn linear_add(
+        &self,
+        residual: Tensor<B, 3>,
+        x: Tensor<B, 3>,
+        w: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        linear_add_with(residual, x, w, self.fused.as_ref().map(|f| f.0.as_ref()))
+    }
+
     /// RMSNorm with the model's epsilon, fused where the backend can.
     fn norm(&self, x: Tensor<B, 3>, weight: &Tensor<B, 1>) -> Tensor<B, 3> {
         let fused = self.fused.as_ref().map(|f| f.0.as_ref());
@@ -489,14 +499,14 @@ impl<B: Backend> Llama<B> {
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
-        let x = x.add(linear(out, &a.o_proj));
+        let x = self.linear_add(x, out, &a.o_proj);
 
         let h = self.norm(x.clone(), &layer.post_attention_layernorm);
         let m = &layer.mlp;
         let inter = c.intermediate_size;
         let gate_up = linear(h, &m.gate_up_proj);
         let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
-        Ok(x.add(linear(gated, &m.down_proj)))
+        Ok(self.linear_add(x, gated, &m.down_proj))
     }
 
     /// One token at a position, both held on the device in `step: [2]` (token id, position),

@@ -28,6 +28,14 @@ pub trait FusedOps<B: Backend>: Send + Sync {
     /// [`rms_norm`] as one op, or `None` where the backend cannot (the caller then runs the
     /// portable path).
     fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>>;
+
+    /// [`linear_add`] as one op (a matmul that accumulates into the residual), or `None`.
+    fn linear_add(
+        &self,
+        residual: &Tensor<B, 3>,
+        x: &Tensor<B, 3>,
+        w: &Tensor<B, 2>,
+    ) -> Option<Tensor<B, 3>>;
 }
 
 /// [`rms_norm`] through `fused` where it can, else the portable composition.
@@ -41,6 +49,29 @@ pub fn rms_norm_with<B: Backend>(
         Some(y) => y,
         None => rms_norm(x, weight, eps),
     }
+}
+
+/// `residual + x.matmul(w)` ([`linear_add`]) through `fused` where it can.
+pub fn linear_add_with<B: Backend>(
+    residual: Tensor<B, 3>,
+    x: Tensor<B, 3>,
+    w: &Tensor<B, 2>,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 3> {
+    match fused.and_then(|f| f.linear_add(&residual, &x, w)) {
+        Some(y) => y,
+        None => linear_add(residual, x, w),
+    }
+}
+
+/// `residual + x.matmul(w)` for `x: [batch, seq, in]`, `w: [in, out]`, `residual: [batch,
+/// seq, out]`: a projection added to the residual stream.
+pub fn linear_add<B: Backend>(
+    residual: Tensor<B, 3>,
+    x: Tensor<B, 3>,
+    w: &Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    residual.add(linear(x, w))
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, with the mean square taken in f32
