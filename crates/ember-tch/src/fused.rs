@@ -1,7 +1,9 @@
 //! libtorch's fused ops as Ember's [`FusedOps`]: RMSNorm (`at::_fused_rms_norm`: one CUDA
 //! kernel; a composition of ATen ops on other devices), two of a decoded layer's ~36
 //! libtorch ops instead of 18 (docs/performance.md, change 9); a projection added to the
-//! residual as one `addmm` (change 10).
+//! residual as one `addmm` (change 10); attention with an additive bias as one
+//! `scaled_dot_product_attention` (burn-tch's op decomposes into ~9 ops when given a bias;
+//! change 11).
 
 use burn::backend::libtorch::TchTensor;
 use burn::prelude::*;
@@ -57,6 +59,24 @@ impl FusedOps<Tch> for TchFused {
             .ok()?;
         Some(Tensor::from_primitive(TensorPrimitive::Float(
             TchTensor::new(sum),
+        )))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor<Tch, 4>,
+        k: &Tensor<Tch, 4>,
+        v: &Tensor<Tch, 4>,
+        bias: Option<&Tensor<Tch, 4>>,
+    ) -> Option<Tensor<Tch, 4>> {
+        let [q, k, v] = [q, k, v].map(|t| torch(t.clone().into_primitive()));
+        let bias = bias.map(|b| torch(b.clone().into_primitive()));
+        let out =
+            tch::Tensor::f_scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, None, false)
+                .map_err(|e| tracing::warn!("libtorch's attention failed, using burn ops: {e}"))
+                .ok()?;
+        Some(Tensor::from_primitive(TensorPrimitive::Float(
+            TchTensor::new(out),
         )))
     }
 }

@@ -1,10 +1,12 @@
-//! libtorch's fused ops (RMSNorm, matmul into the residual) against Ember's portable ones
+//! libtorch's fused ops (RMSNorm, matmul into the residual, attention with a bias) against Ember's portable ones
 //! (burn ops), per dtype, on random inputs: the equivalence test of those fast paths (on the CPU here; on CUDA too when
 //! libtorch sees a GPU).
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use ember::nn::attention::attend_all;
 use ember::nn::{linear_add, rms_norm, FusedOps};
+use ember::AttentionImpl;
 use ember::DType;
 use ember_tests::spec;
 

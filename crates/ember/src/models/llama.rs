@@ -16,7 +16,7 @@ use crate::format::gguf::GgufFile;
 use crate::format::{Loader, TensorStore};
 use crate::graph::DeviceGraphs;
 use crate::nn::attention::{
-    attend_all, causal_attention, padding_bias, padding_bias_at, repeat_kv,
+    attend_all_with, causal_attention, padding_bias, padding_bias_at, repeat_kv,
 };
 use crate::nn::kv_cache::KvCache;
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
@@ -493,7 +493,8 @@ impl<B: Backend> Llama<B> {
             // KV head h / groups, as `repeat_kv` orders them), so K and V are not
             // repeated: two copies of the attended cache fewer per layer.
             let q = q.reshape([batch, kv_heads, groups, hd]);
-            attend_all(q, k, v, padding, attention).reshape([batch, heads, 1, hd])
+            let fused = self.fused.as_ref().map(|f| f.0.as_ref());
+            attend_all_with(q, k, v, padding, attention, fused).reshape([batch, heads, 1, hd])
         } else {
             causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention)
         };
@@ -582,7 +583,10 @@ impl<B: Backend> Llama<B> {
             end
         };
         let groups = heads / kv_heads;
-        let padding = (window > end).then(|| {
+        // Built for every single-token step, also when the window is exactly full (then all
+        // zeros): the step runs the same attention kernel at every position, as the
+        // replayed step (`decode_at`) does.
+        let padding = (seq == 1).then(|| {
             let shape = [batch, kv_heads, groups];
             padding_bias::<B>(shape, end, window, x.dtype(), &x.device())
         });

@@ -6,7 +6,7 @@ use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::AttentionImpl;
-use crate::nn::scaled_softmax;
+use crate::nn::{scaled_softmax, FusedOps};
 
 /// Repeats each of `kv_heads` heads `groups` times: `[b, kv, s, d]` -> `[b, kv * groups, s, d]`.
 pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
@@ -58,6 +58,25 @@ pub fn causal_attention<B: Backend>(
             attend_all(q, k, v, Some(&bias), imp)
         }
     }
+}
+
+/// [`attend_all`], through the backend's fused attention ([`FusedOps::attention`]) where it
+/// has one and `imp` is [`AttentionImpl::Fused`]. burn-tch 0.21's attention op decomposes
+/// into ~9 libtorch ops whenever a bias is given; libtorch's own one takes it as one kernel.
+pub fn attend_all_with<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<&Tensor<B, 4>>,
+    imp: AttentionImpl,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 4> {
+    if imp == AttentionImpl::Fused {
+        if let Some(out) = fused.and_then(|f| f.attention(&q, &k, &v, bias)) {
+            return out;
+        }
+    }
+    attend_all(q, k, v, bias, imp)
 }
 
 /// Attention of every query in `q: [batch, heads, q_len, d]` to every key of

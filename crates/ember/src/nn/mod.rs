@@ -29,6 +29,17 @@ pub trait FusedOps<B: Backend>: Send + Sync {
     /// portable path).
     fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>>;
 
+    /// Scaled dot-product attention (scale `1/sqrt(head_dim)`, no causal mask) of `q: [b, h,
+    /// q_len, d]` over `k, v: [b, h, k_len, d]` with an additive `bias` broadcastable to
+    /// `[b, h, q_len, k_len]`, as one op, or `None` ([`attention::attend_all`]'s reference).
+    fn attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        bias: Option<&Tensor<B, 4>>,
+    ) -> Option<Tensor<B, 4>>;
+
     /// [`linear_add`] as one op (a matmul that accumulates into the residual), or `None`.
     fn linear_add(
         &self,
