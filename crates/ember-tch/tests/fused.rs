@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use ember::nn::attention::attend_all;
+use ember::nn::attention::{attend_all, padding_bias};
 use ember::nn::{linear_add, rms_norm, FusedOps};
 use ember::AttentionImpl;
 use ember::DType;
@@ -48,6 +48,64 @@ fn fused_ops_equal_portable() {
                 "{dtype} on {}: fused vs portable RMSNorm max error {err}",
                 runtime.device
             );
+
+            let random = |shape: [usize; 3], std: f64| {
+                Tensor::<ember_tch::Backend, 3>::random(
+                    shape,
+                    Distribution::Normal(0.0, std),
+                    &device,
+                )
+                .cast(burn_dtype)
+            };
+            let (residual, x) = (random([2, 5, 48], 1.0), random([2, 5, 96], 1.0));
+            let w = random([1, 96, 48], 0.1).reshape([96, 48]);
+            let got = fused
+                .linear_add(&residual, &x, &w)
+                .expect("libtorch runs addmm");
+            assert_eq!(got.dims(), [2, 5, 48]);
+            let want: Vec<f32> = linear_add(residual, x, &w)
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            let got: Vec<f32> = got.into_data().iter::<f32>().collect();
+            let err = ember_tests::max_abs_diff(&got, &want);
+            assert!(
+                err <= tol,
+                "{dtype} on {}: fused vs portable linear_add max error {err}",
+                runtime.device
+            );
+
+            // The grouped decode layout: [batch, kv_heads, groups, d] over [batch, kv_heads,
+            // keys, d], keys from 7 on hidden by the padding bias.
+            let random4 = |shape: [usize; 4]| {
+                Tensor::<ember_tch::Backend, 4>::random(
+                    shape,
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                )
+                .cast(burn_dtype)
+            };
+            let (q, k, v) = (
+                random4([1, 2, 3, 32]),
+                random4([1, 2, 10, 32]),
+                random4([1, 2, 10, 32]),
+            );
+            let bias = padding_bias::<ember_tch::Backend>([1, 2, 3], 7, 10, burn_dtype, &device);
+            for bias in [None, Some(&bias)] {
+                let got = fused
+                    .attention(&q, &k, &v, bias)
+                    .expect("libtorch runs sdpa");
+                let want = attend_all(q.clone(), k.clone(), v.clone(), bias, AttentionImpl::Plain);
+                let want: Vec<f32> = want.into_data().iter::<f32>().collect();
+                let got: Vec<f32> = got.into_data().iter::<f32>().collect();
+                let err = ember_tests::max_abs_diff(&got, &want);
+                let masked = bias.is_some();
+                assert!(
+                    err <= tol,
+                    "{dtype} on {} (bias: {masked}): fused vs plain attention max error {err}",
+                    runtime.device
+                );
+            }
         }
     }
 }
