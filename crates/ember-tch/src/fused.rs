@@ -9,15 +9,46 @@ use burn::backend::libtorch::TchTensor;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use ember::nn::FusedOps;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::TchError;
 
 use crate::Backend as Tch;
 
-/// libtorch's fused ops.
+/// libtorch's fused ops. One that fails (an op a device lacks) is reported once and left to
+/// burn's ops from then on.
 #[derive(Debug, Default)]
-pub struct TchFused;
+pub struct TchFused {
+    failed: [AtomicBool; 3],
+}
+
+const RMS_NORM: usize = 0;
+const LINEAR_ADD: usize = 1;
+const ATTENTION: usize = 2;
+const NAMES: [&str; 3] = ["fused RMSNorm", "addmm", "scaled_dot_product_attention"];
+
+impl TchFused {
+    fn attempt<T>(&self, op: usize, run: impl FnOnce() -> Result<T, TchError>) -> Option<T> {
+        if self.failed[op].load(Ordering::Relaxed) {
+            return None;
+        }
+        run()
+            .map_err(|e| {
+                self.failed[op].store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "libtorch's {} failed, burn's ops run it instead: {e}",
+                    NAMES[op]
+                );
+            })
+            .ok()
+    }
+}
 
 fn torch(t: TensorPrimitive<Tch>) -> tch::Tensor {
     t.tensor().tensor.shallow_clone()
+}
+
+fn float<const D: usize>(t: tch::Tensor) -> Tensor<Tch, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(TchTensor::new(t)))
 }
 
 impl FusedOps<Tch> for TchFused {
@@ -30,13 +61,10 @@ impl FusedOps<Tch> for TchFused {
         let [_, _, hidden] = x.dims();
         let input = torch(x.clone().into_primitive());
         let weight = torch(weight.clone().into_primitive());
-        let (out, _rstd) = input
-            .f_internal_fused_rms_norm([hidden as i64].as_slice(), Some(&weight), eps)
-            .map_err(|e| tracing::warn!("libtorch's fused RMSNorm failed, using burn ops: {e}"))
-            .ok()?;
-        Some(Tensor::from_primitive(TensorPrimitive::Float(
-            TchTensor::new(out),
-        )))
+        let (out, _rstd) = self.attempt(RMS_NORM, || {
+            input.f_internal_fused_rms_norm([hidden as i64].as_slice(), Some(&weight), eps)
+        })?;
+        Some(float(out))
     }
 
     fn linear_add(
@@ -51,15 +79,13 @@ impl FusedOps<Tch> for TchFused {
         let input = torch(x.clone().into_primitive());
         let acc = torch(residual.clone().into_primitive());
         let weight = torch(w.clone().into_primitive());
-        let sum = input
-            .f_reshape([rows, features as i64])
-            .and_then(|input| acc.f_reshape([rows, out as i64])?.f_addmm(&input, &weight))
-            .and_then(|t| t.f_reshape([batch as i64, seq as i64, out as i64]))
-            .map_err(|e| tracing::warn!("libtorch's addmm failed, using burn ops: {e}"))
-            .ok()?;
-        Some(Tensor::from_primitive(TensorPrimitive::Float(
-            TchTensor::new(sum),
-        )))
+        let sum = self.attempt(LINEAR_ADD, || {
+            let input = input.f_reshape([rows, features as i64])?;
+            acc.f_reshape([rows, out as i64])?
+                .f_addmm(&input, &weight)?
+                .f_reshape([batch as i64, seq as i64, out as i64])
+        })?;
+        Some(float(sum))
     }
 
     fn attention(
@@ -71,12 +97,9 @@ impl FusedOps<Tch> for TchFused {
     ) -> Option<Tensor<Tch, 4>> {
         let [q, k, v] = [q, k, v].map(|t| torch(t.clone().into_primitive()));
         let bias = bias.map(|b| torch(b.clone().into_primitive()));
-        let out =
+        let out = self.attempt(ATTENTION, || {
             tch::Tensor::f_scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, None, false)
-                .map_err(|e| tracing::warn!("libtorch's attention failed, using burn ops: {e}"))
-                .ok()?;
-        Some(Tensor::from_primitive(TensorPrimitive::Float(
-            TchTensor::new(out),
-        )))
+        })?;
+        Some(float(out))
     }
 }

@@ -124,7 +124,7 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
     static FUSED: std::sync::Once = std::sync::Once::new();
     FUSED.call_once(|| {
         ember::graph::register::<dyn ember::nn::FusedOps<Backend>>(std::sync::Arc::new(
-            fused::TchFused,
+            fused::TchFused::default(),
         ));
     });
     #[cfg(feature = "cuda-graphs")]
