@@ -16,9 +16,12 @@
 
 namespace {
 
-// A side stream for recording (capture needs a stream other than the default one), with the
-// guard that makes it current and an event to order it against the stream it replaces.
+// A session's own stream (capture needs a stream other than the default one, and one that no
+// other session enqueues to: work enqueued to a capturing stream is recorded, whatever thread
+// enqueues it; PyTorch's stream pool hands the same 32 streams round), with the guard that
+// makes it current and an event to order it against the stream it replaces.
 struct Stream {
+  cudaStream_t raw;
   c10::cuda::CUDAStream stream;
   std::optional<c10::cuda::CUDAStreamGuard> guard;
   cudaEvent_t event;
@@ -58,17 +61,21 @@ void ember_cg_free_error(char* error) { free(error); }
 
 char* ember_cg_stream_new(int device, void** out) {
   return guarded([&] {
-    auto stream = c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device));
-    c10::cuda::CUDAGuard device_guard(static_cast<c10::DeviceIndex>(device));
+    auto index = static_cast<c10::DeviceIndex>(device);
+    c10::cuda::CUDAGuard device_guard(index);
+    cudaStream_t raw;
+    cuda_check(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking));
     cudaEvent_t event;
     cuda_check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-    *out = new Stream{stream, std::nullopt, event};
+    *out = new Stream{raw, c10::cuda::getStreamFromExternal(raw, index), std::nullopt, event};
   });
 }
 
 void ember_cg_stream_free(void* stream) {
   auto* s = static_cast<Stream*>(stream);
+  cudaStreamSynchronize(s->raw);
   cudaEventDestroy(s->event);
+  cudaStreamDestroy(s->raw);
   delete s;
 }
 
@@ -92,10 +99,11 @@ char* ember_cg_exit(void* stream) {
   });
 }
 
-// Starts recording the current (side) stream into a new graph with a private memory pool.
+// Starts recording the current (session) stream into a new graph with a private memory pool.
+// Thread-local capture mode: other threads' CUDA calls are not restricted meanwhile.
 char* ember_cg_begin(void** out) {
   auto* graph = new at::cuda::CUDAGraph();
-  char* error = guarded([&] { graph->capture_begin(); });
+  char* error = guarded([&] { graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal); });
   if (error != nullptr) {
     delete graph;
   } else {

@@ -2,13 +2,11 @@
 //! [`DeviceGraphs`] over `at::cuda::CUDAGraph`, through the small C++ file beside this one
 //! (tch 0.22 does not bind CUDA graphs).
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::Mutex;
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::prelude::*;
-use ember::graph::{DeviceGraphs, Graph, Scope};
+use ember::graph::{DeviceGraphs, Graph, GraphStream, Scope};
 use ember::{Error, Result};
 
 use crate::Backend as Tch;
@@ -38,26 +36,58 @@ fn check(error: *mut c_char, what: &str) -> Result<()> {
     Err(Error::Backend(format!("CUDA graph {what}: {message}")))
 }
 
-/// A pointer the shim owns; used from one thread at a time (behind a mutex or a session).
+/// A pointer the shim owns; used from one thread at a time (a session's).
 struct Handle(*mut c_void);
 // SAFETY: the objects behind the handles (a CUDA stream wrapper, a CUDA graph) may be used
 // from any thread; Ember never uses one from two threads at once.
 unsafe impl Send for Handle {}
 
-/// libtorch's graph support: one side stream per CUDA device, and the graph being recorded.
-#[derive(Default)]
-pub struct TchGraphs {
-    streams: Mutex<HashMap<usize, Handle>>,
-    recording: Mutex<Option<Handle>>,
+/// libtorch's graph support (stateless: each session has its own [`TchStream`]).
+#[derive(Debug, Default)]
+pub struct TchGraphs;
+
+/// A session's CUDA stream and the graph being recorded on it.
+struct TchStream {
+    stream: Handle,
+    recording: Option<Handle>,
 }
 
-impl Drop for TchGraphs {
+impl Drop for TchStream {
     fn drop(&mut self) {
-        let streams = self.streams.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (_, Handle(stream)) in streams.drain() {
-            // SAFETY: created by ember_cg_stream_new, freed once.
-            unsafe { ember_cg_stream_free(stream) };
+        if let Some(Handle(graph)) = self.recording.take() {
+            // SAFETY: created by ember_cg_begin, never ended; freed once.
+            unsafe { ember_cg_free(graph) };
         }
+        // SAFETY: created by ember_cg_stream_new, freed once (after its work is done).
+        unsafe { ember_cg_stream_free(self.stream.0) };
+    }
+}
+
+impl GraphStream for TchStream {
+    fn enter(&self) -> Result<Box<dyn Scope>> {
+        // SAFETY: a stream made by ember_cg_stream_new, alive while `self` is; the scope is
+        // dropped before the session's stream (Replay's field order).
+        check(unsafe { ember_cg_enter(self.stream.0) }, "stream enter")?;
+        Ok(Box::new(StreamScope(self.stream.0)))
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: writes a new graph to `out` on success.
+        check(unsafe { ember_cg_begin(&mut out) }, "capture begin")?;
+        self.recording = Some(Handle(out));
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<Box<dyn Graph>> {
+        let graph = TchGraph(
+            self.recording
+                .take()
+                .ok_or_else(|| Error::Backend("CUDA graph capture end without a begin".into()))?,
+        );
+        // SAFETY: the graph ember_cg_begin made; freed by TchGraph's drop either way.
+        check(unsafe { ember_cg_end(graph.0 .0) }, "capture end")?;
+        Ok(Box::new(graph))
     }
 }
 
@@ -67,7 +97,7 @@ impl Scope for StreamScope {}
 
 impl Drop for StreamScope {
     fn drop(&mut self) {
-        // SAFETY: the stream outlives the scope (TchGraphs keeps it until dropped).
+        // SAFETY: the stream outlives the scope (see TchStream::enter).
         if let Err(e) = check(unsafe { ember_cg_exit(self.0) }, "stream exit") {
             tracing::warn!("{e}");
         }
@@ -107,51 +137,21 @@ impl DeviceGraphs<Tch> for TchGraphs {
         matches!(device, LibTorchDevice::Cuda(_))
     }
 
-    fn enter(&self, device: &LibTorchDevice) -> Result<Box<dyn Scope>> {
+    fn stream(&self, device: &LibTorchDevice) -> Result<Box<dyn GraphStream>> {
         let LibTorchDevice::Cuda(index) = *device else {
             return Err(Error::Backend(format!(
                 "CUDA graphs need a CUDA device, not {device:?}"
             )));
         };
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let stream = match streams.get(&index) {
-            Some(h) => h.0,
-            None => {
-                let mut out = std::ptr::null_mut();
-                let ordinal = c_int::try_from(index)
-                    .map_err(|_| Error::Backend(format!("CUDA device {index} out of range")))?;
-                // SAFETY: writes a new stream wrapper to `out` on success.
-                check(unsafe { ember_cg_stream_new(ordinal, &mut out) }, "stream")?;
-                streams.insert(index, Handle(out));
-                out
-            }
-        };
-        // SAFETY: a stream made by ember_cg_stream_new, alive while `self` is.
-        check(unsafe { ember_cg_enter(stream) }, "stream enter")?;
-        Ok(Box::new(StreamScope(stream)))
-    }
-
-    fn begin(&self) -> Result<()> {
+        let ordinal = c_int::try_from(index)
+            .map_err(|_| Error::Backend(format!("CUDA device {index} out of range")))?;
         let mut out = std::ptr::null_mut();
-        // SAFETY: writes a new graph to `out` on success.
-        check(unsafe { ember_cg_begin(&mut out) }, "capture begin")?;
-        *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(Handle(out));
-        Ok(())
-    }
-
-    fn end(&self) -> Result<Box<dyn Graph>> {
-        let recording = self
-            .recording
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let graph = TchGraph(
-            recording
-                .ok_or_else(|| Error::Backend("CUDA graph capture end without a begin".into()))?,
-        );
-        // SAFETY: the graph ember_cg_begin made; freed by TchGraph's drop either way.
-        check(unsafe { ember_cg_end(graph.0 .0) }, "capture end")?;
-        Ok(Box::new(graph))
+        // SAFETY: writes a new stream wrapper to `out` on success.
+        check(unsafe { ember_cg_stream_new(ordinal, &mut out) }, "stream")?;
+        Ok(Box::new(TchStream {
+            stream: Handle(out),
+            recording: None,
+        }))
     }
 
     fn write_ints(&self, dst: &Tensor<Tch, 1, Int>, values: &[i64]) -> Result<()> {

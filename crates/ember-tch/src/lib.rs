@@ -132,7 +132,7 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
         static REGISTERED: std::sync::Once = std::sync::Once::new();
         REGISTERED.call_once(|| {
             ember::graph::register::<dyn ember::graph::DeviceGraphs<Backend>>(std::sync::Arc::new(
-                graphs::TchGraphs::default(),
+                graphs::TchGraphs,
             ));
         });
     }

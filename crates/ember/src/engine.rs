@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsStore;
 use crate::format::{Loader, TensorStore};
-use crate::graph::{DeviceGraphs, Graph};
+use crate::graph::{DeviceGraphs, Graph, GraphStream};
 use crate::models::llama::{token_tensor, GgufLlamaStore, Llama, LlamaConfig, Logits};
 use crate::models::presets::{Preset, SyntheticStore};
 use crate::models::{self, Architecture};
@@ -203,11 +203,21 @@ impl<B: Backend> Engine<B> {
                 .new_cache(1, self.context, &self.device)
                 .with_decode_window(self.decode_window),
             tokens: Vec::new(),
-            replay: self.graphs.as_ref().map(|g| Replay {
-                graphs: g.0.clone(),
-                step: Tensor::zeros([2], &self.device),
-                recorded: Vec::new(),
-            }),
+            replay: self
+                .graphs
+                .as_ref()
+                .and_then(|g| match g.0.stream(&self.device) {
+                    Ok(stream) => Some(Replay {
+                        graphs: g.0.clone(),
+                        stream,
+                        step: Tensor::zeros([2], &self.device),
+                        recorded: Vec::new(),
+                    }),
+                    Err(e) => {
+                        tracing::warn!("this session decodes without graph replay: {e}");
+                        None
+                    }
+                }),
         }
     }
 
@@ -347,11 +357,14 @@ pub struct Session<'e, B: Backend> {
 
 /// A session's recorded decode steps: one per attended window (the window grows in steps of
 /// `decode_window` positions, and a recording has fixed shapes).
+///
+/// Fields drop in order: the recordings and their buffers before the stream they were made on.
 struct Replay<B: Backend> {
-    graphs: Arc<dyn DeviceGraphs<B>>,
+    recorded: Vec<Recorded<B>>,
     /// `[token id, position]`: the recorded steps' input, written before each replay.
     step: Tensor<B, 1, Int>,
-    recorded: Vec<Recorded<B>>,
+    stream: Box<dyn GraphStream>,
+    graphs: Arc<dyn DeviceGraphs<B>>,
 }
 
 struct Recorded<B: Backend> {
@@ -547,7 +560,7 @@ impl<B: Backend> Replay<B> {
     ) -> Result<Vec<f32>> {
         let window = cache.decode_window(pos + 1);
         let graphs = self.graphs.as_ref();
-        let _scope = graphs.enter(&engine.device)?;
+        let _scope = self.stream.enter()?;
         graphs.write_ints(&self.step, &[i64::from(id), pos as i64])?;
         let addresses = cache.addresses(graphs);
         if let Some(r) = self
@@ -564,11 +577,11 @@ impl<B: Backend> Replay<B> {
         // loaded, libraries' workspaces allocated). Recording runs nothing.
         let logits = model.decode_at(&self.step, cache, window, attention, Some(graphs))?;
         let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
-        graphs.begin()?;
+        self.stream.begin()?;
         let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             model.decode_at(&self.step, cache, window, attention, Some(graphs))
         }));
-        let graph = graphs.end();
+        let graph = self.stream.end();
         let out = match recorded {
             Ok(out) => out?,
             Err(_) => {

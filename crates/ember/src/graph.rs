@@ -27,20 +27,30 @@ pub trait Graph: Send {
     fn replay(&self) -> Result<()>;
 }
 
-/// Work that must be undone when a [`DeviceGraphs::enter`] scope ends (restoring the stream).
+/// Work that must be undone when a [`GraphStream::enter`] scope ends (restoring the stream).
 pub trait Scope {}
+
+/// A stream of one session's own, on which its steps run, are recorded and are replayed.
+/// Each session has its own, so that sessions on other threads neither wait for it nor
+/// land in its recordings.
+pub trait GraphStream: Send {
+    /// Sends the calling thread's device work to this stream until the scope is dropped
+    /// (recording needs a stream other than the default one; eager warm-up and replays run
+    /// there too, after the work queued before).
+    fn enter(&self) -> Result<Box<dyn Scope>>;
+    /// Starts recording the work this thread sends to this stream (inside `enter`); work of
+    /// other threads is not recorded and not affected.
+    fn begin(&mut self) -> Result<()>;
+    /// Stops recording and returns the graph.
+    fn end(&mut self) -> Result<Box<dyn Graph>>;
+}
 
 /// What a backend provides for graph replay of the decode step on its type `B`.
 pub trait DeviceGraphs<B: Backend>: Send + Sync {
     /// Whether `device` can record and replay graphs.
     fn supports(&self, device: &B::Device) -> bool;
-    /// Sends the calling thread's device work to the graph stream until the scope is dropped
-    /// (recording needs a stream of its own; eager warm-up and replays run there too).
-    fn enter(&self, device: &B::Device) -> Result<Box<dyn Scope>>;
-    /// Starts recording the work of this thread (inside [`DeviceGraphs::enter`]).
-    fn begin(&self) -> Result<()>;
-    /// Stops recording and returns the graph.
-    fn end(&self) -> Result<Box<dyn Graph>>;
+    /// A new stream for one session on `device`.
+    fn stream(&self, device: &B::Device) -> Result<Box<dyn GraphStream>>;
     /// Writes `values` into the device buffer `dst` in place.
     fn write_ints(&self, dst: &Tensor<B, 1, Int>, values: &[i64]) -> Result<()>;
     /// `dst[.., index[i], ..] = src[.., i, ..]` along `dim`, in place: `dst` keeps its memory.
