@@ -207,11 +207,15 @@ for stage in "$@"; do
             > "$work/text-$dtype-$mode-${model#preset:}.txt" 2> "$work/text-$dtype-$mode-${model#preset:}.log"
           echo "== $model $dtype $mode: rc $?; $(grep -i -E 'tokens|warn|error' "$work/text-$dtype-$mode-${model#preset:}.log" | tail -3)"
         done
-        if cmp -s "$work/text-$dtype-graphs-${model#preset:}.txt" "$work/text-$dtype-eager-${model#preset:}.txt"; then
-          echo "SAME TEXT: $model $dtype graphs vs eager ($(wc -c < "$work/text-$dtype-eager-${model#preset:}.txt") bytes)"
-        else
-          echo "DIFFERENT TEXT: $model $dtype graphs vs eager"
-        fi
+        # f32 must match token for token; in f16 the random-weight shapes' nearly tied logits
+        # are not run-to-run stable past ~250 tokens (docs/benchmarks/h100-2026-11-22-graphs).
+        python3 - "$work/text-$dtype-graphs-${model#preset:}.txt" "$work/text-$dtype-eager-${model#preset:}.txt" "$model $dtype" <<'PY'
+import sys
+a, b = (open(p).read().split() for p in sys.argv[1:3])
+first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+print(f"SAME TEXT: {sys.argv[3]} graphs vs eager ({len(a)} tokens)" if a == b
+      else f"DIFFERENT TEXT: {sys.argv[3]} graphs vs eager, from generated token {first}")
+PY
       done
     done
     bench graphs "${LIMIT:-300}" "$(printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true, false]\n[baselines]\npytorch = ["cuda"]\n')" \
