@@ -118,11 +118,9 @@ pub fn padding_bias<B: Backend>(
     dtype: burn::tensor::DType,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let hidden = Tensor::<B, 1, Int>::arange(0..window as i64, device)
-        .greater_equal_elem(visible as i64)
-        .reshape([1, 1, 1, window])
-        .expand([batch, heads, queries, window]);
-    hiding_bias(hidden, dtype)
+    let hidden =
+        Tensor::<B, 1, Int>::arange(0..window as i64, device).greater_equal_elem(visible as i64);
+    window_bias([batch, heads, queries], hidden, dtype)
 }
 
 /// [`padding_bias`] for a query at the position held on the device in `pos: [1]`: hides keys
@@ -133,9 +131,19 @@ pub fn padding_bias_at<B: Backend>(
     window: usize,
     dtype: burn::tensor::DType,
 ) -> Tensor<B, 4> {
-    let device = pos.device();
-    let hidden = Tensor::<B, 1, Int>::arange(0..window as i64, &device)
-        .greater(pos.expand([window]))
+    let hidden =
+        Tensor::<B, 1, Int>::arange(0..window as i64, &pos.device()).greater(pos.expand([window]));
+    window_bias([batch, heads, queries], hidden, dtype)
+}
+
+/// The bias `[batch, heads, queries, window]` hiding the keys where `hidden: [window]` is true.
+fn window_bias<B: Backend>(
+    [batch, heads, queries]: [usize; 3],
+    hidden: Tensor<B, 1, Bool>,
+    dtype: burn::tensor::DType,
+) -> Tensor<B, 4> {
+    let window = hidden.dims()[0];
+    let hidden = hidden
         .reshape([1, 1, 1, window])
         .expand([batch, heads, queries, window]);
     hiding_bias(hidden, dtype)

@@ -103,12 +103,6 @@ impl<B: Backend> Rope<B> {
         }
     }
 
-    /// Rotates `x: [batch, heads, seq, head_dim]` whose first position is `start`.
-    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let seq = x.dims()[2];
-        rotate(x, &self.tables(start, seq))
-    }
-
     /// cos and sin `[1, 1, seq, head_dim]` of positions `start..start + seq`.
     pub fn tables(&self, start: usize, seq: usize) -> RopeTables<B> {
         RopeTables {
