@@ -40,9 +40,8 @@ fn the_memory_estimate_counts_the_weights_the_model_loads() {
     for variant in ["gqa-untied", "mha-tied"] {
         let dir = fixtures().join("tiny").join(variant).join("hf");
         let engine = load(&dir.display().to_string()).unwrap();
-        let config = engine.model().config();
         assert_eq!(
-            config.param_count(),
+            engine.model().declared_params(),
             engine.model().num_params() as u128,
             "{variant}"
         );

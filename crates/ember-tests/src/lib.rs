@@ -443,7 +443,7 @@ pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
         expected.chat_ids,
         "chat ids"
     );
-    let vocab = engine.model().config().vocab_size;
+    let vocab = engine.model().vocab_size();
     for case in &expected.cases {
         // transformers adds a BOS that this GGUF's add_bos_token = false rules out, so the
         // text's own tokens are compared, and the greedy run starts from transformers' ids.

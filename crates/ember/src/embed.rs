@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::format::safetensors::SafetensorsStore;
 use crate::format::Loader;
 use crate::models::bert::{Bert, BertConfig};
-use crate::models::{self, Architecture};
-use crate::source::{self, Checkpoint};
+use crate::models::{ensure_fits, Format, Opened, Task};
+use crate::source::Checkpoint;
 
 /// How token vectors become one text vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,21 +126,23 @@ impl<B: Backend> Embedder<B> {
         let dtype = runtime.dtype.to_burn().ok_or_else(|| {
             Error::Backend("the backend must resolve dtype = \"auto\" before loading".into())
         })?;
-        let checkpoint = source::resolve(&config.model)?;
-        let Checkpoint::HfDir(dir) = &checkpoint else {
+        let opened = Opened::open(&config.model)?;
+        opened
+            .architecture
+            .expect_task(Task::Embed, opened.checkpoint.path())?;
+        let Format::HfDir {
+            dir,
+            config_path: path,
+            config_text: text,
+        } = &opened.format
+        else {
             return Err(Error::model(
-                checkpoint.path(),
+                opened.checkpoint.path(),
                 "an encoder loads from a Hugging Face directory (config.json, model.safetensors, tokenizer.json)",
             ));
         };
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?;
-        let arch = models::declared_name(&json)
-            .ok_or_else(|| Error::model(&path, "no `architectures` or `model_type`"))?;
-        models::expect(Architecture::from_name(arch)?, Architecture::Bert, &path)?;
-        let model_config = BertConfig::from_json(&text, &path)?;
+        let checkpoint = opened.checkpoint.clone();
+        let model_config = BertConfig::from_json(text, path)?;
         #[derive(Deserialize)]
         struct SbertConfig {
             max_seq_length: Option<usize>,
@@ -163,16 +165,13 @@ impl<B: Backend> Embedder<B> {
                 ..Default::default()
             }))
             .map_err(|e| Error::Tokenizer(format!("truncation: {e}")))?;
-        if crate::memory::uses_host_memory(&runtime.device) {
-            let params = model_config.param_count();
-            let what = format!(
-                "{} ({params} parameters in {})",
-                dir.display(),
-                runtime.dtype
-            );
-            let needed = params * dtype.size() as u128;
-            crate::memory::ensure_fits(&what, needed, crate::memory::available_bytes())?;
-        }
+        let params = model_config.param_count();
+        let what = format!(
+            "{} ({params} parameters in {})",
+            dir.display(),
+            runtime.dtype
+        );
+        ensure_fits(&runtime.device, &what, params, dtype.size())?;
         let store = SafetensorsStore::open(dir)?;
         let mut progress = |_, _| {};
         let loader = Loader::<B>::new(&store, device, dtype, &mut progress);

@@ -9,16 +9,15 @@ use burn::prelude::*;
 
 use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig, Truncate};
 use crate::error::{Error, Result};
-use crate::format::gguf::GgufFile;
-use crate::format::safetensors::SafetensorsStore;
-use crate::format::{Loader, TensorStore};
+use crate::format::Loader;
 use crate::graph::{DeviceGraphs, Graph, GraphStream};
-use crate::models::llama::{token_tensor, GgufLlamaStore, Llama, LlamaConfig, Logits};
-use crate::models::presets::{Preset, SyntheticStore};
-use crate::models::{self, Architecture};
+use crate::models::llama::token_tensor;
+use crate::models::{
+    ensure_fits, DecoderConfig, DecoderJob, DecoderModel, LoadDecoder, Logits, Opened, Task,
+};
 use crate::nn::kv_cache::KvCache;
 use crate::sampling::Sampler;
-use crate::source::{self, Checkpoint};
+use crate::source::Checkpoint;
 use crate::tokenizer::{TextTokenizer, TokenStream};
 
 /// The context used when neither the config nor a smaller model limit says otherwise.
@@ -52,7 +51,7 @@ pub enum LoadProgress {
 /// A loaded model, immutable after load and shareable between threads.
 #[derive(Debug)]
 pub struct Engine<B: Backend> {
-    model: Llama<B>,
+    model: Box<dyn DecoderModel<B>>,
     tokenizer: TextTokenizer,
     device: B::Device,
     runtime: RuntimeInfo,
@@ -97,84 +96,23 @@ impl<B: Backend> Engine<B> {
             )));
         }
         progress(LoadProgress::Opening);
-        let checkpoint = source::resolve(&config.model)?;
-        let mut on_tensor = |done, total| progress(LoadProgress::Tensors { done, total });
-        let (model_config, tokenizer, gguf);
-        let store: Box<dyn TensorStore + '_>;
-        match &checkpoint {
-            Checkpoint::Gguf(path) => {
-                let file = GgufFile::open(path).map_err(|e| Error::Gguf {
-                    path: path.clone(),
-                    error: e,
-                })?;
-                let arch = file
-                    .get_str("general.architecture")
-                    .map_err(|e| Error::Gguf {
-                        path: path.clone(),
-                        error: e,
-                    })?;
-                models::expect(Architecture::from_name(arch)?, Architecture::Llama, path)?;
-                model_config = LlamaConfig::from_gguf(&file)?;
-                tokenizer = TextTokenizer::from_gguf(&file)?;
-                gguf = file;
-                store = Box::new(GgufLlamaStore::new(&gguf, &model_config));
-            }
-            Checkpoint::HfDir(dir) => {
-                let path = dir.join("config.json");
-                let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-                let json: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::model(&path, format!("invalid JSON: {e}")))?;
-                let arch = json
-                    .get("architectures")
-                    .and_then(|a| a.get(0))
-                    .and_then(|a| a.as_str())
-                    .ok_or_else(|| Error::model(&path, "no `architectures` list"))?;
-                models::expect(Architecture::from_name(arch)?, Architecture::Llama, &path)?;
-                model_config = LlamaConfig::from_json(&text, &path)?;
-                tokenizer = TextTokenizer::from_hf_dir(dir)?;
-                store = Box::new(SafetensorsStore::open(dir)?);
-            }
-            Checkpoint::Synthetic(path) => {
-                let name = path.to_string_lossy();
-                let name = name.trim_start_matches("preset:");
-                model_config = Preset::parse(name)?.config();
-                tokenizer = TextTokenizer::synthetic(model_config.vocab_size)?;
-                store = Box::new(SyntheticStore::new(name, &model_config, 0));
-            }
-        }
-        if tokenizer.vocab_size() > model_config.vocab_size {
-            return Err(Error::model(
-                checkpoint.path(),
-                format!(
-                    "the tokenizer has {} tokens but the model only {}",
-                    tokenizer.vocab_size(),
-                    model_config.vocab_size
-                ),
-            ));
-        }
-        let context = config
-            .model
-            .context_length
-            .unwrap_or(model_config.max_position_embeddings.min(DEFAULT_CONTEXT));
-        if context > model_config.max_position_embeddings {
-            tracing::warn!(
-                "model.context_length {context} exceeds the model's trained context {}",
-                model_config.max_position_embeddings
-            );
-        }
-        if crate::memory::uses_host_memory(&runtime.device) {
-            let params = model_config.param_count();
-            let what = format!(
-                "{} ({params} parameters in {}, and one {context}-token KV cache)",
-                checkpoint.path().display(),
-                runtime.dtype,
-            );
-            let needed = (params + model_config.context_elements(context)) * dtype.size() as u128;
-            crate::memory::ensure_fits(&what, needed, crate::memory::available_bytes())?;
-        }
-        let loader = Loader::<B>::new(store.as_ref(), device, dtype, &mut on_tensor);
-        let model = Llama::load(model_config, &loader, context, device)?;
-        loader.finish()?;
+        let opened = Opened::open(&config.model)?;
+        opened
+            .architecture
+            .expect_task(Task::Generate, opened.checkpoint.path())?;
+        let job = LoadJob {
+            opened: &opened,
+            config,
+            device,
+            runtime: &runtime,
+            dtype,
+            progress,
+        };
+        let (model, tokenizer, context) = opened.architecture.load_decoder::<B, _>(job)?;
+        let graphs = crate::graph::registered::<dyn DeviceGraphs<B>>()
+            .filter(|g| config.backend.graphs && g.supports(device))
+            .filter(|_| model.decodes_at_device_position())
+            .map(GraphSupport);
         Ok(Self {
             model,
             tokenizer,
@@ -186,10 +124,8 @@ impl<B: Backend> Engine<B> {
                 .model
                 .decode_window
                 .unwrap_or(crate::nn::kv_cache::DECODE_WINDOW),
-            graphs: crate::graph::registered::<dyn DeviceGraphs<B>>()
-                .filter(|g| config.backend.graphs && g.supports(device))
-                .map(GraphSupport),
-            checkpoint,
+            graphs,
+            checkpoint: opened.checkpoint,
             load_time: start.elapsed(),
         })
     }
@@ -238,8 +174,8 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The model.
-    pub fn model(&self) -> &Llama<B> {
-        &self.model
+    pub fn model(&self) -> &dyn DecoderModel<B> {
+        self.model.as_ref()
     }
 
     /// The checkpoint the weights came from.
@@ -276,6 +212,65 @@ impl<B: Backend> Engine<B> {
                 message: "no prompt: set generation.prompt or generation.messages".into(),
             })
         }
+    }
+}
+
+/// The steps every decoder load shares after the checkpoint is open, run with the family's
+/// type ([`crate::models::Architecture::load_decoder`]).
+struct LoadJob<'a, B: Backend> {
+    opened: &'a Opened,
+    config: &'a EngineConfig,
+    device: &'a B::Device,
+    runtime: &'a RuntimeInfo,
+    dtype: burn::tensor::DType,
+    progress: &'a mut dyn FnMut(LoadProgress),
+}
+
+impl<B: Backend> DecoderJob<B> for LoadJob<'_, B> {
+    type Output = (Box<dyn DecoderModel<B>>, TextTokenizer, usize);
+
+    fn path(&self) -> &std::path::Path {
+        self.opened.checkpoint.path()
+    }
+
+    fn run<M: LoadDecoder<B>>(self) -> Result<Self::Output> {
+        let path = self.opened.checkpoint.path();
+        let (model_config, tokenizer, store) = self.opened.decoder_parts::<B, M>()?;
+        if tokenizer.vocab_size() > model_config.vocab_size() {
+            return Err(Error::model(
+                path,
+                format!(
+                    "the tokenizer has {} tokens but the model only {}",
+                    tokenizer.vocab_size(),
+                    model_config.vocab_size()
+                ),
+            ));
+        }
+        let trained = model_config.max_position_embeddings();
+        let context = self
+            .config
+            .model
+            .context_length
+            .unwrap_or(trained.min(DEFAULT_CONTEXT));
+        if context > trained {
+            tracing::warn!(
+                "model.context_length {context} exceeds the model's trained context {trained}"
+            );
+        }
+        let params = model_config.param_count();
+        let what = format!(
+            "{} ({params} parameters in {}, and one {context}-token KV cache)",
+            path.display(),
+            self.runtime.dtype,
+        );
+        let elements = params + model_config.context_elements(context);
+        ensure_fits(&self.runtime.device, &what, elements, self.dtype.size())?;
+        let progress = self.progress;
+        let mut on_tensor = |done, total| progress(LoadProgress::Tensors { done, total });
+        let loader = Loader::<B>::new(store.as_ref(), self.device, self.dtype, &mut on_tensor);
+        let model = M::load(model_config, &loader, context, self.device)?;
+        loader.finish()?;
+        Ok((Box::new(model), tokenizer, context))
     }
 }
 
@@ -407,7 +402,7 @@ impl<B: Backend> Session<'_, B> {
                 message: "empty prompt: there is nothing to run".into(),
             });
         }
-        let vocab = self.engine.model.config().vocab_size;
+        let vocab = self.engine.model.vocab_size();
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::Tokenizer(format!(
                 "token id {bad} is outside the vocabulary of {vocab}"
@@ -572,7 +567,7 @@ impl<B: Backend> Replay<B> {
             return Ok(r.logits.clone().into_data().iter::<f32>().collect());
         }
         self.recorded.retain(|r| r.window != window);
-        let (model, attention) = (&engine.model, engine.attention);
+        let (model, attention) = (engine.model.as_ref(), engine.attention);
         // Eagerly first: this token's logits, and the warm-up a recording needs (kernels
         // loaded, libraries' workspaces allocated). Recording runs nothing.
         let logits = model.decode_at(&self.step, cache, window, attention, Some(graphs))?;

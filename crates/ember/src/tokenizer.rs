@@ -143,61 +143,20 @@ impl TextTokenizer {
             error: e,
         };
         let model = file.get_str("tokenizer.ggml.model").map_err(g)?;
-        if model != "gpt2" {
-            return Err(Error::model(
-                path,
-                format!("tokenizer.ggml.model `{model}` cannot be built from GGUF yet (supported: gpt2); use a Hugging Face directory with tokenizer.json"),
-            ));
-        }
         let tokens = file.get_strings("tokenizer.ggml.tokens").map_err(g)?;
-        let merges = file.get_strings("tokenizer.ggml.merges").map_err(g)?;
         let types = file
             .get_ints("tokenizer.ggml.token_type")
             .unwrap_or_default();
-        let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre_tokenizer = match pre {
-            "default" | "gpt-2" | "gpt2" => byte_level.clone(),
-            "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level.clone()]}),
-            "llama-bpe" | "llama3" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+        let inner = match model {
+            "gpt2" => gpt2_from_gguf(file, &tokens, &types)?,
+            "llama" => sentencepiece_from_gguf(file, &tokens, &types)?,
             other => {
                 return Err(Error::model(
                     path,
-                    format!("tokenizer.ggml.pre `{other}` is not supported (supported: default, gpt-2, smollm, llama-bpe)"),
+                    format!("tokenizer.ggml.model `{other}` cannot be built from GGUF (supported: gpt2, llama); use a Hugging Face directory with tokenizer.json"),
                 ))
             }
         };
-        let mut vocab = serde_json::Map::with_capacity(tokens.len());
-        let mut added = Vec::new();
-        for (id, &tok) in tokens.iter().enumerate() {
-            vocab.insert(tok.to_string(), json!(id));
-            // 3: control, 4: user-defined (llama.cpp's llama_token_type).
-            let ty = types.get(id).copied().unwrap_or(1);
-            if ty == 3 || ty == 4 {
-                added.push(
-                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}),
-                );
-            }
-        }
-        let doc = json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": added, "normalizer": null, "pre_tokenizer": pre_tokenizer,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges},
-        });
-        let inner: tokenizers::Tokenizer = doc.to_string().parse().map_err(|e| {
-            Error::model(
-                path,
-                format!("cannot build the tokenizer from GGUF metadata: {e}"),
-            )
-        })?;
         let id_of = |key: &str| file.get_u64(key).ok().map(|v| v as u32);
         let text_of = |id: Option<u32>| {
             id.and_then(|i| tokens.get(i as usize))
@@ -272,6 +231,172 @@ impl TextTokenizer {
         })?;
         render_template(source, messages, &self.bos_token, &self.eos_token)
     }
+}
+
+/// A byte-level BPE tokenizer (`tokenizer.ggml.model = "gpt2"`) from GGUF metadata.
+fn gpt2_from_gguf(
+    file: &GgufFile,
+    tokens: &[&str],
+    types: &[i64],
+) -> Result<tokenizers::Tokenizer> {
+    let path = file.path();
+    let g = |e| Error::Gguf {
+        path: path.into(),
+        error: e,
+    };
+    let merges = file.get_strings("tokenizer.ggml.merges").map_err(g)?;
+    let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre_tokenizer = match pre {
+            "default" | "gpt-2" | "gpt2" => byte_level.clone(),
+            "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level.clone()]}),
+            "llama-bpe" | "llama3" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            other => {
+                return Err(Error::model(
+                    path,
+                    format!("tokenizer.ggml.pre `{other}` is not supported (supported: default, gpt-2, smollm, llama-bpe)"),
+                ))
+            }
+        };
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    let mut added = Vec::new();
+    for (id, &tok) in tokens.iter().enumerate() {
+        vocab.insert(tok.to_string(), json!(id));
+        // 3: control, 4: user-defined (llama.cpp's llama_token_type).
+        let ty = types.get(id).copied().unwrap_or(1);
+        if ty == 3 || ty == 4 {
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}),
+            );
+        }
+    }
+    let doc = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added, "normalizer": null, "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges},
+    });
+    doc.to_string().parse().map_err(|e| {
+        Error::model(
+            path,
+            format!("cannot build the tokenizer from GGUF metadata: {e}"),
+        )
+    })
+}
+
+/// A SentencePiece tokenizer (`tokenizer.ggml.model = "llama"`: tokens and scores, byte
+/// fallback, no merges) from GGUF metadata, as llama.cpp's `llm_tokenizer_spm` runs it:
+/// the text's spaces become `▁`, its characters are merged pairwise, highest-scoring merged
+/// token first, and characters no token covers become `<0xXX>` byte tokens.
+///
+/// Expressed as the `tokenizers` crate's BPE with byte fallback, whose merges are every
+/// split of a token into two tokens, ranked by the merged token's score (how
+/// `transformers` converts SentencePiece models). Control and user-defined tokens are added
+/// tokens, matched whole in the text before it is split. Checked against llama.cpp's
+/// `llama-tokenize` on the same file (crates/ember-tests, Gemma 3).
+fn sentencepiece_from_gguf(
+    file: &GgufFile,
+    tokens: &[&str],
+    types: &[i64],
+) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::{
+        byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence, strip::Strip,
+    };
+    use tokenizers::normalizers::{Prepend, Replace};
+    use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
+
+    let path = file.path();
+    let g = |e| Error::Gguf {
+        path: path.into(),
+        error: e,
+    };
+    let scores = file.get_floats("tokenizer.ggml.scores").map_err(g)?;
+    if scores.len() != tokens.len() {
+        return Err(Error::model(
+            path,
+            format!(
+                "tokenizer.ggml.scores has {} entries for {} tokens",
+                scores.len(),
+                tokens.len()
+            ),
+        ));
+    }
+    let built = |e: tokenizers::Error| {
+        Error::model(
+            path,
+            format!("cannot build the SentencePiece tokenizer: {e}"),
+        )
+    };
+    let mut vocab = tokenizers::models::bpe::Vocab::with_capacity(tokens.len());
+    for (id, &tok) in tokens.iter().enumerate() {
+        // A duplicate keeps its first id, as llama.cpp's text-to-token map does.
+        vocab.entry(tok.to_string()).or_insert(id as u32);
+    }
+    // 1: normal, 6: byte (llama.cpp's llama_token_type); only these take part in merges.
+    let mergeable = |id: usize| matches!(types.get(id).copied().unwrap_or(1), 1 | 6);
+    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, &tok) in tokens.iter().enumerate() {
+        if !mergeable(id) || vocab.get(tok) != Some(&(id as u32)) {
+            continue;
+        }
+        for (at, _) in tok.char_indices().skip(1) {
+            let (left, right) = tok.split_at(at);
+            if let (Some(&l), Some(_)) = (vocab.get(left), vocab.get(right)) {
+                merges.push((scores[id], l, left.to_string(), right.to_string()));
+            }
+        }
+    }
+    // Highest score first; for one merged token reached by several splits, the one with the
+    // shorter left part first (llama.cpp merges the leftmost pair first on ties).
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.len().cmp(&b.2.len())));
+    let merges = merges.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+    let model = tokenizers::models::bpe::BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true)
+        .build()
+        .map_err(built)?;
+    let mut inner = tokenizers::Tokenizer::new(model);
+    let space_prefix = matches!(
+        file.get("tokenizer.ggml.add_space_prefix"),
+        Ok(crate::format::gguf::Value::Bool(true))
+    );
+    let replace = NormalizerWrapper::Replace(Replace::new(" ", "\u{2581}").map_err(built)?);
+    let mut decoders = vec![
+        DecoderWrapper::Replace(
+            tokenizers::normalizers::Replace::new("\u{2581}", " ").map_err(built)?,
+        ),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if space_prefix {
+        let prepend = NormalizerWrapper::Prepend(Prepend::new("\u{2581}".into()));
+        inner.with_normalizer(Some(NormalizerWrapper::Sequence(
+            tokenizers::normalizers::Sequence::new(vec![prepend, replace]),
+        )));
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    } else {
+        inner.with_normalizer(Some(replace));
+    }
+    inner.with_decoder(Some(DecoderWrapper::Sequence(Sequence::new(decoders))));
+    // 3: control, 4: user-defined.
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| matches!(types.get(*id).copied(), Some(3 | 4)))
+        .map(|(id, &tok)| {
+            AddedToken::from(tok.to_string(), types.get(id) == Some(&3)).normalized(false)
+        })
+        .collect();
+    inner.add_tokens(&added);
+    Ok(inner)
 }
 
 /// Reads a `tokenizer.json`. The `tokenizers` crate panics on some malformed files (0.22:

@@ -168,7 +168,7 @@ impl BackendJob for BenchJob<'_> {
         let engine =
             Engine::<B>::load(&spec.config, &device, runtime).context("cannot load the model")?;
         let model = engine.model();
-        let vocab = model.config().vocab_size;
+        let vocab = model.vocab_size();
         let file = engine
             .checkpoint()
             .path()
@@ -181,7 +181,8 @@ impl BackendJob for BenchJob<'_> {
             device: engine.runtime().device.clone(),
             dtype: engine.runtime().dtype.to_string(),
             model_type: format!(
-                "llama {} {}",
+                "{} {} {}",
+                model.family(),
                 human_params(params),
                 engine.runtime().dtype.to_string().to_uppercase()
             ),
@@ -261,17 +262,8 @@ impl BackendJob for BenchJob<'_> {
 
 /// Whether the config's model is an encoder (BERT): benched as embeddings per second.
 fn is_encoder(config: &EngineConfig) -> Result<bool> {
-    let checkpoint = ember::source::resolve(&config.model)?;
-    let ember::source::Checkpoint::HfDir(dir) = checkpoint else {
-        return Ok(false);
-    };
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let arch = ember::models::declared_name(&json).unwrap_or("");
-    Ok(matches!(
-        ember::models::Architecture::from_name(arch),
-        Ok(ember::models::Architecture::Bert)
-    ))
+    let opened = ember::models::Opened::open(&config.model)?;
+    Ok(opened.architecture.task() == ember::models::Task::Embed)
 }
 
 /// Batch sizes of the embedding tests.
@@ -374,7 +366,7 @@ fn check_reference<B: Backend>(
     if fixture.model != file {
         return Ok(None);
     }
-    let vocab = engine.model().config().vocab_size;
+    let vocab = engine.model().vocab_size();
     let (mut matched, mut total) = (0, 0);
     for case in &fixture.cases {
         let ids: Vec<u32> = case

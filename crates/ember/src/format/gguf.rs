@@ -725,4 +725,24 @@ impl GgufFile {
             v => Err(wrong(v.kind())),
         }
     }
+
+    /// An array-of-floats metadata value (SentencePiece scores).
+    pub fn get_floats(&self, key: &str) -> Result<Vec<f32>, GgufError> {
+        let wrong = |found| GgufError::WrongValueType {
+            key: key.into(),
+            expected: "array of floats",
+            found,
+        };
+        match self.get(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match *v {
+                    Value::F32(x) => Ok(x),
+                    Value::F64(x) => Ok(x as f32),
+                    ref other => Err(wrong(other.kind())),
+                })
+                .collect(),
+            v => Err(wrong(v.kind())),
+        }
+    }
 }

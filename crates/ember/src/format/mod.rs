@@ -1,6 +1,7 @@
 //! Weight readers: one per checkpoint format, behind [`TensorStore`].
 
 pub mod gguf;
+pub mod gguf_store;
 pub mod quant;
 pub mod safetensors;
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
+use crate::format::gguf_store::GgufStore;
 use crate::format::{Loader, TensorStore};
 use crate::graph::DeviceGraphs;
 use crate::nn::attention::{
@@ -21,6 +22,9 @@ use crate::nn::attention::{
 use crate::nn::kv_cache::KvCache;
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
 use crate::nn::{linear, linear_add_with, rms_norm_with, FusedOps};
+
+pub use super::Logits;
+use super::{DecoderConfig, DecoderModel, LoadDecoder};
 
 /// A Llama checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,15 +277,6 @@ impl LlamaConfig {
         }
         freqs
     }
-}
-
-/// How many positions' logits [`Llama::forward`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last position (generation).
-    Last,
-    /// Every position (scoring, tests).
-    All,
 }
 
 #[derive(Debug)]
@@ -606,6 +601,90 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+impl DecoderConfig for LlamaConfig {
+    fn param_count(&self) -> u128 {
+        LlamaConfig::param_count(self)
+    }
+    fn context_elements(&self, positions: usize) -> u128 {
+        LlamaConfig::context_elements(self, positions)
+    }
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}
+
+impl<B: Backend> DecoderModel<B> for Llama<B> {
+    fn family(&self) -> &'static str {
+        "llama"
+    }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn num_params(&self) -> usize {
+        Llama::num_params(self)
+    }
+    fn declared_params(&self) -> u128 {
+        self.config.param_count()
+    }
+    fn weights_bytes(&self) -> usize {
+        Llama::weights_bytes(self)
+    }
+    fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
+        Llama::new_cache(self, batch, capacity, device)
+    }
+    fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        attention: AttentionImpl,
+        logits: Logits,
+    ) -> Result<Tensor<B, 3>> {
+        Llama::forward(self, tokens, cache, attention, logits)
+    }
+    fn decodes_at_device_position(&self) -> bool {
+        true
+    }
+    fn decode_at(
+        &self,
+        step: &Tensor<B, 1, Int>,
+        cache: &mut KvCache<B>,
+        window: usize,
+        attention: AttentionImpl,
+        graphs: Option<&dyn DeviceGraphs<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        Llama::decode_at(self, step, cache, window, attention, graphs)
+    }
+}
+
+impl<B: Backend> LoadDecoder<B> for Llama<B> {
+    type Config = LlamaConfig;
+    fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+        LlamaConfig::from_gguf(file)
+    }
+    fn config_from_json(text: &str, path: &Path) -> Result<LlamaConfig> {
+        LlamaConfig::from_json(text, path)
+    }
+    fn gguf_store<'a>(file: &'a GgufFile, config: &LlamaConfig) -> Box<dyn TensorStore + 'a> {
+        Box::new(gguf_store(file, config))
+    }
+    fn synthetic(name: &str) -> Result<(LlamaConfig, Box<dyn TensorStore>)> {
+        let config = super::presets::Preset::parse(name)?.config();
+        let store = super::presets::SyntheticStore::new(name, &config, 0);
+        Ok((config, Box::new(store)))
+    }
+    fn load(
+        config: LlamaConfig,
+        loader: &Loader<'_, B>,
+        context: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Llama::load(config, loader, context, device)
+    }
+}
+
 /// Token ids as a `[1, len]` tensor.
 pub fn token_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
     let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
@@ -638,82 +717,19 @@ const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
 
 /// A llama.cpp GGUF file seen through Hugging Face names, with Q/K rows un-permuted back
 /// from llama.cpp's interleaved-RoPE order.
-pub struct GgufLlamaStore<'a> {
-    file: &'a GgufFile,
-    heads: usize,
-    kv_heads: usize,
-}
-
-impl<'a> GgufLlamaStore<'a> {
-    /// Wraps `file` for a model with `config`'s head counts.
-    pub fn new(file: &'a GgufFile, config: &LlamaConfig) -> Self {
-        Self {
-            file,
-            heads: config.num_attention_heads,
-            kv_heads: config.kv_heads(),
-        }
-    }
-
-    fn to_gguf(hf: &str) -> Option<String> {
-        if let Some((_, g)) = GGUF_NAMES.iter().find(|(h, _)| *h == hf) {
-            return Some((*g).into());
-        }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (index, name) = rest.split_once('.')?;
-        let (_, g) = GGUF_LAYER_NAMES.iter().find(|(h, _)| *h == name)?;
-        Some(format!("blk.{index}.{g}"))
-    }
-
-    fn to_hf(gguf: &str) -> String {
-        if let Some((h, _)) = GGUF_NAMES.iter().find(|(_, g)| *g == gguf) {
-            return (*h).into();
-        }
-        let mapped = gguf.strip_prefix("blk.").and_then(|rest| {
-            let (index, name) = rest.split_once('.')?;
-            let (h, _) = GGUF_LAYER_NAMES.iter().find(|(_, g)| *g == name)?;
-            Some(format!("model.layers.{index}.{h}"))
-        });
-        mapped.unwrap_or_else(|| gguf.into())
-    }
-}
-
-impl TensorStore for GgufLlamaStore<'_> {
-    fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.file
-            .tensors()
-            .iter()
-            .map(|t| Self::to_hf(&t.name))
-            .collect()
-    }
-
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.file.tensor(&Self::to_gguf(name)?).map(|t| t.shape())
-    }
-
-    fn read(&self, name: &str) -> Result<Option<Vec<f32>>> {
-        let Some(info) = Self::to_gguf(name).and_then(|g| self.file.tensor(&g)) else {
-            return Ok(None);
-        };
-        let values = self.file.dequantize(info).map_err(|e| Error::Gguf {
-            path: self.file.path().into(),
-            error: e,
-        })?;
+pub fn gguf_store<'a>(file: &'a GgufFile, config: &LlamaConfig) -> GgufStore<'a> {
+    let (heads, kv_heads) = (config.num_attention_heads, config.kv_heads());
+    let fix = move |name: &str, shape: &[usize], values: Vec<f32>| {
         let heads = if name.ends_with("self_attn.q_proj.weight") {
-            self.heads
+            heads
         } else if name.ends_with("self_attn.k_proj.weight") {
-            self.kv_heads
+            kv_heads
         } else {
-            return Ok(Some(values));
+            return values;
         };
-        let shape = info.shape();
-        Ok(Some(unpermute_rope_rows(
-            &values, heads, shape[0], shape[1],
-        )))
-    }
+        unpermute_rope_rows(&values, heads, shape[0], shape[1])
+    };
+    GgufStore::new(file, GGUF_NAMES, GGUF_LAYER_NAMES, Box::new(fix))
 }
 
 /// Undoes llama.cpp's `permute` of Q/K rows: per head, rows `[hd/2, 2]` -> `[2, hd/2]`.

@@ -1,35 +1,181 @@
-//! Model families, one file each, and the registry that maps checkpoint names to them.
+//! Model families, one file each, the traits the pipelines hold them by, and the registry
+//! that maps the architecture a checkpoint declares to its family.
+//!
+//! Adding a decoder family: its file here (config, modules, `load`, `forward`, its GGUF
+//! name table), an implementation of [`DecoderModel`] and [`LoadDecoder`], one entry in
+//! [`Architecture::NAMES`] and one arm in [`Architecture::load_decoder`].
 
 pub mod bert;
+pub mod gemma3;
 pub mod llama;
 pub mod presets;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use crate::config::{AttentionImpl, ModelConfig};
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::safetensors::SafetensorsStore;
+use crate::format::{Loader, TensorStore};
+use crate::graph::DeviceGraphs;
+use crate::nn::kv_cache::KvCache;
+use crate::source::{self, Checkpoint};
+use crate::tokenizer::TextTokenizer;
+
+/// How many positions' logits a decoder's forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (scoring, tests).
+    All,
+}
+
+/// A loaded decoder-only language model, whatever its family: what [`crate::Engine`],
+/// [`crate::Session`], the bench and the fuzz targets hold. Immutable; a sequence's state
+/// lives in the [`KvCache`] passed in.
+pub trait DecoderModel<B: Backend>: Send + Sync + std::fmt::Debug {
+    /// The family's name, as reports print it (`llama`, `gemma3`).
+    fn family(&self) -> &'static str;
+
+    /// Vocabulary size (rows of the output projection).
+    fn vocab_size(&self) -> usize;
+
+    /// Number of weights on the device (a tied output projection counted once per copy).
+    fn num_params(&self) -> usize;
+
+    /// The weights the config declares, as the memory check before loading counted them;
+    /// equal to [`DecoderModel::num_params`] once loaded.
+    fn declared_params(&self) -> u128;
+
+    /// Bytes the weights take on the device.
+    fn weights_bytes(&self) -> usize;
+
+    /// A KV cache for `batch` sequences of up to `capacity` positions.
+    fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B>;
+
+    /// Runs `tokens: [batch, seq]` at positions `cache.len()..cache.len() + seq`, appending
+    /// their keys and values to `cache`: logits `[batch, seq, vocab]` ([`Logits::All`]) or
+    /// `[batch, 1, vocab]` ([`Logits::Last`]).
+    fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        attention: AttentionImpl,
+        logits: Logits,
+    ) -> Result<Tensor<B, 3>>;
+
+    /// Whether [`DecoderModel::decode_at`] is implemented (a session replays decode steps
+    /// as graphs only then).
+    fn decodes_at_device_position(&self) -> bool {
+        false
+    }
+
+    /// One token at a position, both held on the device in `step: [2]` (token id,
+    /// position), attending to the first `window` cache positions: logits `[1, 1, vocab]`,
+    /// as [`DecoderModel::forward`] gives for that token at that position. No host value
+    /// depends on the token or the position, so a backend can record the step once and
+    /// replay it ([`crate::graph`]). The caller checks the capacity and calls
+    /// [`KvCache::advance`].
+    fn decode_at(
+        &self,
+        step: &Tensor<B, 1, Int>,
+        cache: &mut KvCache<B>,
+        window: usize,
+        attention: AttentionImpl,
+        graphs: Option<&dyn DeviceGraphs<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let _ = (step, cache, window, attention, graphs);
+        Err(Error::Backend(format!(
+            "{} has no device-position decode step",
+            self.family()
+        )))
+    }
+}
+
+/// The sizes of a decoder's config that loading needs before any weight is read.
+pub trait DecoderConfig {
+    /// Weights the model will hold (wide arithmetic: hostile sizes cannot overflow).
+    fn param_count(&self) -> u128;
+    /// Elements of a one-sequence KV cache (and position tables) for `positions` positions.
+    fn context_elements(&self, positions: usize) -> u128;
+    /// Context the model was trained for.
+    fn max_position_embeddings(&self) -> usize;
+    /// Vocabulary size.
+    fn vocab_size(&self) -> usize;
+}
+
+/// How a decoder family reads its config and weights from each checkpoint format.
+pub trait LoadDecoder<B: Backend>: DecoderModel<B> + Sized + 'static {
+    /// The family's config (Hugging Face field names).
+    type Config: DecoderConfig;
+    /// The config from a GGUF file's `ARCH.*` metadata.
+    fn config_from_gguf(file: &GgufFile) -> Result<Self::Config>;
+    /// The config from `config.json` text.
+    fn config_from_json(text: &str, path: &Path) -> Result<Self::Config>;
+    /// The GGUF file's tensors under the Hugging Face names [`LoadDecoder::load`] asks for.
+    fn gguf_store<'a>(file: &'a GgufFile, config: &Self::Config) -> Box<dyn TensorStore + 'a>;
+    /// A synthetic model of this family (`preset:NAME`): its config and seeded random
+    /// weights. Families without presets refuse.
+    fn synthetic(name: &str) -> Result<(Self::Config, Box<dyn TensorStore>)> {
+        Err(Error::Config {
+            path: "model.source".into(),
+            message: format!("preset:{name} is not a shape of this family"),
+        })
+    }
+    /// Loads the weights; position tables cover `context` positions.
+    fn load(
+        config: Self::Config,
+        loader: &Loader<'_, B>,
+        context: usize,
+        device: &B::Device,
+    ) -> Result<Self>;
+}
 
 /// The model families Ember implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama-family decoders (`ember run`, [`crate::Engine`]).
+    /// Llama-family decoders (Llama 2/3, SmolLM2, ...).
     Llama,
+    /// Gemma 3 decoders (text).
+    Gemma3,
     /// BERT encoders (`ember embed`, [`crate::Embedder`]).
     Bert,
 }
 
+/// What a family is run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Text generation (`ember run`, [`crate::Engine`]).
+    Generate,
+    /// Sentence embeddings (`ember embed`, [`crate::Embedder`]).
+    Embed,
+}
+
 impl Architecture {
-    /// Names accepted in GGUF `general.architecture` or `config.json` `architectures[0]`.
-    const NAMES: &'static [(&'static str, Architecture)] = &[
+    /// Names accepted in GGUF `general.architecture` or `config.json` `architectures[0]` /
+    /// `model_type`.
+    pub const NAMES: &'static [(&'static str, Architecture)] = &[
         ("llama", Architecture::Llama),
         ("LlamaForCausalLM", Architecture::Llama),
+        ("gemma3", Architecture::Gemma3),
+        ("gemma3_text", Architecture::Gemma3),
+        ("Gemma3ForCausalLM", Architecture::Gemma3),
         ("bert", Architecture::Bert),
         ("BertModel", Architecture::Bert),
         ("BertForMaskedLM", Architecture::Bert),
     ];
 
-    /// The family of a checkpoint's declared architecture.
-    pub fn from_name(name: &str) -> crate::Result<Self> {
+    /// The family of a checkpoint's declared architecture; an unknown name is an error that
+    /// lists the supported ones.
+    pub fn from_name(name: &str) -> Result<Self> {
         Self::NAMES
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, a)| *a)
-            .ok_or_else(|| crate::Error::UnsupportedArchitecture {
+            .ok_or_else(|| Error::UnsupportedArchitecture {
                 found: name.into(),
                 supported: Self::NAMES
                     .iter()
@@ -38,6 +184,50 @@ impl Architecture {
                     .join(", "),
             })
     }
+
+    /// What the family is run for.
+    pub fn task(self) -> Task {
+        match self {
+            Architecture::Llama | Architecture::Gemma3 => Task::Generate,
+            Architecture::Bert => Task::Embed,
+        }
+    }
+
+    /// Fails unless the family is run for `want`, saying which command runs it.
+    pub fn expect_task(self, want: Task, path: &Path) -> Result<()> {
+        if self.task() == want {
+            return Ok(());
+        }
+        let what = match self.task() {
+            Task::Generate => "a decoder (text generation): run it with `ember run`",
+            Task::Embed => "an encoder (embeddings): run it with `ember embed`",
+        };
+        Err(Error::model(path, format!("this model is {what}")))
+    }
+
+    /// Runs `job` with this family's model type: the one place a family's name becomes
+    /// its type.
+    pub fn load_decoder<B: Backend, J: DecoderJob<B>>(self, job: J) -> Result<J::Output> {
+        match self {
+            Architecture::Llama => job.run::<llama::Llama<B>>(),
+            Architecture::Gemma3 => job.run::<gemma3::Gemma3<B>>(),
+            Architecture::Bert => Err(Error::model(
+                job.path(),
+                "this model is an encoder (embeddings): run it with `ember embed`",
+            )),
+        }
+    }
+}
+
+/// Work generic over a decoder family, run by [`Architecture::load_decoder`] with the
+/// family's model type.
+pub trait DecoderJob<B: Backend> {
+    /// What the job returns.
+    type Output;
+    /// The checkpoint, for messages.
+    fn path(&self) -> &Path;
+    /// Runs with family `M`.
+    fn run<M: LoadDecoder<B>>(self) -> Result<Self::Output>;
 }
 
 /// The architecture a Hugging Face `config.json` declares: `architectures[0]`, else
@@ -50,18 +240,116 @@ pub fn declared_name(config_json: &serde_json::Value) -> Option<&str> {
         .or_else(|| config_json.get("model_type").and_then(|a| a.as_str()))
 }
 
-/// Fails unless `found` is `want`, saying which command runs what was found.
-pub fn expect(
-    found: Architecture,
-    want: Architecture,
-    path: &std::path::Path,
-) -> crate::Result<()> {
-    if found == want {
-        return Ok(());
+/// A checkpoint opened far enough to know its family: the first step every load shares.
+pub struct Opened {
+    /// Where it is on disk.
+    pub checkpoint: Checkpoint,
+    /// The family it declares.
+    pub architecture: Architecture,
+    /// The format's handle.
+    pub format: Format,
+}
+
+/// A checkpoint's format, opened.
+pub enum Format {
+    /// A GGUF file, its metadata and tensor index read.
+    Gguf(GgufFile),
+    /// A Hugging Face directory and its `config.json` text.
+    HfDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Its `config.json`.
+        config_path: PathBuf,
+        /// The text of `config.json`.
+        config_text: String,
+    },
+    /// A synthetic Llama-shaped model (`preset:NAME`).
+    Synthetic(String),
+}
+
+impl Opened {
+    /// Resolves `model.source` (fetching it if needed) and reads which family it declares.
+    pub fn open(model: &ModelConfig) -> Result<Self> {
+        let checkpoint = source::resolve(model)?;
+        let (architecture, format) = match &checkpoint {
+            Checkpoint::Gguf(path) => {
+                let file = GgufFile::open(path).map_err(|e| Error::Gguf {
+                    path: path.clone(),
+                    error: e,
+                })?;
+                let name = file
+                    .get_str("general.architecture")
+                    .map_err(|e| Error::Gguf {
+                        path: path.clone(),
+                        error: e,
+                    })?;
+                (Architecture::from_name(name)?, Format::Gguf(file))
+            }
+            Checkpoint::HfDir(dir) => {
+                let config_path = dir.join("config.json");
+                let config_text =
+                    std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
+                let json: serde_json::Value = serde_json::from_str(&config_text)
+                    .map_err(|e| Error::model(&config_path, format!("invalid JSON: {e}")))?;
+                let name = declared_name(&json).ok_or_else(|| {
+                    Error::model(&config_path, "no `architectures` or `model_type`")
+                })?;
+                let format = Format::HfDir {
+                    dir: dir.clone(),
+                    config_path: config_path.clone(),
+                    config_text,
+                };
+                (Architecture::from_name(name)?, format)
+            }
+            Checkpoint::Synthetic(path) => {
+                let name = path.to_string_lossy();
+                let name = name.trim_start_matches("preset:").to_string();
+                (Architecture::Llama, Format::Synthetic(name))
+            }
+        };
+        Ok(Self {
+            checkpoint,
+            architecture,
+            format,
+        })
     }
-    let what = match found {
-        Architecture::Llama => "a decoder (text generation): run it with `ember run`",
-        Architecture::Bert => "an encoder (embeddings): run it with `ember embed`",
-    };
-    Err(crate::Error::model(path, format!("this model is {what}")))
+
+    /// A decoder family's config, tokenizer and tensor store from this checkpoint.
+    pub fn decoder_parts<B: Backend, M: LoadDecoder<B>>(
+        &self,
+    ) -> Result<(M::Config, TextTokenizer, Box<dyn TensorStore + '_>)> {
+        match &self.format {
+            Format::Gguf(file) => {
+                let config = M::config_from_gguf(file)?;
+                let tokenizer = TextTokenizer::from_gguf(file)?;
+                let store = M::gguf_store(file, &config);
+                Ok((config, tokenizer, store))
+            }
+            Format::HfDir {
+                dir,
+                config_path,
+                config_text,
+            } => {
+                let config = M::config_from_json(config_text, config_path)?;
+                let tokenizer = TextTokenizer::from_hf_dir(dir)?;
+                let store: Box<dyn TensorStore> = Box::new(SafetensorsStore::open(dir)?);
+                Ok((config, tokenizer, store))
+            }
+            Format::Synthetic(name) => {
+                let (config, store) = M::synthetic(name)?;
+                let tokenizer = TextTokenizer::synthetic(config.vocab_size())?;
+                Ok((config, tokenizer, store))
+            }
+        }
+    }
+}
+
+/// Fails before anything is allocated when `elements` of `dtype_size` bytes cannot fit in
+/// the memory available to this process, on devices that use host memory.
+pub fn ensure_fits(device: &str, what: &str, elements: u128, dtype_size: usize) -> Result<()> {
+    if crate::memory::uses_host_memory(device) {
+        let needed = elements * dtype_size as u128;
+        crate::memory::ensure_fits(what, needed, crate::memory::available_bytes())?;
+    }
+    Ok(())
 }

@@ -149,6 +149,34 @@ fn window_bias<B: Backend>(
     hiding_bias(hidden, dtype)
 }
 
+/// The additive bias `[1, 1, q_len, k_len]` for queries at positions `start..start + q_len`
+/// over keys at positions `0..k_len`: a query sees the keys at or before its position and,
+/// with `sliding = Some(w)`, only the last `w` of them (itself included), as Gemma's and
+/// Mistral's sliding-window layers do (`q - k < w`, transformers' and llama.cpp's rule).
+pub fn position_bias<B: Backend>(
+    start: usize,
+    q_len: usize,
+    k_len: usize,
+    sliding: Option<usize>,
+    dtype: burn::tensor::DType,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let rows = Tensor::<B, 1, Int>::arange(start as i64..(start + q_len) as i64, device)
+        .reshape([q_len, 1])
+        .expand([q_len, k_len]);
+    let cols = Tensor::<B, 1, Int>::arange(0..k_len as i64, device)
+        .reshape([1, k_len])
+        .expand([q_len, k_len]);
+    // How far behind the query each key is: negative for keys after it.
+    let behind = rows.sub(cols);
+    let mut bias = Tensor::<B, 2>::zeros([q_len, k_len], (device, dtype))
+        .mask_fill(behind.clone().lower_elem(0), f32::NEG_INFINITY);
+    if let Some(window) = sliding {
+        bias = bias.mask_fill(behind.greater_equal_elem(window as i64), f32::NEG_INFINITY);
+    }
+    bias.reshape([1, 1, q_len, k_len])
+}
+
 /// An additive bias from a boolean mask: 0 where visible, `-inf` where `hidden` is true.
 fn hiding_bias<B: Backend>(hidden: Tensor<B, 4, Bool>, dtype: burn::tensor::DType) -> Tensor<B, 4> {
     Tensor::<B, 4>::zeros(hidden.dims(), (&hidden.device(), dtype))

@@ -1,0 +1,700 @@
+//! Gemma 3 decoders (text): interleaved sliding-window and global attention layers with
+//! their own RoPE bases, QK-norm, RMSNorm scaled by `1 + w` before and after attention and
+//! MLP, a tanh-GELU gated MLP, embeddings scaled by `sqrt(hidden)`, a tied output.
+//!
+//! Follows huggingface/transformers `src/transformers/models/gemma3/modeling_gemma3.py`
+//! (`Gemma3TextModel`) and llama.cpp's `llm_build_gemma3` for the GGUF conventions.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::activation::gelu_approximate;
+use serde::{Deserialize, Serialize};
+
+use super::{DecoderConfig, DecoderModel, LoadDecoder, Logits};
+use crate::config::AttentionImpl;
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::gguf_store::GgufStore;
+use crate::format::{Loader, TensorStore};
+use crate::nn::attention::{attend_all_with, position_bias, repeat_kv};
+use crate::nn::kv_cache::KvCache;
+use crate::nn::rope::{inv_freq, rotate, Rope, RopeTables};
+use crate::nn::{linear, rms_norm_with, FusedOps};
+
+/// A Gemma 3 text checkpoint's `config.json`, in Hugging Face's field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gemma3Config {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base of the global (full-attention) layers.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// RoPE base of the sliding-window layers.
+    #[serde(default = "default_rope_local_base")]
+    pub rope_local_base_freq: f64,
+    /// RoPE scaling of the global layers (`{"rope_type": "linear", "factor": f}`).
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Keys a sliding-window layer's query sees, itself included.
+    pub sliding_window: usize,
+    /// Per layer, `sliding_attention` or `full_attention`; absent: every
+    /// `sliding_window_pattern`-th layer is global.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// Period of the global layers when `layer_types` is absent.
+    #[serde(default = "default_pattern")]
+    pub sliding_window_pattern: usize,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: f64,
+    /// Context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// `tanh` soft-capping of the output logits, when set.
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    /// `tanh` soft-capping of attention scores (Gemma 2; must be unset for Gemma 3).
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Whether the output projection reuses the token embedding.
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    1_000_000.0
+}
+
+fn default_rope_local_base() -> f64 {
+    10_000.0
+}
+
+fn default_pattern() -> usize {
+    6
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Gemma3Config {
+    /// Whether layer `i` attends through a sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        match &self.layer_types {
+            Some(types) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+            None => !(i + 1).is_multiple_of(self.sliding_window_pattern.max(1)),
+        }
+    }
+
+    /// Parses `config.json` text (a `Gemma3ForCausalLM` / `gemma3_text` checkpoint).
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let config: Self = serde_json::from_str(text)
+            .map_err(|e| Error::model(path, format!("invalid Gemma 3 config.json: {e}")))?;
+        config.validate().map_err(|m| Error::model(path, m))?;
+        Ok(config)
+    }
+
+    /// Reads the `gemma3.*` metadata of a GGUF file (llama.cpp's names; the sliding-window
+    /// pattern and the local RoPE base are fixed there, as here).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = file.path();
+        let g = |e| Error::Gguf {
+            path: path.into(),
+            error: e,
+        };
+        let key = |k: &str| format!("gemma3.{k}");
+        let usize_of = |k: &str| -> Result<usize> {
+            let v = file.get_u64(&key(k)).map_err(g)?;
+            usize::try_from(v)
+                .map_err(|_| Error::model(path, format!("{} = {v} is too large", key(k))))
+        };
+        let heads = usize_of("attention.head_count")?;
+        let hidden_size = usize_of("embedding_length")?;
+        let head_dim = usize_of("attention.key_length").unwrap_or(hidden_size / heads.max(1));
+        let embed = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor {
+                path: path.into(),
+                name: "token_embd.weight".into(),
+            })?;
+        let rope_scaling = match file.get_str(&key("rope.scaling.type")) {
+            Ok("linear") => {
+                let factor = file.get_f64(&key("rope.scaling.factor")).map_err(g)?;
+                Some(serde_json::json!({"rope_type": "linear", "factor": factor}))
+            }
+            _ => None,
+        };
+        let config = Self {
+            hidden_size,
+            intermediate_size: usize_of("feed_forward_length")?,
+            num_hidden_layers: usize_of("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: usize_of("attention.head_count_kv").unwrap_or(heads),
+            head_dim,
+            rms_norm_eps: file
+                .get_f64(&key("attention.layer_norm_rms_epsilon"))
+                .map_err(g)?,
+            rope_theta: file
+                .get_f64(&key("rope.freq_base"))
+                .unwrap_or(default_rope_theta()),
+            rope_local_base_freq: default_rope_local_base(),
+            rope_scaling,
+            sliding_window: usize_of("attention.sliding_window")?,
+            layer_types: None,
+            sliding_window_pattern: default_pattern(),
+            query_pre_attn_scalar: head_dim as f64,
+            max_position_embeddings: usize_of("context_length")?,
+            vocab_size: embed.shape().first().copied().unwrap_or(0),
+            final_logit_softcapping: file.get_f64(&key("final_logit_softcapping")).ok(),
+            attn_logit_softcapping: file.get_f64(&key("attn_logit_softcapping")).ok(),
+            tie_word_embeddings: file.tensor("output.weight").is_none(),
+        };
+        config.validate().map_err(|m| Error::model(path, m))?;
+        Ok(config)
+    }
+
+    /// Checks that the sizes are consistent; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("sliding_window", self.sliding_window),
+            ("sliding_window_pattern", self.sliding_window_pattern),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.hidden_size > 1 << 16
+            || self.intermediate_size > 1 << 18
+            || self.num_hidden_layers > 1024
+            || self.head_dim > 1 << 12
+            || self.num_attention_heads > 1 << 10
+            || self.vocab_size > 1 << 22
+        {
+            return Err(format!(
+                "implausible sizes (hidden_size {}, intermediate_size {}, layers {}, heads {}, \
+                 head_dim {}, vocab_size {})",
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_hidden_layers,
+                self.num_attention_heads,
+                self.head_dim,
+                self.vocab_size
+            ));
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        let positive_f = [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+            ("rope_local_base_freq", self.rope_local_base_freq),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+        ];
+        for (name, value) in positive_f {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(format!("{name} must be positive, got {value}"));
+            }
+        }
+        if let Some(cap) = self.final_logit_softcapping {
+            if !(cap > 0.0 && cap.is_finite()) {
+                return Err(format!(
+                    "final_logit_softcapping must be positive, got {cap}"
+                ));
+            }
+        }
+        if self.attn_logit_softcapping.is_some() {
+            return Err("attn_logit_softcapping is not supported (Gemma 2's)".into());
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return Err(format!(
+                    "layer_types has {} entries for {} layers",
+                    types.len(),
+                    self.num_hidden_layers
+                ));
+            }
+            if let Some(bad) = types
+                .iter()
+                .find(|t| *t != "sliding_attention" && *t != "full_attention")
+            {
+                return Err(format!("layer type `{bad}` is not supported"));
+            }
+        }
+        self.linear_scaling().map(|_| ())
+    }
+
+    fn linear_scaling(&self) -> std::result::Result<f64, String> {
+        let Some(value) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(1.0);
+        };
+        let kind = value
+            .get("rope_type")
+            .or_else(|| value.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        match (kind, value.get("factor").and_then(|f| f.as_f64())) {
+            ("default", _) => Ok(1.0),
+            ("linear", Some(f)) if f > 0.0 && f.is_finite() => Ok(f),
+            _ => Err(format!(
+                "rope_scaling {value} is not supported (supported: linear with a positive factor)"
+            )),
+        }
+    }
+
+    /// Rotary inverse frequencies of the global layers (scaled) and of the sliding ones.
+    fn inv_freqs(&self) -> (Vec<f64>, Vec<f64>) {
+        let factor = self.linear_scaling().unwrap_or(1.0);
+        let global = inv_freq(self.head_dim, self.rope_theta, None)
+            .into_iter()
+            .map(|f| f / factor)
+            .collect();
+        let local = inv_freq(self.head_dim, self.rope_local_base_freq, None);
+        (global, local)
+    }
+}
+
+impl DecoderConfig for Gemma3Config {
+    fn param_count(&self) -> u128 {
+        let n = |x: usize| x as u128;
+        let (h, hd) = (n(self.hidden_size), n(self.head_dim));
+        let (heads, kv) = (n(self.num_attention_heads), n(self.num_key_value_heads));
+        let attention = h * heads * hd * 2 + h * kv * hd * 2 + 2 * hd;
+        let layer = attention + 3 * h * n(self.intermediate_size) + 4 * h;
+        n(self.num_hidden_layers) * layer + 2 * n(self.vocab_size) * h + h
+    }
+
+    fn context_elements(&self, positions: usize) -> u128 {
+        let (layers, kv, hd) = (
+            self.num_hidden_layers as u128,
+            self.num_key_value_heads as u128,
+            self.head_dim as u128,
+        );
+        let p = positions as u128;
+        // Keys and values of every layer, and two RoPE tables (cos, sin) per base.
+        2 * layers * kv * hd * p + 4 * p * hd
+    }
+
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}
+
+#[derive(Debug)]
+struct SelfAttention<B: Backend> {
+    /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`.
+    qkv_proj: Tensor<B, 2>,
+    o_proj: Tensor<B, 2>,
+    /// `1 + w` of the per-head RMSNorms of queries and keys, `[head_dim]`.
+    q_norm: Tensor<B, 1>,
+    k_norm: Tensor<B, 1>,
+}
+
+#[derive(Debug)]
+struct Mlp<B: Backend> {
+    /// Gate and up projections side by side: `[hidden, 2 * intermediate]`.
+    gate_up_proj: Tensor<B, 2>,
+    down_proj: Tensor<B, 2>,
+}
+
+/// One decoder layer; every norm weight is held as `1 + w`, the scale Gemma's RMSNorm applies.
+#[derive(Debug)]
+struct DecoderLayer<B: Backend> {
+    input_layernorm: Tensor<B, 1>,
+    self_attn: SelfAttention<B>,
+    post_attention_layernorm: Tensor<B, 1>,
+    pre_feedforward_layernorm: Tensor<B, 1>,
+    mlp: Mlp<B>,
+    post_feedforward_layernorm: Tensor<B, 1>,
+    sliding: bool,
+}
+
+/// A loaded Gemma 3 model; immutable, its state lives in the [`KvCache`] passed to `forward`.
+#[derive(Debug)]
+pub struct Gemma3<B: Backend> {
+    config: Gemma3Config,
+    /// `[vocab, hidden]`
+    embed_tokens: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    /// `1 + w`, `[hidden]`
+    norm: Tensor<B, 1>,
+    /// `[hidden, vocab]`
+    lm_head: Tensor<B, 2>,
+    rope_global: Rope<B>,
+    rope_local: Rope<B>,
+    fused: Option<Fused<B>>,
+}
+
+struct Fused<B: Backend>(std::sync::Arc<dyn FusedOps<B>>);
+
+impl<B: Backend> std::fmt::Debug for Fused<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FusedOps")
+    }
+}
+
+/// What one step's layers share: RoPE tables and attention biases per layer type.
+struct Step<B: Backend> {
+    global: (RopeTables<B>, Tensor<B, 4>),
+    local: (RopeTables<B>, Tensor<B, 4>),
+}
+
+impl<B: Backend> Gemma3<B> {
+    fn fused(&self) -> Option<&dyn FusedOps<B>> {
+        self.fused.as_ref().map(|f| f.0.as_ref())
+    }
+
+    /// Gemma's RMSNorm over the last dim of `x: [batch, seq, width]` (`scale` is `1 + w`).
+    fn norm(&self, x: Tensor<B, 3>, scale: &Tensor<B, 1>) -> Tensor<B, 3> {
+        rms_norm_with(x, scale, self.config.rms_norm_eps, self.fused())
+    }
+
+    /// The per-head norm of `x: [batch, heads, seq, head_dim]`.
+    fn head_norm(&self, x: Tensor<B, 4>, scale: &Tensor<B, 1>) -> Tensor<B, 4> {
+        let [batch, heads, seq, hd] = x.dims();
+        self.norm(x.reshape([batch, heads * seq, hd]), scale)
+            .reshape([batch, heads, seq, hd])
+    }
+
+    /// One decoder layer on `x: [batch, seq, hidden]`; `store` appends the rotated keys and
+    /// values (`[batch, kv_heads, seq, head_dim]`) to the cache and returns what to attend to.
+    fn layer(
+        &self,
+        layer: &DecoderLayer<B>,
+        x: Tensor<B, 3>,
+        step: &Step<B>,
+        attention: AttentionImpl,
+        store: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>),
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let [batch, seq, _] = x.dims();
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let groups = heads / kv_heads;
+        let (rope, bias) = if layer.sliding {
+            &step.local
+        } else {
+            &step.global
+        };
+        let a = &layer.self_attn;
+        let h = self.norm(x.clone(), &layer.input_layernorm);
+        // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]
+        let qkv = linear(h, &a.qkv_proj)
+            .reshape([batch, seq, heads + 2 * kv_heads, hd])
+            .swap_dims(1, 2);
+        let q = self.head_norm(qkv.clone().narrow(1, 0, heads), &a.q_norm);
+        let k = self.head_norm(qkv.clone().narrow(1, heads, kv_heads), &a.k_norm);
+        let v = qkv.narrow(1, heads + kv_heads, kv_heads);
+        // Attention scales by 1/sqrt(head_dim); Gemma by query_pre_attn_scalar^-0.5.
+        let scale = (hd as f64 / c.query_pre_attn_scalar).sqrt();
+        let q = rotate(q, rope);
+        let q = if scale == 1.0 { q } else { q.mul_scalar(scale) };
+        let (k, v) = store(rotate(k, rope), v);
+        let fused = self.fused();
+        let out = if seq == 1 {
+            // One token: its query heads laid onto their KV head, K and V not repeated.
+            let q = q.reshape([batch, kv_heads, groups, hd]);
+            let bias = bias.clone().expand([batch, kv_heads, groups, k.dims()[2]]);
+            attend_all_with(q, k, v, Some(&bias), attention, fused).reshape([batch, heads, 1, hd])
+        } else {
+            let bias = bias.clone().expand([batch, heads, seq, k.dims()[2]]);
+            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+            attend_all_with(q, k, v, Some(&bias), attention, fused)
+        };
+        // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
+        let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
+        let out = self.norm(linear(out, &a.o_proj), &layer.post_attention_layernorm);
+        let x = x.add(out);
+
+        let h = self.norm(x.clone(), &layer.pre_feedforward_layernorm);
+        let inter = c.intermediate_size;
+        let gate_up = linear(h, &layer.mlp.gate_up_proj);
+        let gated = gelu_approximate(gate_up.clone().narrow(2, 0, inter))
+            .mul(gate_up.narrow(2, inter, inter));
+        let down = linear(gated, &layer.mlp.down_proj);
+        x.add(self.norm(down, &layer.post_feedforward_layernorm))
+    }
+}
+
+impl<B: Backend> DecoderModel<B> for Gemma3<B> {
+    fn family(&self) -> &'static str {
+        "gemma3"
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn num_params(&self) -> usize {
+        let n1 = |t: &Tensor<B, 1>| t.dims()[0];
+        let n2 = |t: &Tensor<B, 2>| t.dims().iter().product::<usize>();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [
+                    &l.input_layernorm,
+                    &l.post_attention_layernorm,
+                    &l.pre_feedforward_layernorm,
+                    &l.post_feedforward_layernorm,
+                    &a.q_norm,
+                    &a.k_norm,
+                ]
+                .into_iter()
+                .map(n1)
+                .sum::<usize>()
+                    + [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
+                        .into_iter()
+                        .map(n2)
+                        .sum::<usize>()
+            })
+            .sum();
+        layers + n2(&self.embed_tokens) + n1(&self.norm) + n2(&self.lm_head)
+    }
+
+    fn declared_params(&self) -> u128 {
+        self.config.param_count()
+    }
+
+    fn weights_bytes(&self) -> usize {
+        self.num_params() * self.embed_tokens.dtype().size()
+    }
+
+    fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            batch,
+            c.num_key_value_heads,
+            capacity.min(self.rope_global.context()),
+            c.head_dim,
+            device,
+            self.embed_tokens.dtype(),
+        )
+    }
+
+    fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        attention: AttentionImpl,
+        logits: Logits,
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = tokens.dims();
+        let start = cache.len();
+        if start + seq > cache.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt: start + seq,
+                context: cache.capacity(),
+                max_new_tokens: 0,
+            });
+        }
+        let c = &self.config;
+        let dtype = self.embed_tokens.dtype();
+        let device = self.embed_tokens.device();
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, tokens.reshape([batch * seq]))
+            .reshape([batch, seq, c.hidden_size])
+            .mul_scalar((c.hidden_size as f64).sqrt());
+        // A single new token attends over a window of the cache that grows in steps of
+        // `[model] decode_window` positions (see kv_cache::decode_window); the bias hides
+        // the positions after it, and before the sliding window on the sliding layers.
+        let end = start + seq;
+        let visible = if seq == 1 {
+            cache.decode_window(end)
+        } else {
+            end
+        };
+        let bias = |sliding| position_bias::<B>(start, seq, visible, sliding, dtype, &device);
+        let step = Step {
+            global: (self.rope_global.tables(start, seq), bias(None)),
+            local: (
+                self.rope_local.tables(start, seq),
+                bias(Some(c.sliding_window)),
+            ),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer(layer, x, &step, attention, |k, v| {
+                cache.append(i, k, v, visible)
+            });
+        }
+        cache.advance(seq);
+        let x = match logits {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, seq - 1, 1),
+        };
+        let x = self.norm(x, &self.norm);
+        let logits = linear(x, &self.lm_head);
+        Ok(match c.final_logit_softcapping {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        })
+    }
+}
+
+impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
+    type Config = Gemma3Config;
+
+    fn config_from_gguf(file: &GgufFile) -> Result<Gemma3Config> {
+        Gemma3Config::from_gguf(file)
+    }
+
+    fn config_from_json(text: &str, path: &Path) -> Result<Gemma3Config> {
+        Gemma3Config::from_json(text, path)
+    }
+
+    fn gguf_store<'a>(file: &'a GgufFile, _config: &Gemma3Config) -> Box<dyn TensorStore + 'a> {
+        // llama.cpp's converter stores Gemma's norm weights as `1 + w`; the store hands out
+        // `w`, as the Hugging Face checkpoint has it.
+        let fix = |name: &str, _: &[usize], mut values: Vec<f32>| {
+            if name.ends_with("norm.weight") {
+                values.iter_mut().for_each(|v| *v -= 1.0);
+            }
+            values
+        };
+        Box::new(GgufStore::new(
+            file,
+            GGUF_NAMES,
+            GGUF_LAYER_NAMES,
+            Box::new(fix),
+        ))
+    }
+
+    fn load(
+        config: Gemma3Config,
+        loader: &Loader<'_, B>,
+        context: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let h = config.hidden_size;
+        let (heads, kv_heads, hd) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        let inter = config.intermediate_size;
+        // Norm weights as the scale they apply: `1 + w`.
+        let scale = |name: &str, width: usize| -> Result<Tensor<B, 1>> {
+            Ok(loader.tensor(name, [width])?.add_scalar(1.0))
+        };
+        let embed_tokens = loader.tensor("model.embed_tokens.weight", [config.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = |name: &str| format!("model.layers.{i}.{name}");
+            layers.push(DecoderLayer {
+                input_layernorm: scale(&p("input_layernorm.weight"), h)?,
+                self_attn: SelfAttention {
+                    qkv_proj: Tensor::cat(
+                        vec![
+                            loader.linear(&p("self_attn.q_proj.weight"), heads * hd, h)?,
+                            loader.linear(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
+                            loader.linear(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                        ],
+                        1,
+                    ),
+                    o_proj: loader.linear(&p("self_attn.o_proj.weight"), h, heads * hd)?,
+                    q_norm: scale(&p("self_attn.q_norm.weight"), hd)?,
+                    k_norm: scale(&p("self_attn.k_norm.weight"), hd)?,
+                },
+                post_attention_layernorm: scale(&p("post_attention_layernorm.weight"), h)?,
+                pre_feedforward_layernorm: scale(&p("pre_feedforward_layernorm.weight"), h)?,
+                mlp: Mlp {
+                    gate_up_proj: Tensor::cat(
+                        vec![
+                            loader.linear(&p("mlp.gate_proj.weight"), inter, h)?,
+                            loader.linear(&p("mlp.up_proj.weight"), inter, h)?,
+                        ],
+                        1,
+                    ),
+                    down_proj: loader.linear(&p("mlp.down_proj.weight"), h, inter)?,
+                },
+                post_feedforward_layernorm: scale(&p("post_feedforward_layernorm.weight"), h)?,
+                sliding: config.is_sliding(i),
+            });
+        }
+        let norm = scale("model.norm.weight", h)?;
+        let lm_head = if config.tie_word_embeddings {
+            loader.linear("model.embed_tokens.weight", config.vocab_size, h)?
+        } else {
+            loader.linear("lm_head.weight", config.vocab_size, h)?
+        };
+        let dtype = embed_tokens.dtype();
+        let (global, local) = config.inv_freqs();
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope_global: Rope::new(&global, context, device, dtype),
+            rope_local: Rope::new(&local, context, device, dtype),
+            fused: crate::graph::registered::<dyn FusedOps<B>>().map(Fused),
+        })
+    }
+}
+
+/// Hugging Face name -> llama.cpp name, for tensors outside the layers.
+const GGUF_NAMES: &[(&str, &str)] = &[
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Hugging Face name -> llama.cpp name, inside `model.layers.N.` / `blk.N.`.
+const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+    (
+        "post_attention_layernorm.weight",
+        "post_attention_norm.weight",
+    ),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+];
