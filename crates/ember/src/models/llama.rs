@@ -1,7 +1,10 @@
-//! Llama-family decoders (Llama 2/3.x, SmolLM2, TinyLlama, ...): one implementation whose
-//! sizes all come from the checkpoint's config.
+//! Llama-family decoders (Llama 2/3.x, SmolLM2, TinyLlama, ...) and the two close relatives
+//! that differ only in their attention's projections: Qwen2 (biases on q, k and v) and Qwen3
+//! (a per-head RMSNorm of q and k before RoPE). One implementation whose sizes all come from
+//! the checkpoint's config.
 //!
-//! Follows huggingface/transformers `src/transformers/models/llama/modeling_llama.py`.
+//! Follows huggingface/transformers `src/transformers/models/llama/modeling_llama.py`,
+//! `qwen2/modeling_qwen2.py` and `qwen3/modeling_qwen3.py`.
 
 use std::path::Path;
 
@@ -58,6 +61,12 @@ pub struct LlamaConfig {
     /// Whether the output projection reuses the token embedding.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// `llama`, `qwen2` or `qwen3` (`config.json`'s `model_type`, GGUF's architecture).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Whether q, k and v projections have biases (default: true for Qwen2 only).
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
     /// Per-frequency divisors of the rotary frequencies (GGUF `rope_freqs.weight`).
     #[serde(skip)]
     pub rope_freq_factors: Option<Vec<f32>>,
@@ -65,6 +74,10 @@ pub struct LlamaConfig {
 
 fn default_rope_theta() -> f64 {
     10_000.0
+}
+
+fn default_model_type() -> String {
+    "llama".into()
 }
 
 impl LlamaConfig {
@@ -79,6 +92,16 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Whether q, k and v projections carry biases (Qwen2).
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias.unwrap_or(self.model_type == "qwen2")
+    }
+
+    /// Whether q and k are RMS-normalized per head before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == "qwen3"
+    }
+
     /// Weights the loaded model holds: the output projection is its own (transposed) copy even
     /// when tied to the embedding. Wide arithmetic, so hostile sizes cannot overflow.
     pub fn param_count(&self) -> u128 {
@@ -87,7 +110,13 @@ impl LlamaConfig {
         let (heads, kv) = (n(self.num_attention_heads), n(self.kv_heads()));
         let attention = h * heads * hd * 2 + h * kv * hd * 2;
         let mlp = 3 * h * n(self.intermediate_size);
-        let layer = attention + mlp + 2 * h;
+        let bias = if self.qkv_bias() {
+            (heads + 2 * kv) * hd
+        } else {
+            0
+        };
+        let qk_norm = if self.qk_norm() { 2 * hd } else { 0 };
+        let layer = attention + mlp + 2 * h + bias + qk_norm;
         n(self.num_hidden_layers) * layer + 2 * n(self.vocab_size) * h + h
     }
 
@@ -131,10 +160,11 @@ impl LlamaConfig {
             Err(_) => None,
         };
         let hidden_size = usize_of("embedding_length")?;
-        let head_dim = match file.get_u64(&key("rope.dimension_count")) {
-            Ok(v) => Some(v as usize),
-            Err(_) => None,
-        };
+        let head_dim = file
+            .get_u64(&key("attention.key_length"))
+            .or_else(|_| file.get_u64(&key("rope.dimension_count")))
+            .ok()
+            .map(|v| v as usize);
         let embed = file
             .tensor("token_embd.weight")
             .ok_or_else(|| Error::MissingTensor {
@@ -161,6 +191,8 @@ impl LlamaConfig {
             max_position_embeddings: usize_of("context_length")?,
             vocab_size,
             tie_word_embeddings: file.tensor("output.weight").is_none(),
+            model_type: arch.to_string(),
+            attention_bias: None,
             rope_freq_factors,
         };
         config.validate().map_err(|m| Error::model(path, m))?;
@@ -183,6 +215,12 @@ impl LlamaConfig {
             if value == 0 {
                 return Err(format!("{name} must be positive"));
             }
+        }
+        if !["llama", "qwen2", "qwen3"].contains(&self.model_type.as_str()) {
+            return Err(format!(
+                "model_type `{}` is not a Llama-family variant (llama, qwen2, qwen3)",
+                self.model_type
+            ));
         }
         // Generous caps keep a hostile config from asking for absurd allocations.
         if self.hidden_size > 1 << 16
@@ -284,6 +322,10 @@ struct SelfAttention<B: Backend> {
     /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`,
     /// one matmul instead of three.
     qkv_proj: Tensor<B, 2>,
+    /// Their biases side by side (Qwen2), `[(heads + 2 kv_heads) * head_dim]`.
+    qkv_bias: Option<Tensor<B, 1>>,
+    /// Per-head RMSNorm weights of q and k, `[head_dim]` (Qwen3).
+    qk_norm: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
     o_proj: Tensor<B, 2>,
 }
 
@@ -355,6 +397,26 @@ impl<B: Backend> Llama<B> {
                         ],
                         1,
                     ),
+                    qkv_bias: if config.qkv_bias() {
+                        Some(Tensor::cat(
+                            vec![
+                                loader.tensor(&p("self_attn.q_proj.bias"), [heads * hd])?,
+                                loader.tensor(&p("self_attn.k_proj.bias"), [kv_heads * hd])?,
+                                loader.tensor(&p("self_attn.v_proj.bias"), [kv_heads * hd])?,
+                            ],
+                            0,
+                        ))
+                    } else {
+                        None
+                    },
+                    qk_norm: if config.qk_norm() {
+                        Some((
+                            loader.tensor(&p("self_attn.q_norm.weight"), [hd])?,
+                            loader.tensor(&p("self_attn.k_norm.weight"), [hd])?,
+                        ))
+                    } else {
+                        None
+                    },
                     o_proj: loader.linear(&p("self_attn.o_proj.weight"), h, heads * hd)?,
                 },
                 post_attention_layernorm: loader
@@ -408,6 +470,13 @@ impl<B: Backend> Llama<B> {
         rms_norm_with(x, weight, self.config.rms_norm_eps, fused)
     }
 
+    /// RMSNorm over the last dim of `x: [batch, heads, seq, head_dim]`.
+    fn head_norm(&self, x: Tensor<B, 4>, weight: &Tensor<B, 1>) -> Tensor<B, 4> {
+        let [batch, heads, seq, hd] = x.dims();
+        self.norm(x.reshape([batch, heads * seq, hd]), weight)
+            .reshape([batch, heads, seq, hd])
+    }
+
     /// The model's config.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -424,6 +493,8 @@ impl<B: Backend> Llama<B> {
                 let (a, m) = (&l.self_attn, &l.mlp);
                 n1(&l.input_layernorm)
                     + n1(&l.post_attention_layernorm)
+                    + a.qkv_bias.as_ref().map_or(0, n1)
+                    + a.qk_norm.as_ref().map_or(0, |(q, k)| n1(q) + n1(k))
                     + [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
                         .into_iter()
                         .map(n2)
@@ -474,13 +545,29 @@ impl<B: Backend> Llama<B> {
         // One projection for q, k and v, split into heads once:
         // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
         // k's heads are rotated together, then q, k and v are views of their heads.
-        let qkv = linear(h, &a.qkv_proj)
+        let qkv = linear(h, &a.qkv_proj);
+        let qkv = match &a.qkv_bias {
+            Some(bias) => qkv.add(bias.clone().unsqueeze::<3>()),
+            None => qkv,
+        };
+        let qkv = qkv
             .reshape([batch, seq, heads + 2 * kv_heads, hd])
             .swap_dims(1, 2);
         let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
-        let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
-        let q = qk.clone().narrow(1, 0, heads);
-        let k = qk.narrow(1, heads, kv_heads);
+        let (q, k) = match &a.qk_norm {
+            None => {
+                let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
+                (
+                    qk.clone().narrow(1, 0, heads),
+                    qk.narrow(1, heads, kv_heads),
+                )
+            }
+            Some((q_norm, k_norm)) => {
+                let q = self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm);
+                let k = self.head_norm(qkv.narrow(1, heads, kv_heads), k_norm);
+                (rotate(q, rope), rotate(k, rope))
+            }
+        };
         let (k, v) = store(k, v)?;
         let out = if seq == 1 {
             // One new token sees every cached position. Its query heads are laid onto
@@ -618,7 +705,11 @@ impl DecoderConfig for LlamaConfig {
 
 impl<B: Backend> DecoderModel<B> for Llama<B> {
     fn family(&self) -> &'static str {
-        "llama"
+        match self.config.model_type.as_str() {
+            "qwen2" => "qwen2",
+            "qwen3" => "qwen3",
+            _ => "llama",
+        }
     }
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
@@ -706,6 +797,11 @@ const GGUF_NAMES: &[(&str, &str)] = &[
 const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
     ("input_layernorm.weight", "attn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("self_attn.k_proj.weight", "attn_k.weight"),
     ("self_attn.v_proj.weight", "attn_v.weight"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
@@ -715,12 +811,15 @@ const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
     ("mlp.down_proj.weight", "ffn_down.weight"),
 ];
 
-/// A llama.cpp GGUF file seen through Hugging Face names, with Q/K rows un-permuted back
-/// from llama.cpp's interleaved-RoPE order.
+/// A llama.cpp GGUF file seen through Hugging Face names, with Llama's Q/K rows un-permuted
+/// back from llama.cpp's interleaved-RoPE order (Qwen's are stored as they are).
 pub fn gguf_store<'a>(file: &'a GgufFile, config: &LlamaConfig) -> GgufStore<'a> {
     let (heads, kv_heads) = (config.num_attention_heads, config.kv_heads());
+    let permuted = config.model_type == "llama";
     let fix = move |name: &str, shape: &[usize], values: Vec<f32>| {
-        let heads = if name.ends_with("self_attn.q_proj.weight") {
+        let heads = if !permuted {
+            return values;
+        } else if name.ends_with("self_attn.q_proj.weight") {
             heads
         } else if name.ends_with("self_attn.k_proj.weight") {
             kv_heads

@@ -137,7 +137,7 @@ pub trait LoadDecoder<B: Backend>: DecoderModel<B> + Sized + 'static {
 /// The model families Ember implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama-family decoders (Llama 2/3, SmolLM2, ...).
+    /// Llama-family decoders (Llama 2/3, SmolLM2, ...; Qwen2 and Qwen3 as variants).
     Llama,
     /// Gemma 3 decoders (text).
     Gemma3,
@@ -160,6 +160,10 @@ impl Architecture {
     pub const NAMES: &'static [(&'static str, Architecture)] = &[
         ("llama", Architecture::Llama),
         ("LlamaForCausalLM", Architecture::Llama),
+        ("qwen2", Architecture::Llama),
+        ("Qwen2ForCausalLM", Architecture::Llama),
+        ("qwen3", Architecture::Llama),
+        ("Qwen3ForCausalLM", Architecture::Llama),
         ("gemma3", Architecture::Gemma3),
         ("gemma3_text", Architecture::Gemma3),
         ("Gemma3ForCausalLM", Architecture::Gemma3),

@@ -148,6 +148,8 @@ impl Preset {
             rope_scaling: None,
             max_position_embeddings: self.context,
             vocab_size: self.vocab,
+            model_type: "llama".into(),
+            attention_bias: None,
             tie_word_embeddings: true,
             rope_freq_factors: None,
         }
