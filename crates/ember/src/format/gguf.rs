@@ -106,7 +106,7 @@ pub enum GgufError {
     },
     #[error("metadata key `{0}` is missing")]
     MissingKey(String),
-    #[error("tensor `{name}`: type {ty:?} cannot be dequantized (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
+    #[error("tensor `{name}`: type {ty:?} cannot be dequantized (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
     UnsupportedTensorType { name: String, ty: GgmlType },
 }
 
