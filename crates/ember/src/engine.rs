@@ -11,9 +11,9 @@ use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig, Trunca
 use crate::error::{Error, Result};
 use crate::format::Loader;
 use crate::graph::{DeviceGraphs, Graph, GraphStream};
-use crate::models::llama::token_tensor;
 use crate::models::{
-    ensure_fits, DecoderConfig, DecoderJob, DecoderModel, LoadDecoder, Logits, Opened, Task,
+    ensure_fits, token_tensor, DecoderConfig, DecoderJob, DecoderModel, LoadDecoder, Logits,
+    Opened, Task,
 };
 use crate::nn::kv_cache::KvCache;
 use crate::sampling::Sampler;
@@ -111,7 +111,6 @@ impl<B: Backend> Engine<B> {
         let (model, tokenizer, context) = opened.architecture.load_decoder::<B, _>(job)?;
         let graphs = crate::graph::registered::<dyn DeviceGraphs<B>>()
             .filter(|g| config.backend.graphs && g.supports(device))
-            .filter(|_| model.decodes_at_device_position())
             .map(GraphSupport);
         Ok(Self {
             model,
@@ -568,14 +567,23 @@ impl<B: Backend> Replay<B> {
         }
         self.recorded.retain(|r| r.window != window);
         let (model, attention) = (engine.model.as_ref(), engine.attention);
+        // The model's forward pass at the position held in `step`, keys and values written
+        // in place.
+        let step = &self.step;
+        let run = |cache: &mut KvCache<B>| {
+            cache.next_at(
+                step.clone().narrow(0, 1, 1),
+                window,
+                Some(self.graphs.clone()),
+            );
+            let token = step.clone().narrow(0, 0, 1).reshape([1, 1]);
+            model.forward(token, cache, attention, Logits::Last)
+        };
         // Eagerly first: this token's logits, and the warm-up a recording needs (kernels
         // loaded, libraries' workspaces allocated). Recording runs nothing.
-        let logits = model.decode_at(&self.step, cache, window, attention, Some(graphs))?;
-        let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let logits: Vec<f32> = run(cache)?.into_data().iter::<f32>().collect();
         self.stream.begin()?;
-        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            model.decode_at(&self.step, cache, window, attention, Some(graphs))
-        }));
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cache)));
         let graph = self.stream.end();
         let out = match recorded {
             Ok(out) => out?,

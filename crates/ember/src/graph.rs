@@ -4,9 +4,12 @@
 //! burn's op dispatch; at batch 1 the host's launch work, not the GPU, sets the speed
 //! (docs/performance.md). A backend that can record a stream of kernels and replay it with
 //! one call (libtorch's `at::cuda::CUDAGraph`) implements [`DeviceGraphs`] and registers it
-//! with [`register`]; a [`Session`](crate::Session) then decodes through
-//! [`Llama::decode_at`](crate::models::llama::Llama::decode_at), whose shapes and device
-//! addresses do not change from one token to the next, and replays it.
+//! with [`register`]; a [`Session`](crate::Session) then runs the model's one forward pass
+//! with the token and the position held on the device ([`KvCache::next_at`]), so that the
+//! step's shapes and device addresses do not change from one token to the next, and
+//! replays it.
+//!
+//! [`KvCache::next_at`]: crate::nn::kv_cache::KvCache::next_at
 //!
 //! What a replay needs that eager code does not:
 //! - inputs in fixed device buffers, written in place ([`DeviceGraphs::write_ints`]);

@@ -170,6 +170,12 @@ impl TextTokenizer {
             .flatten()
             .filter(|&i| (i as usize) < tokens.len())
             .collect();
+        // End-of-turn control tokens end generation too, as llama.cpp's vocabulary marks them
+        // (a chat model's answer ends with its turn, not with `eos`).
+        eos_ids.extend(tokens.iter().enumerate().filter_map(|(id, &tok)| {
+            let control = types.get(id) == Some(&3);
+            (control && END_OF_TURN.contains(&tok)).then_some(id as u32)
+        }));
         eos_ids.sort_unstable();
         eos_ids.dedup();
         let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
@@ -398,6 +404,15 @@ fn sentencepiece_from_gguf(
     inner.add_tokens(&added);
     Ok(inner)
 }
+
+/// Control tokens that end a chat turn (llama.cpp's end-of-generation list, in part).
+const END_OF_TURN: &[&str] = &[
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|endoftext|>",
+];
 
 /// Reads a `tokenizer.json`. The `tokenizers` crate panics on some malformed files (0.22:
 /// `expect("Helper")` on a decoder it cannot read, found by the `hf_dir` fuzz target); such a

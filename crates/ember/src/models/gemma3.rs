@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::gguf_store::GgufStore;
 use crate::format::{Loader, TensorStore};
-use crate::nn::attention::{attend_all_with, position_bias, repeat_kv};
-use crate::nn::kv_cache::KvCache;
+use crate::nn::attention::{attend_all_with, repeat_kv};
+use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::rope::{inv_freq, rotate, Rope, RopeTables};
 use crate::nn::{linear, rms_norm_with, FusedOps};
 
@@ -371,7 +371,7 @@ impl<B: Backend> std::fmt::Debug for Fused<B> {
 }
 
 /// What one step's layers share: RoPE tables and attention biases per layer type.
-struct Step<B: Backend> {
+struct Shared<B: Backend> {
     global: (RopeTables<B>, Tensor<B, 4>),
     local: (RopeTables<B>, Tensor<B, 4>),
 }
@@ -393,24 +393,27 @@ impl<B: Backend> Gemma3<B> {
             .reshape([batch, heads, seq, hd])
     }
 
-    /// One decoder layer on `x: [batch, seq, hidden]`; `store` appends the rotated keys and
-    /// values (`[batch, kv_heads, seq, head_dim]`) to the cache and returns what to attend to.
+    /// One decoder layer on `x: [batch, seq, hidden]`; its rotated keys and values go to the
+    /// cache at the step's positions.
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         layer: &DecoderLayer<B>,
+        index: usize,
         x: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
         step: &Step<B>,
+        shared: &Shared<B>,
         attention: AttentionImpl,
-        store: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>),
-    ) -> Tensor<B, 3> {
+    ) -> Result<Tensor<B, 3>> {
         let c = &self.config;
         let [batch, seq, _] = x.dims();
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let groups = heads / kv_heads;
         let (rope, bias) = if layer.sliding {
-            &step.local
+            &shared.local
         } else {
-            &step.global
+            &shared.global
         };
         let a = &layer.self_attn;
         let h = self.norm(x.clone(), &layer.input_layernorm);
@@ -425,7 +428,7 @@ impl<B: Backend> Gemma3<B> {
         let scale = (hd as f64 / c.query_pre_attn_scalar).sqrt();
         let q = rotate(q, rope);
         let q = if scale == 1.0 { q } else { q.mul_scalar(scale) };
-        let (k, v) = store(rotate(k, rope), v);
+        let (k, v) = cache.update_and_fetch(step, index, rotate(k, rope), v)?;
         let fused = self.fused();
         let out = if seq == 1 {
             // One token: its query heads laid onto their KV head, K and V not repeated.
@@ -448,7 +451,7 @@ impl<B: Backend> Gemma3<B> {
         let gated = gelu_approximate(gate_up.clone().narrow(2, 0, inter))
             .mul(gate_up.narrow(2, inter, inter));
         let down = linear(gated, &layer.mlp.down_proj);
-        x.add(self.norm(down, &layer.post_feedforward_layernorm))
+        Ok(x.add(self.norm(down, &layer.post_feedforward_layernorm)))
     }
 }
 
@@ -518,14 +521,7 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
         logits: Logits,
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq] = tokens.dims();
-        let start = cache.len();
-        if start + seq > cache.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt: start + seq,
-                context: cache.capacity(),
-                max_new_tokens: 0,
-            });
-        }
+        let step = cache.begin(seq)?;
         let c = &self.config;
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
@@ -535,29 +531,22 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
             .select(0, tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size])
             .mul_scalar((c.hidden_size as f64).sqrt());
-        // A single new token attends over a window of the cache that grows in steps of
-        // `[model] decode_window` positions (see kv_cache::decode_window); the bias hides
-        // the positions after it, and before the sliding window on the sliding layers.
-        let end = start + seq;
-        let visible = if seq == 1 {
-            cache.decode_window(end)
-        } else {
-            end
-        };
-        let bias = |sliding| position_bias::<B>(start, seq, visible, sliding, dtype, &device);
-        let step = Step {
-            global: (self.rope_global.tables(start, seq), bias(None)),
+        // The global layers see every earlier position, the sliding ones the last
+        // `sliding_window`; both biases also hide the decode window's padding.
+        let shared = Shared {
+            global: (
+                step.rope(&self.rope_global),
+                step.bias(None, dtype, &device),
+            ),
             local: (
-                self.rope_local.tables(start, seq),
-                bias(Some(c.sliding_window)),
+                step.rope(&self.rope_local),
+                step.bias(Some(c.sliding_window), dtype, &device),
             ),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer(layer, x, &step, attention, |k, v| {
-                cache.append(i, k, v, visible)
-            });
+            x = self.layer(layer, i, x, cache, &step, &shared, attention)?;
         }
-        cache.advance(seq);
+        cache.finish(&step);
         let x = match logits {
             Logits::All => x,
             Logits::Last => x.narrow(1, seq - 1, 1),

@@ -10,7 +10,6 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
@@ -18,11 +17,8 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::gguf_store::GgufStore;
 use crate::format::{Loader, TensorStore};
-use crate::graph::DeviceGraphs;
-use crate::nn::attention::{
-    attend_all_with, causal_attention, padding_bias, padding_bias_at, repeat_kv,
-};
-use crate::nn::kv_cache::KvCache;
+use crate::nn::attention::{attend_all_with, causal_attention, repeat_kv};
+use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
 use crate::nn::{linear, linear_add_with, rms_norm_with, FusedOps};
 
@@ -523,18 +519,20 @@ impl<B: Backend> Llama<B> {
         )
     }
 
-    /// One decoder layer on `x: [batch, seq, hidden]`. `store` puts the layer's new keys and
-    /// values (`[batch, kv_heads, seq, head_dim]`, rotated) in the cache and returns the keys
-    /// and values to attend to; `padding` hides the attended positions past the last one
-    /// (single-token steps only).
+    /// One decoder layer on `x: [batch, seq, hidden]`: its new keys and values go to the
+    /// cache at the step's positions; `bias` (`[1, 1, seq, visible]`) hides what the step's
+    /// queries must not see (`None`: a square causal prefill, which attention masks itself).
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         layer: &DecoderLayer<B>,
+        index: usize,
         x: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+        step: &Step<B>,
         rope: &RopeTables<B>,
-        padding: Option<&Tensor<B, 4>>,
+        bias: Option<&Tensor<B, 4>>,
         attention: AttentionImpl,
-        store: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> Result<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> Result<Tensor<B, 3>> {
         let c = &self.config;
         let [batch, seq, _] = x.dims();
@@ -568,17 +566,26 @@ impl<B: Backend> Llama<B> {
                 (rotate(q, rope), rotate(k, rope))
             }
         };
-        let (k, v) = store(k, v)?;
-        let out = if seq == 1 {
-            // One new token sees every cached position. Its query heads are laid onto
-            // their KV head ([b, heads, 1, d] -> [b, kv_heads, groups, d]; head h reads
-            // KV head h / groups, as `repeat_kv` orders them), so K and V are not
-            // repeated: two copies of the attended cache fewer per layer.
-            let q = q.reshape([batch, kv_heads, groups, hd]);
-            let fused = self.fused.as_ref().map(|f| f.0.as_ref());
-            attend_all_with(q, k, v, padding, attention, fused).reshape([batch, heads, 1, hd])
-        } else {
-            causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention)
+        let (k, v) = cache.update_and_fetch(step, index, k, v)?;
+        let visible = step.visible();
+        let fused = self.fused.as_ref().map(|f| f.0.as_ref());
+        let out = match bias {
+            Some(bias) if seq == 1 => {
+                // One new token sees every cached position. Its query heads are laid onto
+                // their KV head ([b, heads, 1, d] -> [b, kv_heads, groups, d]; head h reads
+                // KV head h / groups, as `repeat_kv` orders them), so K and V are not
+                // repeated: two copies of the attended cache fewer per layer.
+                let q = q.reshape([batch, kv_heads, groups, hd]);
+                let bias = bias.clone().expand([batch, kv_heads, groups, visible]);
+                attend_all_with(q, k, v, Some(&bias), attention, fused)
+                    .reshape([batch, heads, 1, hd])
+            }
+            Some(bias) => {
+                let bias = bias.clone().expand([batch, heads, seq, visible]);
+                let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+                attend_all_with(q, k, v, Some(&bias), attention, fused)
+            }
+            None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention),
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
@@ -592,44 +599,9 @@ impl<B: Backend> Llama<B> {
         Ok(self.linear_add(x, gated, &m.down_proj))
     }
 
-    /// One token at a position, both held on the device in `step: [2]` (token id, position),
-    /// attending to the first `window` cache positions (at least position + 1, at most the
-    /// capacity): logits `[1, 1, vocab]`, as [`Llama::forward`] gives for that token at that
-    /// position with `cache.len()` = position.
-    ///
-    /// No host value depends on the token or the position, so that a backend can record the
-    /// step once and replay it ([`crate::graph`]); with `graphs`, keys and values are written
-    /// in place. The caller checks the capacity and calls [`KvCache::advance`].
-    pub fn decode_at(
-        &self,
-        step: &Tensor<B, 1, Int>,
-        cache: &mut KvCache<B>,
-        window: usize,
-        attention: AttentionImpl,
-        graphs: Option<&dyn DeviceGraphs<B>>,
-    ) -> Result<Tensor<B, 3>> {
-        let c = &self.config;
-        let token = step.clone().narrow(0, 0, 1);
-        let pos = step.clone().narrow(0, 1, 1);
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, token)
-            .reshape([1, 1, c.hidden_size]);
-        let (kv_heads, groups) = (c.kv_heads(), c.num_attention_heads / c.kv_heads());
-        let padding = padding_bias_at::<B>([1, kv_heads, groups], pos.clone(), window, x.dtype());
-        let rope = self.rope.tables_at(pos.clone());
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer(layer, x, &rope, Some(&padding), attention, |k, v| {
-                cache.write_at(i, &pos, k, v, window, graphs)
-            })?;
-        }
-        let x = self.norm(x, &self.norm);
-        Ok(linear(x, &self.lm_head))
-    }
-
-    /// Runs `tokens: [batch, seq]` at positions `cache.len()..cache.len() + seq`, appending
-    /// their keys and values to `cache`.
+    /// Runs `tokens: [batch, seq]` at the positions the cache gives the step
+    /// ([`KvCache::begin`]: after what it holds, or one token at a device-held position),
+    /// writing their keys and values to `cache`.
     ///
     /// Returns logits `[batch, seq, vocab]` ([`Logits::All`]) or `[batch, 1, vocab]` ([`Logits::Last`]).
     pub fn forward(
@@ -640,45 +612,22 @@ impl<B: Backend> Llama<B> {
         logits: Logits,
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq] = tokens.dims();
-        let start = cache.len();
-        if start + seq > cache.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt: start + seq,
-                context: cache.capacity(),
-                max_new_tokens: 0,
-            });
-        }
+        let step = cache.begin(seq)?;
         let c = &self.config;
-        let (heads, kv_heads) = (c.num_attention_heads, c.kv_heads());
         let mut x = self
             .embed_tokens
             .clone()
             .select(0, tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size]);
-        // A single new token attends over a window of the cache that grows in steps of
-        // `[model] decode_window` positions (kv_cache::decode_window says why), the padding
-        // hidden by a bias.
-        let end = start + seq;
-        let window = if seq == 1 {
-            cache.decode_window(end)
-        } else {
-            end
-        };
-        let groups = heads / kv_heads;
         // Built for every single-token step, also when the window is exactly full (then all
-        // zeros): the step runs the same attention kernel at every position, as the
-        // replayed step (`decode_at`) does.
-        let padding = (seq == 1).then(|| {
-            let shape = [batch, kv_heads, groups];
-            padding_bias::<B>(shape, end, window, x.dtype(), &x.device())
-        });
-        let rope = self.rope.tables(start, seq);
+        // zeros): the step runs the same attention kernel at every position, as a replayed
+        // step does.
+        let bias = (!step.is_square_causal(None)).then(|| step.bias(None, x.dtype(), &x.device()));
+        let rope = step.rope(&self.rope);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer(layer, x, &rope, padding.as_ref(), attention, |k, v| {
-                Ok(cache.append(i, k, v, window))
-            })?;
+            x = self.layer(layer, i, x, cache, &step, &rope, bias.as_ref(), attention)?;
         }
-        cache.advance(seq);
+        cache.finish(&step);
         let x = match logits {
             Logits::All => x,
             Logits::Last => x.narrow(1, seq - 1, 1),
@@ -735,19 +684,6 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
     ) -> Result<Tensor<B, 3>> {
         Llama::forward(self, tokens, cache, attention, logits)
     }
-    fn decodes_at_device_position(&self) -> bool {
-        true
-    }
-    fn decode_at(
-        &self,
-        step: &Tensor<B, 1, Int>,
-        cache: &mut KvCache<B>,
-        window: usize,
-        attention: AttentionImpl,
-        graphs: Option<&dyn DeviceGraphs<B>>,
-    ) -> Result<Tensor<B, 3>> {
-        Llama::decode_at(self, step, cache, window, attention, graphs)
-    }
 }
 
 impl<B: Backend> LoadDecoder<B> for Llama<B> {
@@ -774,13 +710,6 @@ impl<B: Backend> LoadDecoder<B> for Llama<B> {
     ) -> Result<Self> {
         Llama::load(config, loader, context, device)
     }
-}
-
-/// Token ids as a `[1, len]` tensor.
-pub fn token_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
-    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-    let len = ids.len();
-    Tensor::from_data(TensorData::new(ids, [1, len]), device)
 }
 
 const GGUF_ROPE_FREQS: &str = "rope_freqs.weight";

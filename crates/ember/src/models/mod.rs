@@ -13,13 +13,13 @@ pub mod presets;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 
 use crate::config::{AttentionImpl, ModelConfig};
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsStore;
 use crate::format::{Loader, TensorStore};
-use crate::graph::DeviceGraphs;
 use crate::nn::kv_cache::KvCache;
 use crate::source::{self, Checkpoint};
 use crate::tokenizer::TextTokenizer;
@@ -56,9 +56,11 @@ pub trait DecoderModel<B: Backend>: Send + Sync + std::fmt::Debug {
     /// A KV cache for `batch` sequences of up to `capacity` positions.
     fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B>;
 
-    /// Runs `tokens: [batch, seq]` at positions `cache.len()..cache.len() + seq`, appending
-    /// their keys and values to `cache`: logits `[batch, seq, vocab]` ([`Logits::All`]) or
-    /// `[batch, 1, vocab]` ([`Logits::Last`]).
+    /// Runs `tokens: [batch, seq]` at the positions the cache gives the step
+    /// ([`KvCache::begin`]: after what it holds, or one token at a device-held position set
+    /// by [`KvCache::next_at`], which is how a session records and replays decode steps),
+    /// writing their keys and values to `cache`: logits `[batch, seq, vocab]`
+    /// ([`Logits::All`]) or `[batch, 1, vocab]` ([`Logits::Last`]).
     fn forward(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -66,33 +68,13 @@ pub trait DecoderModel<B: Backend>: Send + Sync + std::fmt::Debug {
         attention: AttentionImpl,
         logits: Logits,
     ) -> Result<Tensor<B, 3>>;
+}
 
-    /// Whether [`DecoderModel::decode_at`] is implemented (a session replays decode steps
-    /// as graphs only then).
-    fn decodes_at_device_position(&self) -> bool {
-        false
-    }
-
-    /// One token at a position, both held on the device in `step: [2]` (token id,
-    /// position), attending to the first `window` cache positions: logits `[1, 1, vocab]`,
-    /// as [`DecoderModel::forward`] gives for that token at that position. No host value
-    /// depends on the token or the position, so a backend can record the step once and
-    /// replay it ([`crate::graph`]). The caller checks the capacity and calls
-    /// [`KvCache::advance`].
-    fn decode_at(
-        &self,
-        step: &Tensor<B, 1, Int>,
-        cache: &mut KvCache<B>,
-        window: usize,
-        attention: AttentionImpl,
-        graphs: Option<&dyn DeviceGraphs<B>>,
-    ) -> Result<Tensor<B, 3>> {
-        let _ = (step, cache, window, attention, graphs);
-        Err(Error::Backend(format!(
-            "{} has no device-position decode step",
-            self.family()
-        )))
-    }
+/// Token ids as a `[1, len]` tensor.
+pub fn token_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let len = ids.len();
+    Tensor::from_data(TensorData::new(ids, [1, len]), device)
 }
 
 /// The sizes of a decoder's config that loading needs before any weight is read.

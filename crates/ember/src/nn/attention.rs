@@ -123,19 +123,6 @@ pub fn padding_bias<B: Backend>(
     window_bias([batch, heads, queries], hidden, dtype)
 }
 
-/// [`padding_bias`] for a query at the position held on the device in `pos: [1]`: hides keys
-/// after `pos` (a decode step whose position must not be a host value; see [`crate::graph`]).
-pub fn padding_bias_at<B: Backend>(
-    [batch, heads, queries]: [usize; 3],
-    pos: Tensor<B, 1, Int>,
-    window: usize,
-    dtype: burn::tensor::DType,
-) -> Tensor<B, 4> {
-    let hidden =
-        Tensor::<B, 1, Int>::arange(0..window as i64, &pos.device()).greater(pos.expand([window]));
-    window_bias([batch, heads, queries], hidden, dtype)
-}
-
 /// The bias `[batch, heads, queries, window]` hiding the keys where `hidden: [window]` is true.
 fn window_bias<B: Backend>(
     [batch, heads, queries]: [usize; 3],

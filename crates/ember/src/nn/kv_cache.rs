@@ -1,19 +1,119 @@
-//! The key/value cache, allocated once for the whole context and written in place.
+//! The key/value cache, allocated once for the whole context and written in place. It
+//! decides what a forward step sees: the step's positions (known on the host, or held on the
+//! device for a step recorded once and replayed), the cached keys and values a layer attends
+//! to ([`KvCache::update_and_fetch`]) and the mask that hides the rest ([`Step::bias`]).
+//! A model has one forward pass for both kinds of position.
+
+use std::sync::Arc;
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::DeviceGraphs;
+use crate::nn::attention::position_bias;
+use crate::nn::rope::{Rope, RopeTables};
 
 /// Keys and values of every layer for positions `0..len`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KvCache<B: Backend> {
     /// Per layer: keys and values, each `[batch, kv_heads, capacity, head_dim]`.
     layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
     len: usize,
     capacity: usize,
     window: usize,
+    /// The next step's position, when it is held on the device ([`KvCache::next_at`]).
+    device_step: Option<DeviceStep<B>>,
+}
+
+#[derive(Clone)]
+struct DeviceStep<B: Backend> {
+    pos: Tensor<B, 1, Int>,
+    window: usize,
+    graphs: Option<Arc<dyn DeviceGraphs<B>>>,
+}
+
+impl<B: Backend> std::fmt::Debug for KvCache<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("layers", &self.layers.len())
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+/// Where one forward step's positions are.
+#[derive(Clone)]
+enum Positions<B: Backend> {
+    /// `start..start + seq`, known on the host.
+    Host { start: usize },
+    /// One position held on the device in `pos: [1]`; written in place with `graphs`.
+    Device {
+        pos: Tensor<B, 1, Int>,
+        graphs: Option<Arc<dyn DeviceGraphs<B>>>,
+    },
+}
+
+/// One forward step as the cache hands it out ([`KvCache::begin`]): which positions its
+/// `seq` tokens are at, and how many cached positions its layers attend to (`visible`: at
+/// least the last new position + 1; past it, padding that [`Step::bias`] hides).
+#[derive(Clone)]
+pub struct Step<B: Backend> {
+    positions: Positions<B>,
+    seq: usize,
+    visible: usize,
+}
+
+impl<B: Backend> Step<B> {
+    /// New tokens in this step.
+    pub fn seq(&self) -> usize {
+        self.seq
+    }
+
+    /// Cached positions the layers attend to (keys and values from [`KvCache::update_and_fetch`]).
+    pub fn visible(&self) -> usize {
+        self.visible
+    }
+
+    /// The rotary tables of this step's positions, `[1, 1, seq, head_dim]`.
+    pub fn rope(&self, rope: &Rope<B>) -> RopeTables<B> {
+        match &self.positions {
+            Positions::Host { start } => rope.tables(*start, self.seq),
+            Positions::Device { pos, .. } => rope.tables_at(pos.clone()),
+        }
+    }
+
+    /// Whether this step is a whole prompt from position 0 that no sliding window cuts: its
+    /// causal mask is the square one attention ops can apply themselves (`is_causal`).
+    pub fn is_square_causal(&self, sliding: Option<usize>) -> bool {
+        matches!(self.positions, Positions::Host { start: 0 })
+            && self.visible == self.seq
+            && sliding.is_none_or(|w| w >= self.seq)
+    }
+
+    /// The additive bias `[1, 1, seq, visible]` of this step: 0 where a query sees a key,
+    /// `-inf` for keys after it (and the padding past the last position), and with
+    /// `sliding = Some(w)` for keys `w` or more positions behind it.
+    pub fn bias(&self, sliding: Option<usize>, dtype: DType, device: &B::Device) -> Tensor<B, 4> {
+        match &self.positions {
+            Positions::Host { start } => {
+                position_bias::<B>(*start, self.seq, self.visible, sliding, dtype, device)
+            }
+            Positions::Device { pos, .. } => {
+                // Key index minus the query's position, from device values only.
+                let ahead = Tensor::<B, 1, Int>::arange(0..self.visible as i64, device)
+                    .sub(pos.clone().expand([self.visible]));
+                let mut bias = Tensor::<B, 1>::zeros([self.visible], (device, dtype))
+                    .mask_fill(ahead.clone().greater_elem(0), f32::NEG_INFINITY);
+                if let Some(w) = sliding {
+                    bias = bias.mask_fill(ahead.lower_equal_elem(-(w as i64)), f32::NEG_INFINITY);
+                }
+                bias.reshape([1, 1, 1, self.visible])
+            }
+        }
+    }
 }
 
 impl<B: Backend> KvCache<B> {
@@ -40,6 +140,7 @@ impl<B: Backend> KvCache<B> {
             len: 0,
             capacity,
             window: DECODE_WINDOW,
+            device_step: None,
         }
     }
 
@@ -69,62 +170,101 @@ impl<B: Backend> KvCache<B> {
         self.len = 0;
     }
 
-    /// Writes `k`, `v` (`[batch, kv_heads, seq, head_dim]`) of layer `layer` at positions
-    /// `len..len + seq` and returns keys and values for `0..visible`, where `visible` is at
-    /// least `len + seq` (positions past that hold zeros or stale entries, which the caller
-    /// masks; see [`decode_window`]).
-    ///
-    /// The caller checks the capacity first and calls [`KvCache::advance`] after the last layer.
-    pub fn append(
+    /// Makes the next step ([`KvCache::begin`]) one token at the position held on the device
+    /// in `pos: [1]`, attending to the first `window` positions (at least position + 1), so
+    /// that no host value depends on the position and a backend can record the step once and
+    /// replay it ([`crate::graph`]). With `graphs`, keys and values are written in place (the
+    /// cache keeps its device memory, which a replay needs); without, by a masked select over
+    /// the whole cache (the portable reference). The caller checks the capacity and calls
+    /// [`KvCache::advance`] after the step.
+    pub fn next_at(
         &mut self,
-        layer: usize,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        visible: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [batch, heads, seq, dim] = k.dims();
-        let end = self.len + seq;
-        debug_assert!(end <= visible && visible <= self.capacity);
-        let range = [0..batch, 0..heads, self.len..end, 0..dim];
-        // Take the cache tensors out of their slot (the new k/v hold it meanwhile) so that
-        // each is uniquely owned when written, which lets burn write in place; with a second
-        // handle (`slot.clone().slice_assign(..)`) it may have to copy the whole cache.
-        // Measured on flex: +3 % decode at a 4096-position context (docs/performance.md).
-        let slot = &mut self.layers[layer];
-        let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
-        let kc = kc.slice_assign(range.clone(), k);
-        let vc = vc.slice_assign(range, v);
-        let upto = [0..batch, 0..heads, 0..visible, 0..dim];
-        let out = (kc.clone().slice(upto.clone()), vc.clone().slice(upto));
-        *slot = (kc, vc);
-        out
+        pos: Tensor<B, 1, Int>,
+        window: usize,
+        graphs: Option<Arc<dyn DeviceGraphs<B>>>,
+    ) {
+        self.device_step = Some(DeviceStep {
+            pos,
+            window: window.min(self.capacity),
+            graphs,
+        });
     }
 
-    /// Writes one position's `k`, `v` (`[batch, kv_heads, 1, head_dim]`) of layer `layer` at
-    /// the position held on the device in `pos: [1]` and returns keys and values for
-    /// `0..window`. Nothing here reads a host position, so the step can be replayed as a
-    /// graph (see [`crate::graph`]).
-    ///
-    /// With `graphs`, the cache is written in place (it keeps its device memory, which a
-    /// replay needs); without, by a masked select over the whole cache (the portable
-    /// reference). The caller calls [`KvCache::advance`] after the last layer.
-    pub fn write_at(
+    /// Starts a forward step of `seq` new tokens: at the device position of
+    /// [`KvCache::next_at`] if one was set, else at positions `len..len + seq` (an error when
+    /// they do not fit). A single host token attends to the cache rounded up to the decode
+    /// window ([`decode_window`]); a longer step to exactly its last position.
+    pub fn begin(&mut self, seq: usize) -> Result<Step<B>> {
+        if let Some(DeviceStep {
+            pos,
+            window,
+            graphs,
+        }) = self.device_step.take()
+        {
+            if seq != 1 {
+                return Err(Error::Backend(format!(
+                    "a step at a device position runs one token, not {seq}"
+                )));
+            }
+            return Ok(Step {
+                positions: Positions::Device { pos, graphs },
+                seq,
+                visible: window,
+            });
+        }
+        let end = self.len + seq;
+        if end > self.capacity {
+            return Err(Error::ContextOverflow {
+                prompt: end,
+                context: self.capacity,
+                max_new_tokens: 0,
+            });
+        }
+        let visible = if seq == 1 {
+            self.decode_window(end)
+        } else {
+            end
+        };
+        Ok(Step {
+            positions: Positions::Host { start: self.len },
+            seq,
+            visible,
+        })
+    }
+
+    /// Writes layer `layer`'s new keys and values (`[batch, kv_heads, seq, head_dim]`) at the
+    /// step's positions and returns the keys and values the step attends to, `[batch,
+    /// kv_heads, visible, head_dim]` (positions past the step's last hold zeros or stale
+    /// entries, which [`Step::bias`] hides).
+    pub fn update_and_fetch(
         &mut self,
+        step: &Step<B>,
         layer: usize,
-        pos: &Tensor<B, 1, Int>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
-        window: usize,
-        graphs: Option<&dyn DeviceGraphs<B>>,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let slot = &mut self.layers[layer];
-        match graphs {
-            Some(g) => {
+        let [batch, heads, seq, dim] = k.dims();
+        match &step.positions {
+            Positions::Host { start } => {
+                let range = [0..batch, 0..heads, *start..start + seq, 0..dim];
+                // Take the cache tensors out of their slot (the new k/v hold it meanwhile) so
+                // that each is uniquely owned when written, which lets burn write in place;
+                // with a second handle (`slot.clone().slice_assign(..)`) it may have to copy
+                // the whole cache. Measured on flex: +3 % decode at a 4096-position context
+                // (docs/performance.md).
+                let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
+                *slot = (kc.slice_assign(range.clone(), k), vc.slice_assign(range, v));
+            }
+            Positions::Device {
+                pos,
+                graphs: Some(g),
+            } => {
                 g.index_copy(&slot.0, 2, pos, &k)?;
                 g.index_copy(&slot.1, 2, pos, &v)?;
             }
-            None => {
-                let [batch, heads, capacity, dim] = slot.0.dims();
+            Positions::Device { pos, graphs: None } => {
+                let [_, _, capacity, _] = slot.0.dims();
                 let shape = [batch, heads, capacity, dim];
                 let at = Tensor::<B, 1, Int>::arange(0..capacity as i64, &pos.device())
                     .equal(pos.clone().expand([capacity]))
@@ -137,12 +277,19 @@ impl<B: Backend> KvCache<B> {
                 );
             }
         }
-        let [batch, heads, _, dim] = slot.0.dims();
-        let upto = [0..batch, 0..heads, 0..window, 0..dim];
+        let upto = [0..batch, 0..heads, 0..step.visible, 0..dim];
         Ok((
             slot.0.clone().slice(upto.clone()),
             slot.1.clone().slice(upto),
         ))
+    }
+
+    /// Ends a step: its positions count as filled. A step at a device position leaves the
+    /// count to the caller ([`KvCache::advance`]), which knows the position.
+    pub fn finish(&mut self, step: &Step<B>) {
+        if let Positions::Host { .. } = step.positions {
+            self.len += step.seq;
+        }
     }
 
     /// Device addresses of every layer's keys and values (see [`DeviceGraphs::address`]).
