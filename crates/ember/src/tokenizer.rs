@@ -228,6 +228,15 @@ impl TextTokenizer {
         self.chat_template.is_some()
     }
 
+    /// Uses `template` when the checkpoint carries no chat template of its own (a family's
+    /// known format, [`crate::models::LoadDecoder::default_chat_template`]).
+    pub fn or_chat_template(mut self, template: Option<&str>) -> Self {
+        if self.chat_template.is_none() {
+            self.chat_template = template.map(String::from);
+        }
+        self
+    }
+
     /// Renders `messages` through the model's chat template, ending with the assistant's turn.
     pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
         let source = self.chat_template.as_deref().ok_or_else(|| {

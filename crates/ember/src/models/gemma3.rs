@@ -2,6 +2,10 @@
 //! their own RoPE bases, QK-norm, RMSNorm scaled by `1 + w` before and after attention and
 //! MLP, a tanh-GELU gated MLP, embeddings scaled by `sqrt(hidden)`, a tied output.
 //!
+//! The residual stream is kept in f32 whatever the run's dtype: in Gemma 3 it grows past
+//! f16's range (to ~1e5 in the 270M model's middle layers, measured), while what the norms
+//! feed the projections stays small. Norms read it in f32 and hand the run's dtype on.
+//!
 //! Follows huggingface/transformers `src/transformers/models/gemma3/modeling_gemma3.py`
 //! (`Gemma3TextModel`) and llama.cpp's `llm_build_gemma3` for the GGUF conventions.
 
@@ -9,6 +13,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::gelu_approximate;
+use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
 use super::{DecoderConfig, DecoderModel, LoadDecoder, Logits};
@@ -386,6 +391,11 @@ impl<B: Backend> Gemma3<B> {
         rms_norm_with(x, scale, self.config.rms_norm_eps, self.fused())
     }
 
+    /// `x + y`, `y` widened to the residual stream's f32.
+    fn residual_add(x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.add(y.cast(FloatDType::F32))
+    }
+
     /// The per-head norm of `x: [batch, heads, seq, head_dim]`.
     fn head_norm(&self, x: Tensor<B, 4>, scale: &Tensor<B, 1>) -> Tensor<B, 4> {
         let [batch, heads, seq, hd] = x.dims();
@@ -443,7 +453,7 @@ impl<B: Backend> Gemma3<B> {
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
         let out = self.norm(linear(out, &a.o_proj), &layer.post_attention_layernorm);
-        let x = x.add(out);
+        let x = Self::residual_add(x, out);
 
         let h = self.norm(x.clone(), &layer.pre_feedforward_layernorm);
         let inter = c.intermediate_size;
@@ -451,7 +461,10 @@ impl<B: Backend> Gemma3<B> {
         let gated = gelu_approximate(gate_up.clone().narrow(2, 0, inter))
             .mul(gate_up.narrow(2, inter, inter));
         let down = linear(gated, &layer.mlp.down_proj);
-        Ok(x.add(self.norm(down, &layer.post_feedforward_layernorm)))
+        Ok(Self::residual_add(
+            x,
+            self.norm(down, &layer.post_feedforward_layernorm),
+        ))
     }
 }
 
@@ -530,7 +543,8 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
             .clone()
             .select(0, tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size])
-            .mul_scalar((c.hidden_size as f64).sqrt());
+            .mul_scalar((c.hidden_size as f64).sqrt())
+            .cast(FloatDType::F32);
         // The global layers see every earlier position, the sliding ones the last
         // `sliding_window`; both biases also hide the decode window's padding.
         let shared = Shared {
@@ -569,6 +583,10 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
 
     fn config_from_json(text: &str, path: &Path) -> Result<Gemma3Config> {
         Gemma3Config::from_json(text, path)
+    }
+
+    fn default_chat_template() -> Option<&'static str> {
+        Some(CHAT_TEMPLATE)
     }
 
     fn gguf_store<'a>(file: &'a GgufFile, _config: &Gemma3Config) -> Box<dyn TensorStore + 'a> {
@@ -660,6 +678,25 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
         })
     }
 }
+
+/// Gemma's turn format, for checkpoints without a template (the Gemma 3 270M GGUF has
+/// none): `<start_of_turn>user` / `<start_of_turn>model` turns, each closed by
+/// `<end_of_turn>` and a newline; a system message opens the first user turn, separated by
+/// a blank line. Written here; checked against the official template's rendering by
+/// `transformers` (crates/ember-tests, fixtures/gemma3/reference.json).
+const CHAT_TEMPLATE: &str = r#"{{- bos_token -}}
+{%- if messages and messages[0].role == 'system' -%}
+    {%- set prefix = (messages[0].content | trim) ~ '\n\n' -%}
+    {%- set turns = messages[1:] -%}
+{%- else -%}
+    {%- set prefix = '' -%}
+    {%- set turns = messages -%}
+{%- endif -%}
+{%- for m in turns -%}
+    {{- '<start_of_turn>' ~ ('model' if m.role == 'assistant' else m.role) ~ '\n' -}}
+    {{- (prefix if loop.first else '') ~ (m.content | trim) ~ '<end_of_turn>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"#;
 
 /// Hugging Face name -> llama.cpp name, for tensors outside the layers.
 const GGUF_NAMES: &[(&str, &str)] = &[

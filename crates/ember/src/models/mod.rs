@@ -99,6 +99,10 @@ pub trait LoadDecoder<B: Backend>: DecoderModel<B> + Sized + 'static {
     fn config_from_json(text: &str, path: &Path) -> Result<Self::Config>;
     /// The GGUF file's tensors under the Hugging Face names [`LoadDecoder::load`] asks for.
     fn gguf_store<'a>(file: &'a GgufFile, config: &Self::Config) -> Box<dyn TensorStore + 'a>;
+    /// The family's chat format, for checkpoints that carry no template of their own.
+    fn default_chat_template() -> Option<&'static str> {
+        None
+    }
     /// A synthetic model of this family (`preset:NAME`): its config and seeded random
     /// weights. Families without presets refuse.
     fn synthetic(name: &str) -> Result<(Self::Config, Box<dyn TensorStore>)> {
@@ -307,7 +311,8 @@ impl Opened {
         match &self.format {
             Format::Gguf(file) => {
                 let config = M::config_from_gguf(file)?;
-                let tokenizer = TextTokenizer::from_gguf(file)?;
+                let tokenizer =
+                    TextTokenizer::from_gguf(file)?.or_chat_template(M::default_chat_template());
                 let store = M::gguf_store(file, &config);
                 Ok((config, tokenizer, store))
             }
@@ -317,7 +322,8 @@ impl Opened {
                 config_text,
             } => {
                 let config = M::config_from_json(config_text, config_path)?;
-                let tokenizer = TextTokenizer::from_hf_dir(dir)?;
+                let tokenizer =
+                    TextTokenizer::from_hf_dir(dir)?.or_chat_template(M::default_chat_template());
                 let store: Box<dyn TensorStore> = Box::new(SafetensorsStore::open(dir)?);
                 Ok((config, tokenizer, store))
             }

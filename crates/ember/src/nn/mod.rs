@@ -56,6 +56,8 @@ pub fn rms_norm_with<B: Backend>(
     eps: f64,
     fused: Option<&dyn FusedOps<B>>,
 ) -> Tensor<B, 3> {
+    // A backend's fused op takes one dtype; a wider residual stream goes the portable way.
+    let fused = fused.filter(|_| x.dtype() == weight.dtype());
     match fused.and_then(|f| f.rms_norm(&x, weight, eps)) {
         Some(y) => y,
         None => rms_norm(x, weight, eps),
@@ -86,11 +88,12 @@ pub fn linear_add<B: Backend>(
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, with the mean square taken in f32
-/// whatever the run's dtype.
+/// whatever the run's dtype; the result has `weight`'s dtype (a residual stream kept in f32
+/// comes out in the run's dtype).
 ///
 /// `x`: `[batch, seq, hidden]`; `weight`: `[hidden]`.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    let dtype = x.dtype();
+    let dtype = weight.dtype();
     // See the module docs: the reduce reads its own cast of `x`, the division another one.
     let mean_square = f32_of(&x).square().mean_dim(2);
     let normed = f32_of(&x)
