@@ -61,7 +61,14 @@ pub fn spec(name: &str, device: &str, dtype: ember::DType) -> ember::BackendConf
 }
 
 /// Tiny random-init variants made by the reference script.
-pub const TINY_VARIANTS: &[&str] = &["gqa-untied", "mha-tied", "llama3-rope"];
+pub const TINY_VARIANTS: &[&str] = &[
+    "gqa-untied",
+    "mha-tied",
+    "llama3-rope",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+];
 
 /// The workspace root: `EMBER_WORKSPACE` when set (test binaries carried to another
 /// machine), else where this crate was built.
