@@ -513,6 +513,59 @@ pub fn smollm2_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
     }
 }
 
+/// SmolLM2 (Q4_1) with its quantized weights kept on the device (`[model] weights =
+/// "keep"`) gives the logits of the same weights dequantized at load (the same values, in
+/// another order of summation), in weights at most 1.5x the file's size.
+pub fn smollm2_kept_quantized_equals_dequantized<B: Backend>(ctx: &Ctx<B>) {
+    let path = fixtures().join("smollm2.json");
+    let expected: SmolExpected =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dense = load(ctx, &smollm2_config());
+    let mut config = smollm2_config();
+    config.model.weights = ember::WeightsMode::Keep;
+    let kept = load(ctx, &config);
+    let file = std::fs::metadata(kept.checkpoint().path()).unwrap().len() as f64;
+    let bytes = kept.model().weights_bytes() as f64;
+    eprintln!(
+        "SmolLM2 weights on the device: kept {:.1} MiB, dequantized {:.1} MiB, file {:.1} MiB",
+        bytes / (1 << 20) as f64,
+        dense.model().weights_bytes() as f64 / (1 << 20) as f64,
+        file / (1 << 20) as f64
+    );
+    assert!(
+        bytes <= 1.5 * file,
+        "kept weights {bytes} bytes, file {file}"
+    );
+    assert_eq!(kept.model().num_params(), dense.model().num_params());
+    let case = &expected.cases[0];
+    let ids: Vec<u32> = case
+        .prompt_ids
+        .iter()
+        .chain(&case.greedy)
+        .copied()
+        .collect();
+    let want = dense.session().forward(&ids, true).unwrap();
+    let got = kept.session().forward(&ids, true).unwrap();
+    let err = max_abs_diff(&got, &want);
+    let vocab = dense.model().vocab_size();
+    let top1 = top1_agreement(&got, &want, vocab);
+    eprintln!("kept vs dequantized: max logit error {err}, top-1 agreement {top1}");
+    // f32: the same values summed in another order; reduced precision: the run's tolerance.
+    let tol = if ctx.exact() {
+        1e-3
+    } else {
+        ctx.logits_tol * 10.0
+    };
+    assert!(
+        err <= tol,
+        "kept vs dequantized: max logit error {err} > {tol}"
+    );
+    assert!(
+        top1 >= ctx.min_top1,
+        "kept vs dequantized: top-1 agreement {top1}"
+    );
+}
+
 #[derive(Debug, Deserialize)]
 struct Gemma3Case {
     name: String,
@@ -726,6 +779,7 @@ macro_rules! backend_suite {
             prompt_longer_than_context_is_an_error,
             malformed_checkpoints_are_errors,
             smollm2_matches_transformers,
+            smollm2_kept_quantized_equals_dequantized,
             gemma3_matches_transformers,
             minilm_matches_sentence_transformers,
             embedding_batch_equals_one_by_one,

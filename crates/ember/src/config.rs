@@ -55,6 +55,21 @@ pub struct ModelConfig {
     /// distinct shapes means fewer kernel compilations and autotune runs on CubeCL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_window: Option<usize>,
+    /// What happens to weights a GGUF file stores quantized.
+    #[serde(default)]
+    pub weights: WeightsMode,
+}
+
+/// `model.weights`: quantized GGUF weights dequantized at load, or kept quantized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsMode {
+    /// Dequantized to the run's dtype at load (the default): fastest on every backend today.
+    #[default]
+    Dequantize,
+    /// Kept quantized on the device and dequantized when used: the memory of the file's
+    /// blocks (about 1.3x the file), slower until the backend computes on the blocks.
+    Keep,
 }
 
 /// `[backend]`: what runs the model.

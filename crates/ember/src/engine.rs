@@ -266,7 +266,9 @@ impl<B: Backend> DecoderJob<B> for LoadJob<'_, B> {
         ensure_fits(&self.runtime.device, &what, elements, self.dtype.size())?;
         let progress = self.progress;
         let mut on_tensor = |done, total| progress(LoadProgress::Tensors { done, total });
-        let loader = Loader::<B>::new(store.as_ref(), self.device, self.dtype, &mut on_tensor);
+        let keep = self.config.model.weights == crate::config::WeightsMode::Keep;
+        let loader = Loader::<B>::new(store.as_ref(), self.device, self.dtype, &mut on_tensor)
+            .keep_quantized(keep);
         let model = M::load(model_config, &loader, context, self.device)?;
         loader.finish()?;
         Ok((Box::new(model), tokenizer, context))

@@ -34,7 +34,7 @@ pub mod tokenizer;
 
 pub use config::{
     AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message, OnUnavailable,
-    Truncate,
+    Truncate, WeightsMode,
 };
 pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{

@@ -643,6 +643,12 @@ impl GgufFile {
             })
     }
 
+    /// A quantized tensor's blocks decoded into integers, scales and offsets (see
+    /// [`crate::format::quant::unpack`]); `None` for a float tensor.
+    pub fn unpack(&self, info: &TensorInfo) -> Option<crate::format::quant::Unpacked> {
+        crate::format::quant::unpack(info.ty, self.tensor_bytes(info), info.elements())
+    }
+
     /// The metadata value under `key`.
     pub fn get(&self, key: &str) -> Result<&Value, GgufError> {
         self.metadata

@@ -1,17 +1,34 @@
 //! A llama.cpp GGUF file seen through Hugging Face tensor names: one rename table per family
-//! and the family's fix for what llama.cpp's converter changed in the values.
+//! and the family's fixes for what llama.cpp's converter changed.
 
 use std::path::Path;
 
 use super::gguf::GgufFile;
+use super::quant::Unpacked;
 use super::TensorStore;
 use crate::error::{Error, Result};
 
 /// Hugging Face name -> llama.cpp name pairs.
 pub type NameTable = &'static [(&'static str, &'static str)];
 
-/// Undoes a converter's change to one tensor: `(hf_name, shape, values) -> values`.
-pub type Fix<'a> = Box<dyn Fn(&str, &[usize], Vec<f32>) -> Vec<f32> + 'a>;
+/// What llama.cpp's converter changed in a family's tensors, to be undone.
+pub struct Fixes<'a> {
+    /// The row order to restore for a tensor of a shape (`Some(order)`: row `i` of the
+    /// Hugging Face tensor is row `order[i]` of the stored one). Llama's Q/K rows.
+    pub rows: Box<dyn Fn(&str, &[usize]) -> Option<Vec<usize>> + 'a>,
+    /// A constant the converter added to a tensor's values (Gemma's norms: 1).
+    pub offset: Box<dyn Fn(&str) -> f32 + 'a>,
+}
+
+impl Fixes<'_> {
+    /// Nothing to undo.
+    pub fn none() -> Self {
+        Self {
+            rows: Box::new(|_, _| None),
+            offset: Box::new(|_| 0.0),
+        }
+    }
+}
 
 /// A GGUF file's tensors under Hugging Face names.
 pub struct GgufStore<'a> {
@@ -20,17 +37,22 @@ pub struct GgufStore<'a> {
     names: NameTable,
     /// Tensors inside `model.layers.N.` / `blk.N.`.
     layer_names: NameTable,
-    fix: Fix<'a>,
+    fixes: Fixes<'a>,
 }
 
 impl<'a> GgufStore<'a> {
-    /// `file` renamed by the two tables, each tensor's values passed through `fix`.
-    pub fn new(file: &'a GgufFile, names: NameTable, layer_names: NameTable, fix: Fix<'a>) -> Self {
+    /// `file` renamed by the two tables, with `fixes` undone.
+    pub fn new(
+        file: &'a GgufFile,
+        names: NameTable,
+        layer_names: NameTable,
+        fixes: Fixes<'a>,
+    ) -> Self {
         Self {
             file,
             names,
             layer_names,
-            fix,
+            fixes,
         }
     }
 
@@ -78,10 +100,40 @@ impl TensorStore for GgufStore<'_> {
         let Some(info) = self.to_gguf(name).and_then(|g| self.file.tensor(&g)) else {
             return Ok(None);
         };
-        let values = self.file.dequantize(info).map_err(|e| Error::Gguf {
+        let mut values = self.file.dequantize(info).map_err(|e| Error::Gguf {
             path: self.file.path().into(),
             error: e,
         })?;
-        Ok(Some((self.fix)(name, &info.shape(), values)))
+        let shape = info.shape();
+        if let Some(order) = (self.fixes.rows)(name, &shape) {
+            let cols = shape.iter().skip(1).product::<usize>();
+            values = order
+                .iter()
+                .flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied())
+                .collect();
+        }
+        let offset = (self.fixes.offset)(name);
+        if offset != 0.0 {
+            values.iter_mut().for_each(|v| *v -= offset);
+        }
+        Ok(Some(values))
+    }
+
+    fn read_quantized(&self, name: &str) -> Result<Option<Unpacked>> {
+        let Some(info) = self.to_gguf(name).and_then(|g| self.file.tensor(&g)) else {
+            return Ok(None);
+        };
+        let Some(mut unpacked) = self.file.unpack(info) else {
+            return Ok(None);
+        };
+        let shape = info.shape();
+        if let Some(order) = (self.fixes.rows)(name, &shape) {
+            unpacked.permute_rows(shape.iter().skip(1).product(), &order);
+        }
+        let offset = (self.fixes.offset)(name);
+        if offset != 0.0 {
+            unpacked.min.iter_mut().for_each(|m| *m -= offset);
+        }
+        Ok(Some(unpacked))
     }
 }

@@ -14,6 +14,8 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::nn::linear::{Embedding, QuantizedWeight, Weight};
+use quant::Unpacked;
 
 /// A checkpoint's tensors, addressed by the model's own (Hugging Face) names.
 pub trait TensorStore {
@@ -25,6 +27,12 @@ pub trait TensorStore {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// A tensor's values as f32, row-major; `None` when absent.
     fn read(&self, name: &str) -> Result<Option<Vec<f32>>>;
+    /// A quantized tensor's blocks, decoded but not dequantized; `None` when absent or not
+    /// stored quantized.
+    fn read_quantized(&self, name: &str) -> Result<Option<Unpacked>> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 /// Strict loading: hands out tensors by name, checks shapes, and reports what was left.
@@ -35,6 +43,7 @@ pub struct Loader<'a, B: Backend> {
     used: RefCell<BTreeSet<String>>,
     progress: RefCell<&'a mut dyn FnMut(usize, usize)>,
     total: usize,
+    keep_quantized: bool,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
@@ -53,11 +62,19 @@ impl<'a, B: Backend> Loader<'a, B> {
             used: RefCell::default(),
             progress: RefCell::new(progress),
             total,
+            keep_quantized: false,
         }
     }
 
-    /// The f32 values of `name`, checked against `shape`.
-    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// Whether projection weights and embeddings stored quantized stay quantized on the
+    /// device (`[model] weights = "keep"`) instead of being dequantized at load.
+    pub fn keep_quantized(mut self, keep: bool) -> Self {
+        self.keep_quantized = keep;
+        self
+    }
+
+    /// The checkpoint's shape of `name`, checked against `shape`.
+    fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
         let path = self.store.path();
         let found = self.store.shape(name).ok_or_else(|| Error::MissingTensor {
             path: path.into(),
@@ -71,13 +88,62 @@ impl<'a, B: Backend> Loader<'a, B> {
                 found,
             });
         }
-        let values = self.store.read(name)?.ok_or_else(|| Error::MissingTensor {
-            path: path.into(),
-            name: name.into(),
-        })?;
+        Ok(())
+    }
+
+    fn mark_used(&self, name: &str) {
         let mut used = self.used.borrow_mut();
         used.insert(name.into());
         (self.progress.borrow_mut())(used.len(), self.total);
+    }
+
+    /// The blocks of `[out, in]` tensor `name` when it is stored quantized and kept so.
+    fn quantized(&self, name: &str, shape: [usize; 2]) -> Result<Option<QuantizedWeight<B>>> {
+        if !self.keep_quantized {
+            return Ok(None);
+        }
+        self.check(name, &shape)?;
+        let Some(unpacked) = self.store.read_quantized(name)? else {
+            return Ok(None);
+        };
+        self.mark_used(name);
+        Ok(Some(QuantizedWeight::new(
+            &unpacked,
+            shape,
+            &self.device,
+            self.dtype,
+        )))
+    }
+
+    /// A `[out, in]` projection weight: kept quantized where the checkpoint stores it so and
+    /// the loader keeps ([`Loader::keep_quantized`]), else dense and transposed.
+    pub fn weight(&self, name: &str, out_features: usize, in_features: usize) -> Result<Weight<B>> {
+        match self.quantized(name, [out_features, in_features])? {
+            Some(q) => Ok(Weight::Quantized(q)),
+            None => Ok(Weight::Dense(self.linear(
+                name,
+                out_features,
+                in_features,
+            )?)),
+        }
+    }
+
+    /// A `[vocab, hidden]` token embedding, kept quantized like [`Loader::weight`].
+    pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
+        match self.quantized(name, [vocab, hidden])? {
+            Some(q) => Ok(Embedding::Quantized(q)),
+            None => Ok(Embedding::Dense(self.tensor(name, [vocab, hidden])?)),
+        }
+    }
+
+    /// The f32 values of `name`, checked against `shape`.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.check(name, shape)?;
+        let values = self.store.read(name)?.ok_or_else(|| Error::MissingTensor {
+            path: self.store.path().into(),
+            name: name.into(),
+        })?;
+        self.mark_used(name);
         Ok(values)
     }
 

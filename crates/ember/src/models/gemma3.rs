@@ -20,12 +20,13 @@ use super::{DecoderConfig, DecoderModel, LoadDecoder, Logits};
 use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
-use crate::format::gguf_store::GgufStore;
+use crate::format::gguf_store::{Fixes, GgufStore};
 use crate::format::{Loader, TensorStore};
 use crate::nn::attention::{attend_all_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
+use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate, Rope, RopeTables};
-use crate::nn::{linear, rms_norm_with, FusedOps};
+use crate::nn::{rms_norm_with, FusedOps};
 
 /// A Gemma 3 text checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -325,8 +326,8 @@ impl DecoderConfig for Gemma3Config {
 #[derive(Debug)]
 struct SelfAttention<B: Backend> {
     /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`.
-    qkv_proj: Tensor<B, 2>,
-    o_proj: Tensor<B, 2>,
+    qkv_proj: Weight<B>,
+    o_proj: Weight<B>,
     /// `1 + w` of the per-head RMSNorms of queries and keys, `[head_dim]`.
     q_norm: Tensor<B, 1>,
     k_norm: Tensor<B, 1>,
@@ -335,8 +336,8 @@ struct SelfAttention<B: Backend> {
 #[derive(Debug)]
 struct Mlp<B: Backend> {
     /// Gate and up projections side by side: `[hidden, 2 * intermediate]`.
-    gate_up_proj: Tensor<B, 2>,
-    down_proj: Tensor<B, 2>,
+    gate_up_proj: Weight<B>,
+    down_proj: Weight<B>,
 }
 
 /// One decoder layer; every norm weight is held as `1 + w`, the scale Gemma's RMSNorm applies.
@@ -356,12 +357,12 @@ struct DecoderLayer<B: Backend> {
 pub struct Gemma3<B: Backend> {
     config: Gemma3Config,
     /// `[vocab, hidden]`
-    embed_tokens: Tensor<B, 2>,
+    embed_tokens: Embedding<B>,
     layers: Vec<DecoderLayer<B>>,
     /// `1 + w`, `[hidden]`
     norm: Tensor<B, 1>,
     /// `[hidden, vocab]`
-    lm_head: Tensor<B, 2>,
+    lm_head: Weight<B>,
     rope_global: Rope<B>,
     rope_local: Rope<B>,
     fused: Option<Fused<B>>,
@@ -382,6 +383,37 @@ struct Shared<B: Backend> {
 }
 
 impl<B: Backend> Gemma3<B> {
+    /// Every weight as (count, bytes on the device); a tied output projection counted as
+    /// weights once per use, its memory once when shared.
+    fn tally(&self) -> Vec<(usize, usize)> {
+        let t1 = |t: &Tensor<B, 1>| (t.dims()[0], t.dims()[0] * t.dtype().size());
+        let tw = |w: &Weight<B>| (w.num_params(), w.bytes());
+        let shared =
+            matches!(self.lm_head, Weight::Quantized(_)) && self.config.tie_word_embeddings;
+        let lm_head = tw(&self.lm_head);
+        let mut out = vec![
+            (self.embed_tokens.num_params(), self.embed_tokens.bytes()),
+            t1(&self.norm),
+            (lm_head.0, if shared { 0 } else { lm_head.1 }),
+        ];
+        for l in &self.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            out.extend(
+                [
+                    &l.input_layernorm,
+                    &l.post_attention_layernorm,
+                    &l.pre_feedforward_layernorm,
+                    &l.post_feedforward_layernorm,
+                    &a.q_norm,
+                    &a.k_norm,
+                ]
+                .map(t1),
+            );
+            out.extend([&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj].map(tw));
+        }
+        out
+    }
+
     fn fused(&self) -> Option<&dyn FusedOps<B>> {
         self.fused.as_ref().map(|f| f.0.as_ref())
     }
@@ -428,7 +460,9 @@ impl<B: Backend> Gemma3<B> {
         let a = &layer.self_attn;
         let h = self.norm(x.clone(), &layer.input_layernorm);
         // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]
-        let qkv = linear(h, &a.qkv_proj)
+        let qkv = a
+            .qkv_proj
+            .forward(h)
             .reshape([batch, seq, heads + 2 * kv_heads, hd])
             .swap_dims(1, 2);
         let q = self.head_norm(qkv.clone().narrow(1, 0, heads), &a.q_norm);
@@ -452,15 +486,15 @@ impl<B: Backend> Gemma3<B> {
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
-        let out = self.norm(linear(out, &a.o_proj), &layer.post_attention_layernorm);
+        let out = self.norm(a.o_proj.forward(out), &layer.post_attention_layernorm);
         let x = Self::residual_add(x, out);
 
         let h = self.norm(x.clone(), &layer.pre_feedforward_layernorm);
         let inter = c.intermediate_size;
-        let gate_up = linear(h, &layer.mlp.gate_up_proj);
+        let gate_up = layer.mlp.gate_up_proj.forward(h);
         let gated = gelu_approximate(gate_up.clone().narrow(2, 0, inter))
             .mul(gate_up.narrow(2, inter, inter));
-        let down = linear(gated, &layer.mlp.down_proj);
+        let down = layer.mlp.down_proj.forward(gated);
         Ok(Self::residual_add(
             x,
             self.norm(down, &layer.post_feedforward_layernorm),
@@ -478,31 +512,7 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
     }
 
     fn num_params(&self) -> usize {
-        let n1 = |t: &Tensor<B, 1>| t.dims()[0];
-        let n2 = |t: &Tensor<B, 2>| t.dims().iter().product::<usize>();
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                let (a, m) = (&l.self_attn, &l.mlp);
-                [
-                    &l.input_layernorm,
-                    &l.post_attention_layernorm,
-                    &l.pre_feedforward_layernorm,
-                    &l.post_feedforward_layernorm,
-                    &a.q_norm,
-                    &a.k_norm,
-                ]
-                .into_iter()
-                .map(n1)
-                .sum::<usize>()
-                    + [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
-                        .into_iter()
-                        .map(n2)
-                        .sum::<usize>()
-            })
-            .sum();
-        layers + n2(&self.embed_tokens) + n1(&self.norm) + n2(&self.lm_head)
+        self.tally().iter().map(|t| t.0).sum()
     }
 
     fn declared_params(&self) -> u128 {
@@ -510,7 +520,7 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
     }
 
     fn weights_bytes(&self) -> usize {
-        self.num_params() * self.embed_tokens.dtype().size()
+        self.tally().iter().map(|t| t.1).sum()
     }
 
     fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
@@ -537,11 +547,10 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
         let step = cache.begin(seq)?;
         let c = &self.config;
         let dtype = self.embed_tokens.dtype();
-        let device = self.embed_tokens.device();
+        let device = tokens.device();
         let mut x = self
             .embed_tokens
-            .clone()
-            .select(0, tokens.reshape([batch * seq]))
+            .lookup(tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size])
             .mul_scalar((c.hidden_size as f64).sqrt())
             .cast(FloatDType::F32);
@@ -566,7 +575,7 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
             Logits::Last => x.narrow(1, seq - 1, 1),
         };
         let x = self.norm(x, &self.norm);
-        let logits = linear(x, &self.lm_head);
+        let logits = self.lm_head.forward(x);
         Ok(match c.final_logit_softcapping {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,
@@ -592,18 +601,18 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
     fn gguf_store<'a>(file: &'a GgufFile, _config: &Gemma3Config) -> Box<dyn TensorStore + 'a> {
         // llama.cpp's converter stores Gemma's norm weights as `1 + w`; the store hands out
         // `w`, as the Hugging Face checkpoint has it.
-        let fix = |name: &str, _: &[usize], mut values: Vec<f32>| {
+        let offset = |name: &str| {
             if name.ends_with("norm.weight") {
-                values.iter_mut().for_each(|v| *v -= 1.0);
+                1.0
+            } else {
+                0.0
             }
-            values
         };
-        Box::new(GgufStore::new(
-            file,
-            GGUF_NAMES,
-            GGUF_LAYER_NAMES,
-            Box::new(fix),
-        ))
+        let fixes = Fixes {
+            offset: Box::new(offset),
+            ..Fixes::none()
+        };
+        Box::new(GgufStore::new(file, GGUF_NAMES, GGUF_LAYER_NAMES, fixes))
     }
 
     fn load(
@@ -623,46 +632,42 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
         let scale = |name: &str, width: usize| -> Result<Tensor<B, 1>> {
             Ok(loader.tensor(name, [width])?.add_scalar(1.0))
         };
-        let embed_tokens = loader.tensor("model.embed_tokens.weight", [config.vocab_size, h])?;
+        let embed_tokens = loader.embedding("model.embed_tokens.weight", config.vocab_size, h)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = |name: &str| format!("model.layers.{i}.{name}");
             layers.push(DecoderLayer {
                 input_layernorm: scale(&p("input_layernorm.weight"), h)?,
                 self_attn: SelfAttention {
-                    qkv_proj: Tensor::cat(
-                        vec![
-                            loader.linear(&p("self_attn.q_proj.weight"), heads * hd, h)?,
-                            loader.linear(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
-                            loader.linear(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
-                        ],
-                        1,
-                    ),
-                    o_proj: loader.linear(&p("self_attn.o_proj.weight"), h, heads * hd)?,
+                    qkv_proj: Weight::concat(vec![
+                        loader.weight(&p("self_attn.q_proj.weight"), heads * hd, h)?,
+                        loader.weight(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
+                        loader.weight(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                    ]),
+                    o_proj: loader.weight(&p("self_attn.o_proj.weight"), h, heads * hd)?,
                     q_norm: scale(&p("self_attn.q_norm.weight"), hd)?,
                     k_norm: scale(&p("self_attn.k_norm.weight"), hd)?,
                 },
                 post_attention_layernorm: scale(&p("post_attention_layernorm.weight"), h)?,
                 pre_feedforward_layernorm: scale(&p("pre_feedforward_layernorm.weight"), h)?,
                 mlp: Mlp {
-                    gate_up_proj: Tensor::cat(
-                        vec![
-                            loader.linear(&p("mlp.gate_proj.weight"), inter, h)?,
-                            loader.linear(&p("mlp.up_proj.weight"), inter, h)?,
-                        ],
-                        1,
-                    ),
-                    down_proj: loader.linear(&p("mlp.down_proj.weight"), h, inter)?,
+                    gate_up_proj: Weight::concat(vec![
+                        loader.weight(&p("mlp.gate_proj.weight"), inter, h)?,
+                        loader.weight(&p("mlp.up_proj.weight"), inter, h)?,
+                    ]),
+                    down_proj: loader.weight(&p("mlp.down_proj.weight"), h, inter)?,
                 },
                 post_feedforward_layernorm: scale(&p("post_feedforward_layernorm.weight"), h)?,
                 sliding: config.is_sliding(i),
             });
         }
         let norm = scale("model.norm.weight", h)?;
-        let lm_head = if config.tie_word_embeddings {
-            loader.linear("model.embed_tokens.weight", config.vocab_size, h)?
-        } else {
-            loader.linear("lm_head.weight", config.vocab_size, h)?
+        let lm_head = match (config.tie_word_embeddings, embed_tokens.tied()) {
+            (true, Some(shared)) => shared,
+            (true, None) => {
+                Weight::Dense(loader.linear("model.embed_tokens.weight", config.vocab_size, h)?)
+            }
+            (false, _) => loader.weight("lm_head.weight", config.vocab_size, h)?,
         };
         let dtype = embed_tokens.dtype();
         let (global, local) = config.inv_freqs();

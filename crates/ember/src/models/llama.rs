@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
-use crate::format::gguf_store::GgufStore;
+use crate::format::gguf_store::{Fixes, GgufStore};
 use crate::format::{Loader, TensorStore};
 use crate::nn::attention::{attend_all_with, causal_attention, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
+use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{linear, linear_add_with, rms_norm_with, FusedOps};
+use crate::nn::{rms_norm_with, FusedOps};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, LoadDecoder};
@@ -317,19 +318,19 @@ impl LlamaConfig {
 struct SelfAttention<B: Backend> {
     /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`,
     /// one matmul instead of three.
-    qkv_proj: Tensor<B, 2>,
+    qkv_proj: Weight<B>,
     /// Their biases side by side (Qwen2), `[(heads + 2 kv_heads) * head_dim]`.
     qkv_bias: Option<Tensor<B, 1>>,
     /// Per-head RMSNorm weights of q and k, `[head_dim]` (Qwen3).
     qk_norm: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
-    o_proj: Tensor<B, 2>,
+    o_proj: Weight<B>,
 }
 
 #[derive(Debug)]
 struct Mlp<B: Backend> {
     /// Gate and up projections side by side: `[hidden, 2 * intermediate]`.
-    gate_up_proj: Tensor<B, 2>,
-    down_proj: Tensor<B, 2>,
+    gate_up_proj: Weight<B>,
+    down_proj: Weight<B>,
 }
 
 #[derive(Debug)]
@@ -345,11 +346,11 @@ struct DecoderLayer<B: Backend> {
 pub struct Llama<B: Backend> {
     config: LlamaConfig,
     /// `[vocab, hidden]`
-    embed_tokens: Tensor<B, 2>,
+    embed_tokens: Embedding<B>,
     layers: Vec<DecoderLayer<B>>,
     norm: Tensor<B, 1>,
     /// `[hidden, vocab]`
-    lm_head: Tensor<B, 2>,
+    lm_head: Weight<B>,
     rope: Rope<B>,
     /// The backend's fused ops, when it registered some ([`FusedOps`]).
     fused: Option<Fused<B>>,
@@ -378,21 +379,18 @@ impl<B: Backend> Llama<B> {
             config.head_dim(),
         );
         let inter = config.intermediate_size;
-        let embed_tokens = loader.tensor("model.embed_tokens.weight", [config.vocab_size, h])?;
+        let embed_tokens = loader.embedding("model.embed_tokens.weight", config.vocab_size, h)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = |name: &str| format!("model.layers.{i}.{name}");
             layers.push(DecoderLayer {
                 input_layernorm: loader.tensor(&p("input_layernorm.weight"), [h])?,
                 self_attn: SelfAttention {
-                    qkv_proj: Tensor::cat(
-                        vec![
-                            loader.linear(&p("self_attn.q_proj.weight"), heads * hd, h)?,
-                            loader.linear(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
-                            loader.linear(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
-                        ],
-                        1,
-                    ),
+                    qkv_proj: Weight::concat(vec![
+                        loader.weight(&p("self_attn.q_proj.weight"), heads * hd, h)?,
+                        loader.weight(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
+                        loader.weight(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                    ]),
                     qkv_bias: if config.qkv_bias() {
                         Some(Tensor::cat(
                             vec![
@@ -413,27 +411,26 @@ impl<B: Backend> Llama<B> {
                     } else {
                         None
                     },
-                    o_proj: loader.linear(&p("self_attn.o_proj.weight"), h, heads * hd)?,
+                    o_proj: loader.weight(&p("self_attn.o_proj.weight"), h, heads * hd)?,
                 },
                 post_attention_layernorm: loader
                     .tensor(&p("post_attention_layernorm.weight"), [h])?,
                 mlp: Mlp {
-                    gate_up_proj: Tensor::cat(
-                        vec![
-                            loader.linear(&p("mlp.gate_proj.weight"), inter, h)?,
-                            loader.linear(&p("mlp.up_proj.weight"), inter, h)?,
-                        ],
-                        1,
-                    ),
-                    down_proj: loader.linear(&p("mlp.down_proj.weight"), h, inter)?,
+                    gate_up_proj: Weight::concat(vec![
+                        loader.weight(&p("mlp.gate_proj.weight"), inter, h)?,
+                        loader.weight(&p("mlp.up_proj.weight"), inter, h)?,
+                    ]),
+                    down_proj: loader.weight(&p("mlp.down_proj.weight"), h, inter)?,
                 },
             });
         }
         let norm = loader.tensor("model.norm.weight", [h])?;
-        let lm_head = if config.tie_word_embeddings {
-            loader.linear("model.embed_tokens.weight", config.vocab_size, h)?
-        } else {
-            loader.linear("lm_head.weight", config.vocab_size, h)?
+        let lm_head = match (config.tie_word_embeddings, embed_tokens.tied()) {
+            (true, Some(shared)) => shared,
+            (true, None) => {
+                Weight::Dense(loader.linear("model.embed_tokens.weight", config.vocab_size, h)?)
+            }
+            (false, _) => loader.weight("lm_head.weight", config.vocab_size, h)?,
         };
         if config.rope_freq_factors.is_some() {
             loader.skip(GGUF_ROPE_FREQS);
@@ -451,13 +448,8 @@ impl<B: Backend> Llama<B> {
     }
 
     /// `residual + x.matmul(w)`, one op where the backend can.
-    fn linear_add(
-        &self,
-        residual: Tensor<B, 3>,
-        x: Tensor<B, 3>,
-        w: &Tensor<B, 2>,
-    ) -> Tensor<B, 3> {
-        linear_add_with(residual, x, w, self.fused.as_ref().map(|f| f.0.as_ref()))
+    fn linear_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Tensor<B, 3> {
+        w.forward_add(residual, x, self.fused.as_ref().map(|f| f.0.as_ref()))
     }
 
     /// RMSNorm with the model's epsilon, fused where the backend can.
@@ -478,31 +470,40 @@ impl<B: Backend> Llama<B> {
         &self.config
     }
 
+    /// The norms, biases and projections of every layer and outside them, as (weights,
+    /// bytes) pairs; a tied output projection counted as a weight once per use.
+    fn tally(&self) -> Vec<(usize, usize)> {
+        let t1 = |t: &Tensor<B, 1>| (t.dims()[0], t.dims()[0] * t.dtype().size());
+        let tw = |w: &Weight<B>| (w.num_params(), w.bytes());
+        let mut out = vec![
+            (self.embed_tokens.num_params(), self.embed_tokens.bytes()),
+            t1(&self.norm),
+            tw(&self.lm_head),
+        ];
+        if matches!(self.lm_head, Weight::Quantized(_)) && self.config.tie_word_embeddings {
+            // Shared with the embedding: its memory once.
+            out[2].1 = 0;
+        }
+        for l in &self.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            out.extend([t1(&l.input_layernorm), t1(&l.post_attention_layernorm)]);
+            out.extend(a.qkv_bias.as_ref().map(t1));
+            if let Some((q, k)) = &a.qk_norm {
+                out.extend([t1(q), t1(k)]);
+            }
+            out.extend([&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj].map(tw));
+        }
+        out
+    }
+
     /// Number of weights on the device (a tied output projection counted once per copy).
     pub fn num_params(&self) -> usize {
-        let n1 = |t: &Tensor<B, 1>| t.dims()[0];
-        let n2 = |t: &Tensor<B, 2>| t.dims().iter().product::<usize>();
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                let (a, m) = (&l.self_attn, &l.mlp);
-                n1(&l.input_layernorm)
-                    + n1(&l.post_attention_layernorm)
-                    + a.qkv_bias.as_ref().map_or(0, n1)
-                    + a.qk_norm.as_ref().map_or(0, |(q, k)| n1(q) + n1(k))
-                    + [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
-                        .into_iter()
-                        .map(n2)
-                        .sum::<usize>()
-            })
-            .sum();
-        layers + n2(&self.embed_tokens) + n1(&self.norm) + n2(&self.lm_head)
+        self.tally().iter().map(|t| t.0).sum()
     }
 
     /// Bytes the weights take on the device.
     pub fn weights_bytes(&self) -> usize {
-        self.num_params() * self.embed_tokens.dtype().size()
+        self.tally().iter().map(|t| t.1).sum()
     }
 
     /// A KV cache for `batch` sequences of up to `capacity` positions.
@@ -543,7 +544,7 @@ impl<B: Backend> Llama<B> {
         // One projection for q, k and v, split into heads once:
         // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
         // k's heads are rotated together, then q, k and v are views of their heads.
-        let qkv = linear(h, &a.qkv_proj);
+        let qkv = a.qkv_proj.forward(h);
         let qkv = match &a.qkv_bias {
             Some(bias) => qkv.add(bias.clone().unsqueeze::<3>()),
             None => qkv,
@@ -594,7 +595,7 @@ impl<B: Backend> Llama<B> {
         let h = self.norm(x.clone(), &layer.post_attention_layernorm);
         let m = &layer.mlp;
         let inter = c.intermediate_size;
-        let gate_up = linear(h, &m.gate_up_proj);
+        let gate_up = m.gate_up_proj.forward(h);
         let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
         Ok(self.linear_add(x, gated, &m.down_proj))
     }
@@ -616,8 +617,7 @@ impl<B: Backend> Llama<B> {
         let c = &self.config;
         let mut x = self
             .embed_tokens
-            .clone()
-            .select(0, tokens.reshape([batch * seq]))
+            .lookup(tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size]);
         // Built for every single-token step, also when the window is exactly full (then all
         // zeros): the step runs the same attention kernel at every position, as a replayed
@@ -633,7 +633,7 @@ impl<B: Backend> Llama<B> {
             Logits::Last => x.narrow(1, seq - 1, 1),
         };
         let x = self.norm(x, &self.norm);
-        Ok(linear(x, &self.lm_head))
+        Ok(self.lm_head.forward(x))
     }
 }
 
@@ -745,35 +745,34 @@ const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
 pub fn gguf_store<'a>(file: &'a GgufFile, config: &LlamaConfig) -> GgufStore<'a> {
     let (heads, kv_heads) = (config.num_attention_heads, config.kv_heads());
     let permuted = config.model_type == "llama";
-    let fix = move |name: &str, shape: &[usize], values: Vec<f32>| {
+    let rows = move |name: &str, shape: &[usize]| {
         let heads = if !permuted {
-            return values;
+            return None;
         } else if name.ends_with("self_attn.q_proj.weight") {
             heads
         } else if name.ends_with("self_attn.k_proj.weight") {
             kv_heads
         } else {
-            return values;
+            return None;
         };
-        unpermute_rope_rows(&values, heads, shape[0], shape[1])
+        Some(unpermuted_rope_rows(heads, shape[0]))
     };
-    GgufStore::new(file, GGUF_NAMES, GGUF_LAYER_NAMES, Box::new(fix))
+    let fixes = Fixes {
+        rows: Box::new(rows),
+        ..Fixes::none()
+    };
+    GgufStore::new(file, GGUF_NAMES, GGUF_LAYER_NAMES, fixes)
 }
 
-/// Undoes llama.cpp's `permute` of Q/K rows: per head, rows `[hd/2, 2]` -> `[2, hd/2]`.
-fn unpermute_rope_rows(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+/// The row order undoing llama.cpp's `permute` of Q/K rows: per head, rows `[hd/2, 2]` ->
+/// `[2, hd/2]` (row `h * hd + a * hd/2 + b` of the result is stored row `h * hd + 2 b + a`).
+fn unpermuted_rope_rows(heads: usize, rows: usize) -> Vec<usize> {
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for a in 0..2 {
-            for b in 0..half {
-                let hf_row = h * hd + a * half + b;
-                let gguf_row = h * hd + b * 2 + a;
-                out[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&values[gguf_row * cols..(gguf_row + 1) * cols]);
-            }
-        }
-    }
-    out
+    (0..rows)
+        .map(|row| {
+            let (h, a, b) = (row / hd, (row % hd) / half, row % half);
+            h * hd + b * 2 + a
+        })
+        .collect()
 }

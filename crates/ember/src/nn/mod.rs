@@ -15,6 +15,7 @@
 
 pub mod attention;
 pub mod kv_cache;
+pub mod linear;
 pub mod rope;
 
 use burn::prelude::*;
