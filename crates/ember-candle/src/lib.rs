@@ -63,7 +63,7 @@ fn unavailable(device: &str, reason: &str) -> Error {
 
 /// Resolves `spec` to a candle device and dtype, or explains why it cannot run.
 pub fn init(spec: &BackendConfig) -> Result<(CandleDevice, RuntimeInfo)> {
-    let requested = DeviceSpec::parse(&spec.device)?;
+    let requested = spec.device;
     let (device, name, dtypes): (CandleDevice, String, &[DType]) = match requested {
         DeviceSpec::Cpu => (CandleDevice::Cpu, "cpu".into(), CPU_DTYPES),
         DeviceSpec::Auto => {
@@ -76,15 +76,15 @@ pub fn init(spec: &BackendConfig) -> Result<(CandleDevice, RuntimeInfo)> {
                 (CandleDevice::Cpu, best, CPU_DTYPES)
             } else {
                 let mut auto = spec.clone();
-                auto.device = best;
+                auto.device = DeviceSpec::parse(&best)?;
                 return init(&auto);
             }
         }
-        DeviceSpec::Cuda(index) => cuda(index, &spec.device)?,
-        DeviceSpec::Metal(index) => metal(index, &spec.device)?,
+        DeviceSpec::Cuda(index) => cuda(index, &spec.device.to_string())?,
+        DeviceSpec::Metal(index) => metal(index.unwrap_or(0), &spec.device.to_string())?,
         _ => {
             return Err(unavailable(
-                &spec.device,
+                &spec.device.to_string(),
                 "candle runs on cpu, cuda[:N] or metal[:N]",
             ))
         }

@@ -4,7 +4,10 @@
 //! CPU) and logs why it chose what it chose. A backend that is not compiled in is an error
 //! naming the cargo feature that adds it.
 
-use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, OnUnavailable, RuntimeInfo};
+use ember::backend::DeviceSpec;
+use ember::{
+    BackendConfig, BackendJob, BackendName, DType, DeviceInfo, Error, OnUnavailable, RuntimeInfo,
+};
 
 /// Every backend Ember has a crate for, with the cargo feature of `ember-cli` that adds it.
 pub const KNOWN: &[(&str, &str)] = &[
@@ -37,18 +40,28 @@ pub fn compiled() -> Vec<&'static str> {
 }
 
 /// `(backend, device)` pairs `auto` tries, best first.
-const AUTO_ORDER: &[(&str, &str, &str)] = &[
-    ("wgpu", "metal", "Metal GPU"),
-    ("tch", "mps", "Apple GPU (MPS)"),
-    ("candle", "metal", "Metal GPU"),
-    ("cuda", "cuda:0", "CUDA GPU"),
-    ("candle", "cuda:0", "CUDA GPU"),
-    ("tch", "cuda:0", "CUDA GPU"),
-    ("wgpu", "vulkan", "Vulkan GPU"),
-    ("flex", "cpu", "CPU"),
-    ("candle", "cpu", "CPU"),
-    ("tch", "cpu", "CPU"),
+const AUTO_ORDER: &[(BackendName, DeviceSpec, &str)] = &[
+    (BackendName::Wgpu, DeviceSpec::Metal(None), "Metal GPU"),
+    (BackendName::Tch, DeviceSpec::Mps, "Apple GPU (MPS)"),
+    (BackendName::Candle, DeviceSpec::Metal(None), "Metal GPU"),
+    (BackendName::Cuda, DeviceSpec::Cuda(0), "CUDA GPU"),
+    (BackendName::Candle, DeviceSpec::Cuda(0), "CUDA GPU"),
+    (BackendName::Tch, DeviceSpec::Cuda(0), "CUDA GPU"),
+    (BackendName::Wgpu, DeviceSpec::Vulkan(None), "Vulkan GPU"),
+    (BackendName::Flex, DeviceSpec::Cpu, "CPU"),
+    (BackendName::Candle, DeviceSpec::Cpu, "CPU"),
+    (BackendName::Tch, DeviceSpec::Cpu, "CPU"),
 ];
+
+/// Whether `asked` (a config's device) admits `candidate` (a device `auto` tries): `auto`
+/// admits any; otherwise the same kind of device.
+fn same_kind(asked: DeviceSpec, candidate: DeviceSpec) -> bool {
+    let kind = |d: DeviceSpec| {
+        let text = d.to_string();
+        text.split(':').next().unwrap_or_default().to_string()
+    };
+    asked == DeviceSpec::Auto || kind(asked) == kind(candidate)
+}
 
 /// The devices each compiled-in backend sees.
 #[allow(clippy::vec_init_then_push)] // every push is feature-gated
@@ -80,7 +93,7 @@ pub fn probe(spec: &BackendConfig) -> ember::Result<RuntimeInfo> {
         "wgpu" => ember_wgpu::init(spec).map(|(_, r)| r),
         #[cfg(feature = "cuda")]
         "cuda" => ember_cuda::init(spec).map(|(_, r)| r),
-        name => Err(not_compiled(name)),
+        _ => Err(not_compiled(spec.name.as_str())),
     }
 }
 
@@ -100,7 +113,7 @@ pub fn not_compiled(name: &str) -> Error {
 
 /// Turns `auto` and the fallback policy into one concrete backend config that probes fine.
 pub fn resolve(spec: &BackendConfig) -> ember::Result<BackendConfig> {
-    if spec.name == "auto" {
+    if spec.name == BackendName::Auto {
         return resolve_auto(spec);
     }
     match probe(spec) {
@@ -108,13 +121,13 @@ pub fn resolve(spec: &BackendConfig) -> ember::Result<BackendConfig> {
         Err(e) if spec.on_unavailable == OnUnavailable::Fallback => {
             // Same backend on its best device and dtype, else the best of everything.
             let mut relaxed = spec.clone();
-            relaxed.device = "auto".into();
+            relaxed.device = DeviceSpec::Auto;
             relaxed.dtype = DType::Auto;
             let chosen = match probe(&relaxed) {
                 Ok(_) => relaxed,
                 Err(_) => resolve_auto(&BackendConfig {
-                    name: "auto".into(),
-                    device: "auto".into(),
+                    name: BackendName::Auto,
+                    device: DeviceSpec::Auto,
                     dtype: DType::Auto,
                     ..spec.clone()
                 })?,
@@ -133,20 +146,15 @@ fn resolve_auto(spec: &BackendConfig) -> ember::Result<BackendConfig> {
     let compiled = compiled();
     let mut reasons = Vec::new();
     for &(name, device, what) in AUTO_ORDER {
-        if !compiled.contains(&name)
-            || (spec.device != "auto"
-                && !spec
-                    .device
-                    .starts_with(device.split(':').next().unwrap_or(device)))
-        {
+        if !compiled.contains(&name.as_str()) || !same_kind(spec.device, device) {
             continue;
         }
         let candidate = BackendConfig {
-            name: name.into(),
-            device: if spec.device == "auto" {
-                device.into()
+            name,
+            device: if spec.device == DeviceSpec::Auto {
+                device
             } else {
-                spec.device.clone()
+                spec.device
             },
             ..spec.clone()
         };
@@ -192,6 +200,6 @@ pub fn dispatch<J: BackendJob>(spec: &BackendConfig, job: J) -> ember::Result<J:
         "wgpu" => ember_wgpu::run(&spec, job),
         #[cfg(feature = "cuda")]
         "cuda" => ember_cuda::run(&spec, job),
-        name => Err(not_compiled(name)),
+        _ => Err(not_compiled(spec.name.as_str())),
     }
 }

@@ -3,3 +3,4 @@
 
 pub mod backends;
 pub mod bench;
+pub mod help;

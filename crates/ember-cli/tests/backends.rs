@@ -5,11 +5,19 @@ use ember_cli::backends::{probe, resolve};
 
 fn spec(name: &str, device: &str, dtype: DType) -> BackendConfig {
     BackendConfig {
-        name: name.into(),
-        device: device.into(),
+        name: name.parse().unwrap(),
+        device: device.parse().unwrap(),
         dtype,
         ..BackendConfig::default()
     }
+}
+
+/// The error of a config whose `[backend]` section is `backend`.
+fn config_err(backend: &str) -> String {
+    let text = format!("[model]\nsource = \"x.gguf\"\n[backend]\n{backend}\n");
+    ember::EngineConfig::from_toml(&text, "test.toml")
+        .expect_err("should not parse")
+        .to_string()
 }
 
 fn err(spec: &BackendConfig) -> String {
@@ -18,7 +26,12 @@ fn err(spec: &BackendConfig) -> String {
 
 #[test]
 fn unknown_backend_is_named_with_the_known_ones() {
-    let m = err(&spec("tensorflow", "auto", DType::Auto));
+    let m = config_err("name = \"tensorflow\"");
+    assert!(
+        m.contains("tensorflow") && m.contains("`flex`, `candle`, `tch`, `wgpu`, `cuda`"),
+        "{m}"
+    );
+    let m = "tensorflow".parse::<ember::BackendName>().unwrap_err();
     assert!(
         m.contains("unknown backend `tensorflow`") && m.contains("flex, candle, tch, wgpu, cuda"),
         "{m}"
@@ -49,8 +62,11 @@ fn a_backend_not_compiled_in_names_its_feature() {
 
 #[test]
 fn unknown_device_names_are_errors() {
-    let m = err(&spec("flex", "gpu0", DType::F32));
-    assert!(m.contains("unknown device `gpu0`"), "{m}");
+    let m = config_err("name = \"flex\"\ndevice = \"gpu0\"");
+    assert!(
+        m.contains("unknown device `gpu0`") && m.contains("test.toml"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -71,7 +87,11 @@ fn auto_picks_something_that_runs_and_fallback_relaxes() {
     asked.on_unavailable = OnUnavailable::Fallback;
     let got = resolve(&asked).unwrap();
     assert_eq!(
-        (got.name.as_str(), got.device.as_str(), got.dtype),
+        (
+            got.name.as_str(),
+            got.device.to_string().as_str(),
+            got.dtype
+        ),
         ("flex", "auto", DType::Auto)
     );
     assert_eq!(probe(&got).unwrap().dtype, DType::F32);

@@ -55,10 +55,10 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
 pub fn init(spec: &BackendConfig) -> Result<(CudaDevice, RuntimeInfo)> {
     let unavailable = |reason: String| Error::DeviceUnavailable {
         backend: NAME.into(),
-        device: spec.device.clone(),
+        device: spec.device.to_string(),
         reason,
     };
-    let index = match DeviceSpec::parse(&spec.device)? {
+    let index = match spec.device {
         DeviceSpec::Auto => 0,
         DeviceSpec::Cuda(index) => index,
         _ => {

@@ -34,12 +34,12 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
 /// Checks `spec` against what flex supports, sets the CPU threads, and returns the device
 /// and what runs there (the engine creates its tensors in `runtime.dtype`).
 pub fn init(spec: &BackendConfig) -> Result<(FlexDevice, RuntimeInfo)> {
-    match DeviceSpec::parse(&spec.device)? {
+    match spec.device {
         DeviceSpec::Auto | DeviceSpec::Cpu => {}
         _ => {
             return Err(Error::DeviceUnavailable {
                 backend: NAME.into(),
-                device: spec.device.clone(),
+                device: spec.device.to_string(),
                 reason: "flex runs on the CPU only".into(),
             })
         }

@@ -91,11 +91,11 @@ pub fn chat(data: &[u8]) -> Reached {
     if !template.is_empty() {
         let messages = [
             Message {
-                role: "system".into(),
+                role: ember::Role::System,
                 content: "You are terse.".into(),
             },
             Message {
-                role: "user".into(),
+                role: ember::Role::User,
                 content: message.into(),
             },
         ];
@@ -141,8 +141,8 @@ fn exercise_tokenizer(tokenizer: &TextTokenizer, text: &str) {
 /// Loads the model at `source` on flex (f32) and generates two tokens from a chat message.
 fn load_and_run(source: &Path) -> Reached {
     let spec = ember::BackendConfig {
-        name: "flex".into(),
-        device: "cpu".into(),
+        name: ember::BackendName::Flex,
+        device: ember::backend::DeviceSpec::Cpu,
         dtype: DType::F32,
         ..ember::BackendConfig::default()
     };
@@ -157,7 +157,7 @@ fn load_and_run(source: &Path) -> Reached {
     };
     let generation = GenerationConfig {
         messages: vec![Message {
-            role: "user".into(),
+            role: ember::Role::User,
             content: "Hi".into(),
         }],
         max_new_tokens: 2,

@@ -74,7 +74,7 @@ fn unavailable(device: &str, reason: String) -> Error {
 
 /// Resolves `spec` to a libtorch device and dtype, or explains why it cannot run.
 pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
-    let (device, name, dtypes) = match DeviceSpec::parse(&spec.device)? {
+    let (device, name, dtypes) = match spec.device {
         DeviceSpec::Cpu => (LibTorchDevice::Cpu, "cpu".to_string(), CPU_DTYPES),
         DeviceSpec::Auto => {
             let best = devices().into_iter().next().map(|d| d.name);
@@ -90,7 +90,7 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
             let count = cuda_count();
             if index >= count {
                 return Err(unavailable(
-                    &spec.device,
+                    &spec.device.to_string(),
                     if count == 0 {
                         "libtorch sees no CUDA device (no GPU or driver, or this libtorch was built without CUDA)".into()
                     } else {
@@ -107,7 +107,7 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
         DeviceSpec::Metal(_) | DeviceSpec::Mps => {
             if !tch::utils::has_mps() {
                 return Err(unavailable(
-                    &spec.device,
+                    &spec.device.to_string(),
                     "libtorch sees no MPS device (MPS exists only on macOS with Apple GPUs)".into(),
                 ));
             }
@@ -115,7 +115,7 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
         }
         _ => {
             return Err(unavailable(
-                &spec.device,
+                &spec.device.to_string(),
                 "tch runs on cpu, cuda[:N] or mps".into(),
             ))
         }

@@ -53,8 +53,8 @@ impl<B: Backend> Ctx<B> {
 /// The backend section a suite binding asks its backend crate to `init`.
 pub fn spec(name: &str, device: &str, dtype: ember::DType) -> ember::BackendConfig {
     ember::BackendConfig {
-        name: name.into(),
-        device: device.into(),
+        name: name.parse().expect("a backend name"),
+        device: device.parse().expect("a device name"),
         dtype,
         ..ember::BackendConfig::default()
     }

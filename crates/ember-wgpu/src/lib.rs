@@ -125,7 +125,7 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
 pub fn init(spec: &BackendConfig) -> Result<(WgpuDevice, RuntimeInfo)> {
     let unavailable = |reason: String| Error::DeviceUnavailable {
         backend: NAME.into(),
-        device: spec.device.clone(),
+        device: spec.device.to_string(),
         reason,
     };
     let all = adapters();
@@ -140,12 +140,13 @@ pub fn init(spec: &BackendConfig) -> Result<(WgpuDevice, RuntimeInfo)> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let chosen = match DeviceSpec::parse(&spec.device)? {
+    let chosen = match spec.device {
         DeviceSpec::Auto => all.first(),
         DeviceSpec::Vulkan(None) if API == "vulkan" => all.first(),
-        DeviceSpec::Metal(0) if API == "metal" && !spec.device.contains(':') => all.first(),
-        DeviceSpec::Vulkan(Some(_)) | DeviceSpec::Metal(_) | DeviceSpec::VulkanCpu => {
-            all.iter().find(|a| a.config_name == spec.device)
+        DeviceSpec::Metal(None) if API == "metal" => all.first(),
+        DeviceSpec::Vulkan(Some(_)) | DeviceSpec::Metal(Some(_)) | DeviceSpec::VulkanCpu => {
+            let name = spec.device.to_string();
+            all.iter().find(|a| a.config_name == name)
         }
         _ => {
             return Err(unavailable(format!(

@@ -25,7 +25,7 @@ impl BackendJob for App {
             let mut generation = self.config.generation.clone();
             generation.prompt = None;
             generation.messages = vec![Message {
-                role: "user".into(),
+                role: ember::Role::User,
                 content: question.clone(),
             }];
             println!("> {question}");

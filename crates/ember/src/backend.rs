@@ -3,10 +3,12 @@
 use crate::config::DType;
 use crate::error::{Error, Result};
 
-/// A `backend.device` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `backend.device` value; configs and flags write it as text ([`DeviceSpec::FORMS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
     /// The best device the backend sees.
+    #[default]
     Auto,
     /// The host CPU.
     Cpu,
@@ -16,13 +18,16 @@ pub enum DeviceSpec {
     Vulkan(Option<usize>),
     /// A software Vulkan device (`vulkan:cpu`).
     VulkanCpu,
-    /// An Apple GPU through Metal (`metal`, `metal:N`).
-    Metal(usize),
+    /// An Apple GPU through Metal (`metal`: the first; `metal:N`).
+    Metal(Option<usize>),
     /// An Apple GPU through PyTorch's MPS.
     Mps,
 }
 
 impl DeviceSpec {
+    /// The accepted forms, as `--help` and errors list them.
+    pub const FORMS: &'static str = "auto, cpu, cuda[:N], vulkan[:N|:cpu], metal[:N] or mps";
+
     /// Parses a device name; the error lists the accepted forms.
     pub fn parse(name: &str) -> Result<Self> {
         let (kind, index) = match name.split_once(':') {
@@ -31,7 +36,8 @@ impl DeviceSpec {
         };
         let bad = || {
             Error::Backend(format!(
-                "unknown device `{name}` (expected auto, cpu, cuda[:N], vulkan[:N|:cpu], metal[:N] or mps)"
+                "unknown device `{name}` (expected {})",
+                Self::FORMS
             ))
         };
         let number = |i: Option<&str>| -> Result<usize> {
@@ -45,10 +51,46 @@ impl DeviceSpec {
             "vulkan" => {
                 DeviceSpec::Vulkan(index.map(|i| i.parse().map_err(|_| bad())).transpose()?)
             }
-            "metal" => DeviceSpec::Metal(number(index)?),
+            "metal" => DeviceSpec::Metal(index.map(|i| i.parse().map_err(|_| bad())).transpose()?),
             "mps" if index.is_none() => DeviceSpec::Mps,
             _ => return Err(bad()),
         })
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Vulkan(None) => f.write_str("vulkan"),
+            DeviceSpec::Vulkan(Some(i)) => write!(f, "vulkan:{i}"),
+            DeviceSpec::VulkanCpu => f.write_str("vulkan:cpu"),
+            DeviceSpec::Metal(None) => f.write_str("metal"),
+            DeviceSpec::Metal(Some(i)) => write!(f, "metal:{i}"),
+            DeviceSpec::Mps => f.write_str("mps"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Self::parse(&s).map_err(|e| e.to_string())
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
     }
 }
 
@@ -113,6 +155,19 @@ mod tests {
         );
         for bad in ["gpu", "cuda:x", "cpu:1", "mps:0", ""] {
             assert!(DeviceSpec::parse(bad).is_err(), "{bad}");
+        }
+        for text in [
+            "auto",
+            "cpu",
+            "cuda:1",
+            "vulkan",
+            "vulkan:2",
+            "vulkan:cpu",
+            "metal",
+            "metal:1",
+            "mps",
+        ] {
+            assert_eq!(DeviceSpec::parse(text).unwrap().to_string(), text);
         }
     }
 

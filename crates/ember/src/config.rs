@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend::DeviceSpec;
 use crate::error::{Error, Result};
 
 /// Everything needed to load a model and generate: model source, backend and sampling.
@@ -76,12 +77,13 @@ pub enum WeightsMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `flex`, `candle`, `tch`, `wgpu`, `cuda`, or `auto`.
-    #[serde(default = "auto")]
-    pub name: String,
-    /// `cpu`, `cuda`, `cuda:N`, `vulkan`, `metal`, `mps`, or `auto`.
-    #[serde(default = "auto")]
-    pub device: String,
+    /// Which backend crate runs the model.
+    #[serde(default)]
+    pub name: BackendName,
+    /// Which of its devices ([`DeviceSpec`]: `cpu`, `cuda[:N]`, `vulkan[:N|:cpu]`,
+    /// `metal[:N]`, `mps`, or `auto`).
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// Float type of weights and activations.
     #[serde(default)]
     pub dtype: DType,
@@ -112,19 +114,77 @@ pub enum OnUnavailable {
     Fallback,
 }
 
-fn yes() -> bool {
-    true
+/// `backend.name`: the backend crates Ember has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    /// The best that runs here: Metal, MPS, CUDA, Vulkan, then the CPU.
+    #[default]
+    Auto,
+    /// burn-flex, pure-Rust CPU (the embedded default).
+    Flex,
+    /// burn-candle: CPU, CUDA, Metal.
+    Candle,
+    /// burn-tch (libtorch): CPU, CUDA, MPS.
+    Tch,
+    /// burn-wgpu: Vulkan, Metal.
+    Wgpu,
+    /// burn-cuda (CubeCL).
+    Cuda,
 }
 
-fn auto() -> String {
-    "auto".into()
+impl BackendName {
+    /// Every value, as configs write them.
+    pub const ALL: [BackendName; 6] = [
+        BackendName::Auto,
+        BackendName::Flex,
+        BackendName::Candle,
+        BackendName::Tch,
+        BackendName::Wgpu,
+        BackendName::Cuda,
+    ];
+
+    /// The name as configs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendName::Auto => "auto",
+            BackendName::Flex => "flex",
+            BackendName::Candle => "candle",
+            BackendName::Tch => "tch",
+            BackendName::Wgpu => "wgpu",
+            BackendName::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendName {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|b| b.as_str()).collect();
+                format!("unknown backend `{s}` (expected {})", names.join(", "))
+            })
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for BackendConfig {
     fn default() -> Self {
         Self {
-            name: auto(),
-            device: auto(),
+            name: BackendName::Auto,
+            device: DeviceSpec::Auto,
             dtype: DType::default(),
             threads: 0,
             attention: AttentionImpl::default(),
@@ -202,10 +262,33 @@ pub enum AttentionImpl {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
+    /// Who speaks.
+    pub role: Role,
     /// The text.
     pub content: String,
+}
+
+/// A chat message's speaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the whole conversation.
+    System,
+    /// The user's turn.
+    User,
+    /// The model's turn.
+    Assistant,
+}
+
+impl Role {
+    /// The role as chat templates read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
 }
 
 /// `[generation]`: the prompt and how to sample.
@@ -293,14 +376,6 @@ impl GenerationConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.prompt.is_some() && !self.messages.is_empty() {
             return Err("generation: set either `prompt` or `messages`, not both".into());
-        }
-        for m in &self.messages {
-            if !["system", "user", "assistant"].contains(&m.role.as_str()) {
-                return Err(format!(
-                    "generation.messages: unknown role `{}` (expected system, user or assistant)",
-                    m.role
-                ));
-            }
         }
         if self.max_new_tokens == 0 {
             return Err("generation.max_new_tokens must be at least 1".into());

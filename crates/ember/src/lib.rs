@@ -33,8 +33,8 @@ pub mod source;
 pub mod tokenizer;
 
 pub use config::{
-    AttentionImpl, BackendConfig, DType, EngineConfig, GenerationConfig, Message, OnUnavailable,
-    Truncate, WeightsMode,
+    AttentionImpl, BackendConfig, BackendName, DType, EngineConfig, GenerationConfig, Message,
+    OnUnavailable, Role, Truncate, WeightsMode,
 };
 pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{

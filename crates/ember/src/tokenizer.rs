@@ -541,7 +541,7 @@ mod tests {
 
     fn user(content: &str) -> Vec<Message> {
         vec![Message {
-            role: "user".into(),
+            role: crate::config::Role::User,
             content: content.into(),
         }]
     }

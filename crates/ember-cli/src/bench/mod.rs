@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
-use ember::{BackendConfig, DType, EngineConfig, OnUnavailable};
+use ember::backend::DeviceSpec;
+use ember::{BackendConfig, BackendName, DType, EngineConfig, OnUnavailable};
 use serde::Deserialize;
 
 use crate::backends;
@@ -97,6 +98,18 @@ pub struct Target {
     pub autotune: String,
 }
 
+/// A matrix target, `BACKEND@DEVICE` (`BACKEND` alone: its best device).
+fn parse_target(target: &str) -> Result<(BackendName, DeviceSpec)> {
+    let (name, device) = target.split_once('@').unwrap_or((target, "auto"));
+    let name = name
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("target `{target}`: {e}"))?;
+    let device = device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("target `{target}`: {e}"))?;
+    Ok((name, device))
+}
+
 impl Matrix {
     /// Reads a matrix file; unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -105,6 +118,9 @@ impl Matrix {
         let mut matrix: Matrix =
             toml::from_str(&text).with_context(|| format!("invalid matrix {}", path.display()))?;
         matrix.baselines.dtypes = matrix.dtypes.clone();
+        for target in &matrix.targets {
+            parse_target(target).with_context(|| path.display().to_string())?;
+        }
         for level in &matrix.autotune {
             if !AUTOTUNE_LEVELS.contains(&level.as_str()) {
                 bail!(
@@ -118,13 +134,13 @@ impl Matrix {
     }
 
     /// The runs, f32 first within each model and target (the accuracy reference).
-    pub fn targets(&self) -> Vec<Target> {
+    pub fn targets(&self) -> Result<Vec<Target>> {
         let mut dtypes = self.dtypes.clone();
         dtypes.sort_by_key(|d| *d != DType::F32);
         let mut out = Vec::new();
         for model in &self.models {
             for target in &self.targets {
-                let (name, device) = target.split_once('@').unwrap_or((target, "auto"));
+                let (name, device) = parse_target(target)?;
                 for &dtype in &dtypes {
                     for (&attention, &graphs) in self
                         .attention
@@ -137,8 +153,8 @@ impl Matrix {
                                 config.model.source = model.clone();
                                 config.model.cache_dir = self.cache_dir.clone();
                                 config.backend = BackendConfig {
-                                    name: name.into(),
-                                    device: device.into(),
+                                    name,
+                                    device,
                                     dtype,
                                     threads,
                                     attention,
@@ -155,7 +171,7 @@ impl Matrix {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -208,11 +224,11 @@ fn base_record(target: &Target) -> Record {
         test_time: utc_now(),
         cpu_info: cpu_info(),
         model_filename: target.config.model.source.clone(),
-        backends: b.name.clone(),
-        device: b.device.clone(),
+        backends: b.name.to_string(),
+        device: b.device.to_string(),
         dtype: b.dtype.to_string(),
         flash_attn: b.attention == ember::AttentionImpl::Fused,
-        fusion: if ["wgpu", "cuda"].contains(&b.name.as_str()) {
+        fusion: if [BackendName::Wgpu, BackendName::Cuda].contains(&b.name) {
             "on".into()
         } else {
             "n/a".into()
@@ -783,11 +799,11 @@ mod tests {
             threads = [1, 2]
             "#,
         );
-        let t = m.targets();
+        let t = m.targets().unwrap();
         assert_eq!(t.len(), 2 * 2 * 2);
         assert_eq!(t[0].config.backend.dtype, DType::F32);
-        assert_eq!(t[0].config.backend.device, "cpu");
-        assert_eq!(t[4].config.backend.device, "auto");
+        assert_eq!(t[0].config.backend.device, DeviceSpec::Cpu);
+        assert_eq!(t[4].config.backend.device, DeviceSpec::Auto);
         assert!(t
             .iter()
             .all(|t| t.config.backend.on_unavailable == OnUnavailable::Error));
@@ -803,7 +819,7 @@ mod tests {
                 continue;
             }
             let m = Matrix::from_file(&path).unwrap();
-            for t in m.targets() {
+            for t in m.targets().unwrap() {
                 let reason = skip_reason(&t).unwrap_or_default();
                 assert!(
                     !reason.contains("unknown backend"),
@@ -834,7 +850,7 @@ mod tests {
             autotune = ["default", "minimal"]
             "#,
         );
-        let reasons: Vec<Option<String>> = m.targets().iter().map(skip_reason).collect();
+        let reasons: Vec<Option<String>> = m.targets().unwrap().iter().map(skip_reason).collect();
         assert!(reasons[0]
             .as_deref()
             .unwrap()

@@ -11,11 +11,14 @@ use crate::error::{Error, Result};
 /// Hugging Face name -> llama.cpp name pairs.
 pub type NameTable = &'static [(&'static str, &'static str)];
 
+/// For a tensor name and shape, the stored row each row of the Hugging Face tensor is.
+pub type RowOrder<'a> = Box<dyn Fn(&str, &[usize]) -> Option<Vec<usize>> + 'a>;
+
 /// What llama.cpp's converter changed in a family's tensors, to be undone.
 pub struct Fixes<'a> {
     /// The row order to restore for a tensor of a shape (`Some(order)`: row `i` of the
     /// Hugging Face tensor is row `order[i]` of the stored one). Llama's Q/K rows.
-    pub rows: Box<dyn Fn(&str, &[usize]) -> Option<Vec<usize>> + 'a>,
+    pub rows: RowOrder<'a>,
     /// A constant the converter added to a tensor's values (Gemma's norms: 1).
     pub offset: Box<dyn Fn(&str) -> f32 + 'a>,
 }
