@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ember::format::gguf::GgufFile;
-use ember::models::llama::LlamaConfig;
+use ember::models::{Architecture, DecoderConfig, DecoderJob, LoadDecoder};
 use ember::tokenizer::{render_template, TextTokenizer, TokenStream};
 use ember::{CancelToken, DType, Engine, EngineConfig, GenerationConfig, Message};
 
@@ -43,9 +43,9 @@ pub enum Reached {
 /// Largest model the targets go on to load and run (weights); bigger valid ones stop at parsing.
 const MAX_RUN_PARAMS: u128 = 1 << 22;
 
-/// A GGUF file: parsed from memory, every tensor dequantized, the Llama config and tokenizer
-/// read from its metadata; when all of that holds and the model is small, loaded from disk
-/// through [`Engine::load`] and run for two tokens.
+/// A GGUF file: parsed from memory, every tensor dequantized, its family's config (through
+/// the registry) and tokenizer read from its metadata; when all of that holds and the model
+/// is small, loaded from disk through [`Engine::load`] and run for two tokens.
 pub fn gguf(data: &[u8]) -> Reached {
     let Ok(file) = GgufFile::from_bytes(data.to_vec(), "fuzz.gguf") else {
         return Reached::Rejected;
@@ -53,12 +53,18 @@ pub fn gguf(data: &[u8]) -> Reached {
     for info in file.tensors() {
         let _ = file.dequantize(info);
     }
-    let _ = file.get_str("general.architecture");
-    let config = LlamaConfig::from_gguf(&file);
+    let params = file
+        .get_str("general.architecture")
+        .ok()
+        .and_then(|name| Architecture::from_name(name).ok())
+        .and_then(|arch| {
+            arch.load_decoder::<ember_flex::Backend, _>(DeclaredParams(&file))
+                .ok()
+        });
     if let Ok(tokenizer) = TextTokenizer::from_gguf(&file) {
         exercise_tokenizer(&tokenizer, "Hello, wörld! 日本語 🙂 <|im_start|>");
     }
-    if config.is_ok_and(|c| c.param_count() <= MAX_RUN_PARAMS) {
+    if params.is_some_and(|p| p <= MAX_RUN_PARAMS) {
         let dir = scratch_dir("gguf");
         let path = dir.join("model.gguf");
         if std::fs::write(&path, data).is_ok() {
@@ -66,6 +72,19 @@ pub fn gguf(data: &[u8]) -> Reached {
         }
     }
     Reached::Parsed
+}
+
+/// The weights a GGUF file's family config declares.
+struct DeclaredParams<'a>(&'a GgufFile);
+
+impl<B: burn::prelude::Backend> DecoderJob<B> for DeclaredParams<'_> {
+    type Output = u128;
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn run<M: LoadDecoder<B>>(self) -> ember::Result<u128> {
+        Ok(M::config_from_gguf(self.0)?.param_count())
+    }
 }
 
 /// A Hugging Face directory packed as the contents of [`HF_FILES`] joined by

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use ember::backend::DeviceSpec;
-use ember::{BackendConfig, BackendName, DType, EngineConfig, OnUnavailable};
+use ember::{BackendConfig, BackendName, DType, EngineConfig, OnUnavailable, WeightsMode};
 use serde::Deserialize;
 
 use crate::backends;
@@ -47,6 +47,11 @@ pub struct Matrix {
     /// CPU thread counts (0: one per core).
     #[serde(default = "default_threads")]
     pub threads: Vec<usize>,
+    /// What happens to quantized GGUF weights (`model.weights`): `["dequantize"]`
+    /// (default), `["keep"]`, or both to compare (a kept run's accuracy columns are then
+    /// against the dequantized f32 run).
+    #[serde(default = "default_weights")]
+    pub weights: Vec<WeightsMode>,
     /// CubeCL autotune levels (`default`, `minimal`, `balanced`, `extensive`, `full`);
     /// applies to wgpu and cuda only.
     #[serde(default = "default_autotune")]
@@ -82,6 +87,9 @@ fn default_graphs() -> Vec<bool> {
 }
 fn default_threads() -> Vec<usize> {
     vec![0]
+}
+fn default_weights() -> Vec<WeightsMode> {
+    vec![WeightsMode::Dequantize]
 }
 fn default_autotune() -> Vec<String> {
     vec!["default".into()]
@@ -133,15 +141,21 @@ impl Matrix {
         Ok(matrix)
     }
 
-    /// The runs, f32 first within each model and target (the accuracy reference).
+    /// The runs, f32 with dequantized weights first within each model and target (the
+    /// accuracy reference).
     pub fn targets(&self) -> Result<Vec<Target>> {
         let mut dtypes = self.dtypes.clone();
         dtypes.sort_by_key(|d| *d != DType::F32);
+        let mut weights = self.weights.clone();
+        weights.sort_by_key(|w| *w != WeightsMode::Dequantize);
         let mut out = Vec::new();
         for model in &self.models {
             for target in &self.targets {
                 let (name, device) = parse_target(target)?;
-                for &dtype in &dtypes {
+                for (&dtype, &kept) in dtypes
+                    .iter()
+                    .flat_map(|d| weights.iter().map(move |w| (d, w)))
+                {
                     for (&attention, &graphs) in self
                         .attention
                         .iter()
@@ -152,6 +166,7 @@ impl Matrix {
                                 let mut config = EngineConfig::default();
                                 config.model.source = model.clone();
                                 config.model.cache_dir = self.cache_dir.clone();
+                                config.model.weights = kept;
                                 config.backend = BackendConfig {
                                     name,
                                     device,
@@ -228,6 +243,7 @@ fn base_record(target: &Target) -> Record {
         device: b.device.to_string(),
         dtype: b.dtype.to_string(),
         flash_attn: b.attention == ember::AttentionImpl::Fused,
+        weights_kept: target.config.model.weights == WeightsMode::Keep,
         fusion: if [BackendName::Wgpu, BackendName::Cuda].contains(&b.name) {
             "on".into()
         } else {
@@ -412,10 +428,10 @@ fn run_child(
 fn accuracy(records: &mut [Record], logits: &HashMap<usize, (PathBuf, usize)>, keys: &[RunKey]) {
     let find_ref = |k: &RunKey| {
         keys.iter()
-            .position(|r| r.dtype == "f32" && r.same_backend(k))
+            .position(|r| r.is_reference() && r.same_backend(k))
             .or_else(|| {
                 keys.iter()
-                    .position(|r| r.dtype == "f32" && r.engine == k.engine && r.model == k.model)
+                    .position(|r| r.is_reference() && r.engine == k.engine && r.model == k.model)
             })
     };
     // Each file is read once; an f32 reference serves every reduced run compared with it.
@@ -436,7 +452,7 @@ fn accuracy(records: &mut [Record], logits: &HashMap<usize, (PathBuf, usize)>, k
         Some(v)
     };
     for (i, key) in keys.iter().enumerate() {
-        if key.dtype == "f32" || !logits.contains_key(&i) {
+        if key.is_reference() || !logits.contains_key(&i) {
             continue;
         }
         let Some(r) = find_ref(key) else { continue };
@@ -477,7 +493,16 @@ struct RunKey {
     backend: String,
     device: String,
     dtype: String,
+    /// The model's weights kept quantized (`model.weights = "keep"`).
+    kept: bool,
     extra: String,
+}
+
+impl RunKey {
+    /// Whether this run is an accuracy reference: f32, weights dequantized.
+    fn is_reference(&self) -> bool {
+        self.dtype == "f32" && !self.kept
+    }
 }
 
 impl RunKey {
@@ -596,6 +621,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                         backend: result.backend.clone(),
                         device: result.device.clone(),
                         dtype: result.dtype.clone(),
+                        kept: target.config.model.weights == WeightsMode::Keep,
                         extra: format!(
                             "{:?} {} {} {}",
                             b.attention, b.threads, target.autotune, b.graphs
@@ -650,6 +676,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                         backend: run.backend.clone(),
                         device: run.device.clone(),
                         dtype: run.dtype.clone(),
+                        kept: false,
                         extra: String::new(),
                     });
                     if let Some(path) = logits_path {

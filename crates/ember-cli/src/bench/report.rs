@@ -41,6 +41,9 @@ pub struct Record {
     /// Whether decode steps were replayed as recorded CUDA graphs (`backend.graphs`).
     #[serde(default)]
     pub graphs: bool,
+    /// Whether quantized weights stayed quantized on the device (`model.weights = "keep"`).
+    #[serde(default)]
+    pub weights_kept: bool,
     /// burn's kernel fusion: `on` (compiled into this backend), `n/a` (no such layer).
     pub fusion: String,
     /// CubeCL autotune level, or `n/a`.
@@ -136,10 +139,11 @@ pub fn markdown(records: &[Record]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model_filename,
             r.engine,
-            if r.graphs {
-                format!("{} + graphs", r.backends)
-            } else {
-                r.backends.clone()
+            match (r.graphs, r.weights_kept) {
+                (true, true) => format!("{} + graphs, weights kept", r.backends),
+                (true, false) => format!("{} + graphs", r.backends),
+                (false, true) => format!("{}, weights kept", r.backends),
+                (false, false) => r.backends.clone(),
             },
             r.device,
             r.dtype,
@@ -179,6 +183,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "dtype",
     "flash_attn",
     "graphs",
+    "weights_kept",
     "fusion",
     "autotune",
     "n_threads",
