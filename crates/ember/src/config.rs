@@ -436,6 +436,9 @@ impl EngineConfig {
         if self.model.source.trim().is_empty() {
             return Err("model.source is empty".into());
         }
+        // hf:, pypi: and preset: sources are checked for their form when the file is read.
+        crate::source::ModelSource::parse(&self.model.source)
+            .map_err(|e| format!("model.source: {e}"))?;
         if self.model.context_length == Some(0) {
             return Err("model.context_length must be at least 1".into());
         }

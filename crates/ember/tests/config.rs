@@ -54,6 +54,16 @@ fn missing_source_and_wrong_types_are_errors() {
         parse_err("[model]\nsource = \"x\"\n[backend]\ndtype = \"f8\"\n")
             .contains("unknown variant `f8`")
     );
+    // Sources, backends and devices are checked when the file is read.
+    let m = parse_err("[model]\nsource = \"pypi:a b\"\n");
+    assert!(
+        m.contains("model.source") && m.contains("pypi:PACKAGE"),
+        "{m}"
+    );
+    let m = parse_err("[model]\nsource = \"x\"\n[backend]\nname = \"jax\"\n");
+    assert!(m.contains("unknown variant `jax`"), "{m}");
+    let m = parse_err("[model]\nsource = \"x\"\n[backend]\ndevice = \"tpu\"\n");
+    assert!(m.contains("unknown device `tpu`"), "{m}");
 }
 
 #[test]
@@ -71,7 +81,7 @@ fn out_of_range_values_name_the_key() {
         ),
         (
             "messages = [{ role = \"robot\", content = \"b\" }]",
-            "unknown role `robot`",
+            "unknown variant `robot`, expected one of `system`, `user`, `assistant`",
         ),
     ];
     for (line, needle) in cases {

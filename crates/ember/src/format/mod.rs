@@ -14,7 +14,7 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::nn::linear::{Embedding, QuantizedWeight, Weight};
+use crate::nn::linear::{rows_per_part, Embedding, QuantizedWeight, Weight};
 use quant::Unpacked;
 
 /// A checkpoint's tensors, addressed by the model's own (Hugging Face) names.
@@ -97,43 +97,89 @@ impl<'a, B: Backend> Loader<'a, B> {
         (self.progress.borrow_mut())(used.len(), self.total);
     }
 
-    /// The blocks of `[out, in]` tensor `name` when it is stored quantized and kept so.
-    fn quantized(&self, name: &str, shape: [usize; 2]) -> Result<Option<QuantizedWeight<B>>> {
+    /// The blocks of `[rows, cols]` tensor `name` when it is stored quantized and kept so,
+    /// in parts of rows small enough for one device buffer ([`rows_per_part`]).
+    fn quantized(
+        &self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+    ) -> Result<Option<Vec<QuantizedWeight<B>>>> {
         if !self.keep_quantized {
             return Ok(None);
         }
-        self.check(name, &shape)?;
+        self.check(name, &[rows, cols])?;
         let Some(unpacked) = self.store.read_quantized(name)? else {
             return Ok(None);
         };
         self.mark_used(name);
-        Ok(Some(QuantizedWeight::new(
-            &unpacked,
-            shape,
-            &self.device,
-            self.dtype,
-        )))
+        let per = rows_per_part(rows, cols);
+        Ok(Some(
+            (0..rows)
+                .step_by(per)
+                .map(|start| {
+                    let n = per.min(rows - start);
+                    QuantizedWeight::part(&unpacked, cols, start, n, &self.device, self.dtype)
+                })
+                .collect(),
+        ))
     }
 
     /// A `[out, in]` projection weight: kept quantized where the checkpoint stores it so and
-    /// the loader keeps ([`Loader::keep_quantized`]), else dense and transposed.
+    /// the loader keeps ([`Loader::keep_quantized`]), else dense and transposed; split by
+    /// output rows when larger than one device buffer takes ([`rows_per_part`]).
     pub fn weight(&self, name: &str, out_features: usize, in_features: usize) -> Result<Weight<B>> {
-        match self.quantized(name, [out_features, in_features])? {
-            Some(q) => Ok(Weight::Quantized(q)),
-            None => Ok(Weight::Dense(self.linear(
-                name,
-                out_features,
-                in_features,
-            )?)),
+        if let Some(mut parts) = self.quantized(name, [out_features, in_features])? {
+            return Ok(if parts.len() == 1 {
+                Weight::Quantized(parts.remove(0))
+            } else {
+                Weight::Concat(parts.into_iter().map(Weight::Quantized).collect())
+            });
         }
+        let values = self.values(name, &[out_features, in_features])?;
+        let per = rows_per_part(out_features, in_features);
+        let mut parts: Vec<Weight<B>> = (0..out_features)
+            .step_by(per)
+            .map(|start| {
+                let rows = per.min(out_features - start);
+                let part = &values[start * in_features..(start + rows) * in_features];
+                Weight::Dense(self.transposed(part, rows, in_features))
+            })
+            .collect();
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Weight::Concat(parts)
+        })
     }
 
-    /// A `[vocab, hidden]` token embedding, kept quantized like [`Loader::weight`].
+    /// A `[vocab, hidden]` token embedding, kept quantized like [`Loader::weight`], in parts
+    /// of rows when larger than one device buffer takes.
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
-        match self.quantized(name, [vocab, hidden])? {
-            Some(q) => Ok(Embedding::Quantized(q)),
-            None => Ok(Embedding::Dense(self.tensor(name, [vocab, hidden])?)),
+        if let Some(mut parts) = self.quantized(name, [vocab, hidden])? {
+            return Ok(if parts.len() == 1 {
+                Embedding::Quantized(parts.remove(0))
+            } else {
+                Embedding::Parts(parts.into_iter().map(Embedding::Quantized).collect())
+            });
         }
+        let values = self.values(name, &[vocab, hidden])?;
+        let per = rows_per_part(vocab, hidden);
+        let mut parts: Vec<Embedding<B>> = (0..vocab)
+            .step_by(per)
+            .map(|start| {
+                let rows = per.min(vocab - start);
+                let part = values[start * hidden..(start + rows) * hidden].to_vec();
+                Embedding::Dense(Tensor::from_data(
+                    TensorData::new(part, [rows, hidden]),
+                    (&self.device, self.dtype),
+                ))
+            })
+            .collect();
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Embedding::Parts(parts)
+        })
     }
 
     /// The f32 values of `name`, checked against `shape`.
@@ -174,6 +220,11 @@ impl<'a, B: Backend> Loader<'a, B> {
         in_features: usize,
     ) -> Result<Tensor<B, 2>> {
         let values = self.values(name, &[out_features, in_features])?;
+        Ok(self.transposed(&values, out_features, in_features))
+    }
+
+    /// `values` (`[out, in]`) transposed to `[in, out]` on the device.
+    fn transposed(&self, values: &[f32], out_features: usize, in_features: usize) -> Tensor<B, 2> {
         // Row `i` of the transpose is column `i` of the weight; rows are filled in parallel.
         let mut t = vec![0f32; values.len()];
         t.par_chunks_mut(out_features)
@@ -183,10 +234,10 @@ impl<'a, B: Backend> Loader<'a, B> {
                     *slot = values[o * in_features + i];
                 }
             });
-        Ok(Tensor::from_data(
+        Tensor::from_data(
             TensorData::new(t, [in_features, out_features]),
             (&self.device, self.dtype),
-        ))
+        )
     }
 
     /// Fails, naming them, if any tensors were never asked for.

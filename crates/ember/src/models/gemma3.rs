@@ -664,9 +664,7 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
         let norm = scale("model.norm.weight", h)?;
         let lm_head = match (config.tie_word_embeddings, embed_tokens.tied()) {
             (true, Some(shared)) => shared,
-            (true, None) => {
-                Weight::Dense(loader.linear("model.embed_tokens.weight", config.vocab_size, h)?)
-            }
+            (true, None) => loader.weight("model.embed_tokens.weight", config.vocab_size, h)?,
             (false, _) => loader.weight("lm_head.weight", config.vocab_size, h)?,
         };
         let dtype = embed_tokens.dtype();

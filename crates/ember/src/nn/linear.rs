@@ -103,14 +103,31 @@ impl<B: Backend> Weight<B> {
     }
 }
 
+/// Most elements one weight tensor holds; a larger matrix is split by rows into several
+/// (2^25: 128 MiB in f32, WebGPU's default limit on one storage buffer binding, which a
+/// 262,144-token embedding of width 640 exceeds five times over).
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 25;
+
+/// Rows per part when a `[rows, cols]` matrix is split to stay under
+/// [`MAX_TENSOR_ELEMENTS`] (all of them when it fits).
+pub fn rows_per_part(rows: usize, cols: usize) -> usize {
+    if rows.saturating_mul(cols) <= MAX_TENSOR_ELEMENTS {
+        rows.max(1)
+    } else {
+        (MAX_TENSOR_ELEMENTS / cols.max(1)).max(1)
+    }
+}
+
 /// A token embedding `[vocab, hidden]`: its rows are looked up; a tied output projection
-/// shares it.
+/// shares it when kept quantized.
 #[derive(Debug, Clone)]
 pub enum Embedding<B: Backend> {
     /// Dense, `[vocab, hidden]`, in the run's dtype.
     Dense(Tensor<B, 2>),
     /// Kept quantized, one row per token.
     Quantized(QuantizedWeight<B>),
+    /// Split by rows (a large vocabulary; see [`MAX_TENSOR_ELEMENTS`]): consecutive parts.
+    Parts(Vec<Embedding<B>>),
 }
 
 impl<B: Backend> Embedding<B> {
@@ -119,6 +136,39 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.clone().select(0, ids),
             Embedding::Quantized(q) => q.rows(ids),
+            Embedding::Parts(parts) => {
+                // Each part looks up the ids in its range (others clamped into it, then
+                // zeroed); the parts' rows add up to the looked-up rows.
+                let mut start = 0i64;
+                let mut sum: Option<Tensor<B, 2>> = None;
+                for part in parts {
+                    let rows = part.rows() as i64;
+                    let local = ids.clone().sub_scalar(start);
+                    let outside = local
+                        .clone()
+                        .lower_elem(0)
+                        .bool_or(local.clone().greater_equal_elem(rows));
+                    let found = part.lookup(local.clamp(0, rows - 1));
+                    let [n, width] = found.dims();
+                    let found =
+                        found.mask_fill(outside.unsqueeze_dim::<2>(1).expand([n, width]), 0.0);
+                    sum = Some(match sum {
+                        Some(s) => s.add(found),
+                        None => found,
+                    });
+                    start += rows;
+                }
+                sum.unwrap_or_else(|| Tensor::zeros([0, 0], &ids.device()))
+            }
+        }
+    }
+
+    /// Rows (tokens).
+    pub fn rows(&self) -> usize {
+        match self {
+            Embedding::Dense(t) => t.dims()[0],
+            Embedding::Quantized(q) => q.out_features,
+            Embedding::Parts(parts) => parts.iter().map(Embedding::rows).sum(),
         }
     }
 
@@ -127,6 +177,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dtype(),
             Embedding::Quantized(q) => q.dtype,
+            Embedding::Parts(parts) => parts.first().map_or(DType::F32, Embedding::dtype),
         }
     }
 
@@ -135,6 +186,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dims().iter().product(),
             Embedding::Quantized(q) => q.out_features * q.in_features,
+            Embedding::Parts(parts) => parts.iter().map(Embedding::num_params).sum(),
         }
     }
 
@@ -143,6 +195,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dims().iter().product::<usize>() * t.dtype().size(),
             Embedding::Quantized(q) => q.bytes(),
+            Embedding::Parts(parts) => parts.iter().map(Embedding::bytes).sum(),
         }
     }
 
@@ -152,6 +205,11 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Quantized(q) => Some(Weight::Quantized(q.clone())),
             Embedding::Dense(_) => None,
+            Embedding::Parts(parts) => parts
+                .iter()
+                .map(Embedding::tied)
+                .collect::<Option<Vec<_>>>()
+                .map(Weight::Concat),
         }
     }
 }
@@ -214,6 +272,26 @@ impl<B: Backend> QuantizedWeight<B> {
             in_features,
             dtype,
         }
+    }
+
+    /// A weight of rows `start..start + rows` of `unpacked` (`cols` values per row).
+    pub fn part(
+        unpacked: &Unpacked,
+        cols: usize,
+        start: usize,
+        rows: usize,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
+        let groups = cols / unpacked.group;
+        let part = Unpacked {
+            bits: unpacked.bits,
+            group: unpacked.group,
+            u: unpacked.u[start * cols..(start + rows) * cols].to_vec(),
+            scale: unpacked.scale[start * groups..(start + rows) * groups].to_vec(),
+            min: unpacked.min[start * groups..(start + rows) * groups].to_vec(),
+        };
+        Self::new(&part, [rows, cols], device, dtype)
     }
 
     /// Weights stacked by rows (q, k and v), when all are packed alike.
