@@ -1,7 +1,7 @@
 //! ggml block formats: each quantized type decoded once into unsigned integers with one
 //! scale and one offset per group ([`unpack`]: `value = scale * u + min`), from which both
 //! the f32 values ([`dequantize`]) and the weights a layer keeps quantized on the device
-//! ([`crate::nn::linear`]) are made.
+//! ([`crate::nn::linear`](mod@crate::nn::linear)) are made.
 //!
 //! Each decoder follows `dequantize_row_*` in ggml-org/ggml `src/ggml-quants.c` and is
 //! checked against the `gguf` Python package's dequantizer in the tests.

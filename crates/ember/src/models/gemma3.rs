@@ -26,7 +26,7 @@ use crate::nn::attention::{attend_all_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate, Rope, RopeTables};
-use crate::nn::{rms_norm_with, FusedOps};
+use crate::nn::{rms_norm_with, Fused, FusedOps};
 
 /// A Gemma 3 text checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,14 +368,6 @@ pub struct Gemma3<B: Backend> {
     fused: Option<Fused<B>>,
 }
 
-struct Fused<B: Backend>(std::sync::Arc<dyn FusedOps<B>>);
-
-impl<B: Backend> std::fmt::Debug for Fused<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FusedOps")
-    }
-}
-
 /// What one step's layers share: RoPE tables and attention biases per layer type.
 struct Shared<B: Backend> {
     global: (RopeTables<B>, Tensor<B, 4>),
@@ -415,7 +407,7 @@ impl<B: Backend> Gemma3<B> {
     }
 
     fn fused(&self) -> Option<&dyn FusedOps<B>> {
-        self.fused.as_ref().map(|f| f.0.as_ref())
+        self.fused.as_ref().map(Fused::ops)
     }
 
     /// Gemma's RMSNorm over the last dim of `x: [batch, seq, width]` (`scale` is `1 + w`).
@@ -677,7 +669,7 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
             lm_head,
             rope_global: Rope::new(&global, context, device, dtype),
             rope_local: Rope::new(&local, context, device, dtype),
-            fused: crate::graph::registered::<dyn FusedOps<B>>().map(Fused),
+            fused: Fused::registered(),
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::nn::attention::{attend_all_with, causal_attention, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{rms_norm_with, FusedOps};
+use crate::nn::{rms_norm_with, Fused};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, LoadDecoder};
@@ -352,16 +352,8 @@ pub struct Llama<B: Backend> {
     /// `[hidden, vocab]`
     lm_head: Weight<B>,
     rope: Rope<B>,
-    /// The backend's fused ops, when it registered some ([`FusedOps`]).
+    /// The backend's fused ops, when it registered some ([`crate::nn::FusedOps`]).
     fused: Option<Fused<B>>,
-}
-
-struct Fused<B: Backend>(std::sync::Arc<dyn FusedOps<B>>);
-
-impl<B: Backend> std::fmt::Debug for Fused<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FusedOps")
-    }
 }
 
 impl<B: Backend> Llama<B> {
@@ -441,18 +433,18 @@ impl<B: Backend> Llama<B> {
             norm,
             lm_head,
             rope,
-            fused: crate::graph::registered::<dyn FusedOps<B>>().map(Fused),
+            fused: Fused::registered(),
         })
     }
 
     /// `residual + x.matmul(w)`, one op where the backend can.
     fn linear_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Tensor<B, 3> {
-        w.forward_add(residual, x, self.fused.as_ref().map(|f| f.0.as_ref()))
+        w.forward_add(residual, x, self.fused.as_ref().map(Fused::ops))
     }
 
     /// RMSNorm with the model's epsilon, fused where the backend can.
     fn norm(&self, x: Tensor<B, 3>, weight: &Tensor<B, 1>) -> Tensor<B, 3> {
-        let fused = self.fused.as_ref().map(|f| f.0.as_ref());
+        let fused = self.fused.as_ref().map(Fused::ops);
         rms_norm_with(x, weight, self.config.rms_norm_eps, fused)
     }
 
@@ -567,7 +559,7 @@ impl<B: Backend> Llama<B> {
         };
         let (k, v) = cache.update_and_fetch(step, index, k, v)?;
         let visible = step.visible();
-        let fused = self.fused.as_ref().map(|f| f.0.as_ref());
+        let fused = self.fused.as_ref().map(Fused::ops);
         let out = match bias {
             Some(bias) if seq == 1 => {
                 // One new token sees every cached position. Its query heads are laid onto

@@ -50,6 +50,28 @@ pub trait FusedOps<B: Backend>: Send + Sync {
     ) -> Option<Tensor<B, 3>>;
 }
 
+/// A backend's fused ops as a model holds them.
+#[derive(Clone)]
+pub struct Fused<B: Backend>(pub std::sync::Arc<dyn FusedOps<B>>);
+
+impl<B: Backend> Fused<B> {
+    /// The fused ops the backend registered ([`crate::graph::register`]), if any.
+    pub fn registered() -> Option<Self> {
+        crate::graph::registered::<dyn FusedOps<B>>().map(Fused)
+    }
+
+    /// The ops.
+    pub fn ops(&self) -> &dyn FusedOps<B> {
+        self.0.as_ref()
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Fused<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FusedOps")
+    }
+}
+
 /// [`rms_norm`] through `fused` where it can, else the portable composition.
 pub fn rms_norm_with<B: Backend>(
     x: Tensor<B, 3>,
