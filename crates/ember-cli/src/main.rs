@@ -549,13 +549,25 @@ impl BackendJob for RunJob<'_> {
         }) {
             tracing::debug!("no Ctrl-C handler: {e}");
         }
+        // A reader that goes away (`ember ... | head -c 10`) stops the generation at the
+        // first failed write, and the run ends quietly, as other writers into a closed pipe do.
         let mut stdout = std::io::stdout().lock();
+        let mut closed = false;
+        let on_closed = cancel.clone();
         let stats = session.generate(&self.config.generation, &cancel, &mut |text| {
-            let _ = write!(stdout, "{text}");
-            let _ = stdout.flush();
+            if !closed
+                && write!(stdout, "{text}")
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+            {
+                closed = true;
+                on_closed.cancel();
+            }
         })?;
+        if closed || writeln!(stdout).is_err() {
+            return Ok(());
+        }
         drop(stdout);
-        println!();
         eprintln!(
             "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | stop: {:?}",
             engine.load_time().as_secs_f64(),
@@ -570,6 +582,10 @@ impl BackendJob for RunJob<'_> {
                 "peak memory: {:.1} MiB process RSS",
                 peak as f64 / (1 << 20) as f64
             );
+        }
+        if stats.finish == ember::FinishReason::Cancelled {
+            // Ctrl-C: the text so far and the summary are out; exit as shells expect.
+            std::process::exit(130);
         }
         Ok(())
     }
