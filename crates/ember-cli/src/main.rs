@@ -484,8 +484,12 @@ impl BackendJob for EmbedJob<'_> {
         } else {
             serde_json::json!({ "texts": texts, "embeddings": out.vectors })
         };
-        println!("{json}");
-        Ok(())
+        // A reader that is gone (`... | head -c 10`) ends the run quietly.
+        let mut stdout = std::io::stdout().lock();
+        match writeln!(stdout, "{json}").and_then(|_| stdout.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => Ok(other?),
+        }
     }
 }
 
