@@ -16,7 +16,7 @@ use burn::tensor::activation::gelu_approximate;
 use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
-use super::{DecoderConfig, DecoderModel, LoadDecoder, Logits};
+use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder, Logits};
 use crate::config::AttentionImpl;
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
@@ -116,59 +116,43 @@ impl Gemma3Config {
     /// Reads the `gemma3.*` metadata of a GGUF file (llama.cpp's names; the sliding-window
     /// pattern and the local RoPE base are fixed there, as here).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let path = file.path();
-        let g = |e| Error::Gguf {
-            path: path.into(),
-            error: e,
-        };
-        let key = |k: &str| format!("gemma3.{k}");
-        let usize_of = |k: &str| -> Result<usize> {
-            let v = file.get_u64(&key(k)).map_err(g)?;
-            usize::try_from(v)
-                .map_err(|_| Error::model(path, format!("{} = {v} is too large", key(k))))
-        };
-        let heads = usize_of("attention.head_count")?;
-        let hidden_size = usize_of("embedding_length")?;
-        let head_dim = usize_of("attention.key_length").unwrap_or(hidden_size / heads.max(1));
-        let embed = file
-            .tensor("token_embd.weight")
-            .ok_or_else(|| Error::MissingTensor {
-                path: path.into(),
-                name: "token_embd.weight".into(),
-            })?;
-        let rope_scaling = match file.get_str(&key("rope.scaling.type")) {
+        let keys = GgufKeys::new(file)?;
+        let heads = keys.usize("attention.head_count")?;
+        let hidden_size = keys.usize("embedding_length")?;
+        let head_dim = keys
+            .usize("attention.key_length")
+            .unwrap_or(hidden_size / heads.max(1));
+        let rope_scaling = match file.get_str(&keys.key("rope.scaling.type")) {
             Ok("linear") => {
-                let factor = file.get_f64(&key("rope.scaling.factor")).map_err(g)?;
+                let factor = keys.f64("rope.scaling.factor")?;
                 Some(serde_json::json!({"rope_type": "linear", "factor": factor}))
             }
             _ => None,
         };
         let config = Self {
             hidden_size,
-            intermediate_size: usize_of("feed_forward_length")?,
-            num_hidden_layers: usize_of("block_count")?,
+            intermediate_size: keys.usize("feed_forward_length")?,
+            num_hidden_layers: keys.usize("block_count")?,
             num_attention_heads: heads,
-            num_key_value_heads: usize_of("attention.head_count_kv").unwrap_or(heads),
+            num_key_value_heads: keys.usize("attention.head_count_kv").unwrap_or(heads),
             head_dim,
-            rms_norm_eps: file
-                .get_f64(&key("attention.layer_norm_rms_epsilon"))
-                .map_err(g)?,
-            rope_theta: file
-                .get_f64(&key("rope.freq_base"))
-                .unwrap_or(default_rope_theta()),
+            rms_norm_eps: keys.f64("attention.layer_norm_rms_epsilon")?,
+            rope_theta: keys.f64("rope.freq_base").unwrap_or(default_rope_theta()),
             rope_local_base_freq: default_rope_local_base(),
             rope_scaling,
-            sliding_window: usize_of("attention.sliding_window")?,
+            sliding_window: keys.usize("attention.sliding_window")?,
             layer_types: None,
             sliding_window_pattern: default_pattern(),
             query_pre_attn_scalar: head_dim as f64,
-            max_position_embeddings: usize_of("context_length")?,
-            vocab_size: embed.shape().first().copied().unwrap_or(0),
-            final_logit_softcapping: file.get_f64(&key("final_logit_softcapping")).ok(),
-            attn_logit_softcapping: file.get_f64(&key("attn_logit_softcapping")).ok(),
+            max_position_embeddings: keys.usize("context_length")?,
+            vocab_size: keys.vocab_size()?,
+            final_logit_softcapping: keys.f64("final_logit_softcapping").ok(),
+            attn_logit_softcapping: keys.f64("attn_logit_softcapping").ok(),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
         };
-        config.validate().map_err(|m| Error::model(path, m))?;
+        config
+            .validate()
+            .map_err(|m| Error::model(file.path(), m))?;
         Ok(config)
     }
 

@@ -24,7 +24,7 @@ use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
 use crate::nn::{rms_norm_with, Fused};
 
 pub use super::Logits;
-use super::{DecoderConfig, DecoderModel, LoadDecoder};
+use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder};
 
 /// A Llama checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,36 +99,6 @@ impl LlamaConfig {
         self.model_type == "qwen3"
     }
 
-    /// Weights the loaded model holds: the output projection is its own (transposed) copy even
-    /// when tied to the embedding. Wide arithmetic, so hostile sizes cannot overflow.
-    pub fn param_count(&self) -> u128 {
-        let n = |x: usize| x as u128;
-        let (h, hd) = (n(self.hidden_size), n(self.head_dim()));
-        let (heads, kv) = (n(self.num_attention_heads), n(self.kv_heads()));
-        let attention = h * heads * hd * 2 + h * kv * hd * 2;
-        let mlp = 3 * h * n(self.intermediate_size);
-        let bias = if self.qkv_bias() {
-            (heads + 2 * kv) * hd
-        } else {
-            0
-        };
-        let qk_norm = if self.qk_norm() { 2 * hd } else { 0 };
-        let layer = attention + mlp + 2 * h + bias + qk_norm;
-        n(self.num_hidden_layers) * layer + 2 * n(self.vocab_size) * h + h
-    }
-
-    /// Elements of a KV cache for `positions` positions of one sequence (keys and values, every
-    /// layer) plus the RoPE tables for as many.
-    pub fn context_elements(&self, positions: usize) -> u128 {
-        let (layers, kv, hd) = (
-            self.num_hidden_layers as u128,
-            self.kv_heads() as u128,
-            self.head_dim() as u128,
-        );
-        let p = positions as u128;
-        2 * layers * kv * hd * p + 2 * p * hd
-    }
-
     /// Parses `config.json` text.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let config: Self = serde_json::from_str(text)
@@ -139,60 +109,43 @@ impl LlamaConfig {
 
     /// Reads the `llama.*` metadata of a GGUF file.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let path = file.path();
-        let g = |e| Error::Gguf {
-            path: path.into(),
-            error: e,
-        };
-        let arch = file.get_str("general.architecture").map_err(g)?;
-        let key = |k: &str| format!("{arch}.{k}");
-        let usize_of = |k: &str| -> Result<usize> {
-            let v = file.get_u64(&key(k)).map_err(g)?;
-            usize::try_from(v)
-                .map_err(|_| Error::model(path, format!("{} = {v} is too large", key(k))))
-        };
-        let heads = usize_of("attention.head_count")?;
-        let kv_heads = match file.get_u64(&key("attention.head_count_kv")) {
+        let keys = GgufKeys::new(file)?;
+        let heads = keys.usize("attention.head_count")?;
+        let kv_heads = match file.get_u64(&keys.key("attention.head_count_kv")) {
             Ok(v) => Some(v as usize),
             Err(_) => None,
         };
-        let hidden_size = usize_of("embedding_length")?;
+        let hidden_size = keys.usize("embedding_length")?;
         let head_dim = file
-            .get_u64(&key("attention.key_length"))
-            .or_else(|_| file.get_u64(&key("rope.dimension_count")))
+            .get_u64(&keys.key("attention.key_length"))
+            .or_else(|_| file.get_u64(&keys.key("rope.dimension_count")))
             .ok()
             .map(|v| v as usize);
-        let embed = file
-            .tensor("token_embd.weight")
-            .ok_or_else(|| Error::MissingTensor {
-                path: path.into(),
-                name: "token_embd.weight".into(),
-            })?;
-        let vocab_size = embed.shape().first().copied().unwrap_or(0);
+        let vocab_size = keys.vocab_size()?;
         let rope_freq_factors = match file.tensor("rope_freqs.weight") {
-            Some(info) => Some(file.dequantize(info).map_err(g)?),
+            Some(info) => Some(file.dequantize(info).map_err(|e| keys.error(e))?),
             None => None,
         };
         let config = Self {
             hidden_size,
-            intermediate_size: usize_of("feed_forward_length")?,
-            num_hidden_layers: usize_of("block_count")?,
+            intermediate_size: keys.usize("feed_forward_length")?,
+            num_hidden_layers: keys.usize("block_count")?,
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim,
-            rms_norm_eps: file
-                .get_f64(&key("attention.layer_norm_rms_epsilon"))
-                .map_err(g)?,
-            rope_theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rms_norm_eps: keys.f64("attention.layer_norm_rms_epsilon")?,
+            rope_theta: keys.f64("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling: None,
-            max_position_embeddings: usize_of("context_length")?,
+            max_position_embeddings: keys.usize("context_length")?,
             vocab_size,
             tie_word_embeddings: file.tensor("output.weight").is_none(),
-            model_type: arch.to_string(),
+            model_type: keys.arch().to_string(),
             attention_bias: None,
             rope_freq_factors,
         };
-        config.validate().map_err(|m| Error::model(path, m))?;
+        config
+            .validate()
+            .map_err(|m| Error::model(file.path(), m))?;
         Ok(config)
     }
 
@@ -357,86 +310,6 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// Loads weights by their Hugging Face names; RoPE tables cover `context` positions.
-    pub fn load(
-        config: LlamaConfig,
-        loader: &Loader<'_, B>,
-        context: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let h = config.hidden_size;
-        let (heads, kv_heads, hd) = (
-            config.num_attention_heads,
-            config.kv_heads(),
-            config.head_dim(),
-        );
-        let inter = config.intermediate_size;
-        let embed_tokens = loader.embedding("model.embed_tokens.weight", config.vocab_size, h)?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = |name: &str| format!("model.layers.{i}.{name}");
-            layers.push(DecoderLayer {
-                input_layernorm: loader.tensor(&p("input_layernorm.weight"), [h])?,
-                self_attn: SelfAttention {
-                    qkv_proj: Weight::concat(vec![
-                        loader.weight(&p("self_attn.q_proj.weight"), heads * hd, h)?,
-                        loader.weight(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
-                        loader.weight(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
-                    ]),
-                    qkv_bias: if config.qkv_bias() {
-                        Some(Tensor::cat(
-                            vec![
-                                loader.tensor(&p("self_attn.q_proj.bias"), [heads * hd])?,
-                                loader.tensor(&p("self_attn.k_proj.bias"), [kv_heads * hd])?,
-                                loader.tensor(&p("self_attn.v_proj.bias"), [kv_heads * hd])?,
-                            ],
-                            0,
-                        ))
-                    } else {
-                        None
-                    },
-                    qk_norm: if config.qk_norm() {
-                        Some((
-                            loader.tensor(&p("self_attn.q_norm.weight"), [hd])?,
-                            loader.tensor(&p("self_attn.k_norm.weight"), [hd])?,
-                        ))
-                    } else {
-                        None
-                    },
-                    o_proj: loader.weight(&p("self_attn.o_proj.weight"), h, heads * hd)?,
-                },
-                post_attention_layernorm: loader
-                    .tensor(&p("post_attention_layernorm.weight"), [h])?,
-                mlp: Mlp {
-                    gate_up_proj: Weight::concat(vec![
-                        loader.weight(&p("mlp.gate_proj.weight"), inter, h)?,
-                        loader.weight(&p("mlp.up_proj.weight"), inter, h)?,
-                    ]),
-                    down_proj: loader.weight(&p("mlp.down_proj.weight"), h, inter)?,
-                },
-            });
-        }
-        let norm = loader.tensor("model.norm.weight", [h])?;
-        let lm_head = match (config.tie_word_embeddings, embed_tokens.tied()) {
-            (true, Some(shared)) => shared,
-            (true, None) => loader.weight("model.embed_tokens.weight", config.vocab_size, h)?,
-            (false, _) => loader.weight("lm_head.weight", config.vocab_size, h)?,
-        };
-        if config.rope_freq_factors.is_some() {
-            loader.skip(GGUF_ROPE_FREQS);
-        }
-        let rope = Rope::new(&config.inv_freq(), context, device, embed_tokens.dtype());
-        Ok(Self {
-            config,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rope,
-            fused: Fused::registered(),
-        })
-    }
-
     /// `residual + x.matmul(w)`, one op where the backend can.
     fn linear_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Tensor<B, 3> {
         w.forward_add(residual, x, self.fused.as_ref().map(Fused::ops))
@@ -484,30 +357,6 @@ impl<B: Backend> Llama<B> {
             out.extend([&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj].map(tw));
         }
         out
-    }
-
-    /// Number of weights on the device (a tied output projection counted once per copy).
-    pub fn num_params(&self) -> usize {
-        self.tally().iter().map(|t| t.0).sum()
-    }
-
-    /// Bytes the weights take on the device.
-    pub fn weights_bytes(&self) -> usize {
-        self.tally().iter().map(|t| t.1).sum()
-    }
-
-    /// A KV cache for `batch` sequences of up to `capacity` positions.
-    pub fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
-        let c = &self.config;
-        KvCache::new(
-            c.num_hidden_layers,
-            batch,
-            c.kv_heads(),
-            capacity.min(self.rope.context()),
-            c.head_dim(),
-            device,
-            self.embed_tokens.dtype(),
-        )
     }
 
     /// One decoder layer on `x: [batch, seq, hidden]`: its new keys and values go to the
@@ -589,13 +438,79 @@ impl<B: Backend> Llama<B> {
         let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
         Ok(self.linear_add(x, gated, &m.down_proj))
     }
+}
 
-    /// Runs `tokens: [batch, seq]` at the positions the cache gives the step
-    /// ([`KvCache::begin`]: after what it holds, or one token at a device-held position),
-    /// writing their keys and values to `cache`.
-    ///
-    /// Returns logits `[batch, seq, vocab]` ([`Logits::All`]) or `[batch, 1, vocab]` ([`Logits::Last`]).
-    pub fn forward(
+impl DecoderConfig for LlamaConfig {
+    /// Weights the loaded model holds: the output projection is its own (transposed) copy
+    /// even when tied to the embedding. Wide arithmetic, so hostile sizes cannot overflow.
+    fn param_count(&self) -> u128 {
+        let n = |x: usize| x as u128;
+        let (h, hd) = (n(self.hidden_size), n(self.head_dim()));
+        let (heads, kv) = (n(self.num_attention_heads), n(self.kv_heads()));
+        let attention = h * heads * hd * 2 + h * kv * hd * 2;
+        let mlp = 3 * h * n(self.intermediate_size);
+        let bias = if self.qkv_bias() {
+            (heads + 2 * kv) * hd
+        } else {
+            0
+        };
+        let qk_norm = if self.qk_norm() { 2 * hd } else { 0 };
+        let layer = attention + mlp + 2 * h + bias + qk_norm;
+        n(self.num_hidden_layers) * layer + 2 * n(self.vocab_size) * h + h
+    }
+
+    /// Elements of a KV cache for `positions` positions of one sequence (keys and values,
+    /// every layer) plus the RoPE tables for as many.
+    fn context_elements(&self, positions: usize) -> u128 {
+        let (layers, kv, hd) = (
+            self.num_hidden_layers as u128,
+            self.kv_heads() as u128,
+            self.head_dim() as u128,
+        );
+        let p = positions as u128;
+        2 * layers * kv * hd * p + 2 * p * hd
+    }
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}
+
+impl<B: Backend> DecoderModel<B> for Llama<B> {
+    fn family(&self) -> &'static str {
+        match self.config.model_type.as_str() {
+            "qwen2" => "qwen2",
+            "qwen3" => "qwen3",
+            _ => "llama",
+        }
+    }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn num_params(&self) -> usize {
+        self.tally().iter().map(|t| t.0).sum()
+    }
+    fn declared_params(&self) -> u128 {
+        self.config.param_count()
+    }
+    fn weights_bytes(&self) -> usize {
+        self.tally().iter().map(|t| t.1).sum()
+    }
+    fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            batch,
+            c.kv_heads(),
+            capacity.min(self.rope.context()),
+            c.head_dim(),
+            device,
+            self.embed_tokens.dtype(),
+        )
+    }
+    fn forward(
         &self,
         tokens: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
@@ -627,55 +542,6 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-impl DecoderConfig for LlamaConfig {
-    fn param_count(&self) -> u128 {
-        LlamaConfig::param_count(self)
-    }
-    fn context_elements(&self, positions: usize) -> u128 {
-        LlamaConfig::context_elements(self, positions)
-    }
-    fn max_position_embeddings(&self) -> usize {
-        self.max_position_embeddings
-    }
-    fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-}
-
-impl<B: Backend> DecoderModel<B> for Llama<B> {
-    fn family(&self) -> &'static str {
-        match self.config.model_type.as_str() {
-            "qwen2" => "qwen2",
-            "qwen3" => "qwen3",
-            _ => "llama",
-        }
-    }
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-    fn num_params(&self) -> usize {
-        Llama::num_params(self)
-    }
-    fn declared_params(&self) -> u128 {
-        self.config.param_count()
-    }
-    fn weights_bytes(&self) -> usize {
-        Llama::weights_bytes(self)
-    }
-    fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
-        Llama::new_cache(self, batch, capacity, device)
-    }
-    fn forward(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-        attention: AttentionImpl,
-        logits: Logits,
-    ) -> Result<Tensor<B, 3>> {
-        Llama::forward(self, tokens, cache, attention, logits)
-    }
-}
-
 impl<B: Backend> LoadDecoder<B> for Llama<B> {
     type Config = LlamaConfig;
     fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
@@ -698,7 +564,77 @@ impl<B: Backend> LoadDecoder<B> for Llama<B> {
         context: usize,
         device: &B::Device,
     ) -> Result<Self> {
-        Llama::load(config, loader, context, device)
+        let h = config.hidden_size;
+        let (heads, kv_heads, hd) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.head_dim(),
+        );
+        let inter = config.intermediate_size;
+        let embed_tokens = loader.embedding("model.embed_tokens.weight", config.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = |name: &str| format!("model.layers.{i}.{name}");
+            layers.push(DecoderLayer {
+                input_layernorm: loader.tensor(&p("input_layernorm.weight"), [h])?,
+                self_attn: SelfAttention {
+                    qkv_proj: Weight::concat(vec![
+                        loader.weight(&p("self_attn.q_proj.weight"), heads * hd, h)?,
+                        loader.weight(&p("self_attn.k_proj.weight"), kv_heads * hd, h)?,
+                        loader.weight(&p("self_attn.v_proj.weight"), kv_heads * hd, h)?,
+                    ]),
+                    qkv_bias: if config.qkv_bias() {
+                        Some(Tensor::cat(
+                            vec![
+                                loader.tensor(&p("self_attn.q_proj.bias"), [heads * hd])?,
+                                loader.tensor(&p("self_attn.k_proj.bias"), [kv_heads * hd])?,
+                                loader.tensor(&p("self_attn.v_proj.bias"), [kv_heads * hd])?,
+                            ],
+                            0,
+                        ))
+                    } else {
+                        None
+                    },
+                    qk_norm: if config.qk_norm() {
+                        Some((
+                            loader.tensor(&p("self_attn.q_norm.weight"), [hd])?,
+                            loader.tensor(&p("self_attn.k_norm.weight"), [hd])?,
+                        ))
+                    } else {
+                        None
+                    },
+                    o_proj: loader.weight(&p("self_attn.o_proj.weight"), h, heads * hd)?,
+                },
+                post_attention_layernorm: loader
+                    .tensor(&p("post_attention_layernorm.weight"), [h])?,
+                mlp: Mlp {
+                    gate_up_proj: Weight::concat(vec![
+                        loader.weight(&p("mlp.gate_proj.weight"), inter, h)?,
+                        loader.weight(&p("mlp.up_proj.weight"), inter, h)?,
+                    ]),
+                    down_proj: loader.weight(&p("mlp.down_proj.weight"), h, inter)?,
+                },
+            });
+        }
+        let norm = loader.tensor("model.norm.weight", [h])?;
+        let lm_head = match (config.tie_word_embeddings, embed_tokens.tied()) {
+            (true, Some(shared)) => shared,
+            (true, None) => loader.weight("model.embed_tokens.weight", config.vocab_size, h)?,
+            (false, _) => loader.weight("lm_head.weight", config.vocab_size, h)?,
+        };
+        if config.rope_freq_factors.is_some() {
+            loader.skip(GGUF_ROPE_FREQS);
+        }
+        let rope = Rope::new(&config.inv_freq(), context, device, embed_tokens.dtype());
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            fused: Fused::registered(),
+        })
     }
 }
 

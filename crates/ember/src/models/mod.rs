@@ -230,6 +230,72 @@ pub fn declared_name(config_json: &serde_json::Value) -> Option<&str> {
         .or_else(|| config_json.get("model_type").and_then(|a| a.as_str()))
 }
 
+/// A family's `ARCH.*` GGUF metadata, read with errors that name the file and the key: what
+/// every family's `from_gguf` reads.
+pub struct GgufKeys<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl<'a> GgufKeys<'a> {
+    /// The keys of `file`'s declared architecture.
+    pub fn new(file: &'a GgufFile) -> Result<Self> {
+        let arch = file
+            .get_str("general.architecture")
+            .map_err(|e| Self::error_in(file, e))?;
+        Ok(Self { file, arch })
+    }
+
+    /// The declared architecture.
+    pub fn arch(&self) -> &'a str {
+        self.arch
+    }
+
+    /// `ARCH.name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.arch)
+    }
+
+    /// A reader error, naming the file.
+    pub fn error(&self, e: crate::format::gguf::GgufError) -> Error {
+        Self::error_in(self.file, e)
+    }
+
+    fn error_in(file: &GgufFile, e: crate::format::gguf::GgufError) -> Error {
+        Error::Gguf {
+            path: file.path().into(),
+            error: e,
+        }
+    }
+
+    /// `ARCH.name` as a size; an error when absent or too large.
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        let key = self.key(name);
+        let v = self.file.get_u64(&key).map_err(|e| self.error(e))?;
+        usize::try_from(v)
+            .map_err(|_| Error::model(self.file.path(), format!("{key} = {v} is too large")))
+    }
+
+    /// `ARCH.name` as a float; an error when absent.
+    pub fn f64(&self, name: &str) -> Result<f64> {
+        self.file
+            .get_f64(&self.key(name))
+            .map_err(|e| self.error(e))
+    }
+
+    /// The vocabulary: rows of `token_embd.weight`.
+    pub fn vocab_size(&self) -> Result<usize> {
+        let embed = self
+            .file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.file.path().into(),
+                name: "token_embd.weight".into(),
+            })?;
+        Ok(embed.shape().first().copied().unwrap_or(0))
+    }
+}
+
 /// A checkpoint opened far enough to know its family: the first step every load shares.
 pub struct Opened {
     /// Where it is on disk.
