@@ -364,8 +364,7 @@ impl<B: Backend> Gemma3<B> {
     fn tally(&self) -> Vec<(usize, usize)> {
         let t1 = |t: &Tensor<B, 1>| (t.dims()[0], t.dims()[0] * t.dtype().size());
         let tw = |w: &Weight<B>| (w.num_params(), w.bytes());
-        let shared =
-            matches!(self.lm_head, Weight::Quantized(_)) && self.config.tie_word_embeddings;
+        let shared = self.lm_head.is_quantized() && self.config.tie_word_embeddings;
         let lm_head = tw(&self.lm_head);
         let mut out = vec![
             (self.embed_tokens.num_params(), self.embed_tokens.bytes()),

@@ -343,7 +343,7 @@ impl<B: Backend> Llama<B> {
             t1(&self.norm),
             tw(&self.lm_head),
         ];
-        if matches!(self.lm_head, Weight::Quantized(_)) && self.config.tie_word_embeddings {
+        if self.lm_head.is_quantized() && self.config.tie_word_embeddings {
             // Shared with the embedding: its memory once.
             out[2].1 = 0;
         }

@@ -7,8 +7,13 @@
 //! form runs on every backend (candle and libtorch have no quantized tensors in burn 0.21,
 //! and not every device has 8-bit integers): the weight is dequantized with element-wise
 //! burn ops when used (powers of two multiply exactly, `floor` is exact), then multiplied
-//! in the run's dtype. It saves memory, not time; fast kernels on quantized blocks are the
-//! backends' work behind this same type.
+//! in the run's dtype. It saves memory, not time. A backend with kernels of its own for
+//! quantized blocks offers them through [`FusedOps::quantized`]: the weight is then a
+//! [`Native`] one, which its kernels multiply without dequantizing it (flex on x86-64:
+//! `ember-kernels`).
+
+use std::any::Any;
+use std::sync::Arc;
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
@@ -23,6 +28,8 @@ pub enum Weight<B: Backend> {
     Dense(Tensor<B, 2>),
     /// Kept quantized; rows are the output features.
     Quantized(QuantizedWeight<B>),
+    /// Kept in the backend's own quantized form ([`FusedOps::quantized`]).
+    Native(Native<B>),
     /// Several projections of the same input side by side (q, k and v of different types),
     /// their outputs concatenated.
     Concat(Vec<Weight<B>>),
@@ -49,8 +56,18 @@ impl<B: Backend> Weight<B> {
                 _ => None,
             })
             .collect();
-        match quantized.and_then(|q| QuantizedWeight::cat(&q)) {
-            Some(q) => Weight::Quantized(q),
+        if let Some(q) = quantized.and_then(|q| QuantizedWeight::cat(&q)) {
+            return Weight::Quantized(q);
+        }
+        let native: Option<Vec<&Native<B>>> = parts
+            .iter()
+            .map(|w| match w {
+                Weight::Native(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        match native.and_then(|n| n.first().and_then(|first| first.0.stack(&n[1..]))) {
+            Some(n) => Weight::Native(n),
             None => Weight::Concat(parts),
         }
     }
@@ -64,6 +81,12 @@ impl<B: Backend> Weight<B> {
                 x.reshape([batch * seq, features])
                     .matmul(q.dequantize().transpose())
                     .reshape([batch, seq, q.out_features])
+            }
+            Weight::Native(n) => {
+                let [batch, seq, features] = x.dims();
+                let [out, _] = n.0.shape();
+                n.0.forward(x.reshape([batch * seq, features]))
+                    .reshape([batch, seq, out])
             }
             Weight::Concat(parts) => {
                 Tensor::cat(parts.iter().map(|w| w.forward(x.clone())).collect(), 2)
@@ -84,11 +107,22 @@ impl<B: Backend> Weight<B> {
         }
     }
 
+    /// Whether the weight is kept quantized (then a tied output projection shares the
+    /// embedding's memory: [`Embedding::tied`]).
+    pub fn is_quantized(&self) -> bool {
+        match self {
+            Weight::Dense(_) => false,
+            Weight::Quantized(_) | Weight::Native(_) => true,
+            Weight::Concat(parts) => parts.iter().all(Weight::is_quantized),
+        }
+    }
+
     /// Number of weights.
     pub fn num_params(&self) -> usize {
         match self {
             Weight::Dense(w) => w.dims().iter().product(),
             Weight::Quantized(q) => q.out_features * q.in_features,
+            Weight::Native(n) => n.0.shape().iter().product(),
             Weight::Concat(parts) => parts.iter().map(Weight::num_params).sum(),
         }
     }
@@ -98,6 +132,7 @@ impl<B: Backend> Weight<B> {
         match self {
             Weight::Dense(w) => w.dims().iter().product::<usize>() * w.dtype().size(),
             Weight::Quantized(q) => q.bytes(),
+            Weight::Native(n) => n.0.bytes(),
             Weight::Concat(parts) => parts.iter().map(Weight::bytes).sum(),
         }
     }
@@ -126,6 +161,8 @@ pub enum Embedding<B: Backend> {
     Dense(Tensor<B, 2>),
     /// Kept quantized, one row per token.
     Quantized(QuantizedWeight<B>),
+    /// Kept in the backend's own quantized form ([`FusedOps::quantized`]).
+    Native(Native<B>),
     /// Split by rows (a large vocabulary; see [`MAX_TENSOR_ELEMENTS`]): consecutive parts.
     Parts(Vec<Embedding<B>>),
 }
@@ -136,6 +173,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.clone().select(0, ids),
             Embedding::Quantized(q) => q.rows(ids),
+            Embedding::Native(n) => n.0.rows(ids),
             Embedding::Parts(parts) => {
                 // Each part looks up the ids in its range (others clamped into it, then
                 // zeroed); the parts' rows add up to the looked-up rows.
@@ -168,6 +206,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dims()[0],
             Embedding::Quantized(q) => q.out_features,
+            Embedding::Native(n) => n.0.shape()[0],
             Embedding::Parts(parts) => parts.iter().map(Embedding::rows).sum(),
         }
     }
@@ -177,6 +216,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dtype(),
             Embedding::Quantized(q) => q.dtype,
+            Embedding::Native(n) => n.0.dtype(),
             Embedding::Parts(parts) => parts.first().map_or(DType::F32, Embedding::dtype),
         }
     }
@@ -186,6 +226,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dims().iter().product(),
             Embedding::Quantized(q) => q.out_features * q.in_features,
+            Embedding::Native(n) => n.0.shape().iter().product(),
             Embedding::Parts(parts) => parts.iter().map(Embedding::num_params).sum(),
         }
     }
@@ -195,6 +236,7 @@ impl<B: Backend> Embedding<B> {
         match self {
             Embedding::Dense(t) => t.dims().iter().product::<usize>() * t.dtype().size(),
             Embedding::Quantized(q) => q.bytes(),
+            Embedding::Native(n) => n.0.bytes(),
             Embedding::Parts(parts) => parts.iter().map(Embedding::bytes).sum(),
         }
     }
@@ -204,6 +246,7 @@ impl<B: Backend> Embedding<B> {
     pub fn tied(&self) -> Option<Weight<B>> {
         match self {
             Embedding::Quantized(q) => Some(Weight::Quantized(q.clone())),
+            Embedding::Native(n) => Some(Weight::Native(n.clone())),
             Embedding::Dense(_) => None,
             Embedding::Parts(parts) => parts
                 .iter()
@@ -211,6 +254,40 @@ impl<B: Backend> Embedding<B> {
                 .collect::<Option<Vec<_>>>()
                 .map(Weight::Concat),
         }
+    }
+}
+
+/// A backend's own form of a quantized `[out, in]` weight, made by
+/// [`FusedOps::quantized`]: its kernels multiply by it and look its rows up without
+/// dequantizing the whole weight.
+pub trait NativeQuantized<B: Backend>: Send + Sync + 'static {
+    /// `x: [n, in]` in the run's dtype times the weight's transpose: `[n, out]`.
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2>;
+    /// Rows `ids: [n]` as `[n, in]` in the run's dtype (an id past the last row gives a row
+    /// of zeros, as [`Embedding::Parts`] does).
+    fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2>;
+    /// `[out, in]`.
+    fn shape(&self) -> [usize; 2];
+    /// Bytes held.
+    fn bytes(&self) -> usize;
+    /// The run's dtype (what `forward` and `rows` return).
+    fn dtype(&self) -> DType;
+    /// This weight with `others` below it (q, k and v as one), when the kernels can.
+    fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
+        let _ = others;
+        None
+    }
+    /// For [`NativeQuantized::stack`]: the concrete type behind `others`.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A [`NativeQuantized`] weight as a model holds it.
+#[derive(Clone)]
+pub struct Native<B: Backend>(pub Arc<dyn NativeQuantized<B>>);
+
+impl<B: Backend> std::fmt::Debug for Native<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Native({:?})", self.0.shape())
     }
 }
 

@@ -48,6 +48,21 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         x: &Tensor<B, 3>,
         w: &Tensor<B, 2>,
     ) -> Option<Tensor<B, 3>>;
+
+    /// The backend's own form of a quantized `[out, in]` weight (`shape`) whose values are
+    /// `unpacked`, on `device`, computing in `dtype`; `None` keeps the portable form
+    /// ([`linear::QuantizedWeight`]). Equal to the portable form within the stated
+    /// tolerance of the backend's kernels (tested per GGUF type).
+    fn quantized(
+        &self,
+        unpacked: &crate::format::quant::Unpacked,
+        shape: [usize; 2],
+        device: &B::Device,
+        dtype: burn::tensor::DType,
+    ) -> Option<linear::Native<B>> {
+        let _ = (unpacked, shape, device, dtype);
+        None
+    }
 }
 
 /// A backend's fused ops as a model holds them.

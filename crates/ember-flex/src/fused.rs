@@ -1,0 +1,147 @@
+//! What flex runs beyond burn's ops: products with quantized weights on `ember-kernels`'
+//! block layouts (`[model] weights = "keep"`), instead of dequantizing the weight with
+//! burn ops at every use (docs/performance.md, change 13).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use ember::format::quant::Unpacked;
+use ember::nn::linear::{Native, NativeQuantized};
+use ember::nn::FusedOps;
+use ember_kernels::{Groups, QuantMatrix};
+
+/// Flex's fused ops: quantized weights only (its norms, attention and projections are
+/// burn's ops).
+#[derive(Debug, Default)]
+pub struct FlexFused;
+
+impl<B: Backend> FusedOps<B> for FlexFused {
+    fn rms_norm(&self, _: &Tensor<B, 3>, _: &Tensor<B, 1>, _: f64) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    fn attention(
+        &self,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: Option<&Tensor<B, 4>>,
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+
+    fn linear_add(
+        &self,
+        _: &Tensor<B, 3>,
+        _: &Tensor<B, 3>,
+        _: &Tensor<B, 2>,
+    ) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    fn quantized(
+        &self,
+        unpacked: &Unpacked,
+        [rows, cols]: [usize; 2],
+        device: &B::Device,
+        dtype: DType,
+    ) -> Option<Native<B>> {
+        let groups = Groups {
+            bits: unpacked.bits,
+            group: unpacked.group,
+            u: &unpacked.u,
+            scale: &unpacked.scale,
+            min: &unpacked.min,
+        };
+        match QuantMatrix::new(groups, rows, cols) {
+            Ok(matrix) => Some(Native(Arc::new(HostQuantized::<B> {
+                matrix,
+                dtype,
+                device: device.clone(),
+            }))),
+            Err(why) => {
+                tracing::debug!("a {rows}x{cols} weight keeps the portable form: {why}");
+                None
+            }
+        }
+    }
+}
+
+/// A quantized weight in host memory, multiplied by `ember-kernels` on the calling thread
+/// and the kernels' pool. Generic over the backend: its tensors go through host data, a
+/// copy of the activations only (free on flex, whose tensors are host memory).
+pub struct HostQuantized<B: Backend> {
+    matrix: QuantMatrix,
+    dtype: DType,
+    device: B::Device,
+}
+
+impl<B: Backend> HostQuantized<B> {
+    fn tensor(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::<B, 2>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
+            .cast(self.dtype)
+    }
+}
+
+impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [n, _] = x.dims();
+        let data = x.cast(DType::F32).into_data();
+        let values: Vec<f32> = match data.as_slice::<f32>() {
+            Ok(values) => {
+                let mut out = vec![0f32; n * self.matrix.rows()];
+                self.matrix.matmul(values, n, &mut out);
+                out
+            }
+            Err(_) => {
+                let values: Vec<f32> = data.iter::<f32>().collect();
+                let mut out = vec![0f32; n * self.matrix.rows()];
+                self.matrix.matmul(&values, n, &mut out);
+                out
+            }
+        };
+        self.tensor(values, [n, self.matrix.rows()])
+    }
+
+    fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
+        let cols = self.matrix.cols();
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            if let Some(r) = usize::try_from(id).ok().filter(|&r| r < self.matrix.rows()) {
+                self.matrix.dequantize_row(r, row);
+            }
+        }
+        self.tensor(out, [ids.len(), cols])
+    }
+
+    fn shape(&self) -> [usize; 2] {
+        [self.matrix.rows(), self.matrix.cols()]
+    }
+
+    fn bytes(&self) -> usize {
+        self.matrix.bytes()
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
+        let mut parts = vec![&self.matrix];
+        for other in others {
+            parts.push(&other.0.as_any().downcast_ref::<HostQuantized<B>>()?.matrix);
+        }
+        Some(Native(Arc::new(HostQuantized::<B> {
+            matrix: QuantMatrix::stack(&parts)?,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        })))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,91 @@
+//! Flex's quantized weights on `ember-kernels` against the portable form (dequantized with
+//! burn ops, then a float matmul), for every GGUF type of the dequantization fixture, in f32
+//! and f16: products within the kernels' 8-bit input quantization, rows looked up as the
+//! host dequantizes them, ids past the end as zero rows.
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+use ember::format::gguf::GgufFile;
+use ember::nn::linear::{QuantizedWeight, Weight};
+use ember::nn::FusedOps;
+use ember_flex::fused::FlexFused;
+use ember_flex::Backend as Flex;
+
+fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().iter::<f32>().collect()
+}
+
+#[test]
+fn native_weights_equal_the_portable_form_for_every_type() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-tests/fixtures/dequant/quants.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let device = Default::default();
+    let mut native_types = Vec::new();
+    for info in file.tensors() {
+        let Some(unpacked) = file.unpack(info) else {
+            continue;
+        };
+        let [rows, cols] = match info.shape()[..] {
+            [r, c] => [r, c],
+            [c] => [1, c],
+            ref s => panic!("{}: {s:?}", info.name),
+        };
+        let ty = format!("{:?}", info.ty);
+        for dtype in [DType::F32, DType::F16] {
+            let Some(native) =
+                FusedOps::<Flex>::quantized(&FlexFused, &unpacked, [rows, cols], &device, dtype)
+            else {
+                assert_eq!(ty, "Q2_K", "only Q2_K lacks a block layout");
+                continue;
+            };
+            let portable = QuantizedWeight::<Flex>::new(&unpacked, [rows, cols], &device, dtype);
+            let x =
+                Tensor::<Flex, 3>::random([1, 3, cols], Distribution::Uniform(-1.0, 1.0), &device)
+                    .cast(dtype);
+            let got = values(Weight::Native(native.clone()).forward(x.clone()));
+            let want = values(Weight::Quantized(portable.clone()).forward(x));
+            let w = values(portable.dequantize());
+            // The kernels' error: half an 8-bit step of the inputs (max |x| <= 1) per weight,
+            // plus f16 rounding of the result in an f16 run.
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                let r = i % rows;
+                let row_abs: f32 = w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum();
+                let f16_slack = if dtype == DType::F16 {
+                    2e-3 * e.abs() + 2e-3 * row_abs
+                } else {
+                    0.0
+                };
+                let bound = row_abs / 127.0 + 1e-4 + f16_slack;
+                assert!(
+                    (g - e).abs() <= bound,
+                    "{ty} {dtype:?} [{i}]: {g} vs {e} (bound {bound})"
+                );
+            }
+            let ids = Tensor::<Flex, 1, Int>::from_data([rows as i64 - 1, rows as i64], &device);
+            let looked_up = values(native.0.rows(ids));
+            let last = &values(portable.dequantize())[(rows - 1) * cols..];
+            let largest = last.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (g, e) in looked_up[..cols].iter().zip(last) {
+                let tol = if ty.ends_with("_K") || dtype == DType::F16 {
+                    2e-3 * largest
+                } else {
+                    0.0
+                };
+                assert!((g - e).abs() <= tol, "{ty} {dtype:?} row: {g} vs {e}");
+            }
+            assert!(
+                looked_up[cols..].iter().all(|&v| v == 0.0),
+                "{ty}: an id past the end"
+            );
+        }
+        native_types.push(ty);
+    }
+    native_types.sort();
+    assert_eq!(
+        native_types,
+        ["Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
+    );
+}

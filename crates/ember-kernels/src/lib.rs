@@ -1,0 +1,648 @@
+//! Matrix products on quantized weights, for backends whose tensors live in host memory.
+//!
+//! A weight is held in one of three block layouts ([`Layout`]), 32 values of a row per block,
+//! made once at load from a GGUF tensor's integers, scales and offsets (`value = scale * u +
+//! min` per group, as `ember::format::quant::unpack` decodes every block format):
+//!
+//! | layout | block (bytes)                              | from                          |
+//! |--------|--------------------------------------------|-------------------------------|
+//! | `B4`   | `d: f16, m: f16, 16 bytes of nibbles` (20) | Q4_0, Q4_1 (as stored), Q4_K  |
+//! | `B5`   | `d, m, 32 fifth bits, nibbles` (24)        | Q5_0, Q5_1 (as stored), Q5_K  |
+//! | `B8`   | `d0: f16, d1: f16, 32 x i8` (36)           | Q8_0, Q6_K, Q3_K              |
+//!
+//! `B4`/`B5` values are `d * u + m`; `B8` values are `d0 * q` for the first 16 and `d1 * q`
+//! for the last 16 (Q6_K and Q3_K scale groups of 16). The 32-block types keep their f16
+//! scales exactly; a K-quant's sub-block scale (`d * sc`, a 6-bit integer times an f16) is
+//! rounded to f16 (relative error at most 2^-11, far below the 4-6 bit quantization step).
+//! Three layouts instead of one kernel per GGUF type: fewer kernels to write, vectorize and
+//! test, at 6-11% more bytes than the stored type (Q6_K: 37%).
+//!
+//! The activations are quantized per block of 32 to 8 bits (`d_x = max|x| / 127`), as
+//! llama.cpp does, so that a block's products are integer multiply-adds (AVX2 `maddubs`);
+//! the offset term `m * sum(x)` uses the exact f32 sum. The dot products run on the best
+//! instruction set the CPU has, detected at run time ([`Isa::detect`]), with a scalar path
+//! everywhere else (ARM included) that the tests compare them with.
+//!
+//! Hand-written, not a crate: burn 0.21's quantized tensors hold symmetric 8/4/2-bit values
+//! with a per-block f32 scale, which cannot express GGUF's offsets (Q4_1, K-quant mins)
+//! without requantizing, and its flex backend dequantizes them before a float matmul.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Mutex;
+
+use half::f16;
+
+pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use pool::Pool;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// How a weight's blocks are stored (see the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// 4-bit unsigned values with a scale and an offset per 32.
+    B4,
+    /// 5-bit unsigned values with a scale and an offset per 32.
+    B5,
+    /// Signed 8-bit values with a scale per 16.
+    B8,
+}
+
+impl Layout {
+    /// Bytes of one block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Layout::B4 => 20,
+            Layout::B5 => 24,
+            Layout::B8 => 36,
+        }
+    }
+}
+
+/// An instruction set a dot product can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, every CPU.
+    Scalar,
+    /// x86-64 AVX2 with FMA and F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar` forces the scalar path).
+    pub fn detect() -> Isa {
+        if std::env::var("EMBER_KERNELS").is_ok_and(|v| v == "scalar") {
+            return Isa::Scalar;
+        }
+        Self::available().last().copied().unwrap_or(Isa::Scalar)
+    }
+
+    /// Every instruction set this CPU runs, scalar first.
+    pub fn available() -> Vec<Isa> {
+        let mut isas = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            isas.push(Isa::Avx2);
+        }
+        isas
+    }
+}
+
+/// Why a weight cannot take a block layout (the caller keeps its portable form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// A quantized tensor's values as `scale[g] * u[i] + min[g]` for the group `g = i / group`
+/// (row-major, whole groups per row): what `ember::format::quant::Unpacked` holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Groups<'a> {
+    /// Bits of each `u`.
+    pub bits: u32,
+    /// Values per group.
+    pub group: usize,
+    /// One integer per value.
+    pub u: &'a [u8],
+    /// Per group.
+    pub scale: &'a [f32],
+    /// Per group.
+    pub min: &'a [f32],
+}
+
+/// A `[rows, cols]` weight in a block layout, rows of `cols / 32` blocks.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    layout: Layout,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QuantMatrix({:?}, {}x{})",
+            self.layout, self.rows, self.cols
+        )
+    }
+}
+
+impl QuantMatrix {
+    /// Packs `groups` (a `[rows, cols]` tensor) into the layout its bits and groups take.
+    pub fn new(groups: Groups<'_>, rows: usize, cols: usize) -> Result<Self, Unsupported> {
+        let Groups {
+            bits,
+            group,
+            u,
+            scale,
+            min,
+        } = groups;
+        let unsupported =
+            |why: &str| Err(Unsupported(format!("{bits}-bit groups of {group}: {why}")));
+        if !cols.is_multiple_of(BLOCK) || rows == 0 {
+            return unsupported(&format!("a row of {cols} is not whole blocks of {BLOCK}"));
+        }
+        let elements = rows * cols;
+        if group == 0 || !BLOCK.is_multiple_of(group) {
+            return unsupported("groups must divide a block");
+        }
+        if u.len() != elements || scale.len() != elements / group || min.len() != scale.len() {
+            return unsupported("sizes do not match the shape");
+        }
+        let layout = match (bits, group) {
+            (4, 32) => Layout::B4,
+            (5, 32) => Layout::B5,
+            // Symmetric: min = -2^(bits-1) * scale, so u - 2^(bits-1) is a signed value.
+            (2..=8, 16 | 32)
+                if scale
+                    .iter()
+                    .zip(min)
+                    .all(|(&s, &m)| m == -((1u32 << (bits - 1)) as f32) * s) =>
+            {
+                Layout::B8
+            }
+            _ => return unsupported("no block layout holds these (offsets are not symmetric)"),
+        };
+        let blocks = elements / BLOCK;
+        let mut data = Vec::with_capacity(blocks * layout.block_bytes());
+        for b in 0..blocks {
+            let u = &u[b * BLOCK..(b + 1) * BLOCK];
+            let g = b * BLOCK / group;
+            match layout {
+                Layout::B4 | Layout::B5 => {
+                    data.extend(f16::from_f32(scale[g]).to_le_bytes());
+                    data.extend(f16::from_f32(min[g]).to_le_bytes());
+                    if layout == Layout::B5 {
+                        let high = (0..BLOCK).fold(0u32, |h, j| h | (u32::from(u[j] >> 4) << j));
+                        data.extend(high.to_le_bytes());
+                    }
+                    data.extend((0..16).map(|j| (u[j] & 0x0F) | ((u[j + 16] & 0x0F) << 4)));
+                }
+                Layout::B8 => {
+                    let halves = BLOCK / group;
+                    let (d0, d1) = (scale[g], scale[g + halves - 1]);
+                    data.extend(f16::from_f32(d0).to_le_bytes());
+                    data.extend(f16::from_f32(d1).to_le_bytes());
+                    let zero = 1i16 << (bits - 1);
+                    data.extend(u.iter().map(|&u| (i16::from(u) - zero) as i8 as u8));
+                }
+            }
+        }
+        Ok(Self {
+            layout,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// The matrices one below the other (q, k and v as one product), when they share a
+    /// layout and a width.
+    pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|m| (m.layout, m.cols) != (first.layout, first.cols))
+        {
+            return None;
+        }
+        Some(QuantMatrix {
+            layout: first.layout,
+            rows: parts.iter().map(|m| m.rows).sum(),
+            cols: first.cols,
+            data: parts.iter().flat_map(|m| m.data.iter().copied()).collect(),
+        })
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.layout.block_bytes()
+    }
+
+    fn row_data(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+
+    /// Row `r`'s values (an embedding lookup). `out` holds `cols` values.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let bytes = self.layout.block_bytes();
+        for (block, out) in self
+            .row_data(r)
+            .chunks_exact(bytes)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
+            let (d, m) = (half(block, 0), half(block, 2));
+            match self.layout {
+                Layout::B4 => {
+                    for j in 0..16 {
+                        let q = block[4 + j];
+                        out[j] = d * f32::from(q & 0x0F) + m;
+                        out[j + 16] = d * f32::from(q >> 4) + m;
+                    }
+                }
+                Layout::B5 => {
+                    let high = u32::from_le_bytes([block[4], block[5], block[6], block[7]]);
+                    for j in 0..16 {
+                        let q = block[8 + j];
+                        let h = |k: usize| (((high >> k) & 1) << 4) as u8;
+                        out[j] = d * f32::from((q & 0x0F) | h(j)) + m;
+                        out[j + 16] = d * f32::from((q >> 4) | h(j + 16)) + m;
+                    }
+                }
+                Layout::B8 => {
+                    for (j, &q) in block[4..].iter().enumerate() {
+                        out[j] = if j < 16 { d } else { m } * f32::from(q as i8);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[i][r] = sum_k x[i][k] * w[r][k]` for `x: [n, cols]`, `out: [n, rows]`, on the
+    /// best instruction set ([`Isa::detect`]), split over the threads of [`Pool::global`].
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_on(Isa::detect(), x, n, out);
+    }
+
+    /// [`QuantMatrix::matmul`] on `isa` (which the CPU must run: see [`Isa::available`];
+    /// one it does not run falls back to the scalar path).
+    pub fn matmul_on(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "x must be [n, cols]");
+        assert_eq!(out.len(), n * self.rows, "out must be [n, rows]");
+        let isa = if Isa::available().contains(&isa) {
+            isa
+        } else {
+            Isa::Scalar
+        };
+        let xq = Activations::quantize(x, n, self.cols);
+        // Rows in chunks, claimed by the pool's threads in turn; each chunk's weights are
+        // read once for all `n` inputs (they stay in cache while the inputs stream past).
+        let pool = Pool::global();
+        let chunk = self.rows.div_ceil(pool.threads() * 8).max(16);
+        if n == 1 {
+            let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
+            pool.run(parts.len(), &|c| {
+                let mut out = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = self.dot(isa, c * chunk + i, &xq, 0);
+                }
+            });
+            return;
+        }
+        // [rows, n] by chunks of rows, then transposed into [n, rows].
+        let mut transposed = vec![0f32; self.rows * n];
+        let parts: Vec<Mutex<&mut [f32]>> =
+            transposed.chunks_mut(chunk * n).map(Mutex::new).collect();
+        pool.run(parts.len(), &|c| {
+            let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+            for (i, row) in part.chunks_exact_mut(n).enumerate() {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = self.dot(isa, c * chunk + i, &xq, j);
+                }
+            }
+        });
+        drop(parts);
+        for (r, row) in transposed.chunks_exact(n).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[j * self.rows + r] = v;
+            }
+        }
+    }
+
+    /// Row `r` of the weight dotted with input `j`.
+    fn dot(&self, isa: Isa, r: usize, xq: &Activations, j: usize) -> f32 {
+        let w = self.row_data(r);
+        let blocks = self.cols / BLOCK;
+        let (ds, q) = (
+            &xq.ds[j * blocks..(j + 1) * blocks],
+            &xq.q[j * self.cols..(j + 1) * self.cols],
+        );
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `matmul_on` only passes an ISA that `Isa::available` detected, and the
+            // slices are whole blocks of this layout (checked lengths above).
+            Isa::Avx2 => unsafe { x86::dot(self.layout, w, ds, q) },
+            _ => scalar_dot(self.layout, w, ds, q),
+        }
+    }
+}
+
+/// Inputs quantized per block of 32: `x ~ d * q`, with each block's exact sum.
+struct Activations {
+    /// `[d, sum]` per block, side by side (one load in the kernels).
+    ds: Vec<[f32; 2]>,
+    q: Vec<i8>,
+}
+
+impl Activations {
+    fn quantize(x: &[f32], n: usize, cols: usize) -> Self {
+        let blocks = n * cols / BLOCK;
+        let mut out = Self {
+            ds: Vec::with_capacity(blocks),
+            q: Vec::with_capacity(n * cols),
+        };
+        for block in x.chunks_exact(BLOCK) {
+            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            out.ds.push([d, block.iter().sum()]);
+            out.q.extend(
+                block
+                    .iter()
+                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        out
+    }
+}
+
+fn half(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// The portable dot product of one weight row with one quantized input.
+fn scalar_dot(layout: Layout, w: &[u8], ds: &[[f32; 2]], q: &[i8]) -> f32 {
+    let mut acc = 0f32;
+    for (b, block) in w.chunks_exact(layout.block_bytes()).enumerate() {
+        let q = &q[b * BLOCK..(b + 1) * BLOCK];
+        let [dx, sum] = ds[b];
+        let (dw, m) = (half(block, 0), half(block, 2));
+        let x = |j: usize| i32::from(q[j]);
+        match layout {
+            Layout::B4 | Layout::B5 => {
+                let (high, qs) = match layout {
+                    Layout::B5 => (
+                        u32::from_le_bytes([block[4], block[5], block[6], block[7]]),
+                        &block[8..24],
+                    ),
+                    _ => (0, &block[4..20]),
+                };
+                let h = |k: usize| (((high >> k) & 1) << 4) as i32;
+                let dot: i32 = (0..16)
+                    .map(|j| {
+                        let (lo, hi) = (i32::from(qs[j] & 0x0F), i32::from(qs[j] >> 4));
+                        (lo | h(j)) * x(j) + (hi | h(j + 16)) * x(j + 16)
+                    })
+                    .sum();
+                acc += dw * dx * dot as f32 + m * sum;
+            }
+            Layout::B8 => {
+                let half_dot = |range: std::ops::Range<usize>| -> i32 {
+                    range.map(|j| i32::from(block[4 + j] as i8) * x(j)).sum()
+                };
+                acc += dx * (dw * half_dot(0..16) as f32 + m * half_dot(16..32) as f32);
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Random groups of `bits` with f16-exact scales; symmetric offsets when `symmetric`.
+    fn groups(
+        rng: &mut rand::rngs::StdRng,
+        bits: u32,
+        group: usize,
+        elements: usize,
+        symmetric: bool,
+    ) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let u = (0..elements)
+            .map(|_| rng.random_range(0..1u32 << bits) as u8)
+            .collect();
+        let scale: Vec<f32> = (0..elements / group)
+            .map(|_| f16::from_f32(rng.random_range(-0.05..0.05)).to_f32())
+            .collect();
+        let min = scale
+            .iter()
+            .map(|&s| {
+                if symmetric {
+                    -((1u32 << (bits - 1)) as f32) * s
+                } else {
+                    f16::from_f32(rng.random_range(-0.5..0.5)).to_f32()
+                }
+            })
+            .collect();
+        (u, scale, min)
+    }
+
+    fn cases() -> Vec<(u32, usize, bool, Layout)> {
+        vec![
+            (4, 32, false, Layout::B4),
+            (5, 32, false, Layout::B5),
+            (8, 32, true, Layout::B8),
+            (6, 16, true, Layout::B8),
+            (3, 16, true, Layout::B8),
+        ]
+    }
+
+    #[test]
+    fn rows_dequantize_to_the_group_values() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (rows, cols) = (3, 96);
+        for (bits, group, symmetric, layout) in cases() {
+            let (u, scale, min) = groups(&mut rng, bits, group, rows * cols, symmetric);
+            let g = Groups {
+                bits,
+                group,
+                u: &u,
+                scale: &scale,
+                min: &min,
+            };
+            let m = QuantMatrix::new(g, rows, cols).unwrap();
+            assert_eq!(m.layout(), layout);
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                m.dequantize_row(r, &mut row);
+                for (k, &v) in row.iter().enumerate() {
+                    let i = r * cols + k;
+                    let want = scale[i / group] * f32::from(u[i]) + min[i / group];
+                    assert!(
+                        (v - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{layout:?} {i}: {v} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stacked_rows_are_the_parts_rows() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let (u, scale, min) = groups(&mut rng, 4, 32, 5 * 64, false);
+        let g = Groups {
+            bits: 4,
+            group: 32,
+            u: &u,
+            scale: &scale,
+            min: &min,
+        };
+        let whole = QuantMatrix::new(g, 5, 64).unwrap();
+        let top = QuantMatrix::new(
+            Groups {
+                u: &u[..128],
+                scale: &scale[..4],
+                min: &min[..4],
+                ..g
+            },
+            2,
+            64,
+        )
+        .unwrap();
+        let bottom = QuantMatrix::new(
+            Groups {
+                u: &u[128..],
+                scale: &scale[4..],
+                min: &min[4..],
+                ..g
+            },
+            3,
+            64,
+        )
+        .unwrap();
+        let stacked = QuantMatrix::stack(&[&top, &bottom]).unwrap();
+        assert_eq!(stacked.rows(), 5);
+        assert_eq!(stacked.data, whole.data);
+        let other = QuantMatrix::new(
+            Groups {
+                u: &u[..64],
+                scale: &scale[..2],
+                min: &min[..2],
+                ..g
+            },
+            1,
+            64,
+        )
+        .unwrap();
+        let narrow = QuantMatrix::new(
+            Groups {
+                u: &u[..64],
+                scale: &scale[..2],
+                min: &min[..2],
+                ..g
+            },
+            2,
+            32,
+        )
+        .unwrap();
+        assert!(QuantMatrix::stack(&[&other, &narrow]).is_none());
+    }
+
+    #[test]
+    fn asymmetric_groups_of_16_are_refused() {
+        let u = vec![0u8; 32];
+        let g = Groups {
+            bits: 2,
+            group: 16,
+            u: &u,
+            scale: &[1.0, 1.0],
+            min: &[0.5, 0.5],
+        };
+        assert!(QuantMatrix::new(g, 1, 32).is_err());
+        let g = Groups {
+            bits: 4,
+            group: 32,
+            u: &u,
+            scale: &[1.0],
+            min: &[0.5],
+        };
+        assert!(QuantMatrix::new(g, 1, 30 + 2).is_ok());
+        assert!(QuantMatrix::new(Groups { u: &u[..30], ..g }, 1, 30).is_err());
+    }
+
+    /// Every ISA's product equals the f32 product of the dequantized weight within the
+    /// activations' 8-bit quantization, and the ISAs agree with each other closely.
+    #[test]
+    fn products_match_the_dequantized_weight_on_every_isa() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let (rows, cols, n) = (37, 256, 3);
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+        for (bits, group, symmetric, layout) in cases() {
+            let (u, scale, min) = groups(&mut rng, bits, group, rows * cols, symmetric);
+            let g = Groups {
+                bits,
+                group,
+                u: &u,
+                scale: &scale,
+                min: &min,
+            };
+            let m = QuantMatrix::new(g, rows, cols).unwrap();
+            let mut w = vec![0f32; rows * cols];
+            for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                m.dequantize_row(r, row);
+            }
+            let mut scalar = vec![0f32; n * rows];
+            m.matmul_on(Isa::Scalar, &x, n, &mut scalar);
+            for j in 0..n {
+                for r in 0..rows {
+                    let xs = &x[j * cols..(j + 1) * cols];
+                    let exact: f32 = xs.iter().zip(&w[r * cols..]).map(|(a, b)| a * b).sum();
+                    // |error| <= sum |w| * (d_x / 2) per block; d_x = max|x| / 127 <= 2 / 127.
+                    let bound: f32 = w[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum::<f32>()
+                        / 127.0
+                        + 1e-4;
+                    let got = scalar[j * rows + r];
+                    assert!(
+                        (got - exact).abs() <= bound,
+                        "{layout:?} [{j},{r}]: {got} vs {exact} (bound {bound})"
+                    );
+                }
+            }
+            for isa in Isa::available() {
+                let mut out = vec![0f32; n * rows];
+                m.matmul_on(isa, &x, n, &mut out);
+                for (a, b) in out.iter().zip(&scalar) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{layout:?} {isa:?}: {a} vs {b}"
+                    );
+                }
+                // One input at a time gives the same rows.
+                let mut one = vec![0f32; rows];
+                m.matmul_on(isa, &x[cols..2 * cols], 1, &mut one);
+                assert_eq!(one, out[rows..2 * rows], "{layout:?} {isa:?}: n = 1");
+            }
+        }
+    }
+}
