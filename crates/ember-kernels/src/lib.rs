@@ -331,8 +331,15 @@ impl QuantMatrix {
         pool.run(parts.len(), &|c| {
             let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
             for (i, row) in part.chunks_exact_mut(n).enumerate() {
-                for (j, o) in row.iter_mut().enumerate() {
-                    *o = self.dot(isa, c * chunk + i, &xq, j);
+                let r = c * chunk + i;
+                // Four inputs at a time share each unpacked weight block.
+                let mut quads = row.chunks_exact_mut(4);
+                for (k, o) in quads.by_ref().enumerate() {
+                    o.copy_from_slice(&self.dot4(isa, r, &xq, 4 * k));
+                }
+                let done = n - n % 4;
+                for (j, o) in quads.into_remainder().iter_mut().enumerate() {
+                    *o = self.dot(isa, r, &xq, done + j);
                 }
             }
         });
@@ -341,6 +348,20 @@ impl QuantMatrix {
             for (j, &v) in row.iter().enumerate() {
                 out[j * self.rows + r] = v;
             }
+        }
+    }
+
+    /// Row `r` of the weight dotted with inputs `j..j + 4`.
+    fn dot4(&self, isa: Isa, r: usize, xq: &Activations, j: usize) -> [f32; 4] {
+        let w = self.row_data(r);
+        let blocks = self.cols / BLOCK;
+        let ds = std::array::from_fn(|i| &xq.ds[(j + i) * blocks..(j + i + 1) * blocks]);
+        let q = std::array::from_fn(|i| &xq.q[(j + i) * self.cols..(j + i + 1) * self.cols]);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `dot`.
+            Isa::Avx2 => unsafe { x86::dot_n::<4>(self.layout, w, ds, q) },
+            _ => std::array::from_fn(|i| scalar_dot(self.layout, w, ds[i], q[i])),
         }
     }
 
@@ -593,7 +614,7 @@ mod tests {
     #[test]
     fn products_match_the_dequantized_weight_on_every_isa() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let (rows, cols, n) = (37, 256, 3);
+        let (rows, cols, n) = (37, 256, 6);
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
         for (bits, group, symmetric, layout) in cases() {
             let (u, scale, min) = groups(&mut rng, bits, group, rows * cols, symmetric);
@@ -638,10 +659,18 @@ mod tests {
                         "{layout:?} {isa:?}: {a} vs {b}"
                     );
                 }
-                // One input at a time gives the same rows.
-                let mut one = vec![0f32; rows];
-                m.matmul_on(isa, &x[cols..2 * cols], 1, &mut one);
-                assert_eq!(one, out[rows..2 * rows], "{layout:?} {isa:?}: n = 1");
+                // One input at a time gives the same rows (up to the order of the f32 sums:
+                // four inputs at once accumulate each in one register, one input in two).
+                for j in [1, 5] {
+                    let mut one = vec![0f32; rows];
+                    m.matmul_on(isa, &x[j * cols..(j + 1) * cols], 1, &mut one);
+                    for (a, b) in one.iter().zip(&out[j * rows..(j + 1) * rows]) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                            "{layout:?} {isa:?}: n = 1"
+                        );
+                    }
+                }
             }
         }
     }

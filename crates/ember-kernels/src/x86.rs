@@ -24,6 +24,71 @@ pub unsafe fn dot(layout: Layout, w: &[u8], ds: &[[f32; 2]], q: &[i8]) -> f32 {
     }
 }
 
+/// One weight row dotted with `N` quantized input rows at once (a prefill): each block of
+/// weights is loaded and unpacked once for the `N` inputs.
+///
+/// # Safety
+/// As [`dot`], for each of the `N` inputs.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_n<const N: usize>(
+    layout: Layout,
+    w: &[u8],
+    ds: [&[[f32; 2]]; N],
+    q: [&[i8]; N],
+) -> [f32; N] {
+    let blocks = ds[0].len();
+    debug_assert!(w.len() >= blocks * layout.block_bytes());
+    let ds = ds.map(|d| d.as_ptr().cast::<f32>());
+    let q = q.map(<[i8]>::as_ptr);
+    let w = w.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut off = [_mm_setzero_ps(); N];
+    for b in 0..blocks {
+        match layout {
+            Layout::B4 | Layout::B5 => {
+                let (bytes, qs) = if layout == Layout::B4 {
+                    (20, 4)
+                } else {
+                    (24, 8)
+                };
+                let block = w.add(b * bytes);
+                let dm = two_halves(block);
+                let mut u = nibbles(block.add(qs));
+                if layout == Layout::B5 {
+                    u = _mm256_or_si256(u, fifth_bits(block.add(4)));
+                }
+                for i in 0..N {
+                    let xs = _mm_castsi128_ps(_mm_loadl_epi64(ds[i].add(2 * b).cast()));
+                    let scaled = _mm_mul_ps(dm, xs);
+                    let x = _mm256_loadu_si256(q[i].add(b * BLOCK).cast());
+                    acc[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scaled), products(u, x), acc[i]);
+                    off[i] = _mm_add_ps(off[i], scaled);
+                }
+            }
+            Layout::B8 => {
+                let block = w.add(b * 36);
+                let d01 = two_halves(block);
+                let wq = _mm256_loadu_si256(block.add(4).cast());
+                let aw = _mm256_sign_epi8(wq, wq);
+                for i in 0..N {
+                    let scales = _mm_mul_ps(d01, _mm_set1_ps(*ds[i].add(2 * b)));
+                    let lanes = _mm256_set_m128(
+                        _mm_shuffle_ps(scales, scales, 0b01_01_01_01),
+                        _mm_shuffle_ps(scales, scales, 0),
+                    );
+                    let x = _mm256_loadu_si256(q[i].add(b * BLOCK).cast());
+                    acc[i] = _mm256_fmadd_ps(lanes, products(aw, _mm256_sign_epi8(x, wq)), acc[i]);
+                }
+            }
+        }
+    }
+    let mut out = [0f32; N];
+    for i in 0..N {
+        out[i] = sum8(acc[i]) + _mm_cvtss_f32(_mm_shuffle_ps(off[i], off[i], 1));
+    }
+    out
+}
+
 /// The two f16 at `p` as f32: `[first, second, 0, 0]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -55,7 +55,7 @@ fn every_gguf_type_multiplies_as_its_dequantized_weights() {
                 assert!((got - w).abs() <= tol, "{ty} [{r},{k}]: {got} vs {w}");
             }
         }
-        let n = 2;
+        let n = 5; // four inputs at once, then one
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
         for isa in Isa::available() {
             let mut out = vec![0f32; n * rows];
