@@ -15,9 +15,11 @@ fetch-models:
 fetch-libtorch:
     scripts/fetch-libtorch.sh
 
-# The test suite (the same command CI runs).
-test: fetch-models fetch-libtorch
-    cargo test --workspace --features ember-cli/full
+# The test suite, the command CI runs, after installing what is missing
+# (scripts/setup-tests.sh: lavapipe, pip, the test models, libtorch). Arguments go to
+# `cargo test` (default `--workspace`).
+test *args="":
+    scripts/test.sh {{args}}
 
 # Formatting and lints, as CI checks them.
 check: fetch-libtorch
