@@ -30,9 +30,9 @@ check: fetch-libtorch
 # interrupted bench. Extra flags go to `ember bench`.
 # Every backend x device x dtype this machine can run, side by side, with baselines.
 bench-all *args="": fetch-models fetch-libtorch
-    cargo run --release --features full -- bench --matrix bench/all.toml {{args}}
+    cargo run --release --features full -- bench --matrix benches/all.toml {{args}}
 
-# The same with another matrix, e.g. `just bench-matrix bench/nvidia.toml` on a CUDA machine.
+# The same with another matrix, e.g. `just bench-matrix benches/nvidia.toml` on a CUDA machine.
 bench-matrix matrix *args="": fetch-models fetch-libtorch
     cargo run --release --features full -- bench --matrix {{matrix}} {{args}}
 

@@ -827,7 +827,7 @@ mod tests {
 
     #[test]
     fn committed_matrices_parse_and_name_known_backends() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -847,7 +847,7 @@ mod tests {
         }
         assert!(
             seen >= 3,
-            "bench/all.toml, ci.toml and nvidia.toml at least"
+            "benches/all.toml, ci.toml and nvidia.toml at least"
         );
     }
 
