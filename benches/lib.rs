@@ -143,8 +143,9 @@ mod tests {
             let unpacked = ember::format::quant::unpack(ty, &bytes, 512).unwrap();
             let values = unpacked.values();
             assert_eq!(values.len(), 512);
+            // Scales below 0.01 times 6-bit sub-scales (int8 in Q6_K) times the integers.
             assert!(
-                values.iter().all(|v| v.is_finite() && v.abs() < 10.0),
+                values.iter().all(|v| v.is_finite() && v.abs() < 64.0),
                 "{ty:?}"
             );
         }
