@@ -15,9 +15,11 @@ fetch-models:
 fetch-libtorch:
     scripts/fetch-libtorch.sh
 
-# The test suite (the same command CI runs).
-test: fetch-models fetch-libtorch
-    cargo test --workspace --features ember-cli/full
+# The test suite, the command CI runs, after installing what is missing
+# (scripts/setup-tests.sh: lavapipe, pip, the test models, libtorch). Arguments go to
+# `cargo test` (default `--workspace`).
+test *args="":
+    scripts/test.sh {{args}}
 
 # Formatting and lints, as CI checks them.
 check: fetch-libtorch
@@ -28,15 +30,22 @@ check: fetch-libtorch
 # interrupted bench. Extra flags go to `ember bench`.
 # Every backend x device x dtype this machine can run, side by side, with baselines.
 bench-all *args="": fetch-models fetch-libtorch
-    cargo run --release --features full -- bench --matrix bench/all.toml {{args}}
+    cargo run --release --features full -- bench --matrix benches/all.toml {{args}}
 
-# The same with another matrix, e.g. `just bench-matrix bench/nvidia.toml` on a CUDA machine.
+# The same with another matrix, e.g. `just bench-matrix benches/nvidia.toml` on a CUDA machine.
 bench-matrix matrix *args="": fetch-models fetch-libtorch
     cargo run --release --features full -- bench --matrix {{matrix}} {{args}}
 
 # Bench the given configs (e.g. `just bench configs/cpu-f32.toml configs/cpu-bf16.toml`).
 bench +configs: fetch-models fetch-libtorch
     cargo run --release --features full -- bench {{configs}}
+
+# The micro-benchmarks (benches/*.rs, divan; release build): the sampler, the quantized
+# matrix-vector product per GGUF type against dense f32, a decode step of SmolLM2's shape on
+# each CPU backend, tch's fused ops against their portable defaults. Arguments go to cargo
+# bench, e.g. `just bench-kernels --bench sampler`, `just bench-kernels --bench quantized -- Q4_K`.
+bench-kernels *args="": fetch-libtorch
+    cargo bench -p ember-benches --features tch {{args}}
 
 # Rebuild the reference fixtures (needs tests/reference/requirements.txt installed).
 reference: fetch-models

@@ -13,13 +13,13 @@
 #   big, big-cuda the SmolLM2-1.7B shape (seeded random weights), likewise
 #   sweep     decode against depth (1, 2, 8, 30 layers), f16, cuda and wgpu
 #   profile   kernels launched per decoded token (CubeCL's execution log), 1 and 2 layers
-#   warm      CubeCL's kernel and autotune caches filled for MODEL's rows of bench/nvidia.toml
-#   all       bench/nvidia.toml as one bench, resumed across calls (see the stage)
+#   warm      CubeCL's kernel and autotune caches filled for MODEL's rows of benches/nvidia.toml
+#   all       benches/nvidia.toml as one bench, resumed across calls (see the stage)
 #   ab        decode before and after a change (.gpu/ember-before, .gpu/ember), f16, alternated
 #   attn      decode with burn's attention op against matmul-softmax, CubeCL cuda f16
 #   graphs    tch decode replayed as CUDA graphs: same greedy tokens as eager (f32, f16, both
 #             shapes, past a decode-window edge), then speed with and without, PyTorch beside
-#   graphs-bench  bench/nvidia-graphs.toml (the real SmolLM2: carry .m1 and .m2 in two calls)
+#   graphs-bench  benches/nvidia-graphs.toml (the real SmolLM2: carry .m1 and .m2 in two calls)
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -152,7 +152,7 @@ for stage in "$@"; do
     done
     ;;
   warm)
-    # Fills CubeCL's caches (/tmp/cubecl-cache) for MODEL's CubeCL rows of bench/nvidia.toml
+    # Fills CubeCL's caches (/tmp/cubecl-cache) for MODEL's CubeCL rows of benches/nvidia.toml
     # before that bench times them: the same shapes (the bench's own flags, one timed
     # repetition), cuda f32/f16/bf16 and wgpu f32/f16 as five processes at once (kernel
     # compilation is CPU work; autotune timings share the GPU, so a pick may be worse than
@@ -223,14 +223,14 @@ PY
     ;;
   graphs-bench)
     start=$(date +%s)
-    timeout "${LIMIT:-560}" "$ember" bench --matrix bench/nvidia-graphs.toml --out-dir "$work/graphs-bench" \
+    timeout "${LIMIT:-560}" "$ember" bench --matrix benches/nvidia-graphs.toml --out-dir "$work/graphs-bench" \
       -r 5 --warmup 1 --run-timeout 240 > "$work/graphs-bench.log" 2>&1
     echo "== graphs-bench: rc $? in $(( $(date +%s) - start )) s"
     reap
     grep -F ' | ' "$work/graphs-bench.log" | grep '^| ' | tail -30
     ;;
   all)
-    # bench/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the
+    # benches/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the
     # 1.7B shape, PyTorch eager beside them). It takes longer than one device call (10
     # minutes), so the first call starts it under $work/all and the next ones finish it
     # with --resume: the machine keeps /tmp while it stays warm, and finished runs are kept.
@@ -241,7 +241,7 @@ PY
     resume=(); [ -n "$prev" ] && resume=(--resume "$(dirname "$prev")")
     echo "== all: ${resume[*]:-fresh start}; cubecl cache $(du -sh /tmp/cubecl-cache 2>/dev/null | cut -f1)"
     start=$(date +%s)
-    timeout "${LIMIT:-560}" "$ember" bench --matrix bench/nvidia.toml --out-dir "$work/all" \
+    timeout "${LIMIT:-560}" "$ember" bench --matrix benches/nvidia.toml --out-dir "$work/all" \
       -r 3 --warmup 1 --run-timeout 540 "${resume[@]}" >> "$work/all.log" 2>&1
     echo "== all: rc $? in $(( $(date +%s) - start )) s"
     reap

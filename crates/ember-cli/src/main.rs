@@ -84,7 +84,7 @@ struct BenchArgs {
     #[arg(value_name = "CONFIG")]
     configs: Vec<PathBuf>,
     /// A matrix file: models x targets x dtypes x attention x threads x autotune
-    /// (see bench/all.toml).
+    /// (see benches/all.toml).
     #[arg(long, value_name = "FILE")]
     matrix: Option<PathBuf>,
     /// Replace the models of the configs or matrix (repeatable), e.g. preset:smollm2-1.7b.
@@ -339,7 +339,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         });
     }
     if targets.is_empty() {
-        bail!("nothing to bench: pass configs (see configs/) or --matrix FILE (see bench/)");
+        bail!("nothing to bench: pass configs (see configs/) or --matrix FILE (see benches/)");
     }
     if !args.models.is_empty() {
         let mut expanded = Vec::new();

@@ -1,6 +1,6 @@
 //! What flex runs beyond burn's ops: products with quantized weights on `ember-kernels`'
 //! block layouts (`[model] weights = "keep"`), instead of dequantizing the weight with
-//! burn ops at every use (docs/performance.md, change 13).
+//! burn ops at every use (docs/performance.md, change 14).
 
 use std::any::Any;
 use std::sync::Arc;

@@ -4,42 +4,47 @@
 
 use crate::error::{Error, Result};
 
-/// Bytes of memory available to a new allocation, as the OS reports it: `MemAvailable` on
-/// Linux, the physical memory size on macOS (unified memory, shared with the GPU). `None`
-/// where Ember cannot tell.
+/// Bytes of memory available to a new allocation: on Linux the kernel's `MemAvailable`,
+/// lowered to what the process's control group may still take when it has a memory limit (a
+/// container's limit is what a load must fit in, whatever the host has free); on macOS the
+/// physical memory size (unified memory, shared with the GPU, where "available" counts
+/// little of what the OS would free). Read through `sysinfo`. `None` where it cannot tell.
 pub fn available_bytes() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-        parse_meminfo(&text)
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    if system.total_memory() == 0 {
+        return None;
     }
-    #[cfg(target_os = "macos")]
-    {
-        let mut size: u64 = 0;
-        let mut len = std::mem::size_of::<u64>();
-        // SAFETY: `hw.memsize` is a u64; `size` and `len` describe a valid u64 buffer.
-        let rc = unsafe {
-            libc::sysctlbyname(
-                c"hw.memsize".as_ptr(),
-                (&mut size as *mut u64).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        (rc == 0).then_some(size)
+    if cfg!(target_os = "macos") {
+        return Some(system.total_memory());
     }
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    {
-        None
-    }
+    let limit = system
+        .cgroup_limits()
+        .map(|c| CgroupMemory {
+            limit: c.total_memory,
+            used: c.rss,
+        })
+        .filter(|c| c.limit < system.total_memory());
+    Some(available_within(system.available_memory(), limit))
 }
 
-/// `MemAvailable` of `/proc/meminfo` text, in bytes.
-pub fn parse_meminfo(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+/// A control group's memory limit and what its processes hold of it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupMemory {
+    /// The limit.
+    pub limit: u64,
+    /// Anonymous memory charged to the group (its page cache is reclaimable, as in
+    /// `MemAvailable`).
+    pub used: u64,
+}
+
+/// What a new allocation can take: the host's available memory, or less when a control
+/// group's limit leaves less.
+pub fn available_within(host_available: u64, cgroup: Option<CgroupMemory>) -> u64 {
+    match cgroup {
+        Some(c) => host_available.min(c.limit.saturating_sub(c.used)),
+        None => host_available,
+    }
 }
 
 /// Whether a device keeps tensors in the host's memory: the CPU, a software GPU on the CPU
@@ -67,11 +72,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meminfo_is_parsed_in_bytes() {
-        let text = "MemTotal:       24000000 kB\nMemFree:  1 kB\nMemAvailable:   12345 kB\n";
-        assert_eq!(parse_meminfo(text), Some(12345 * 1024));
-        assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
-        assert_eq!(parse_meminfo("MemAvailable: lots kB\n"), None);
+    fn a_cgroup_limit_caps_the_host_memory() {
+        let gib = 1u64 << 30;
+        assert_eq!(available_within(20 * gib, None), 20 * gib);
+        // A 4 GiB container holding 1 GiB on a host with 20 GiB free: 3 GiB.
+        let c = CgroupMemory {
+            limit: 4 * gib,
+            used: gib,
+        };
+        assert_eq!(available_within(20 * gib, Some(c)), 3 * gib);
+        // The host is the tighter bound; a group over its limit has nothing left.
+        assert_eq!(available_within(2 * gib, Some(c)), 2 * gib);
+        let over = CgroupMemory {
+            limit: gib,
+            used: 2 * gib,
+        };
+        assert_eq!(available_within(20 * gib, Some(over)), 0);
+    }
+
+    #[test]
+    fn available_memory_is_known_and_within_the_cgroup_limit() {
+        let available = available_bytes().expect("Linux and macOS report memory");
+        assert!(available > 0);
+        // cgroup v2, then v1: a number (not `max`) below the host's memory is a limit.
+        let limit = [
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok());
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        if let Some(limit) = limit.filter(|&l| l < system.total_memory()) {
+            assert!(available <= limit, "{available} > the cgroup limit {limit}");
+        }
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub fn run_all(
                     scratch,
                     name: &name,
                 };
-                pytorch(&c, model, device, dtype, &run, &mut base.test_time)
+                let (mut result, logits) =
+                    pytorch(&c, model, device, dtype, &run, &mut base.test_time)?;
+                // Named as Ember's rows of the model are, so that they compare.
+                result.model_filename = file_name(c.path());
+                Ok((result, logits))
             });
             out.push((result, base));
         }
@@ -82,6 +86,14 @@ pub fn run_all(
         out.push((result, base));
     }
     out
+}
+
+/// The last part of a checkpoint's path (a preset's is `preset:NAME`), as Ember's rows
+/// name their model.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn resolve(model: &str, cache_dir: Option<&Path>) -> Result<Checkpoint, String> {
@@ -272,4 +284,21 @@ fn llama_bench(
         ..RunResult::default()
     };
     Ok((run, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_rows_name_the_model_as_ember_rows_do() {
+        // Ember names a run's model by its checkpoint's last path part; the PyTorch script
+        // said `smollm2-1.7b` for `preset:smollm2-1.7b`, so no row compared with it.
+        let preset = resolve("preset:smollm2-1.7b", None).unwrap();
+        assert_eq!(file_name(preset.path()), "preset:smollm2-1.7b");
+        assert_eq!(
+            file_name(Path::new("models/x/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "SmolLM2-135M-Instruct.Q4_1.gguf"
+        );
+    }
 }

