@@ -34,6 +34,27 @@ fn portable(bencher: Bencher<'_, '_>, ty: GgmlType) {
     bencher.bench_local(|| weight.forward(x.clone()).into_data());
 }
 
+/// Flex's kernels on the blocks (`ember-kernels` through `FusedOps::quantized`): the weight
+/// repacked into its block layout at load, multiplied with 8-bit quantized activations on
+/// the best instruction set this CPU runs. Q2_K has no block layout (portable only).
+#[divan::bench(args = QUANT_TYPES)]
+fn kernel(bencher: Bencher<'_, '_>, ty: GgmlType) {
+    use ember::nn::FusedOps;
+    let device = Default::default();
+    let bytes = ember_benches::gguf_blocks(ty, DOWN_PROJ, 1);
+    let unpacked = ember::format::quant::unpack(ty, &bytes, DOWN_PROJ[0] * DOWN_PROJ[1])
+        .unwrap_or_else(|| panic!("{ty:?} is a quantized type Ember unpacks"));
+    let fused = ember_flex::fused::FlexFused;
+    let Some(native) =
+        FusedOps::<B>::quantized(&fused, &unpacked, DOWN_PROJ, &device, burn::tensor::DType::F32)
+    else {
+        return;
+    };
+    let weight = Weight::Native(native);
+    let x = activations(&device);
+    bencher.bench_local(|| weight.forward(x.clone()).into_data());
+}
+
 /// The same product with the weight dequantized at load: dense f32, `[in, out]`.
 #[divan::bench]
 fn dense_f32(bencher: Bencher<'_, '_>) {
