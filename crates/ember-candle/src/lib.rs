@@ -8,7 +8,9 @@
 use burn::backend::candle::CandleDevice;
 use burn::backend::Candle;
 use ember::backend::{choose_dtype, DeviceSpec};
-use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
+use ember::{
+    BackendConfig, BackendJob, Capabilities, DType, DeviceInfo, Error, Result, RuntimeInfo,
+};
 
 /// The name configs use for this backend.
 pub const NAME: &str = "candle";
@@ -50,7 +52,14 @@ pub fn devices() -> Vec<DeviceInfo> {
 /// Runs `job` on candle with the device and dtype of `spec`.
 pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     let (device, runtime) = init(spec)?;
-    Ok(job.run::<Candle>(device, runtime))
+    let capabilities = capabilities(&device);
+    Ok(job.run::<Candle>(device, runtime, capabilities))
+}
+
+/// What this backend offers on `device` beyond burn's ops: nothing yet (no fused ops, no
+/// graph replay).
+pub fn capabilities(_device: &CandleDevice) -> Capabilities<Backend> {
+    Capabilities::none()
 }
 
 fn unavailable(device: &str, reason: &str) -> Error {

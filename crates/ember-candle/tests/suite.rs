@@ -6,7 +6,7 @@ use ember_tests::{backend_suite, spec, Ctx};
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_candle::Backend> {
     let init = ember_candle::init(&spec("candle", "cpu", dtype))
         .expect("candle runs this dtype on the CPU");
-    Ctx::new(init, logits_tol, min_top1)
+    Ctx::new(init, ember_candle::capabilities, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_candle::Backend, ctx(DType::F32, 1e-4, 1.0));

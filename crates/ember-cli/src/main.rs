@@ -435,7 +435,12 @@ struct EmbedJob<'a> {
 impl BackendJob for EmbedJob<'_> {
     type Output = Result<()>;
 
-    fn run<B: burn::prelude::Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<()> {
+    fn run<B: burn::prelude::Backend>(
+        self,
+        device: B::Device,
+        runtime: RuntimeInfo,
+        _capabilities: ember::Capabilities<B>,
+    ) -> Result<()> {
         log_runtime(&runtime);
         let start = std::time::Instant::now();
         let embedder = ember::Embedder::<B>::load(self.config, &device, runtime)
@@ -517,7 +522,12 @@ struct RunJob<'a> {
 impl BackendJob for RunJob<'_> {
     type Output = Result<()>;
 
-    fn run<B: burn::prelude::Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<()> {
+    fn run<B: burn::prelude::Backend>(
+        self,
+        device: B::Device,
+        runtime: RuntimeInfo,
+        capabilities: ember::Capabilities<B>,
+    ) -> Result<()> {
         log_runtime(&runtime);
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
@@ -525,12 +535,18 @@ impl BackendJob for RunJob<'_> {
                 .progress_chars("=> "),
         );
         bar.set_message("loading");
-        let engine = Engine::<B>::load_with_progress(self.config, &device, runtime, &mut |p| {
-            if let LoadProgress::Tensors { done, total } = p {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-        })
+        let engine = Engine::<B>::load_with_progress(
+            self.config,
+            &device,
+            runtime,
+            &capabilities,
+            &mut |p| {
+                if let LoadProgress::Tensors { done, total } = p {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            },
+        )
         .context("cannot load the model")?;
         bar.finish_and_clear();
         tracing::info!(

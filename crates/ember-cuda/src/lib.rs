@@ -8,7 +8,9 @@ use burn::backend::cuda::CudaDevice;
 use burn::backend::Cuda;
 
 use ember::backend::{choose_dtype, supported_dtypes, DeviceSpec};
-use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
+use ember::{
+    BackendConfig, BackendJob, Capabilities, DType, DeviceInfo, Error, Result, RuntimeInfo,
+};
 
 /// The name configs use for this backend.
 pub const NAME: &str = "cuda";
@@ -48,7 +50,14 @@ pub fn devices() -> Vec<DeviceInfo> {
 /// Runs `job` on CUDA with the device and dtype of `spec`.
 pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     let (device, runtime) = init(spec)?;
-    Ok(job.run::<Backend>(device, runtime))
+    let capabilities = capabilities(&device);
+    Ok(job.run::<Backend>(device, runtime, capabilities))
+}
+
+/// What this backend offers on `device` beyond burn's ops: nothing yet (no fused ops, no
+/// graph replay).
+pub fn capabilities(_device: &CudaDevice) -> Capabilities<Backend> {
+    Capabilities::none()
 }
 
 /// Resolves `spec` to a CUDA device and dtype, or explains why it cannot run.

@@ -7,7 +7,7 @@ use ember_tests::{backend_suite, spec, Ctx};
 
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_cuda::Backend> {
     let init = ember_cuda::init(&spec("cuda", "cuda:0", dtype)).unwrap_or_else(|e| panic!("{e}"));
-    Ctx::new(init, logits_tol, min_top1)
+    Ctx::new(init, ember_cuda::capabilities, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_cuda::Backend, ctx(DType::F32, 1e-4, 1.0));

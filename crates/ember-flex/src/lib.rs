@@ -7,7 +7,9 @@ pub mod fused;
 use burn::backend::flex::FlexDevice;
 use burn::backend::Flex;
 use ember::backend::{choose_dtype, DeviceSpec};
-use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
+use ember::{
+    BackendConfig, BackendJob, Capabilities, DType, DeviceInfo, Error, Result, RuntimeInfo,
+};
 
 /// The name configs use for this backend.
 pub const NAME: &str = "flex";
@@ -30,7 +32,14 @@ pub fn devices() -> Vec<DeviceInfo> {
 /// Runs `job` on flex with the device, dtype and threads of `spec`.
 pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     let (device, runtime) = init(spec)?;
-    Ok(job.run::<Flex>(device, runtime))
+    let capabilities = capabilities(&device);
+    Ok(job.run::<Flex>(device, runtime, capabilities))
+}
+
+/// What this backend offers on `device` beyond burn's ops: nothing yet (no fused ops, no
+/// graph replay).
+pub fn capabilities(_device: &FlexDevice) -> Capabilities<Backend> {
+    Capabilities::none()
 }
 
 /// Checks `spec` against what flex supports, sets the CPU threads, and returns the device

@@ -10,7 +10,8 @@ fn load(source: &str) -> ember::Result<Engine<B>> {
     let (device, runtime) = ember_flex::init(&spec("flex", "cpu", DType::F32)).unwrap();
     let mut config = EngineConfig::default();
     config.model.source = source.into();
-    Engine::load(&config, &device, runtime)
+    let capabilities = ember_flex::capabilities(&device);
+    Engine::load(&config, &device, runtime, &capabilities)
 }
 
 /// `123.45 GiB (132555..., bytes)` -> the byte count.

@@ -9,7 +9,8 @@ type B = ember_flex::Backend;
 
 fn engine() -> Engine<B> {
     let (device, runtime) = ember_flex::init(&spec("flex", "cpu", DType::F32)).unwrap();
-    Engine::load(&smollm2_config(), &device, runtime).unwrap()
+    let capabilities = ember_flex::capabilities(&device);
+    Engine::load(&smollm2_config(), &device, runtime, &capabilities).unwrap()
 }
 
 fn greedy(prompt: &str, n: usize) -> GenerationConfig {

@@ -8,7 +8,7 @@ use ember_tests::{backend_suite, spec, Ctx};
 
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_flex::Backend> {
     let init = ember_flex::init(&spec("flex", "cpu", dtype)).expect("flex runs this dtype");
-    Ctx::new(init, logits_tol, min_top1)
+    Ctx::new(init, ember_flex::capabilities, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_flex::Backend, ctx(DType::F32, 1e-4, 1.0));

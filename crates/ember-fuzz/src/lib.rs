@@ -171,7 +171,9 @@ fn load_and_run(source: &Path) -> Reached {
     let mut config = EngineConfig::default();
     config.model.source = source.display().to_string();
     config.model.context_length = Some(64);
-    let Ok(engine) = Engine::<ember_flex::Backend>::load(&config, &device, runtime) else {
+    let capabilities = ember_flex::capabilities(&device);
+    let Ok(engine) = Engine::<ember_flex::Backend>::load(&config, &device, runtime, &capabilities)
+    else {
         return Reached::Parsed;
     };
     let generation = GenerationConfig {

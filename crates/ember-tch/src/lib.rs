@@ -8,10 +8,16 @@ mod fused;
 #[cfg(feature = "cuda-graphs")]
 mod graphs;
 
+use std::sync::Arc;
+
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::LibTorch;
 use ember::backend::{choose_dtype, DeviceSpec};
-use ember::{BackendConfig, BackendJob, DType, DeviceInfo, Error, Result, RuntimeInfo};
+use ember::graph::DeviceGraphs;
+use ember::nn::Fused;
+use ember::{
+    BackendConfig, BackendJob, Capabilities, DType, DeviceInfo, Error, Result, RuntimeInfo,
+};
 
 /// The name configs use for this backend.
 pub const NAME: &str = "tch";
@@ -61,7 +67,29 @@ pub fn devices() -> Vec<DeviceInfo> {
 /// Runs `job` on libtorch with the device, dtype and threads of `spec`.
 pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     let (device, runtime) = init(spec)?;
-    Ok(job.run::<Backend>(device, runtime))
+    let capabilities = capabilities(&device);
+    Ok(job.run::<Backend>(device, runtime, capabilities))
+}
+
+/// What libtorch offers on `device` beyond burn's ops: its fused ops everywhere (RMSNorm,
+/// addmm, attention; `src/fused.rs`), and on CUDA, in a build with the `cuda-graphs`
+/// feature, the recording and replay of the decode step (`src/graphs.rs`).
+pub fn capabilities(device: &LibTorchDevice) -> Capabilities<Backend> {
+    Capabilities {
+        fused: Some(Fused(Arc::new(fused::TchFused::default()))),
+        graphs: device_graphs(device),
+    }
+}
+
+#[cfg(feature = "cuda-graphs")]
+fn device_graphs(device: &LibTorchDevice) -> Option<Arc<dyn DeviceGraphs<Backend>>> {
+    let graphs: Arc<dyn DeviceGraphs<Backend>> = Arc::new(graphs::TchGraphs);
+    matches!(device, LibTorchDevice::Cuda(_)).then_some(graphs)
+}
+
+#[cfg(not(feature = "cuda-graphs"))]
+fn device_graphs(_device: &LibTorchDevice) -> Option<Arc<dyn DeviceGraphs<Backend>>> {
+    None
 }
 
 fn unavailable(device: &str, reason: String) -> Error {
@@ -121,21 +149,6 @@ pub fn init(spec: &BackendConfig) -> Result<(LibTorchDevice, RuntimeInfo)> {
         }
     };
     let dtype = choose_dtype(spec.dtype, dtypes, NAME, &name)?;
-    static FUSED: std::sync::Once = std::sync::Once::new();
-    FUSED.call_once(|| {
-        ember::graph::register::<dyn ember::nn::FusedOps<Backend>>(std::sync::Arc::new(
-            fused::TchFused::default(),
-        ));
-    });
-    #[cfg(feature = "cuda-graphs")]
-    if matches!(device, LibTorchDevice::Cuda(_)) {
-        static REGISTERED: std::sync::Once = std::sync::Once::new();
-        REGISTERED.call_once(|| {
-            ember::graph::register::<dyn ember::graph::DeviceGraphs<Backend>>(std::sync::Arc::new(
-                graphs::TchGraphs,
-            ));
-        });
-    }
     if spec.threads > 0 && matches!(device, LibTorchDevice::Cpu) {
         tch::set_num_threads(i32::try_from(spec.threads).unwrap_or(i32::MAX));
     }

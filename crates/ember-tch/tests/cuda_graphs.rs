@@ -14,7 +14,7 @@ fn engine(graphs: bool) -> Engine<ember_tch::Backend> {
     config.backend = spec("tch", "cuda:0", DType::F32);
     config.backend.graphs = graphs;
     let (device, runtime) = ember_tch::init(&config.backend).unwrap();
-    Engine::load(&config, &device, runtime).unwrap()
+    Engine::load(&config, &device, runtime, &ember_tch::capabilities(&device)).unwrap()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use ember::nn::attention::{attend_all, padding_bias};
-use ember::nn::{linear_add, rms_norm, FusedOps};
+use ember::nn::{linear_add, rms_norm};
 use ember::AttentionImpl;
 use ember::DType;
 use ember_tests::spec;
@@ -20,8 +20,12 @@ fn fused_ops_equal_portable() {
     for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 1e-2), (DType::Bf16, 6e-2)] {
         for device in &devices {
             let (device, runtime) = ember_tch::init(&spec("tch", device, dtype)).unwrap();
-            let fused = ember::graph::registered::<dyn FusedOps<ember_tch::Backend>>()
-                .expect("ember-tch registers its fused ops in init");
+            let capabilities = ember_tch::capabilities(&device);
+            let fused = capabilities
+                .fused
+                .as_ref()
+                .expect("ember-tch offers its fused ops on every device")
+                .ops();
             let burn_dtype = runtime.dtype.to_burn().unwrap();
             let x = Tensor::<ember_tch::Backend, 3>::random(
                 [2, 5, 96],

@@ -6,7 +6,7 @@ use ember_tests::{backend_suite, spec, Ctx};
 fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_tch::Backend> {
     let init =
         ember_tch::init(&spec("tch", "cpu", dtype)).expect("libtorch runs this dtype on the CPU");
-    Ctx::new(init, logits_tol, min_top1)
+    Ctx::new(init, ember_tch::capabilities, logits_tol, min_top1)
 }
 
 backend_suite!(f32, ember_tch::Backend, ctx(DType::F32, 1e-4, 1.0));

@@ -11,7 +11,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use ember::nn::attention::causal_attention;
 use ember::sampling::argmax;
-use ember::{AttentionImpl, CancelToken, Engine, EngineConfig, GenerationConfig, RuntimeInfo};
+use ember::{
+    AttentionImpl, CancelToken, Capabilities, Engine, EngineConfig, GenerationConfig, RuntimeInfo,
+};
 use serde::Deserialize;
 
 /// What a backend binding hands to every test.
@@ -21,6 +23,9 @@ pub struct Ctx<B: Backend> {
     pub device: B::Device,
     /// Backend, device and dtype, as the backend crate reports them.
     pub runtime: RuntimeInfo,
+    /// What the backend crate offers on the device (its fused ops, graph replay), handed to
+    /// every engine the suite loads.
+    pub capabilities: Capabilities<B>,
     /// Largest absolute logit error accepted against the f32 reference.
     pub logits_tol: f32,
     /// Smallest fraction of positions whose top-1 token must equal the f32 reference's;
@@ -32,10 +37,17 @@ pub struct Ctx<B: Backend> {
 }
 
 impl<B: Backend> Ctx<B> {
-    /// The context for what a backend crate's `init` returned for [`spec`].
-    pub fn new(init: (B::Device, RuntimeInfo), logits_tol: f32, min_top1: f32) -> Self {
+    /// The context for what a backend crate's `init` returned for [`spec`], with the
+    /// capabilities its `capabilities` function gives for that device.
+    pub fn new(
+        init: (B::Device, RuntimeInfo),
+        capabilities: fn(&B::Device) -> Capabilities<B>,
+        logits_tol: f32,
+        min_top1: f32,
+    ) -> Self {
         let (device, runtime) = init;
         Self {
+            capabilities: capabilities(&device),
             device,
             runtime,
             logits_tol,
@@ -118,7 +130,7 @@ fn config_for(source: PathBuf, attention: AttentionImpl) -> EngineConfig {
 }
 
 fn load<B: Backend>(ctx: &Ctx<B>, config: &EngineConfig) -> Engine<B> {
-    Engine::load(config, &ctx.device, ctx.runtime.clone())
+    Engine::load(config, &ctx.device, ctx.runtime.clone(), &ctx.capabilities)
         .unwrap_or_else(|e| panic!("loading {}: {e}", config.model.source))
 }
 
@@ -858,6 +870,7 @@ pub fn malformed_checkpoints_are_errors<B: Backend>(ctx: &Ctx<B>) {
             &config_for(dir.clone(), AttentionImpl::Fused),
             &ctx.device,
             ctx.runtime.clone(),
+            &ctx.capabilities,
         ) {
             Ok(_) => panic!("{} loaded", dir.display()),
             Err(e) => e.to_string(),

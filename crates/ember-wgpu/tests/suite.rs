@@ -12,7 +12,7 @@ fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_wgpu::Backend>
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     // lavapipe runs ~10 GFLOP/s: the real models' long prompts run on the CPU backends.
-    Ctx::new(init, logits_tol, min_top1).short_cases()
+    Ctx::new(init, ember_wgpu::capabilities, logits_tol, min_top1).short_cases()
 }
 
 backend_suite!(f32, ember_wgpu::Backend, ctx(DType::F32, 1e-4, 1.0));

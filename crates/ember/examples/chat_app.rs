@@ -5,7 +5,7 @@
 //!
 //! The backend comes from a backend crate (`ember-flex` here); the app code is generic.
 
-use ember::{BackendJob, CancelToken, Engine, EngineConfig, Message, RuntimeInfo};
+use ember::{BackendJob, CancelToken, Capabilities, Engine, EngineConfig, Message, RuntimeInfo};
 
 struct App {
     config: EngineConfig,
@@ -19,8 +19,9 @@ impl BackendJob for App {
         self,
         device: B::Device,
         runtime: RuntimeInfo,
+        capabilities: Capabilities<B>,
     ) -> ember::Result<()> {
-        let engine = Engine::<B>::load(&self.config, &device, runtime)?;
+        let engine = Engine::<B>::load(&self.config, &device, runtime, &capabilities)?;
         for question in self.questions {
             let mut generation = self.config.generation.clone();
             generation.prompt = None;

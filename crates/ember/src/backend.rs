@@ -1,7 +1,52 @@
-//! What backend crates share: device names as configs write them, and dtype resolution.
+//! What backend crates share: device names as configs write them, dtype resolution, and the
+//! [`Capabilities`] a backend hands to the engine.
+
+use std::sync::Arc;
 
 use crate::config::DType;
 use crate::error::{Error, Result};
+use crate::graph::DeviceGraphs;
+use crate::nn::Fused;
+
+/// What a backend can do beyond burn's ops, handed by its backend crate to the code it runs
+/// ([`crate::BackendJob::run`]) and from there to [`crate::Engine::load`]: a value, not a
+/// global, so that two engines in one process can be given different ones and a test can
+/// give none. Each capability has a portable default that runs when it is absent, and a
+/// test that compares the two.
+#[derive(Clone)]
+pub struct Capabilities<B: burn::prelude::Backend> {
+    /// Ops the backend runs as one kernel ([`crate::nn::FusedOps`]); the model families take
+    /// them from the [`crate::format::Loader`] and run burn's ops where absent.
+    pub fused: Option<Fused<B>>,
+    /// Recording the decode step once and replaying it ([`crate::graph`]); an engine uses
+    /// it where `backend.graphs` is set and it supports the device.
+    pub graphs: Option<Arc<dyn DeviceGraphs<B>>>,
+}
+
+impl<B: burn::prelude::Backend> Capabilities<B> {
+    /// No capabilities: burn's ops only, eager decoding.
+    pub fn none() -> Self {
+        Self {
+            fused: None,
+            graphs: None,
+        }
+    }
+}
+
+impl<B: burn::prelude::Backend> Default for Capabilities<B> {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl<B: burn::prelude::Backend> std::fmt::Debug for Capabilities<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capabilities")
+            .field("fused", &self.fused.is_some())
+            .field("graphs", &self.graphs.is_some())
+            .finish()
+    }
+}
 
 /// A `backend.device` value; configs and flags write it as text ([`DeviceSpec::FORMS`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
+use crate::backend::Capabilities;
 use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig, Truncate};
 use crate::error::{Error, Result};
 use crate::format::Loader;
@@ -16,6 +17,7 @@ use crate::models::{
     Opened, Task,
 };
 use crate::nn::kv_cache::KvCache;
+use crate::nn::Fused;
 use crate::sampling::Sampler;
 use crate::source::Checkpoint;
 use crate::tokenizer::{TextTokenizer, TokenStream};
@@ -73,9 +75,17 @@ impl<B: Backend> std::fmt::Debug for GraphSupport<B> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// Fetches (if needed) and loads the model of `config` onto `device`.
-    pub fn load(config: &EngineConfig, device: &B::Device, runtime: RuntimeInfo) -> Result<Self> {
-        Self::load_with_progress(config, device, runtime, &mut |_| {})
+    /// Fetches (if needed) and loads the model of `config` onto `device`, with what the
+    /// backend crate offers there: the model holds its fused ops, and sessions replay their
+    /// decode steps through its graphs where `backend.graphs` is set and the device supports
+    /// them ([`Engine::replays_graphs`]). [`Capabilities::none`] runs burn's ops only.
+    pub fn load(
+        config: &EngineConfig,
+        device: &B::Device,
+        runtime: RuntimeInfo,
+        capabilities: &Capabilities<B>,
+    ) -> Result<Self> {
+        Self::load_with_progress(config, device, runtime, capabilities, &mut |_| {})
     }
 
     /// [`Engine::load`], reporting progress to `progress`.
@@ -83,6 +93,7 @@ impl<B: Backend> Engine<B> {
         config: &EngineConfig,
         device: &B::Device,
         runtime: RuntimeInfo,
+        capabilities: &Capabilities<B>,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let start = Instant::now();
@@ -106,10 +117,13 @@ impl<B: Backend> Engine<B> {
             device,
             runtime: &runtime,
             dtype,
+            fused: capabilities.fused.clone(),
             progress,
         };
         let (model, tokenizer, context) = opened.architecture.load_decoder::<B, _>(job)?;
-        let graphs = crate::graph::registered::<dyn DeviceGraphs<B>>()
+        let graphs = capabilities
+            .graphs
+            .clone()
             .filter(|g| config.backend.graphs && g.supports(device))
             .map(GraphSupport);
         Ok(Self {
@@ -222,6 +236,7 @@ struct LoadJob<'a, B: Backend> {
     device: &'a B::Device,
     runtime: &'a RuntimeInfo,
     dtype: burn::tensor::DType,
+    fused: Option<Fused<B>>,
     progress: &'a mut dyn FnMut(LoadProgress),
 }
 
@@ -268,7 +283,8 @@ impl<B: Backend> DecoderJob<B> for LoadJob<'_, B> {
         let mut on_tensor = |done, total| progress(LoadProgress::Tensors { done, total });
         let keep = self.config.model.weights == crate::config::WeightsMode::Keep;
         let loader = Loader::<B>::new(store.as_ref(), self.device, self.dtype, &mut on_tensor)
-            .keep_quantized(keep);
+            .keep_quantized(keep)
+            .with_fused(self.fused);
         let model = M::load(model_config, &loader, context, self.device)?;
         loader.finish()?;
         Ok((Box::new(model), tokenizer, context))

@@ -3,22 +3,21 @@
 //! A decode step on a GPU is hundreds of small kernels, each launched by the host through
 //! burn's op dispatch; at batch 1 the host's launch work, not the GPU, sets the speed
 //! (docs/performance.md). A backend that can record a stream of kernels and replay it with
-//! one call (libtorch's `at::cuda::CUDAGraph`) implements [`DeviceGraphs`] and registers it
-//! with [`register`]; a [`Session`](crate::Session) then runs the model's one forward pass
+//! one call (libtorch's `at::cuda::CUDAGraph`) implements [`DeviceGraphs`], and its backend
+//! crate hands it to the engine in [`Capabilities::graphs`]; where `backend.graphs` is set and
+//! the device supports it, a [`Session`](crate::Session) then runs the model's one forward pass
 //! with the token and the position held on the device ([`KvCache::next_at`]), so that the
 //! step's shapes and device addresses do not change from one token to the next, and
 //! replays it.
 //!
 //! [`KvCache::next_at`]: crate::nn::kv_cache::KvCache::next_at
+//! [`Capabilities::graphs`]: crate::backend::Capabilities::graphs
 //!
 //! What a replay needs that eager code does not:
 //! - inputs in fixed device buffers, written in place ([`DeviceGraphs::write_ints`]);
 //! - the keys and values written in place at a position held on the device
 //!   ([`DeviceGraphs::index_copy`]), so that the cache keeps its addresses;
 //! - no host work inside the step (the sampled token is read after the replay).
-
-use std::any::Any;
-use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
 
@@ -66,26 +65,4 @@ pub trait DeviceGraphs<B: Backend>: Send + Sync {
     ) -> Result<()>;
     /// Where `t`'s data lives on the device (a replay is valid only while these stay put).
     fn address(&self, t: &Tensor<B, 4>) -> usize;
-}
-
-type Entry = Box<dyn Any + Send + Sync>;
-
-static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-
-/// Makes `value` what [`registered`] returns for `T`: a backend crate provides a backend's
-/// graph support (`T = dyn DeviceGraphs<B>`) or fused ops (`T = dyn FusedOps<B>`,
-/// [`crate::nn::FusedOps`]) once; a second call for the same `T` replaces the first.
-pub fn register<T: ?Sized + Send + Sync + 'static>(value: Arc<T>) {
-    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    registry.retain(|e| !e.is::<Arc<T>>());
-    registry.push(Box::new(value));
-}
-
-/// What was registered for `T`, if anything.
-pub fn registered<T: ?Sized + Send + Sync + 'static>() -> Option<Arc<T>> {
-    let registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    registry
-        .iter()
-        .find_map(|e| e.downcast_ref::<Arc<T>>())
-        .cloned()
 }

@@ -5,10 +5,12 @@
 //!
 //! ```no_run
 //! # fn demo<B: burn::prelude::Backend>(device: B::Device) -> ember::Result<()> {
-//! use ember::{CancelToken, Engine, EngineConfig, RuntimeInfo};
+//! use ember::{CancelToken, Capabilities, Engine, EngineConfig, RuntimeInfo};
 //! let config = EngineConfig::from_file("configs/cpu-f32.toml".as_ref())?;
 //! let runtime = RuntimeInfo { backend: "flex".into(), device: "cpu".into(), dtype: ember::DType::F32 };
-//! let engine = Engine::<B>::load(&config, &device, runtime)?;
+//! // What the backend crate offers beyond burn's ops (ember_tch::capabilities(&device), ...).
+//! let capabilities = Capabilities::<B>::none();
+//! let engine = Engine::<B>::load(&config, &device, runtime, &capabilities)?;
 //! let mut session = engine.session();
 //! let stats = session.generate(&config.generation, &CancelToken::new(), &mut |text| print!("{text}"))?;
 //! println!("\n{} tokens", stats.generated_tokens);
@@ -32,6 +34,7 @@ pub mod sampling;
 pub mod source;
 pub mod tokenizer;
 
+pub use backend::Capabilities;
 pub use config::{
     AttentionImpl, BackendConfig, BackendName, DType, EngineConfig, GenerationConfig, Message,
     OnUnavailable, Role, Truncate, WeightsMode,
@@ -43,15 +46,17 @@ pub use engine::{
 pub use error::{Error, Result};
 
 /// Work to run on whatever backend the config chose: backend crates call
-/// [`BackendJob::run`] with their concrete backend type and device.
+/// [`BackendJob::run`] with their concrete backend type, device and capabilities.
 pub trait BackendJob {
     /// What the job returns.
     type Output;
-    /// Runs on backend `B` with `device`, described by `runtime`.
+    /// Runs on backend `B` with `device`, described by `runtime`, with what the backend
+    /// offers on that device beyond burn's ops (for [`Engine::load`]).
     fn run<B: burn::prelude::Backend>(
         self,
         device: B::Device,
         runtime: RuntimeInfo,
+        capabilities: Capabilities<B>,
     ) -> Self::Output;
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use ember::sampling::argmax;
-use ember::{BackendJob, Engine, EngineConfig, RuntimeInfo};
+use ember::{BackendJob, Capabilities, Engine, EngineConfig, RuntimeInfo};
 use serde::{Deserialize, Serialize};
 
 /// What the parent asks a run to do.
@@ -153,20 +153,25 @@ pub struct BenchJob<'a> {
 impl BackendJob for BenchJob<'_> {
     type Output = Result<RunResult>;
 
-    fn run<B: Backend>(self, device: B::Device, runtime: RuntimeInfo) -> Result<RunResult> {
+    fn run<B: Backend>(
+        self,
+        device: B::Device,
+        runtime: RuntimeInfo,
+        capabilities: Capabilities<B>,
+    ) -> Result<RunResult> {
         let spec = self.spec;
         if is_encoder(&spec.config)? {
             return embed_run::<B>(spec, &device, runtime);
         }
         phase("cold load");
         let cold = {
-            let engine = Engine::<B>::load(&spec.config, &device, runtime.clone())
+            let engine = Engine::<B>::load(&spec.config, &device, runtime.clone(), &capabilities)
                 .context("cannot load the model")?;
             engine.load_time().as_secs_f64()
         };
         phase("warm load");
-        let engine =
-            Engine::<B>::load(&spec.config, &device, runtime).context("cannot load the model")?;
+        let engine = Engine::<B>::load(&spec.config, &device, runtime, &capabilities)
+            .context("cannot load the model")?;
         let model = engine.model();
         let vocab = model.vocab_size();
         let file = super::baseline::file_name(engine.checkpoint().path());

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::nn::linear::{rows_per_part, Embedding, QuantizedWeight, Weight};
+use crate::nn::Fused;
 use quant::Unpacked;
 
 /// A checkpoint's tensors, addressed by the model's own (Hugging Face) names.
@@ -44,6 +45,7 @@ pub struct Loader<'a, B: Backend> {
     progress: RefCell<&'a mut dyn FnMut(usize, usize)>,
     total: usize,
     keep_quantized: bool,
+    fused: Option<Fused<B>>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
@@ -63,6 +65,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             progress: RefCell::new(progress),
             total,
             keep_quantized: false,
+            fused: None,
         }
     }
 
@@ -71,6 +74,18 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn keep_quantized(mut self, keep: bool) -> Self {
         self.keep_quantized = keep;
         self
+    }
+
+    /// The backend's fused ops ([`crate::backend::Capabilities::fused`]), for the model to
+    /// hold ([`Loader::fused`]); none by default.
+    pub fn with_fused(mut self, fused: Option<Fused<B>>) -> Self {
+        self.fused = fused;
+        self
+    }
+
+    /// The fused ops the model runs with, if the backend has any ([`Loader::with_fused`]).
+    pub fn fused(&self) -> Option<Fused<B>> {
+        self.fused.clone()
     }
 
     /// The checkpoint's shape of `name`, checked against `shape`.

@@ -652,7 +652,7 @@ impl<B: Backend> LoadDecoder<B> for Gemma3<B> {
             lm_head,
             rope_global: Rope::new(&global, context, device, dtype),
             rope_local: Rope::new(&local, context, device, dtype),
-            fused: Fused::registered(),
+            fused: loader.fused(),
         })
     }
 }

@@ -305,7 +305,7 @@ pub struct Llama<B: Backend> {
     /// `[hidden, vocab]`
     lm_head: Weight<B>,
     rope: Rope<B>,
-    /// The backend's fused ops, when it registered some ([`crate::nn::FusedOps`]).
+    /// The backend's fused ops, when it has some ([`crate::nn::FusedOps`]).
     fused: Option<Fused<B>>,
 }
 
@@ -633,7 +633,7 @@ impl<B: Backend> LoadDecoder<B> for Llama<B> {
             norm,
             lm_head,
             rope,
-            fused: Fused::registered(),
+            fused: loader.fused(),
         })
     }
 }

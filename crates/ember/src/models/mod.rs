@@ -111,7 +111,8 @@ pub trait LoadDecoder<B: Backend>: DecoderModel<B> + Sized + 'static {
             message: format!("preset:{name} is not a shape of this family"),
         })
     }
-    /// Loads the weights; position tables cover `context` positions.
+    /// Loads the weights; position tables cover `context` positions. The model runs the
+    /// backend's fused ops the loader hands out ([`Loader::fused`]) where it has them.
     fn load(
         config: Self::Config,
         loader: &Loader<'_, B>,

@@ -22,9 +22,10 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 /// Ops a backend can run as one kernel where the portable composition of burn ops takes
-/// several (each a launch on backends without fusion). A backend crate registers them with
-/// [`crate::graph::register`] (`T = dyn FusedOps<B>`); the functions here fall back to the
-/// portable path, which tests compare them with.
+/// several (each a launch on backends without fusion). A backend crate hands them to the
+/// engine in [`Capabilities::fused`](crate::backend::Capabilities::fused), and the model
+/// families take them from the [`Loader`](crate::format::Loader); the functions here fall back
+/// to the portable path, which tests compare them with.
 pub trait FusedOps<B: Backend>: Send + Sync {
     /// [`rms_norm`] as one op, or `None` where the backend cannot (the caller then runs the
     /// portable path).
@@ -70,11 +71,6 @@ pub trait FusedOps<B: Backend>: Send + Sync {
 pub struct Fused<B: Backend>(pub std::sync::Arc<dyn FusedOps<B>>);
 
 impl<B: Backend> Fused<B> {
-    /// The fused ops the backend registered ([`crate::graph::register`]), if any.
-    pub fn registered() -> Option<Self> {
-        crate::graph::registered::<dyn FusedOps<B>>().map(Fused)
-    }
-
     /// The ops.
     pub fn ops(&self) -> &dyn FusedOps<B> {
         self.0.as_ref()
