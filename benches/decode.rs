@@ -15,8 +15,13 @@ fn main() {
 fn flex(bencher: Bencher<'_, '_>) {
     let config = smollm2_on_cpu(BackendName::Flex);
     let (device, runtime) = ember_flex::init(&config.backend).expect("flex runs on the CPU");
-    let engine =
-        Engine::<ember_flex::Backend>::load(&config, &device, runtime).expect("the preset loads");
+    let engine = Engine::<ember_flex::Backend>::load(
+        &config,
+        &device,
+        runtime,
+        &ember_flex::capabilities(&device),
+    )
+    .expect("the preset loads");
     decode_steps(bencher, &engine);
 }
 
@@ -25,8 +30,13 @@ fn flex(bencher: Bencher<'_, '_>) {
 fn candle(bencher: Bencher<'_, '_>) {
     let config = smollm2_on_cpu(BackendName::Candle);
     let (device, runtime) = ember_candle::init(&config.backend).expect("candle runs on the CPU");
-    let engine =
-        Engine::<ember_candle::Backend>::load(&config, &device, runtime).expect("the preset loads");
+    let engine = Engine::<ember_candle::Backend>::load(
+        &config,
+        &device,
+        runtime,
+        &ember_candle::capabilities(&device),
+    )
+    .expect("the preset loads");
     decode_steps(bencher, &engine);
 }
 
@@ -35,7 +45,12 @@ fn candle(bencher: Bencher<'_, '_>) {
 fn tch(bencher: Bencher<'_, '_>) {
     let config = smollm2_on_cpu(BackendName::Tch);
     let (device, runtime) = ember_tch::init(&config.backend).expect("libtorch runs on the CPU");
-    let engine =
-        Engine::<ember_tch::Backend>::load(&config, &device, runtime).expect("the preset loads");
+    let engine = Engine::<ember_tch::Backend>::load(
+        &config,
+        &device,
+        runtime,
+        &ember_tch::capabilities(&device),
+    )
+    .expect("the preset loads");
     decode_steps(bencher, &engine);
 }

@@ -36,10 +36,14 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     Ok(job.run::<Flex>(device, runtime, capabilities))
 }
 
-/// What this backend offers on `device` beyond burn's ops: nothing yet (no fused ops, no
-/// graph replay).
+/// What this backend offers on `device` beyond burn's ops: products with quantized weights
+/// on `ember-kernels` ([`fused::FlexFused`], for `[model] weights = "keep"`); no graph
+/// replay.
 pub fn capabilities(_device: &FlexDevice) -> Capabilities<Backend> {
-    Capabilities::none()
+    Capabilities {
+        fused: Some(ember::nn::Fused(std::sync::Arc::new(fused::FlexFused))),
+        graphs: None,
+    }
 }
 
 /// Checks `spec` against what flex supports, sets the CPU threads, and returns the device

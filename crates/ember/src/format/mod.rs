@@ -14,7 +14,7 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::nn::linear::{rows_per_part, Embedding, QuantizedWeight, Weight};
+use crate::nn::linear::{rows_per_part, Embedding, Native, QuantizedWeight, Weight};
 use crate::nn::Fused;
 use quant::Unpacked;
 
@@ -46,6 +46,14 @@ pub struct Loader<'a, B: Backend> {
     total: usize,
     keep_quantized: bool,
     fused: Option<Fused<B>>,
+}
+
+/// A weight kept quantized ([`Loader::keep_quantized`]).
+enum Kept<B: Backend> {
+    /// In the backend's own form.
+    Native(Native<B>),
+    /// Portable, in parts of rows.
+    Portable(Vec<QuantizedWeight<B>>),
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
@@ -112,13 +120,12 @@ impl<'a, B: Backend> Loader<'a, B> {
         (self.progress.borrow_mut())(used.len(), self.total);
     }
 
-    /// The blocks of `[rows, cols]` tensor `name` when it is stored quantized and kept so,
-    /// in parts of rows small enough for one device buffer ([`rows_per_part`]).
-    fn quantized(
-        &self,
-        name: &str,
-        [rows, cols]: [usize; 2],
-    ) -> Result<Option<Vec<QuantizedWeight<B>>>> {
+    /// Tensor `name` (`[rows, cols]`) when it is stored quantized and kept so: in the
+    /// backend's own form where its fused ops make one ([`FusedOps::quantized`]), else
+    /// portable, in parts of rows small enough for one device buffer ([`rows_per_part`]).
+    ///
+    /// [`FusedOps::quantized`]: crate::nn::FusedOps::quantized
+    fn quantized(&self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<Kept<B>>> {
         if !self.keep_quantized {
             return Ok(None);
         }
@@ -127,8 +134,15 @@ impl<'a, B: Backend> Loader<'a, B> {
             return Ok(None);
         };
         self.mark_used(name);
+        let native = self.fused.as_ref().and_then(|f| {
+            f.ops()
+                .quantized(&unpacked, [rows, cols], &self.device, self.dtype)
+        });
+        if let Some(native) = native {
+            return Ok(Some(Kept::Native(native)));
+        }
         let per = rows_per_part(rows, cols);
-        Ok(Some(
+        Ok(Some(Kept::Portable(
             (0..rows)
                 .step_by(per)
                 .map(|start| {
@@ -136,19 +150,23 @@ impl<'a, B: Backend> Loader<'a, B> {
                     QuantizedWeight::part(&unpacked, cols, start, n, &self.device, self.dtype)
                 })
                 .collect(),
-        ))
+        )))
     }
 
     /// A `[out, in]` projection weight: kept quantized where the checkpoint stores it so and
     /// the loader keeps ([`Loader::keep_quantized`]), else dense and transposed; split by
     /// output rows when larger than one device buffer takes ([`rows_per_part`]).
     pub fn weight(&self, name: &str, out_features: usize, in_features: usize) -> Result<Weight<B>> {
-        if let Some(mut parts) = self.quantized(name, [out_features, in_features])? {
-            return Ok(if parts.len() == 1 {
-                Weight::Quantized(parts.remove(0))
-            } else {
-                Weight::Concat(parts.into_iter().map(Weight::Quantized).collect())
-            });
+        match self.quantized(name, [out_features, in_features])? {
+            Some(Kept::Native(native)) => return Ok(Weight::Native(native)),
+            Some(Kept::Portable(mut parts)) => {
+                return Ok(if parts.len() == 1 {
+                    Weight::Quantized(parts.remove(0))
+                } else {
+                    Weight::Concat(parts.into_iter().map(Weight::Quantized).collect())
+                })
+            }
+            None => {}
         }
         let values = self.values(name, &[out_features, in_features])?;
         let per = rows_per_part(out_features, in_features);
@@ -170,12 +188,16 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// A `[vocab, hidden]` token embedding, kept quantized like [`Loader::weight`], in parts
     /// of rows when larger than one device buffer takes.
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding<B>> {
-        if let Some(mut parts) = self.quantized(name, [vocab, hidden])? {
-            return Ok(if parts.len() == 1 {
-                Embedding::Quantized(parts.remove(0))
-            } else {
-                Embedding::Parts(parts.into_iter().map(Embedding::Quantized).collect())
-            });
+        match self.quantized(name, [vocab, hidden])? {
+            Some(Kept::Native(native)) => return Ok(Embedding::Native(native)),
+            Some(Kept::Portable(mut parts)) => {
+                return Ok(if parts.len() == 1 {
+                    Embedding::Quantized(parts.remove(0))
+                } else {
+                    Embedding::Parts(parts.into_iter().map(Embedding::Quantized).collect())
+                })
+            }
+            None => {}
         }
         let values = self.values(name, &[vocab, hidden])?;
         let per = rows_per_part(vocab, hidden);
