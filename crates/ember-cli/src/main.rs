@@ -70,8 +70,8 @@ struct EmbedArgs {
     /// Read texts from this file, one per line (`-`: stdin).
     #[arg(short, long, value_name = "FILE")]
     file: Option<PathBuf>,
-    /// Texts per batch.
-    #[arg(short, long, default_value_t = 32)]
+    /// Texts per batch (at least 1).
+    #[arg(short, long, default_value_t = 32, value_parser = at_least_one)]
     batch_size: usize,
     /// Print the cosine similarity matrix instead of the vectors.
     #[arg(long)]
@@ -110,7 +110,13 @@ struct BenchArgs {
     #[arg(long, default_value = "crates/ember-tests/fixtures/smollm2.json")]
     reference: PathBuf,
     /// Output formats (comma-separated): md, json, csv, svg.
-    #[arg(short, long, value_delimiter = ',', default_value = "md,json,csv,svg")]
+    #[arg(
+        short,
+        long,
+        value_delimiter = ',',
+        default_value = "md,json,csv,svg",
+        value_parser = ["md", "json", "csv", "svg"]
+    )]
     output: Vec<String>,
     /// Directory for results (a timestamped folder is made inside).
     #[arg(long, default_value = "results")]
@@ -144,7 +150,7 @@ struct RunArgs {
     #[arg(long)]
     context_length: Option<usize>,
     /// Decode attends to the cached positions rounded up to a multiple of this (1: exact).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     decode_window: Option<usize>,
     /// Backend: flex, candle, tch, wgpu, cuda (each a cargo feature), or auto.
     #[arg(long)]
@@ -194,6 +200,15 @@ struct RunArgs {
     /// Stop when the text reaches this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+}
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_attention(s: &str) -> Result<AttentionImpl, String> {
