@@ -42,7 +42,9 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   repetition_penalty = 1.0      # 1 = off
   seed = 299792458
   stop = [\"\\n\\n\"]             # stop strings (not printed)
-  truncate = \"error\"            # prompt longer than the context: error | left (drop oldest)
+  truncate = \"error\"            # prompt longer than the context: error | left (drop the
+                                 # oldest tokens; a chat's oldest whole turns, never the
+                                 # system prompt or the template)
 
 Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
 

@@ -344,7 +344,8 @@ pub struct GenerationConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     /// A prompt that does not fit in the context: `"error"` (the default) fails naming both
-    /// lengths; `"left"` drops the prompt's oldest tokens, keeping room to generate.
+    /// lengths; `"left"` drops a raw prompt's oldest tokens, or a chat's oldest whole turns
+    /// (never the system prompt, the template or the last turn), keeping room to generate.
     #[serde(default)]
     pub truncate: Truncate,
 }
@@ -357,7 +358,9 @@ pub enum Truncate {
     #[default]
     Error,
     /// Keep the prompt's most recent tokens: as many as leave room for `max_new_tokens`
-    /// (but at least half the free context for the prompt).
+    /// (but at least half the free context for the prompt). A chat keeps its system prompt
+    /// and drops its oldest whole turns instead; [`crate::Error::ChatOverflow`] when the
+    /// system prompt and the last turn alone do not fit.
     Left,
 }
 
