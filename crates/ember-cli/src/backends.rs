@@ -111,8 +111,11 @@ pub fn not_compiled(name: &str) -> Error {
     }
 }
 
-/// Turns `auto` and the fallback policy into one concrete backend config that probes fine.
+/// Turns `auto` and the fallback policy into one concrete backend config that probes fine,
+/// its threads capped at the machine's cores ([`BackendConfig::with_threads_capped`]).
 pub fn resolve(spec: &BackendConfig) -> ember::Result<BackendConfig> {
+    // Before any probe: a backend's probe may size its thread pool.
+    let spec = &spec.clone().with_threads_capped();
     if spec.name == BackendName::Auto {
         return resolve_auto(spec);
     }

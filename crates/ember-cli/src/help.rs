@@ -14,7 +14,8 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
                                  # (default $EMBER_CACHE_DIR, else ~/.cache/ember)
   context_length = 2048         # KV cache size (default: the model's, at most 4096)
   decode_window = 256           # decode attends to the cache rounded up to a multiple of
-                                 # this, padding masked (fewer shapes to compile; 1: exact)
+                                 # this, padding masked (fewer shapes to compile; 1: exact;
+                                 # at least 1)
   weights = \"dequantize\"        # quantized GGUF weights: dequantize (at load) | keep
                                  # (quantized on the device, dequantized when used)
 
@@ -23,7 +24,8 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
                                  # are cargo features; `ember devices` lists this build's)
   device = \"cpu\"                # auto | cpu | cuda[:N] | vulkan[:N|:cpu] | metal[:N] | mps
   dtype = \"f32\"                 # auto | f32 | f16 | bf16
-  threads = 0                   # CPU threads, 0 = one per core
+  threads = 0                   # CPU threads, 0 = one per core (more than the cores:
+                                 # capped to them, with a warning)
   attention = \"fused\"           # fused (burn's attention op) | plain (matmul-softmax)
   graphs = true                 # replay decode steps as CUDA graphs where the backend can
   on_unavailable = \"error\"      # backend, device or dtype unavailable: error | fallback
@@ -40,7 +42,9 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   repetition_penalty = 1.0      # 1 = off
   seed = 299792458
   stop = [\"\\n\\n\"]             # stop strings (not printed)
-  truncate = \"error\"            # prompt longer than the context: error | left (drop oldest)
+  truncate = \"error\"            # prompt longer than the context: error | left (drop the
+                                 # oldest tokens; a chat's oldest whole turns, never the
+                                 # system prompt or the template)
 
 Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
 

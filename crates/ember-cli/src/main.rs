@@ -14,7 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Ember: transformer inference on burn backends, configured by one TOML file.
 ///
 /// With no subcommand, loads the config's model and streams its answer to the config's
-/// prompt. Flags override the config's values.
+/// prompt, or to the prompt given with --prompt (`-p -`: read from stdin) or --prompt-file.
+/// With neither, a prompt piped on stdin (stdin not a terminal, and not empty) replaces the
+/// config's, as --prompt would. Flags override the config's values.
 #[derive(Debug, Parser)]
 #[command(
     name = "ember",
@@ -70,8 +72,8 @@ struct EmbedArgs {
     /// Read texts from this file, one per line (`-`: stdin).
     #[arg(short, long, value_name = "FILE")]
     file: Option<PathBuf>,
-    /// Texts per batch.
-    #[arg(short, long, default_value_t = 32)]
+    /// Texts per batch (at least 1).
+    #[arg(short, long, default_value_t = 32, value_parser = at_least_one)]
     batch_size: usize,
     /// Print the cosine similarity matrix instead of the vectors.
     #[arg(long)]
@@ -110,7 +112,13 @@ struct BenchArgs {
     #[arg(long, default_value = "crates/ember-tests/fixtures/smollm2.json")]
     reference: PathBuf,
     /// Output formats (comma-separated): md, json, csv, svg.
-    #[arg(short, long, value_delimiter = ',', default_value = "md,json,csv,svg")]
+    #[arg(
+        short,
+        long,
+        value_delimiter = ',',
+        default_value = "md,json,csv,svg",
+        value_parser = ["md", "json", "csv", "svg"]
+    )]
     output: Vec<String>,
     /// Directory for results (a timestamped folder is made inside).
     #[arg(long, default_value = "results")]
@@ -144,7 +152,7 @@ struct RunArgs {
     #[arg(long)]
     context_length: Option<usize>,
     /// Decode attends to the cached positions rounded up to a multiple of this (1: exact).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     decode_window: Option<usize>,
     /// Backend: flex, candle, tch, wgpu, cuda (each a cargo feature), or auto.
     #[arg(long)]
@@ -164,9 +172,14 @@ struct RunArgs {
     /// Decode eagerly even where the backend can replay recorded CUDA graphs.
     #[arg(long)]
     no_graphs: bool,
-    /// The user's message (replaces the config's chat), or the raw prompt with --raw.
-    #[arg(short, long)]
+    /// The user's message (replaces the config's chat), or the raw prompt with --raw;
+    /// `-` reads it from stdin. Without --prompt and --prompt-file, a prompt piped on stdin
+    /// is used.
+    #[arg(short, long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
+    /// Read the prompt (as --prompt takes it) from this file.
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
     /// Send --prompt as is, without the chat template.
     #[arg(long)]
     raw: bool,
@@ -196,6 +209,15 @@ struct RunArgs {
     stop: Vec<String>,
 }
 
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_attention(s: &str) -> Result<AttentionImpl, String> {
     match s {
         "fused" => Ok(AttentionImpl::Fused),
@@ -204,7 +226,59 @@ fn parse_attention(s: &str) -> Result<AttentionImpl, String> {
     }
 }
 
+/// The most prompt text read from a file or stdin (16 MiB, far beyond any context).
+const MAX_PROMPT_BYTES: u64 = 16 << 20;
+
+/// All of `reader` as text, at most [`MAX_PROMPT_BYTES`], without its final line break.
+fn read_prompt(reader: impl std::io::Read, what: &str) -> Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_PROMPT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the prompt from {what}"))?;
+    if bytes.len() as u64 > MAX_PROMPT_BYTES {
+        bail!(
+            "the prompt in {what} is larger than {} MiB",
+            MAX_PROMPT_BYTES >> 20
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("the prompt in {what} is not UTF-8 text"))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 impl RunArgs {
+    /// The prompt of the command line: --prompt (`-`: stdin), --prompt-file, else a prompt
+    /// piped on stdin; `None` keeps the config's.
+    fn prompt(&self) -> Result<Option<String>> {
+        use std::io::IsTerminal;
+        let (text, what) = match (&self.prompt, &self.prompt_file) {
+            (Some(p), _) if p != "-" => return Ok(Some(p.clone())),
+            (Some(_), _) => (read_prompt(std::io::stdin().lock(), "stdin")?, "stdin"),
+            (None, Some(path)) => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let what = path.display().to_string();
+                let text = read_prompt(file, &what)?;
+                if text.trim().is_empty() {
+                    bail!("the prompt file {what} is empty");
+                }
+                return Ok(Some(text));
+            }
+            (None, None) if !std::io::stdin().is_terminal() => {
+                let text = read_prompt(std::io::stdin().lock(), "stdin")?;
+                // Nothing piped (`< /dev/null`, a closed stdin): the config's prompt.
+                return Ok(Some(text).filter(|t| !t.trim().is_empty()));
+            }
+            (None, None) => return Ok(None),
+        };
+        if text.trim().is_empty() {
+            bail!("--prompt -: the prompt on {what} is empty");
+        }
+        Ok(Some(text))
+    }
+
     /// The config file with the flags applied, validated again.
     fn config(&self) -> Result<EngineConfig> {
         let mut c = match &self.config {
@@ -232,7 +306,7 @@ impl RunArgs {
             b.graphs = false;
         }
         let g = &mut c.generation;
-        if let Some(prompt) = &self.prompt {
+        if let Some(prompt) = &self.prompt()? {
             if self.raw {
                 g.messages.clear();
                 g.prompt = Some(prompt.clone());

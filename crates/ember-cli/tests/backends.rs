@@ -138,3 +138,14 @@ fn wgpu_reports_bf16_as_unsupported_on_lavapipe() {
     let m = err(&spec("wgpu", "vulkan:cpu", DType::Bf16));
     assert!(m.contains("does not support bf16"), "{m}");
 }
+
+#[cfg(feature = "flex")]
+#[test]
+fn threads_above_the_cores_are_capped_before_the_backend_starts() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let asked = BackendConfig {
+        threads: 3000,
+        ..spec("flex", "cpu", DType::F32)
+    };
+    assert_eq!(resolve(&asked).unwrap().threads, cores);
+}

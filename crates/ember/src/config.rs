@@ -87,7 +87,8 @@ pub struct BackendConfig {
     /// Float type of weights and activations.
     #[serde(default)]
     pub dtype: DType,
-    /// CPU threads (0: one per core).
+    /// CPU threads (0: one per core; more than the machine's cores is capped to them,
+    /// [`BackendConfig::with_threads_capped`]).
     #[serde(default)]
     pub threads: usize,
     /// Attention implementation.
@@ -178,6 +179,23 @@ impl std::str::FromStr for BackendName {
 
 fn yes() -> bool {
     true
+}
+
+impl BackendConfig {
+    /// This config with `threads` at most the machine's cores
+    /// ([`std::thread::available_parallelism`]), warning when it had to cap: more threads
+    /// than cores only adds scheduling (3000 threads made a 4-token run take minutes).
+    pub fn with_threads_capped(mut self) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.threads > cores {
+            tracing::warn!(
+                "backend.threads = {} exceeds the {cores} cores of this machine; using {cores}",
+                self.threads
+            );
+            self.threads = cores;
+        }
+        self
+    }
 }
 
 impl Default for BackendConfig {
@@ -326,7 +344,8 @@ pub struct GenerationConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     /// A prompt that does not fit in the context: `"error"` (the default) fails naming both
-    /// lengths; `"left"` drops the prompt's oldest tokens, keeping room to generate.
+    /// lengths; `"left"` drops a raw prompt's oldest tokens, or a chat's oldest whole turns
+    /// (never the system prompt, the template or the last turn), keeping room to generate.
     #[serde(default)]
     pub truncate: Truncate,
 }
@@ -339,7 +358,9 @@ pub enum Truncate {
     #[default]
     Error,
     /// Keep the prompt's most recent tokens: as many as leave room for `max_new_tokens`
-    /// (but at least half the free context for the prompt).
+    /// (but at least half the free context for the prompt). A chat keeps its system prompt
+    /// and drops its oldest whole turns instead; [`crate::Error::ChatOverflow`] when the
+    /// system prompt and the last turn alone do not fit.
     Left,
 }
 
@@ -411,11 +432,34 @@ impl GenerationConfig {
     }
 }
 
+/// The largest config file read (1 MiB): a config is a few hundred bytes, and a path such
+/// as `/dev/zero` must fail rather than be read without end.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl EngineConfig {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file (at most [`MAX_CONFIG_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        Self::from_toml(&text, &path.display().to_string())
+        use std::io::Read;
+        let origin = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(Error::io(path))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(Error::io(path))?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(Error::Config {
+                path: origin,
+                message: format!(
+                    "the file is larger than {}, too large for a config (see configs/)",
+                    crate::error::human_bytes(MAX_CONFIG_BYTES)
+                ),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| Error::Config {
+            path: origin.clone(),
+            message: format!("not UTF-8 text: {e}"),
+        })?;
+        Self::from_toml(&text, &origin)
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
@@ -441,6 +485,12 @@ impl EngineConfig {
             .map_err(|e| format!("model.source: {e}"))?;
         if self.model.context_length == Some(0) {
             return Err("model.context_length must be at least 1".into());
+        }
+        if self.model.decode_window == Some(0) {
+            return Err(
+                "model.decode_window must be at least 1 (1 attends to exactly the filled positions)"
+                    .into(),
+            );
         }
         self.generation.validate()
     }

@@ -1,6 +1,7 @@
-//! [`Embedder`]: a loaded BERT encoder with its tokenizer and the pooling and normalization
-//! that the checkpoint's sentence-transformers files declare (`modules.json`,
-//! `1_Pooling/config.json`, `sentence_bert_config.json`).
+//! [`Embedder`]: a loaded BERT encoder with its tokenizer and the pooling, dense layers and
+//! normalization that the checkpoint's sentence-transformers files declare (`modules.json`,
+//! `1_Pooling/config.json`, `2_Dense/config.json` and its weights,
+//! `sentence_bert_config.json`). A module Ember does not implement is an error at load.
 //!
 //! Truncation policy: each text is cut to the directory's `max_seq_length` tokens (else the
 //! model's `max_position_embeddings`), `[CLS]` and `[SEP]` included, as sentence-transformers
@@ -47,6 +48,8 @@ pub struct Embedder<B: Backend> {
     model: Bert<B>,
     tokenizer: tokenizers::Tokenizer,
     pooling: Pooling,
+    /// The modules after pooling, in order.
+    after_pooling: Vec<Step>,
     normalize: bool,
     max_len: usize,
     device: B::Device,
@@ -84,17 +87,216 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
         .map_err(|e| Error::model(path, format!("invalid JSON: {e}")))
 }
 
-/// Pooling and normalization from the sentence-transformers files in `dir` (mean pooling
-/// without normalization when there are none).
-fn pooling_of(dir: &Path) -> Result<(Pooling, bool)> {
+/// A sentence-transformers module after pooling.
+#[derive(Debug, Clone)]
+enum Step {
+    Dense(Dense),
+    /// L2 normalization.
+    Normalize,
+}
+
+/// A sentence-transformers `Dense` module: `activation(weight · x + bias)`, on the host
+/// (a few hundred by a few hundred per text).
+#[derive(Debug, Clone)]
+struct Dense {
+    /// `[out_features, in_features]`, row-major.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    in_features: usize,
+    out_features: usize,
+    activation: Activation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    Identity,
+    Tanh,
+    Relu,
+    Sigmoid,
+}
+
+/// `{in_features, out_features, bias, activation_function}` of a Dense module's
+/// `config.json`, with sentence-transformers' defaults.
+#[derive(Deserialize)]
+struct DenseConfig {
+    in_features: usize,
+    out_features: usize,
+    #[serde(default = "yes")]
+    bias: bool,
+    #[serde(default = "tanh")]
+    activation_function: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn tanh() -> String {
+    "torch.nn.modules.activation.Tanh".into()
+}
+
+impl Dense {
+    /// Reads a Dense module's `config.json` and `model.safetensors` (`linear.weight`,
+    /// `linear.bias`) from `dir`.
+    fn load(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let Some(config) = read_json::<DenseConfig>(&config_path)? else {
+            return Err(Error::model(dir, "the Dense module has no config.json"));
+        };
+        let name = config
+            .activation_function
+            .rsplit('.')
+            .next()
+            .unwrap_or_default();
+        let activation = match name {
+            "Identity" => Activation::Identity,
+            "Tanh" => Activation::Tanh,
+            "ReLU" => Activation::Relu,
+            "Sigmoid" => Activation::Sigmoid,
+            _ => {
+                return Err(Error::model(
+                    &config_path,
+                    format!(
+                    "unsupported Dense activation `{}` (supported: Identity, Tanh, ReLU, Sigmoid)",
+                    config.activation_function
+                ),
+                ))
+            }
+        };
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.is_file() {
+            return Err(Error::model(
+                dir,
+                "the Dense module's weights must be in model.safetensors (a pytorch_model.bin \
+                 cannot be read; convert it with safetensors)",
+            ));
+        }
+        let bytes = std::fs::read(&weights_path).map_err(Error::io(&weights_path))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::model(&weights_path, format!("invalid safetensors: {e}")))?;
+        let (rows, cols) = (config.out_features, config.in_features);
+        let weight = read_f32(&file, &weights_path, "linear.weight", &[rows, cols])?;
+        let bias = if config.bias {
+            Some(read_f32(&file, &weights_path, "linear.bias", &[rows])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            in_features: cols,
+            out_features: rows,
+            activation,
+        })
+    }
+
+    /// `activation(weight · x + bias)`.
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks_exact(self.in_features)
+            .enumerate()
+            .map(|(o, row)| {
+                let dot: f64 = row.iter().zip(x).map(|(w, v)| *w as f64 * *v as f64).sum();
+                let y = dot + self.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+                (match self.activation {
+                    Activation::Identity => y,
+                    Activation::Tanh => y.tanh(),
+                    Activation::Relu => y.max(0.0),
+                    Activation::Sigmoid => 1.0 / (1.0 + (-y).exp()),
+                }) as f32
+            })
+            .collect()
+    }
+}
+
+/// Tensor `name` of a safetensors file (F32, F16 or BF16) as f32, checked against `shape`.
+fn read_f32(
+    file: &safetensors::SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    use safetensors::Dtype;
+    let tensor = file.tensor(name).map_err(|_| Error::MissingTensor {
+        path: path.into(),
+        name: name.into(),
+    })?;
+    if tensor.shape() != shape {
+        return Err(Error::TensorShape {
+            path: path.into(),
+            name: name.into(),
+            expected: shape.to_vec(),
+            found: tensor.shape().to_vec(),
+        });
+    }
+    let data = tensor.data();
+    let values = match tensor.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::model(
+                path,
+                format!("tensor `{name}` is {other:?}; expected F32, F16 or BF16"),
+            ))
+        }
+    };
+    Ok(values)
+}
+
+/// Pooling and the modules after it from the sentence-transformers files in `dir` (mean
+/// pooling without normalization when there are none).
+fn pooling_of(dir: &Path, hidden: usize) -> Result<(Pooling, Vec<Step>)> {
     let Some(modules) = read_json::<Vec<Module>>(&dir.join("modules.json"))? else {
         tracing::warn!(
             "{}: no modules.json; using mean pooling without normalization",
             dir.display()
         );
-        return Ok((Pooling::Mean, false));
+        return Ok((Pooling::Mean, Vec::new()));
     };
-    let normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
+    let kind = |m: &Module| m.kind.rsplit('.').next().unwrap_or_default().to_string();
+    let mut after_pooling = Vec::new();
+    let mut dim = hidden;
+    for (i, m) in modules.iter().enumerate() {
+        match kind(m).as_str() {
+            "Transformer" if i == 0 => {}
+            "Pooling" => {}
+            "Normalize" => after_pooling.push(Step::Normalize),
+            "Dense" => {
+                let dense = Dense::load(&dir.join(&m.path))?;
+                if dense.in_features != dim {
+                    return Err(Error::model(
+                        dir.join(&m.path),
+                        format!(
+                            "the Dense module takes {} features but the vectors before it have {dim}",
+                            dense.in_features
+                        ),
+                    ));
+                }
+                dim = dense.out_features;
+                after_pooling.push(Step::Dense(dense));
+            }
+            _ => {
+                return Err(Error::model(
+                    dir.join("modules.json"),
+                    format!(
+                        "module `{}` ({}) is not supported (supported: a first Transformer, \
+                         then Pooling, Dense, Normalize)",
+                        m.kind, m.path
+                    ),
+                ))
+            }
+        }
+    }
     let pooling =
         match modules.iter().find(|m| m.kind.ends_with(".Pooling")) {
             None => Pooling::Cls,
@@ -117,7 +319,7 @@ fn pooling_of(dir: &Path) -> Result<(Pooling, bool)> {
                 }
             }
         };
-    Ok((pooling, normalize))
+    Ok((pooling, after_pooling))
 }
 
 impl<B: Backend> Embedder<B> {
@@ -152,7 +354,8 @@ impl<B: Backend> Embedder<B> {
         let max_len = declared
             .unwrap_or(model_config.max_position_embeddings)
             .min(model_config.max_position_embeddings);
-        let (pooling, normalize) = pooling_of(dir)?;
+        let (pooling, after_pooling) = pooling_of(dir, model_config.hidden_size)?;
+        let normalize = matches!(after_pooling.last(), Some(Step::Normalize));
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
             return Err(Error::model(dir, "tokenizer.json is missing"));
@@ -181,6 +384,7 @@ impl<B: Backend> Embedder<B> {
             model,
             tokenizer,
             pooling,
+            after_pooling,
             normalize,
             max_len,
             device: device.clone(),
@@ -200,9 +404,16 @@ impl<B: Backend> Embedder<B> {
         &self.checkpoint
     }
 
-    /// Length of each vector.
+    /// Length of each vector (the last Dense module's outputs, else the hidden size).
     pub fn dim(&self) -> usize {
-        self.model.config().hidden_size
+        self.after_pooling
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::Dense(d) => Some(d.out_features),
+                Step::Normalize => None,
+            })
+            .unwrap_or(self.model.config().hidden_size)
     }
 
     /// Tokens a text is cut to.
@@ -210,7 +421,7 @@ impl<B: Backend> Embedder<B> {
         self.max_len
     }
 
-    /// Pooling and whether vectors are L2-normalized.
+    /// Pooling and whether vectors are L2-normalized last.
     pub fn pooling(&self) -> (Pooling, bool) {
         (self.pooling, self.normalize)
     }
@@ -266,7 +477,7 @@ impl<B: Backend> Embedder<B> {
             .model
             .forward(ids, &lengths, self.attention)
             .cast(FloatDType::F32);
-        let h = self.dim();
+        let h = self.model.config().hidden_size;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.slice([0..batch, 0..1, 0..h]).reshape([batch, h]),
             Pooling::Mean | Pooling::Max => {
@@ -295,16 +506,26 @@ impl<B: Backend> Embedder<B> {
         let values: Vec<f32> = pooled.into_data().iter::<f32>().collect();
         let vectors = values
             .chunks_exact(h)
-            .map(|v| {
+            .zip(texts)
+            .map(|(v, text)| {
                 let mut v = v.to_vec();
-                if self.normalize {
-                    let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                    let norm = norm.max(1e-12) as f32;
-                    v.iter_mut().for_each(|x| *x /= norm);
+                for step in &self.after_pooling {
+                    match step {
+                        Step::Dense(dense) => v = dense.apply(&v),
+                        Step::Normalize => {
+                            let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                            let norm = norm.max(1e-12) as f32;
+                            v.iter_mut().for_each(|x| *x /= norm);
+                        }
+                    }
                 }
-                v
+                Error::check_finite(&v, || {
+                    let start: String = text.chars().take(40).collect();
+                    format!("the embedding of the text {start:?}")
+                })?;
+                Ok(v)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Embeddings { vectors, truncated })
     }
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 
 use crate::backend::Capabilities;
-use crate::config::{AttentionImpl, DType, EngineConfig, GenerationConfig, Truncate};
+use crate::config::{
+    AttentionImpl, DType, EngineConfig, GenerationConfig, Message, Role, Truncate,
+};
 use crate::error::{Error, Result};
 use crate::format::Loader;
 use crate::graph::{DeviceGraphs, Graph, GraphStream};
@@ -152,6 +154,7 @@ impl<B: Backend> Engine<B> {
                 .new_cache(1, self.context, &self.device)
                 .with_decode_window(self.decode_window),
             tokens: Vec::new(),
+            messages: Vec::new(),
             replay: self
                 .graphs
                 .as_ref()
@@ -332,7 +335,11 @@ pub enum FinishReason {
 pub struct GenerationStats {
     /// Tokens of the prompt that were run.
     pub prompt_tokens: usize,
-    /// Oldest prompt tokens dropped to fit the context (`generation.truncate = "left"`).
+    /// Tokens of the prompt already in the session's cache from earlier turns, not run again
+    /// ([`Session::chat`]).
+    pub cached_tokens: usize,
+    /// Prompt tokens dropped to fit the context (`generation.truncate = "left"`): the
+    /// oldest tokens of a raw prompt, or the oldest whole turns of a chat.
     pub truncated_tokens: usize,
     /// Time to process the prompt (up to the first token's logits).
     pub prefill: Duration,
@@ -363,6 +370,9 @@ pub struct Session<'e, B: Backend> {
     engine: &'e Engine<B>,
     cache: KvCache<B>,
     tokens: Vec<u32>,
+    /// The chat whose rendering the cache holds (with the answers generated), when the
+    /// session holds one.
+    messages: Vec<Message>,
     /// Recorded decode steps, when the engine replays graphs.
     replay: Option<Replay<B>>,
 }
@@ -404,10 +414,17 @@ impl<B: Backend> Session<'_, B> {
         &self.tokens
     }
 
+    /// The chat so far, its answers included, when the session holds one
+    /// ([`Session::chat`], or [`Session::generate`] with messages); empty otherwise.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
     /// Forgets the conversation; the cache memory is reused.
     pub fn reset(&mut self) {
         self.cache.clear();
         self.tokens.clear();
+        self.messages.clear();
     }
 
     /// Runs `ids` through the model and returns the logits of each position, `[len, vocab]`
@@ -470,17 +487,124 @@ impl<B: Backend> Session<'_, B> {
 
     /// Generates from `generation`'s prompt, calling `on_text` with each piece of text as
     /// soon as it forms complete characters.
+    ///
+    /// Chat `messages` are the whole conversation: rendered through the chat template, of
+    /// which only the tokens beyond those the session already holds are run, when the
+    /// session's tokens are a prefix of the rendering (an earlier call with the conversation
+    /// so far); otherwise the session starts over with the whole rendering. A raw `prompt`
+    /// continues the session's tokens ([`Session::generate_from_tokens`]).
     pub fn generate(
         &mut self,
         generation: &GenerationConfig,
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerationStats> {
+        if !generation.messages.is_empty() {
+            return self.generate_chat(generation.messages.clone(), generation, cancel, on_text);
+        }
         let prompt = self.engine.prompt_tokens(generation)?;
         self.generate_from_tokens(&prompt, generation, cancel, on_text)
     }
 
-    /// [`Session::generate`] from prompt token ids.
+    /// Appends `turns` to the session's chat ([`Session::messages`]; usually one user
+    /// message, a system message before it in a new session) and generates the assistant's
+    /// answer, which joins the chat. The whole chat is rendered through the template and
+    /// only its new tokens are run: the earlier turns stay in the cache. `generation`'s own
+    /// `prompt` and `messages` are not used.
+    pub fn chat(
+        &mut self,
+        turns: &[Message],
+        generation: &GenerationConfig,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationStats> {
+        let mut conversation = self.messages.clone();
+        conversation.extend_from_slice(turns);
+        self.generate_chat(conversation, generation, cancel, on_text)
+    }
+
+    /// Renders `conversation`, fits it in the context (dropping whole earlier turns where
+    /// `generation.truncate = "left"`), runs what the cache does not hold yet and generates;
+    /// the answer joins the conversation.
+    fn generate_chat(
+        &mut self,
+        mut conversation: Vec<Message>,
+        generation: &GenerationConfig,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationStats> {
+        let tokenizer = &self.engine.tokenizer;
+        let render = |messages: &[Message]| -> Result<Vec<u32>> {
+            tokenizer.encode(&tokenizer.apply_chat_template(messages)?, false)
+        };
+        let capacity = self.cache.capacity();
+        let whole = render(&conversation)?;
+        let mut ids = whole.clone();
+        // A prompt fits when one position is left to generate (as for raw prompts).
+        if ids.len() >= capacity {
+            if generation.truncate == Truncate::Error {
+                return Err(Error::ContextOverflow {
+                    prompt: ids.len(),
+                    context: capacity,
+                    max_new_tokens: generation.max_new_tokens,
+                });
+            }
+            let reserve = generation.max_new_tokens.clamp(1, (capacity / 2).max(1));
+            let target = capacity.saturating_sub(reserve).max(1);
+            let mut dropped = 0;
+            while ids.len() > target {
+                if !drop_oldest_turn(&mut conversation) {
+                    return Err(Error::ChatOverflow {
+                        kept: ids.len(),
+                        context: capacity,
+                        max_new_tokens: generation.max_new_tokens,
+                    });
+                }
+                dropped += 1;
+                ids = render(&conversation)?;
+            }
+            tracing::warn!(
+                "the chat of {} tokens does not fit in the {capacity}-token context: dropped \
+                 its {dropped} oldest message(s), {} tokens, keeping the system prompt and \
+                 the last turn (generation.truncate = \"left\")",
+                whole.len(),
+                whole.len() - ids.len()
+            );
+        }
+        let truncated = whole.len() - ids.len();
+        // The cache holds earlier turns only if its tokens begin the new rendering: a
+        // template may render an earlier answer otherwise than it was generated (trimmed,
+        // re-tokenized, cut by a stop string), and then the chat runs from the start.
+        let cached = if self.tokens.len() < ids.len() && ids.starts_with(&self.tokens) {
+            self.tokens.len()
+        } else {
+            if !self.tokens.is_empty() {
+                tracing::debug!(
+                    "the chat's rendering does not extend the {} tokens in the session; running \
+                     it from the start",
+                    self.tokens.len()
+                );
+            }
+            self.reset();
+            0
+        };
+        let mut answer = String::new();
+        let mut stats = self.run_prompt(&ids[cached..], generation, cancel, &mut |text| {
+            answer.push_str(text);
+            on_text(text)
+        })?;
+        stats.cached_tokens = cached;
+        stats.truncated_tokens = truncated;
+        conversation.push(Message {
+            role: Role::Assistant,
+            content: answer,
+        });
+        self.messages = conversation;
+        Ok(stats)
+    }
+
+    /// [`Session::generate`] from prompt token ids, after the session's tokens (a raw
+    /// continuation: the session no longer holds a chat).
     pub fn generate_from_tokens(
         &mut self,
         prompt: &[u32],
@@ -488,6 +612,7 @@ impl<B: Backend> Session<'_, B> {
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerationStats> {
+        self.messages.clear();
         let capacity = self.cache.capacity();
         let room = capacity - self.cache.len();
         let mut prompt = prompt;
@@ -511,6 +636,20 @@ impl<B: Backend> Session<'_, B> {
             );
             prompt = &prompt[truncated_tokens..];
         }
+        let mut stats = self.run_prompt(prompt, generation, cancel, on_text)?;
+        stats.truncated_tokens = truncated_tokens;
+        Ok(stats)
+    }
+
+    /// Runs `prompt` after the session's tokens and generates from it.
+    fn run_prompt(
+        &mut self,
+        prompt: &[u32],
+        generation: &GenerationConfig,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationStats> {
+        let capacity = self.cache.capacity();
         let tokenizer = &self.engine.tokenizer;
         let mut sampler = Sampler::new(generation);
         let mut stream = TokenStream::new();
@@ -524,6 +663,13 @@ impl<B: Backend> Session<'_, B> {
             if cancel.is_cancelled() {
                 break FinishReason::Cancelled;
             }
+            Error::check_finite(&logits, || {
+                format!(
+                    "the logits after token {} of the session (generated: {})",
+                    self.tokens.len(),
+                    generated.len()
+                )
+            })?;
             let token = sampler.sample(&mut logits, &self.tokens);
             if tokenizer.eos_ids().contains(&token) {
                 break FinishReason::Eos;
@@ -550,7 +696,8 @@ impl<B: Backend> Session<'_, B> {
         }
         Ok(GenerationStats {
             prompt_tokens: prompt.len(),
-            truncated_tokens,
+            cached_tokens: 0,
+            truncated_tokens: 0,
             prefill,
             generated_tokens: generated.len(),
             decode: decode_start.elapsed(),
@@ -558,6 +705,24 @@ impl<B: Backend> Session<'_, B> {
             tokens: generated,
         })
     }
+}
+
+/// Drops the oldest message of `conversation` that is neither a system message nor the last
+/// one, and the assistant answers right after it (a chat starts with a user turn); false
+/// when there is none.
+fn drop_oldest_turn(conversation: &mut Vec<Message>) -> bool {
+    let last = conversation.len().saturating_sub(1);
+    let Some(first) = conversation[..last]
+        .iter()
+        .position(|m| m.role != Role::System)
+    else {
+        return false;
+    };
+    conversation.remove(first);
+    while first + 1 < conversation.len() && conversation[first].role == Role::Assistant {
+        conversation.remove(first);
+    }
+    true
 }
 
 impl<B: Backend> Replay<B> {

@@ -99,6 +99,28 @@ pub enum Error {
         /// Tokens requested.
         max_new_tokens: usize,
     },
+    /// Even with its earlier turns dropped (`generation.truncate = "left"`), a chat does not
+    /// fit in the context.
+    #[error("the system prompt and the last turn alone are {kept} tokens but the context holds {context} (with {max_new_tokens} new tokens requested); generation.truncate = \"left\" drops only whole earlier turns, never the template, the system prompt or the last turn: shorten the last message or raise model.context_length")]
+    ChatOverflow {
+        /// Tokens of the system prompt and the last turn, rendered.
+        kept: usize,
+        /// Context length.
+        context: usize,
+        /// Tokens requested.
+        max_new_tokens: usize,
+    },
+    /// The model computed NaN or infinite values: broken weights or model config, or an
+    /// overflow of a reduced-precision dtype.
+    #[error("{what}: {count} of {total} values are NaN or infinite; the model's weights or config are broken, or its dtype overflowed (try dtype = \"f32\")")]
+    NonFinite {
+        /// What held them (the logits of which position, the embedding of which text).
+        what: String,
+        /// How many values are not finite.
+        count: usize,
+        /// How many values there are.
+        total: usize,
+    },
     /// The model would not fit in the memory available (checked before allocating).
     #[error("{what} needs {} but only {} of memory is available; use a smaller model, a lower-precision dtype or a shorter model.context_length", human_bytes(*needed), human_bytes(*available))]
     OutOfMemory {
@@ -160,6 +182,19 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |error| Error::Io { path, error }
+    }
+
+    /// [`Error::NonFinite`] when `values` hold NaN or infinities; `what` names them.
+    pub(crate) fn check_finite(values: &[f32], what: impl FnOnce() -> String) -> Result<()> {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        if count == 0 {
+            return Ok(());
+        }
+        Err(Error::NonFinite {
+            what: what(),
+            count,
+            total: values.len(),
+        })
     }
 
     pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {

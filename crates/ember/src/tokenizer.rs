@@ -165,10 +165,11 @@ impl TextTokenizer {
         };
         let bos = id_of("tokenizer.ggml.bos_token_id");
         let eos = id_of("tokenizer.ggml.eos_token_id");
+        // An id past the vocabulary stays, for the load to reject (it could never be
+        // generated, so generation could never stop on it).
         let mut eos_ids: Vec<u32> = [eos, id_of("tokenizer.ggml.eot_token_id")]
             .into_iter()
             .flatten()
-            .filter(|&i| (i as usize) < tokens.len())
             .collect();
         // End-of-turn control tokens end generation too, as llama.cpp's vocabulary marks them
         // (a chat model's answer ends with its turn, not with `eos`).

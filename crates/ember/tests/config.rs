@@ -126,3 +126,58 @@ fn a_missing_local_model_is_an_error() {
     let err = ember::source::resolve(&config.model).unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
 }
+
+#[test]
+fn a_zero_decode_window_is_rejected() {
+    let m = parse_err("[model]\nsource = \"x\"\ndecode_window = 0\n");
+    assert!(m.contains("model.decode_window must be at least 1"), "{m}");
+    let config = EngineConfig::from_toml("[model]\nsource = \"x\"\ndecode_window = 1\n", "t");
+    assert_eq!(config.unwrap().model.decode_window, Some(1));
+}
+
+/// A config larger than the cap fails naming the file and the cap, without being parsed.
+#[test]
+fn a_config_file_larger_than_the_cap_is_rejected() {
+    let path = std::env::temp_dir().join(format!("ember-huge-config-{}.toml", std::process::id()));
+    // Valid TOML (one comment line and a model), 2 MiB: only its size is wrong.
+    let mut text = String::from("[model]\nsource = \"x.gguf\"\n");
+    text.push_str(&format!("# {}\n", "x".repeat(2 << 20)));
+    std::fs::write(&path, text).unwrap();
+    let err = EngineConfig::from_file(&path);
+    std::fs::remove_file(&path).ok();
+    match err {
+        Err(Error::Config {
+            path: origin,
+            message,
+        }) => {
+            assert!(origin.contains("ember-huge-config"), "{origin}");
+            assert!(message.contains("larger than 1.00 MiB"), "{message}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+/// `/dev/zero` never ends: the read stops at the cap.
+#[cfg(unix)]
+#[test]
+fn an_endless_config_path_is_rejected_after_the_cap() {
+    let err = EngineConfig::from_file("/dev/zero".as_ref()).unwrap_err();
+    assert!(err.to_string().contains("larger than 1.00 MiB"), "{err}");
+}
+
+#[test]
+fn threads_above_the_cores_are_capped() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let capped = ember::BackendConfig {
+        threads: 3000,
+        ..ember::BackendConfig::default()
+    }
+    .with_threads_capped();
+    assert_eq!(capped.threads, cores.min(3000));
+    let kept = ember::BackendConfig {
+        threads: 1,
+        ..ember::BackendConfig::default()
+    }
+    .with_threads_capped();
+    assert_eq!(kept.threads, 1);
+}

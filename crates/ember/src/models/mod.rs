@@ -375,6 +375,23 @@ impl Opened {
     pub fn decoder_parts<B: Backend, M: LoadDecoder<B>>(
         &self,
     ) -> Result<(M::Config, TextTokenizer, Box<dyn TensorStore + '_>)> {
+        let (config, tokenizer, store) = self.decoder_parts_unchecked::<B, M>()?;
+        let vocab = config.vocab_size();
+        if let Some(&bad) = tokenizer.eos_ids().iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::model(
+                self.checkpoint.path(),
+                format!(
+                    "end-of-sequence token id {bad} is outside the model's vocabulary of \
+                     {vocab} tokens: generation could never stop on it"
+                ),
+            ));
+        }
+        Ok((config, tokenizer, store))
+    }
+
+    fn decoder_parts_unchecked<B: Backend, M: LoadDecoder<B>>(
+        &self,
+    ) -> Result<(M::Config, TextTokenizer, Box<dyn TensorStore + '_>)> {
         match &self.format {
             Format::Gguf(file) => {
                 let config = M::config_from_gguf(file)?;
