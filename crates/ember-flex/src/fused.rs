@@ -1,23 +1,27 @@
 //! What flex runs beyond burn's ops: products with quantized weights on `ember-kernels`'
 //! block layouts (`[model] weights = "keep"`), instead of dequantizing the weight with
-//! burn ops at every use (docs/performance.md, change 14).
+//! burn ops at every use (docs/performance.md, change 14), and KV cache writes in place
+//! (change 15).
 
 use std::any::Any;
 use std::sync::Arc;
 
+use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, TensorData, TensorPrimitive};
 use ember::format::quant::Unpacked;
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::FusedOps;
 use ember_kernels::{Groups, QuantMatrix};
 
-/// Flex's fused ops: quantized weights only (its norms, attention and projections are
-/// burn's ops).
+/// Flex's fused ops: quantized weights and in-place cache writes (its norms, attention and
+/// projections are burn's ops).
 #[derive(Debug, Default)]
 pub struct FlexFused;
 
-impl<B: Backend> FusedOps<B> for FlexFused {
+type B = crate::Backend;
+
+impl FusedOps<B> for FlexFused {
     fn rms_norm(&self, _: &Tensor<B, 3>, _: &Tensor<B, 1>, _: f64) -> Option<Tensor<B, 3>> {
         None
     }
@@ -45,7 +49,7 @@ impl<B: Backend> FusedOps<B> for FlexFused {
         &self,
         unpacked: &Unpacked,
         [rows, cols]: [usize; 2],
-        device: &B::Device,
+        device: &burn::backend::flex::FlexDevice,
         dtype: DType,
     ) -> Option<Native<B>> {
         let groups = Groups {
@@ -59,7 +63,7 @@ impl<B: Backend> FusedOps<B> for FlexFused {
             Ok(matrix) => Some(Native(Arc::new(HostQuantized::<B> {
                 matrix,
                 dtype,
-                device: device.clone(),
+                device: *device,
             }))),
             Err(why) => {
                 tracing::debug!("a {rows}x{cols} weight keeps the portable form: {why}");
@@ -67,6 +71,91 @@ impl<B: Backend> FusedOps<B> for FlexFused {
             }
         }
     }
+
+    fn write_positions(
+        &self,
+        dst: Tensor<B, 4>,
+        start: usize,
+        src: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let [batch, heads, capacity, dim] = dst.dims();
+        let [b, h, seq, d] = src.dims();
+        if (b, h, d) != (batch, heads, dim) || start + seq > capacity || dst.dtype() != src.dtype()
+        {
+            return Err(dst);
+        }
+        let mut t = match dst.into_primitive() {
+            TensorPrimitive::Float(t) => t,
+            other => return Err(Tensor::from_primitive(other)),
+        };
+        // In place only on a uniquely owned buffer that is exactly this tensor, in order.
+        let whole = t.is_contiguous()
+            && t.layout().start_offset() == 0
+            && t.bytes().len() == batch * heads * capacity * dim * t.dtype().size();
+        let rows = batch * heads;
+        let data = src.clone().into_data();
+        let written = whole
+            && match t.dtype() {
+                DType::F32 => write(
+                    &mut t,
+                    data.as_slice::<f32>().ok(),
+                    rows,
+                    capacity,
+                    start,
+                    seq * dim,
+                    dim,
+                ),
+                DType::F16 => write(
+                    &mut t,
+                    data.as_slice::<half::f16>().ok(),
+                    rows,
+                    capacity,
+                    start,
+                    seq * dim,
+                    dim,
+                ),
+                DType::BF16 => write(
+                    &mut t,
+                    data.as_slice::<half::bf16>().ok(),
+                    rows,
+                    capacity,
+                    start,
+                    seq * dim,
+                    dim,
+                ),
+                _ => false,
+            };
+        let t = Tensor::from_primitive(TensorPrimitive::Float(t));
+        if written {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    }
+}
+
+/// Copies `rows` runs of `run` values from `src` into `t`'s rows of `capacity * dim` values,
+/// at position `start`; false (nothing written) when `t` is shared or `src` is missing.
+fn write<E: burn::tensor::Element + bytemuck::Pod>(
+    t: &mut FlexTensor,
+    src: Option<&[E]>,
+    rows: usize,
+    capacity: usize,
+    start: usize,
+    run: usize,
+    dim: usize,
+) -> bool {
+    let (Some(src), Some(dst)) = (src, t.try_storage_mut::<E>()) else {
+        return false;
+    };
+    if src.len() != rows * run {
+        return false;
+    }
+    for (r, src) in src.chunks_exact(run).enumerate() {
+        let at = (r * capacity + start) * dim;
+        dst[at..at + run].copy_from_slice(src);
+    }
+    true
 }
 
 /// A quantized weight in host memory, multiplied by `ember-kernels` on the calling thread

@@ -89,3 +89,39 @@ fn native_weights_equal_the_portable_form_for_every_type() {
         ["Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
     );
 }
+
+/// Flex's in-place KV cache write equals burn's `slice_assign` (f32, f16, bf16), and
+/// declines (handing the tensor back) where it cannot write in place.
+#[test]
+fn positions_written_in_place_equal_slice_assign() {
+    let device = Default::default();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let cache =
+            Tensor::<Flex, 4>::random([2, 3, 16, 8], Distribution::Default, &device).cast(dtype);
+        let new =
+            Tensor::<Flex, 4>::random([2, 3, 5, 8], Distribution::Default, &device).cast(dtype);
+        let want = values(
+            cache
+                .clone()
+                .slice_assign([0..2, 0..3, 7..12, 0..8], new.clone()),
+        );
+        // A copy of its own, so that the write can be in place.
+        let owned = Tensor::<Flex, 4>::from_data(cache.to_data(), (&device, dtype));
+        let got = FusedOps::<Flex>::write_positions(&FlexFused, owned, 7, &new)
+            .unwrap_or_else(|_| panic!("{dtype:?}: a uniquely owned cache is written in place"));
+        assert_eq!(values(got), want, "{dtype:?}");
+        // Shared: declined, untouched.
+        let shared = Tensor::<Flex, 4>::from_data(cache.to_data(), (&device, dtype));
+        let other = shared.clone();
+        let back = FusedOps::<Flex>::write_positions(&FlexFused, shared, 7, &new)
+            .expect_err("a shared cache is not written in place");
+        assert_eq!(
+            values(back),
+            values(other),
+            "{dtype:?}: declined write left it"
+        );
+        // Past the end: declined.
+        let owned = Tensor::<Flex, 4>::from_data(cache.to_data(), (&device, dtype));
+        assert!(FusedOps::<Flex>::write_positions(&FlexFused, owned, 12, &new).is_err());
+    }
+}

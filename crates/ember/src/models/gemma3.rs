@@ -509,6 +509,7 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
             device,
             self.embed_tokens.dtype(),
         )
+        .with_fused(self.fused.clone())
     }
 
     fn forward(

@@ -509,6 +509,7 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
             device,
             self.embed_tokens.dtype(),
         )
+        .with_fused(self.fused.clone())
     }
     fn forward(
         &self,

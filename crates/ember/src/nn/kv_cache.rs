@@ -24,6 +24,9 @@ pub struct KvCache<B: Backend> {
     window: usize,
     /// The next step's position, when it is held on the device ([`KvCache::next_at`]).
     device_step: Option<DeviceStep<B>>,
+    /// The backend's fused ops, for writing positions in place
+    /// ([`crate::nn::FusedOps::write_positions`]).
+    fused: Option<crate::nn::Fused<B>>,
 }
 
 #[derive(Clone)]
@@ -141,7 +144,15 @@ impl<B: Backend> KvCache<B> {
             capacity,
             window: DECODE_WINDOW,
             device_step: None,
+            fused: None,
         }
+    }
+
+    /// Writes new positions with the backend's fused ops where they can
+    /// ([`crate::nn::FusedOps::write_positions`]).
+    pub fn with_fused(mut self, fused: Option<crate::nn::Fused<B>>) -> Self {
+        self.fused = fused;
+        self
     }
 
     /// Sets the granularity of the decode window (1: exact lengths); see [`decode_window`].
@@ -254,7 +265,14 @@ impl<B: Backend> KvCache<B> {
                 // the whole cache. Measured on flex: +3 % decode at a 4096-position context
                 // (docs/performance.md).
                 let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
-                *slot = (kc.slice_assign(range.clone(), k), vc.slice_assign(range, v));
+                let write = |dst: Tensor<B, 4>, src: Tensor<B, 4>| {
+                    let dst = match &self.fused {
+                        Some(f) => f.ops().write_positions(dst, *start, &src),
+                        None => Err(dst),
+                    };
+                    dst.unwrap_or_else(|dst| dst.slice_assign(range.clone(), src))
+                };
+                *slot = (write(kc, k), write(vc, v));
             }
             Positions::Device {
                 pos,

@@ -64,6 +64,21 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         let _ = (unpacked, shape, device, dtype);
         None
     }
+
+    /// `dst[.., start..start + seq, ..] = src` along dim 2 (a KV cache's positions) in
+    /// place, returning `dst`; `Err(dst)` where the backend cannot, and the caller runs
+    /// burn's `slice_assign`. (burn-flex 0.21's `slice_assign` copies the whole destination
+    /// at every call, even when it is uniquely owned: 2 x 3 MiB per layer per decoded token
+    /// of SmolLM2 at a 4096-token context; docs/performance.md, change 15.)
+    fn write_positions(
+        &self,
+        dst: Tensor<B, 4>,
+        start: usize,
+        src: &Tensor<B, 4>,
+    ) -> std::result::Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let _ = (start, src);
+        Err(dst)
+    }
 }
 
 /// A backend's fused ops as a model holds them.
