@@ -95,6 +95,26 @@ impl Isa {
     }
 }
 
+/// How a product takes its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs {
+    /// Quantized to 8 bits per block of 32 (`d = max|x| / 127`), as llama.cpp does: integer
+    /// multiply-adds, the faster prefill; costs accuracy where activations have outliers.
+    Q8,
+    /// As they are: the weights are widened to f32 instead (exact products).
+    F32,
+}
+
+impl Inputs {
+    /// `EMBER_KERNEL_INPUTS=f32` or `q8` (the default).
+    pub fn from_env() -> Inputs {
+        match std::env::var("EMBER_KERNEL_INPUTS").as_deref() {
+            Ok("f32") => Inputs::F32,
+            _ => Inputs::Q8,
+        }
+    }
+}
+
 /// Why a weight cannot take a block layout (the caller keeps its portable form).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
@@ -302,6 +322,11 @@ impl QuantMatrix {
     /// [`QuantMatrix::matmul`] on `isa` (which the CPU must run: see [`Isa::available`];
     /// one it does not run falls back to the scalar path).
     pub fn matmul_on(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_with(isa, Inputs::from_env(), x, n, out);
+    }
+
+    /// [`QuantMatrix::matmul_on`] with the inputs taken as `inputs` says.
+    pub fn matmul_with(&self, isa: Isa, inputs: Inputs, x: &[f32], n: usize, out: &mut [f32]) {
         assert_eq!(x.len(), n * self.cols, "x must be [n, cols]");
         assert_eq!(out.len(), n * self.rows, "out must be [n, rows]");
         let isa = if Isa::available().contains(&isa) {
@@ -309,6 +334,9 @@ impl QuantMatrix {
         } else {
             Isa::Scalar
         };
+        if inputs == Inputs::F32 {
+            return self.matmul_f32(isa, x, n, out);
+        }
         let xq = Activations::quantize(x, n, self.cols);
         // Rows in chunks, claimed by the pool's threads in turn; each chunk's weights are
         // read once for all `n` inputs (they stay in cache while the inputs stream past).
@@ -340,6 +368,39 @@ impl QuantMatrix {
                 let done = n - n % 4;
                 for (j, o) in quads.into_remainder().iter_mut().enumerate() {
                     *o = self.dot(isa, r, &xq, done + j);
+                }
+            }
+        });
+        drop(parts);
+        for (r, row) in transposed.chunks_exact(n).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[j * self.rows + r] = v;
+            }
+        }
+    }
+
+    /// The product with f32 inputs: one row and one input at a time.
+    fn matmul_f32(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        let blocks = self.cols / BLOCK;
+        let pool = Pool::global();
+        let chunk = self.rows.div_ceil(pool.threads() * 8).max(16);
+        let mut transposed = vec![0f32; self.rows * n];
+        let parts: Vec<Mutex<&mut [f32]>> =
+            transposed.chunks_mut(chunk * n).map(Mutex::new).collect();
+        pool.run(parts.len(), &|c| {
+            let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+            for (i, row) in part.chunks_exact_mut(n).enumerate() {
+                let w = self.row_data(c * chunk + i);
+                for (j, o) in row.iter_mut().enumerate() {
+                    let xs = &x[j * self.cols..(j + 1) * self.cols];
+                    let sums = &sums[j * blocks..(j + 1) * blocks];
+                    *o = match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as in `dot`.
+                        Isa::Avx2 => unsafe { x86::dot_f32(self.layout, w, xs, sums) },
+                        _ => scalar_dot_f32(self.layout, w, xs, sums),
+                    };
                 }
             }
         });
@@ -414,6 +475,41 @@ impl Activations {
 
 fn half(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// The portable dot product of one weight row with one f32 input.
+fn scalar_dot_f32(layout: Layout, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let mut values = [0f32; BLOCK];
+    let mut acc = 0f32;
+    for (b, block) in w.chunks_exact(layout.block_bytes()).enumerate() {
+        let x = &x[b * BLOCK..(b + 1) * BLOCK];
+        let (d, m) = (half(block, 0), half(block, 2));
+        match layout {
+            Layout::B4 | Layout::B5 => {
+                let (high, qs) = match layout {
+                    Layout::B5 => (
+                        u32::from_le_bytes([block[4], block[5], block[6], block[7]]),
+                        &block[8..24],
+                    ),
+                    _ => (0, &block[4..20]),
+                };
+                for j in 0..16 {
+                    let h = |k: usize| (((high >> k) & 1) << 4) as u8;
+                    values[j] = f32::from((qs[j] & 0x0F) | h(j));
+                    values[j + 16] = f32::from((qs[j] >> 4) | h(j + 16));
+                }
+                let dot: f32 = values.iter().zip(x).map(|(u, x)| u * x).sum();
+                acc += d * dot + m * sums[b];
+            }
+            Layout::B8 => {
+                let dot = |range: std::ops::Range<usize>| -> f32 {
+                    range.map(|j| f32::from(block[4 + j] as i8) * x[j]).sum()
+                };
+                acc += d * dot(0..16) + m * dot(16..32);
+            }
+        }
+    }
+    acc
 }
 
 /// The portable dot product of one weight row with one quantized input.
@@ -631,7 +727,7 @@ mod tests {
                 m.dequantize_row(r, row);
             }
             let mut scalar = vec![0f32; n * rows];
-            m.matmul_on(Isa::Scalar, &x, n, &mut scalar);
+            m.matmul_with(Isa::Scalar, Inputs::Q8, &x, n, &mut scalar);
             for j in 0..n {
                 for r in 0..rows {
                     let xs = &x[j * cols..(j + 1) * cols];
@@ -651,8 +747,22 @@ mod tests {
                 }
             }
             for isa in Isa::available() {
+                // f32 inputs: the exact product, up to f32 rounding.
+                let mut exact_out = vec![0f32; n * rows];
+                m.matmul_with(isa, Inputs::F32, &x, n, &mut exact_out);
+                for j in 0..n {
+                    for r in 0..rows {
+                        let xs = &x[j * cols..(j + 1) * cols];
+                        let exact: f32 = xs.iter().zip(&w[r * cols..]).map(|(a, b)| a * b).sum();
+                        let got = exact_out[j * rows + r];
+                        assert!(
+                            (got - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                            "{layout:?} {isa:?} f32 inputs [{j},{r}]: {got} vs {exact}"
+                        );
+                    }
+                }
                 let mut out = vec![0f32; n * rows];
-                m.matmul_on(isa, &x, n, &mut out);
+                m.matmul_with(isa, Inputs::Q8, &x, n, &mut out);
                 for (a, b) in out.iter().zip(&scalar) {
                     assert!(
                         (a - b).abs() <= 1e-4 * b.abs().max(1.0),
@@ -663,7 +773,7 @@ mod tests {
                 // four inputs at once accumulate each in one register, one input in two).
                 for j in [1, 5] {
                     let mut one = vec![0f32; rows];
-                    m.matmul_on(isa, &x[j * cols..(j + 1) * cols], 1, &mut one);
+                    m.matmul_with(isa, Inputs::Q8, &x[j * cols..(j + 1) * cols], 1, &mut one);
                     for (a, b) in one.iter().zip(&out[j * rows..(j + 1) * rows]) {
                         assert!(
                             (a - b).abs() <= 1e-5 * b.abs().max(1.0),

@@ -89,6 +89,71 @@ pub unsafe fn dot_n<const N: usize>(
     out
 }
 
+/// One weight row dotted with one f32 input row (`x`, with each block's sum in `sums`): the
+/// weights are widened to f32 and multiplied exactly, no input quantization.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` holds `sums.len()` blocks and `x` 32 values
+/// per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32(layout: Layout, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let blocks = sums.len();
+    debug_assert!(w.len() >= blocks * layout.block_bytes() && x.len() >= blocks * BLOCK);
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let mut offsets = 0f32;
+    for b in 0..blocks {
+        let block = w.add(b * layout.block_bytes());
+        let xs = x.add(b * BLOCK);
+        let widen = |bytes: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        let widen_signed = |bytes: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+        let dm = two_halves(block);
+        let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+        match layout {
+            Layout::B4 | Layout::B5 => {
+                let mut u = nibbles(block.add(if layout == Layout::B4 { 4 } else { 8 }));
+                if layout == Layout::B5 {
+                    u = _mm256_or_si256(u, fifth_bits(block.add(4)));
+                }
+                let (lo, hi) = (_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+                let mut dot = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(xs));
+                dot = _mm256_fmadd_ps(
+                    widen(_mm_srli_si128(lo, 8)),
+                    _mm256_loadu_ps(xs.add(8)),
+                    dot,
+                );
+                dot = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(xs.add(16)), dot);
+                dot = _mm256_fmadd_ps(
+                    widen(_mm_srli_si128(hi, 8)),
+                    _mm256_loadu_ps(xs.add(24)),
+                    dot,
+                );
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), dot, acc);
+                offsets += m * *sums.get_unchecked(b);
+            }
+            Layout::B8 => {
+                let q = _mm256_loadu_si256(block.add(4).cast());
+                let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                let mut first = _mm256_mul_ps(widen_signed(lo), _mm256_loadu_ps(xs));
+                first = _mm256_fmadd_ps(
+                    widen_signed(_mm_srli_si128(lo, 8)),
+                    _mm256_loadu_ps(xs.add(8)),
+                    first,
+                );
+                let mut second = _mm256_mul_ps(widen_signed(hi), _mm256_loadu_ps(xs.add(16)));
+                second = _mm256_fmadd_ps(
+                    widen_signed(_mm_srli_si128(hi, 8)),
+                    _mm256_loadu_ps(xs.add(24)),
+                    second,
+                );
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), first, acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(m), second, acc);
+            }
+        }
+    }
+    sum8(acc) + offsets
+}
+
 /// The two f16 at `p` as f32: `[first, second, 0, 0]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
