@@ -19,11 +19,13 @@ fn main() {
     divan::main();
 }
 
-/// libtorch's CPU device, with tch's fused ops registered.
+/// libtorch's CPU device and the fused ops ember-tch hands out for it.
 fn setup() -> (burn::backend::libtorch::LibTorchDevice, Fused<B>) {
     let config = smollm2_on_cpu(BackendName::Tch);
     let (device, _) = ember_tch::init(&config.backend).expect("libtorch runs on the CPU");
-    let fused = Fused::<B>::registered().expect("ember-tch registers its fused ops");
+    let fused = ember_tch::capabilities(&device)
+        .fused
+        .expect("ember-tch has fused ops on the CPU");
     (device, fused)
 }
 
