@@ -350,6 +350,8 @@ fn main() {
                 )),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person reading a terminal, not in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let cli = Cli::parse();

@@ -78,3 +78,22 @@ fn embed_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// Logs on a piped stderr carry no ANSI colour codes (issue 20, item 2: colours only when
+/// stderr is a terminal).
+#[test]
+fn logs_into_a_pipe_have_no_colour_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .args(["--config", "configs/cpu-f32.toml", "--max-new-tokens", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("INFO"), "the load is logged: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in a piped stderr: {stderr:?}"
+    );
+}
