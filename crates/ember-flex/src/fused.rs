@@ -22,29 +22,6 @@ pub struct FlexFused;
 type B = crate::Backend;
 
 impl FusedOps<B> for FlexFused {
-    fn rms_norm(&self, _: &Tensor<B, 3>, _: &Tensor<B, 1>, _: f64) -> Option<Tensor<B, 3>> {
-        None
-    }
-
-    fn attention(
-        &self,
-        _: &Tensor<B, 4>,
-        _: &Tensor<B, 4>,
-        _: &Tensor<B, 4>,
-        _: Option<&Tensor<B, 4>>,
-    ) -> Option<Tensor<B, 4>> {
-        None
-    }
-
-    fn linear_add(
-        &self,
-        _: &Tensor<B, 3>,
-        _: &Tensor<B, 3>,
-        _: &Tensor<B, 2>,
-    ) -> Option<Tensor<B, 3>> {
-        None
-    }
-
     fn quantized(
         &self,
         unpacked: &Unpacked,
@@ -178,20 +155,13 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let [n, _] = x.dims();
         let data = x.cast(DType::F32).into_data();
-        let values: Vec<f32> = match data.as_slice::<f32>() {
-            Ok(values) => {
-                let mut out = vec![0f32; n * self.matrix.rows()];
-                self.matrix.matmul(values, n, &mut out);
-                out
-            }
-            Err(_) => {
-                let values: Vec<f32> = data.iter::<f32>().collect();
-                let mut out = vec![0f32; n * self.matrix.rows()];
-                self.matrix.matmul(&values, n, &mut out);
-                out
-            }
+        let x: std::borrow::Cow<'_, [f32]> = match data.as_slice::<f32>() {
+            Ok(values) => values.into(),
+            Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
         };
-        self.tensor(values, [n, self.matrix.rows()])
+        let mut out = vec![0f32; n * self.matrix.rows()];
+        self.matrix.matmul(&x, n, &mut out);
+        self.tensor(out, [n, self.matrix.rows()])
     }
 
     fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {

@@ -28,7 +28,7 @@
 //! without requantizing, and its flex backend dequantizes them before a float matmul.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use half::f16;
 
@@ -73,25 +73,43 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar` forces the scalar path).
+    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar` forces the scalar
+    /// path), found once per process.
     pub fn detect() -> Isa {
-        if std::env::var("EMBER_KERNELS").is_ok_and(|v| v == "scalar") {
-            return Isa::Scalar;
-        }
-        Self::available().last().copied().unwrap_or(Isa::Scalar)
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if std::env::var("EMBER_KERNELS").is_ok_and(|v| v == "scalar") {
+                Isa::Scalar
+            } else {
+                Self::available().last().copied().unwrap_or(Isa::Scalar)
+            }
+        })
     }
 
     /// Every instruction set this CPU runs, scalar first.
     pub fn available() -> Vec<Isa> {
-        let mut isas = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            isas.push(Isa::Avx2);
+        [Isa::Scalar, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| isa.runs_here())
+            .collect()
+    }
+
+    /// Whether this CPU runs `self` (its features are detected once per process).
+    fn runs_here(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                static AVX2: OnceLock<bool> = OnceLock::new();
+                *AVX2.get_or_init(|| {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                        && std::arch::is_x86_feature_detected!("f16c")
+                })
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
         }
-        isas
     }
 }
 
@@ -106,12 +124,13 @@ pub enum Inputs {
 }
 
 impl Inputs {
-    /// `EMBER_KERNEL_INPUTS=f32` or `q8` (the default).
+    /// `EMBER_KERNEL_INPUTS=f32` or `q8` (the default), read once per process.
     pub fn from_env() -> Inputs {
-        match std::env::var("EMBER_KERNEL_INPUTS").as_deref() {
+        static INPUTS: OnceLock<Inputs> = OnceLock::new();
+        *INPUTS.get_or_init(|| match std::env::var("EMBER_KERNEL_INPUTS").as_deref() {
             Ok("f32") => Inputs::F32,
             _ => Inputs::Q8,
-        }
+        })
     }
 }
 
@@ -329,25 +348,56 @@ impl QuantMatrix {
     pub fn matmul_with(&self, isa: Isa, inputs: Inputs, x: &[f32], n: usize, out: &mut [f32]) {
         assert_eq!(x.len(), n * self.cols, "x must be [n, cols]");
         assert_eq!(out.len(), n * self.rows, "out must be [n, rows]");
-        let isa = if Isa::available().contains(&isa) {
-            isa
-        } else {
-            Isa::Scalar
-        };
+        let isa = if isa.runs_here() { isa } else { Isa::Scalar };
         if inputs == Inputs::F32 {
             return self.matmul_f32(isa, x, n, out);
         }
         let xq = Activations::quantize(x, n, self.cols);
-        // Rows in chunks, claimed by the pool's threads in turn; each chunk's weights are
-        // read once for all `n` inputs (they stay in cache while the inputs stream past).
+        self.by_rows(n, out, &|r, row| {
+            // Four inputs at a time share each unpacked weight block.
+            let mut quads = row.chunks_exact_mut(4);
+            for (k, o) in quads.by_ref().enumerate() {
+                o.copy_from_slice(&self.dot4(isa, r, &xq, 4 * k));
+            }
+            let done = n - n % 4;
+            for (j, o) in quads.into_remainder().iter_mut().enumerate() {
+                *o = self.dot(isa, r, &xq, done + j);
+            }
+        });
+    }
+
+    /// The product with f32 inputs: one row and one input at a time.
+    fn matmul_f32(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        let blocks = self.cols / BLOCK;
+        self.by_rows(n, out, &|r, row| {
+            let w = self.row_data(r);
+            for (j, o) in row.iter_mut().enumerate() {
+                let xs = &x[j * self.cols..(j + 1) * self.cols];
+                let sums = &sums[j * blocks..(j + 1) * blocks];
+                *o = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as in `dot`.
+                    Isa::Avx2 => unsafe { x86::dot_f32(self.layout, w, xs, sums) },
+                    _ => scalar_dot_f32(self.layout, w, xs, sums),
+                };
+            }
+        });
+    }
+
+    /// Fills `out: [n, rows]` by weight rows: `fill(r, outputs)` writes row `r`'s products
+    /// with the `n` inputs. Rows go in chunks, claimed by the pool's threads in turn; each
+    /// chunk's weights are read once for all `n` inputs (they stay in cache while the inputs
+    /// stream past).
+    fn by_rows(&self, n: usize, out: &mut [f32], fill: &(dyn Fn(usize, &mut [f32]) + Sync)) {
         let pool = Pool::global();
         let chunk = self.rows.div_ceil(pool.threads() * 8).max(16);
         if n == 1 {
             let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
             pool.run(parts.len(), &|c| {
                 let mut out = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = self.dot(isa, c * chunk + i, &xq, 0);
+                for (i, o) in out.chunks_exact_mut(1).enumerate() {
+                    fill(c * chunk + i, o);
                 }
             });
             return;
@@ -359,49 +409,7 @@ impl QuantMatrix {
         pool.run(parts.len(), &|c| {
             let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
             for (i, row) in part.chunks_exact_mut(n).enumerate() {
-                let r = c * chunk + i;
-                // Four inputs at a time share each unpacked weight block.
-                let mut quads = row.chunks_exact_mut(4);
-                for (k, o) in quads.by_ref().enumerate() {
-                    o.copy_from_slice(&self.dot4(isa, r, &xq, 4 * k));
-                }
-                let done = n - n % 4;
-                for (j, o) in quads.into_remainder().iter_mut().enumerate() {
-                    *o = self.dot(isa, r, &xq, done + j);
-                }
-            }
-        });
-        drop(parts);
-        for (r, row) in transposed.chunks_exact(n).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                out[j * self.rows + r] = v;
-            }
-        }
-    }
-
-    /// The product with f32 inputs: one row and one input at a time.
-    fn matmul_f32(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
-        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
-        let blocks = self.cols / BLOCK;
-        let pool = Pool::global();
-        let chunk = self.rows.div_ceil(pool.threads() * 8).max(16);
-        let mut transposed = vec![0f32; self.rows * n];
-        let parts: Vec<Mutex<&mut [f32]>> =
-            transposed.chunks_mut(chunk * n).map(Mutex::new).collect();
-        pool.run(parts.len(), &|c| {
-            let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-            for (i, row) in part.chunks_exact_mut(n).enumerate() {
-                let w = self.row_data(c * chunk + i);
-                for (j, o) in row.iter_mut().enumerate() {
-                    let xs = &x[j * self.cols..(j + 1) * self.cols];
-                    let sums = &sums[j * blocks..(j + 1) * blocks];
-                    *o = match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as in `dot`.
-                        Isa::Avx2 => unsafe { x86::dot_f32(self.layout, w, xs, sums) },
-                        _ => scalar_dot_f32(self.layout, w, xs, sums),
-                    };
-                }
+                fill(c * chunk + i, row);
             }
         });
         drop(parts);

@@ -25,11 +25,15 @@ use burn::tensor::FloatDType;
 /// several (each a launch on backends without fusion). A backend crate hands them to the
 /// engine in [`Capabilities::fused`](crate::backend::Capabilities::fused), and the model
 /// families take them from the [`Loader`](crate::format::Loader); the functions here fall back
-/// to the portable path, which tests compare them with.
+/// to the portable path, which tests compare them with. Every op defaults to `None` (the
+/// portable path): a backend implements the ones it has.
 pub trait FusedOps<B: Backend>: Send + Sync {
     /// [`rms_norm`] as one op, or `None` where the backend cannot (the caller then runs the
     /// portable path).
-    fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>>;
+    fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>> {
+        let _ = (x, weight, eps);
+        None
+    }
 
     /// Scaled dot-product attention (scale `1/sqrt(head_dim)`, no causal mask) of `q: [b, h,
     /// q_len, d]` over `k, v: [b, h, k_len, d]` with an additive `bias` broadcastable to
@@ -40,7 +44,10 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         k: &Tensor<B, 4>,
         v: &Tensor<B, 4>,
         bias: Option<&Tensor<B, 4>>,
-    ) -> Option<Tensor<B, 4>>;
+    ) -> Option<Tensor<B, 4>> {
+        let _ = (q, k, v, bias);
+        None
+    }
 
     /// [`linear_add`] as one op (a matmul that accumulates into the residual), or `None`.
     fn linear_add(
@@ -48,7 +55,10 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         residual: &Tensor<B, 3>,
         x: &Tensor<B, 3>,
         w: &Tensor<B, 2>,
-    ) -> Option<Tensor<B, 3>>;
+    ) -> Option<Tensor<B, 3>> {
+        let _ = (residual, x, w);
+        None
+    }
 
     /// The backend's own form of a quantized `[out, in]` weight (`shape`) whose values are
     /// `unpacked`, on `device`, computing in `dtype`; `None` keeps the portable form
