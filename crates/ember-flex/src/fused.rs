@@ -9,7 +9,7 @@ use std::sync::Arc;
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
-use ember::format::quant::Unpacked;
+use ember::format::QuantizedRows;
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::FusedOps;
 use ember_kernels::{Groups, QuantMatrix};
@@ -24,29 +24,43 @@ type B = crate::Backend;
 impl FusedOps<B> for FlexFused {
     fn quantized(
         &self,
-        unpacked: &Unpacked,
-        [rows, cols]: [usize; 2],
+        tensor: &QuantizedRows<'_>,
         device: &burn::backend::flex::FlexDevice,
         dtype: DType,
-    ) -> Option<Native<B>> {
-        let groups = Groups {
-            bits: unpacked.bits,
-            group: unpacked.group,
-            u: &unpacked.u,
-            scale: &unpacked.scale,
-            min: &unpacked.min,
-        };
-        match QuantMatrix::new(groups, rows, cols) {
-            Ok(matrix) => Some(Native(Arc::new(HostQuantized::<B> {
+    ) -> ember::Result<Option<Native<B>>> {
+        let [rows, cols] = tensor.shape();
+        // Parts of about 8 MiB of unpacked integers: packed one by one into the matrix.
+        let per = ((8 << 20) / cols.max(1)).clamp(1, rows.max(1));
+        let mut matrix: Option<QuantMatrix> = None;
+        for start in (0..rows).step_by(per) {
+            let n = per.min(rows - start);
+            let part = tensor.part(start..start + n)?;
+            let groups = Groups {
+                bits: part.bits,
+                group: part.group,
+                u: &part.u,
+                scale: &part.scale,
+                min: &part.min,
+            };
+            let packed = QuantMatrix::new(groups, n, cols).and_then(|m| match matrix.as_mut() {
+                None => {
+                    matrix = Some(m);
+                    Ok(())
+                }
+                Some(whole) => whole.append_rows(&m, rows),
+            });
+            if let Err(why) = packed {
+                tracing::debug!("a {rows}x{cols} weight keeps the portable form: {why}");
+                return Ok(None);
+            }
+        }
+        Ok(matrix.map(|matrix| {
+            Native(Arc::new(HostQuantized::<B> {
                 matrix,
                 dtype,
                 device: *device,
-            }))),
-            Err(why) => {
-                tracing::debug!("a {rows}x{cols} weight keeps the portable form: {why}");
-                None
-            }
-        }
+            }))
+        }))
     }
 
     fn write_positions(

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use ember::format::gguf::GgufFile;
+use ember::format::QuantizedRows;
 use ember::nn::linear::{QuantizedWeight, Weight};
 use ember::nn::FusedOps;
 use ember_flex::fused::FlexFused;
@@ -35,8 +36,9 @@ fn native_weights_equal_the_portable_form_for_every_type() {
         };
         let ty = format!("{:?}", info.ty);
         for dtype in [DType::F32, DType::F16] {
+            let tensor = QuantizedRows::whole(unpacked.clone(), [rows, cols]);
             let Some(native) =
-                FusedOps::<Flex>::quantized(&FlexFused, &unpacked, [rows, cols], &device, dtype)
+                FusedOps::<Flex>::quantized(&FlexFused, &tensor, &device, dtype).unwrap()
             else {
                 assert_eq!(ty, "Q2_K", "only Q2_K lacks a block layout");
                 continue;
