@@ -30,6 +30,8 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   graphs = true                 # replay decode steps as CUDA graphs where the backend can
   on_unavailable = \"error\"      # backend, device or dtype unavailable: error | fallback
                                  # (warn, then run the best available)
+  kernel_inputs = \"q8\"          # inputs of kept weights' CPU kernels: q8 | f32 (flex;
+                                 # q8: 8-bit inputs, faster; f32: exact products)
 
   [generation]
   messages = [{ role = \"user\", content = \"Hi\" }]   # roles: system | user | assistant
@@ -52,7 +54,8 @@ Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
 mod tests {
     use super::CONFIG_HELP;
     use ember::{
-        AttentionImpl, BackendName, DType, EngineConfig, OnUnavailable, Role, Truncate, WeightsMode,
+        AttentionImpl, BackendName, DType, EngineConfig, KernelInputs, OnUnavailable, Role,
+        Truncate, WeightsMode,
     };
 
     /// The `key = value` lines of the reference, section by section, comments dropped.
@@ -144,6 +147,12 @@ mod tests {
             (
                 "on_unavailable",
                 [OnUnavailable::Error, OnUnavailable::Fallback]
+                    .map(|a| serde_name(&a))
+                    .to_vec(),
+            ),
+            (
+                "kernel_inputs",
+                [KernelInputs::Q8, KernelInputs::F32]
                     .map(|a| serde_name(&a))
                     .to_vec(),
             ),

@@ -12,12 +12,28 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 use ember::format::QuantizedRows;
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::FusedOps;
-use ember_kernels::{Groups, QuantMatrix};
+use ember_kernels::{Groups, Inputs, Isa, QuantMatrix};
 
 /// Flex's fused ops: quantized weights and in-place cache writes (its norms, attention and
 /// projections are burn's ops).
-#[derive(Debug, Default)]
-pub struct FlexFused;
+#[derive(Debug, Clone, Copy)]
+pub struct FlexFused {
+    inputs: Inputs,
+}
+
+impl FlexFused {
+    /// Products taking their inputs as `inputs` says (`backend.kernel_inputs`).
+    pub fn new(inputs: Inputs) -> Self {
+        Self { inputs }
+    }
+}
+
+impl Default for FlexFused {
+    /// The inputs `EMBER_KERNEL_INPUTS` names, else 8-bit ([`Inputs::from_env`]).
+    fn default() -> Self {
+        Self::new(Inputs::from_env())
+    }
+}
 
 type B = crate::Backend;
 
@@ -57,6 +73,7 @@ impl FusedOps<B> for FlexFused {
         Ok(matrix.map(|matrix| {
             Native(Arc::new(HostQuantized::<B> {
                 matrix,
+                inputs: self.inputs,
                 dtype,
                 device: *device,
             }))
@@ -154,6 +171,7 @@ fn write<E: burn::tensor::Element + bytemuck::Pod>(
 /// copy of the activations only (free on flex, whose tensors are host memory).
 pub struct HostQuantized<B: Backend> {
     matrix: QuantMatrix,
+    inputs: Inputs,
     dtype: DType,
     device: B::Device,
 }
@@ -174,7 +192,8 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
             Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
         };
         let mut out = vec![0f32; n * self.matrix.rows()];
-        self.matrix.matmul(&x, n, &mut out);
+        self.matrix
+            .matmul_with(Isa::detect(), self.inputs, &x, n, &mut out);
         self.tensor(out, [n, self.matrix.rows()])
     }
 
@@ -209,6 +228,7 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
         }
         Some(Native(Arc::new(HostQuantized::<B> {
             matrix: QuantMatrix::stack(&parts)?,
+            inputs: self.inputs,
             dtype: self.dtype,
             device: self.device.clone(),
         })))

@@ -36,8 +36,8 @@ pub mod tokenizer;
 
 pub use backend::Capabilities;
 pub use config::{
-    AttentionImpl, BackendConfig, BackendName, DType, EngineConfig, GenerationConfig, Message,
-    OnUnavailable, Role, Truncate, WeightsMode,
+    AttentionImpl, BackendConfig, BackendName, DType, EngineConfig, GenerationConfig, KernelInputs,
+    Message, OnUnavailable, Role, Truncate, WeightsMode,
 };
 pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{
