@@ -55,6 +55,7 @@ pub struct TranscribeOptions {
     /// The previous windows' text as the prompt of the next.
     pub condition_on_previous_text: bool,
     /// The spoken language (`en`, `de`, ...); `None` detects it on multilingual models.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
     /// Transcribe or translate.
     pub task: SpeechTask,
@@ -62,9 +63,39 @@ pub struct TranscribeOptions {
     pub max_initial_timestamp: f64,
     /// A window whose no-speech probability is above this (and whose average log-probability
     /// is below `log_prob_threshold`) is skipped as silence; `None`: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub no_speech_threshold: Option<f32>,
     /// See `no_speech_threshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_prob_threshold: Option<f32>,
+}
+
+impl TranscribeOptions {
+    /// Checks the values (a TOML file or flags set them).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.max_initial_timestamp >= 0.0 && self.max_initial_timestamp.is_finite()) {
+            return Err(format!(
+                "transcribe.max_initial_timestamp must be a finite number >= 0, got {}",
+                self.max_initial_timestamp
+            ));
+        }
+        for (key, value) in [
+            ("no_speech_threshold", self.no_speech_threshold),
+            ("log_prob_threshold", self.log_prob_threshold),
+        ] {
+            if value.is_some_and(|v| !v.is_finite()) {
+                return Err(format!("transcribe.{key} must be finite"));
+            }
+        }
+        if let Some(language) = &self.language {
+            if language.is_empty() || !language.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!(
+                    "transcribe.language `{language}` is not a language code such as `en`"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for TranscribeOptions {
