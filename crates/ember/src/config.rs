@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// What to generate.
     #[serde(default)]
     pub generation: GenerationConfig,
+    /// How speech models transcribe (`ember transcribe`).
+    #[serde(default)]
+    pub transcribe: crate::transcribe::TranscribeOptions,
 }
 
 /// `[model]`: where the checkpoint comes from.
@@ -511,6 +514,7 @@ impl EngineConfig {
                     .into(),
             );
         }
+        self.transcribe.validate()?;
         self.generation.validate()
     }
 }

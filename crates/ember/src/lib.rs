@@ -20,6 +20,7 @@
 // Bad input (a file, a config, a user's text) must come back as an error, never a panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod audio;
 pub mod backend;
 pub mod config;
 pub mod embed;
@@ -33,6 +34,7 @@ pub mod nn;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
+pub mod transcribe;
 
 pub use backend::Capabilities;
 pub use config::{
@@ -44,6 +46,9 @@ pub use engine::{
     CancelToken, Engine, FinishReason, GenerationStats, LoadProgress, RuntimeInfo, Session,
 };
 pub use error::{Error, Result};
+pub use transcribe::{
+    Segment, SpeechTask, TranscribeOptions, TranscribeStats, Transcriber, Transcript,
+};
 
 /// Work to run on whatever backend the config chose: backend crates call
 /// [`BackendJob::run`] with their concrete backend type, device and capabilities.

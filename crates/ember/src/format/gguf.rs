@@ -279,13 +279,13 @@ impl TensorInfo {
 }
 
 /// A file's bytes: memory-mapped from disk, or owned (a file read into memory, a fuzzer's input).
-enum Bytes {
+pub(crate) enum Bytes {
     Mapped(Mmap),
     Owned(Vec<u8>),
 }
 
 impl Bytes {
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Mapped(m) => m,
             Bytes::Owned(v) => v,

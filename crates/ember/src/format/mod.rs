@@ -1,5 +1,6 @@
 //! Weight readers: one per checkpoint format, behind [`TensorStore`].
 
+pub mod ct2;
 pub mod gguf;
 pub mod gguf_store;
 pub mod quant;
