@@ -316,6 +316,26 @@ def faults(server, client):
     check(m.get('ember_sequences_finished_total{reason="cancelled"}', 0) == before + 1
           and m["ember_active_sequences"] == 0, "a disconnected stream's sequence is dropped")
 
+    # A client that goes away while waiting for a whole (not streamed) answer.
+    c = server.conn()
+    c.request("POST", "/v1/completions", body=json.dumps(
+        {"model": lm, "prompt": "Count to one thousand: 1, 2, 3,", "max_tokens": 2000,
+         "temperature": 0}),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    deadline = time.time() + 30
+    while server.metrics()["ember_active_sequences"] == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.close()
+    while time.time() < deadline:
+        m = server.metrics()
+        if m.get('ember_sequences_finished_total{reason="cancelled"}', 0) == before + 2 \
+                and m["ember_active_sequences"] == 0:
+            break
+        time.sleep(0.2)
+    check(m.get('ember_sequences_finished_total{reason="cancelled"}', 0) == before + 2
+          and m["ember_active_sequences"] == 0, "a client gone before a whole answer is dropped")
+
     # A burst past the queue (2 slots, 2 waiting): the rest get 429, the others answers.
     def one(i):
         try:

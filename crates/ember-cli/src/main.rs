@@ -42,6 +42,9 @@ enum Command {
     Bench(Box<BenchArgs>),
     /// Embed texts with an encoder (all-MiniLM-L6-v2 and other BERT models); prints JSON.
     Embed(Box<EmbedArgs>),
+    /// An interactive multi-turn chat in the terminal (/reset, /exit; Ctrl-C stops the
+    /// current answer). With stdin not a terminal, each line is one user turn.
+    Chat(Box<ChatArgs>),
     /// Serve the configs' models over an OpenAI-compatible HTTP API, with continuous
     /// batching (POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET
     /// /v1/models, /health, /metrics; a chat page at /).
@@ -52,6 +55,23 @@ enum Command {
         /// The run's spec (JSON).
         spec: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct ChatArgs {
+    /// The engine config (TOML); its system messages open the chat, its [generation]
+    /// settings sample the answers.
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Most tokens per answer.
+    #[arg(short = 'n', long)]
+    max_new_tokens: Option<usize>,
+    /// Sampling temperature (0: greedy).
+    #[arg(short, long)]
+    temperature: Option<f32>,
+    /// Sampler seed.
+    #[arg(short, long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +429,7 @@ fn main() {
         Some(Command::Bench(args)) => bench(&args),
         Some(Command::Embed(args)) => embed(&args),
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Chat(args)) => chat(&args),
         Some(Command::BenchRun { spec }) => bench_run(&spec),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
@@ -621,6 +642,113 @@ impl BackendJob for EmbedJob<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             other => Ok(other?),
         }
+    }
+}
+
+fn chat(args: &ChatArgs) -> Result<()> {
+    let mut config = EngineConfig::from_file(&args.config)?;
+    let g = &mut config.generation;
+    g.prompt = None;
+    set(&mut g.max_new_tokens, args.max_new_tokens);
+    set(&mut g.temperature, args.temperature);
+    set(&mut g.seed, args.seed);
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+    ember_cli::backends::dispatch(&config.backend, ChatJob { config: &config })?
+}
+
+struct ChatJob<'a> {
+    config: &'a EngineConfig,
+}
+
+impl BackendJob for ChatJob<'_> {
+    type Output = Result<()>;
+
+    fn run<B: burn::prelude::Backend>(
+        self,
+        device: B::Device,
+        runtime: RuntimeInfo,
+        capabilities: ember::Capabilities<B>,
+    ) -> Result<()> {
+        use std::io::{BufRead, IsTerminal};
+        use std::sync::{Arc, Mutex};
+        log_runtime(&runtime);
+        let engine = Engine::<B>::load(self.config, &device, runtime, &capabilities)
+            .context("cannot load the model")?;
+        let interactive = std::io::stdin().is_terminal();
+        let system: Vec<Message> = self
+            .config
+            .generation
+            .messages
+            .iter()
+            .filter(|m| m.role == ember::Role::System)
+            .cloned()
+            .collect();
+        // Ctrl-C cancels the answer being written, if any; at the prompt it says how to leave.
+        let current: Arc<Mutex<Option<CancelToken>>> = Arc::new(Mutex::new(None));
+        let on_signal = current.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            match on_signal.lock().ok().and_then(|c| c.clone()) {
+                Some(token) => token.cancel(),
+                None => eprint!("\n(type /exit to leave)\n> "),
+            }
+        }) {
+            tracing::debug!("no Ctrl-C handler: {e}");
+        }
+        if interactive {
+            eprintln!(
+                "chatting with {} (/reset: new conversation, /exit: leave, Ctrl-C: stop an answer)",
+                engine.checkpoint().path().display()
+            );
+        }
+        let mut session = engine.session();
+        let mut turns = system.clone();
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line.context("cannot read stdin")?;
+            let text = line.trim();
+            match text {
+                "" => continue,
+                "/exit" | "/quit" => break,
+                "/reset" => {
+                    session.reset();
+                    turns = system.clone();
+                    if interactive {
+                        eprintln!("(new conversation)");
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            turns.push(Message {
+                role: ember::Role::User,
+                content: text.to_string(),
+            });
+            let cancel = CancelToken::new();
+            if let Ok(mut c) = current.lock() {
+                *c = Some(cancel.clone());
+            }
+            let mut stdout = std::io::stdout().lock();
+            let result = session.chat(&turns, &self.config.generation, &cancel, &mut |t| {
+                let _ = write!(stdout, "{t}").and_then(|_| stdout.flush());
+            });
+            if let Ok(mut c) = current.lock() {
+                *c = None;
+            }
+            turns.clear();
+            let stats = result?;
+            writeln!(stdout)?;
+            if stats.finish == ember::FinishReason::Cancelled && interactive {
+                eprintln!("(stopped)");
+            }
+        }
+        Ok(())
     }
 }
 
