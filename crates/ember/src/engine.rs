@@ -147,8 +147,36 @@ impl<B: Backend> Engine<B> {
 
     /// A new conversation with its own KV cache, allocated once for the whole context.
     pub fn session(&self) -> Session<'_, B> {
+        self.session_with(EngineRef::Borrowed(self))
+    }
+
+    /// [`Engine::session`] holding a handle to the engine instead of a borrow: the session
+    /// can move into another thread or an async task ([`Session::into_stream`]).
+    pub fn shared_session(self: &Arc<Self>) -> Session<'static, B> {
+        self.session_with(EngineRef::Shared(self.clone()))
+    }
+
+    /// A KV cache for one sequence of up to the engine's context, as sessions use.
+    pub fn new_cache(&self) -> KvCache<B> {
+        self.model
+            .new_cache(1, self.context, &self.device)
+            .with_decode_window(self.decode_window)
+    }
+
+    /// [`Engine::new_cache`] whose memory grows in blocks of `block` positions as its
+    /// sequence does ([`KvCache::with_block`]; 0: the whole context at the first step).
+    pub fn new_cache_growing(&self, block: usize) -> KvCache<B> {
+        self.new_cache().with_block(block)
+    }
+
+    /// The attention implementation forward passes run.
+    pub fn attention(&self) -> AttentionImpl {
+        self.attention
+    }
+
+    fn session_with<'e>(&self, engine: EngineRef<'e, B>) -> Session<'e, B> {
         Session {
-            engine: self,
+            engine,
             cache: self
                 .model
                 .new_cache(1, self.context, &self.device)
@@ -365,9 +393,35 @@ impl GenerationStats {
     }
 }
 
+/// How a session holds its engine: borrowed ([`Engine::session`]) or shared
+/// ([`Engine::shared_session`], a session that can move into another thread or an async task).
+enum EngineRef<'e, B: Backend> {
+    Borrowed(&'e Engine<B>),
+    Shared(Arc<Engine<B>>),
+}
+
+impl<B: Backend> Clone for EngineRef<'_, B> {
+    fn clone(&self) -> Self {
+        match self {
+            EngineRef::Borrowed(e) => EngineRef::Borrowed(e),
+            EngineRef::Shared(e) => EngineRef::Shared(e.clone()),
+        }
+    }
+}
+
+impl<B: Backend> std::ops::Deref for EngineRef<'_, B> {
+    type Target = Engine<B>;
+    fn deref(&self) -> &Engine<B> {
+        match self {
+            EngineRef::Borrowed(e) => e,
+            EngineRef::Shared(e) => e,
+        }
+    }
+}
+
 /// One conversation: its KV cache and the tokens in it.
 pub struct Session<'e, B: Backend> {
-    engine: &'e Engine<B>,
+    engine: EngineRef<'e, B>,
     cache: KvCache<B>,
     tokens: Vec<u32>,
     /// The chat whose rendering the cache holds (with the answers generated), when the
@@ -398,7 +452,7 @@ struct Recorded<B: Backend> {
     addresses: Vec<usize>,
 }
 
-impl<B: Backend> Session<'_, B> {
+impl<'e, B: Backend> Session<'e, B> {
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
         self.tokens.len()
@@ -451,8 +505,7 @@ impl<B: Backend> Session<'_, B> {
                     max_new_tokens: 0,
                 });
             }
-            let engine = self.engine;
-            match replay.decode(engine, &mut self.cache, *id, pos) {
+            match replay.decode(&self.engine, &mut self.cache, *id, pos) {
                 Ok(logits) => {
                     self.cache.advance(1);
                     self.tokens.push(*id);
@@ -649,60 +702,338 @@ impl<B: Backend> Session<'_, B> {
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerationStats> {
-        let capacity = self.cache.capacity();
-        let tokenizer = &self.engine.tokenizer;
-        let mut sampler = Sampler::new(generation);
-        let mut stream = TokenStream::new();
-        let mut stops = StopMatcher::new(&generation.stop);
-        let start = Instant::now();
-        let mut logits = self.prefill(prompt)?;
-        let prefill = start.elapsed();
-        let decode_start = Instant::now();
-        let mut generated = Vec::new();
-        let finish = loop {
-            if cancel.is_cancelled() {
-                break FinishReason::Cancelled;
-            }
-            Error::check_finite(&logits, || {
-                format!(
-                    "the logits after token {} of the session (generated: {})",
-                    self.tokens.len(),
-                    generated.len()
-                )
-            })?;
-            let token = sampler.sample(&mut logits, &self.tokens);
-            if tokenizer.eos_ids().contains(&token) {
-                break FinishReason::Eos;
-            }
-            generated.push(token);
-            if let Some(piece) = stream.push(tokenizer, token)? {
-                if stops.push(&piece, on_text) {
-                    break FinishReason::Stop;
+        let mut tokens = self.stream_tokens(prompt, generation, cancel.clone());
+        for token in &mut tokens {
+            on_text(&token?.text);
+        }
+        tokens.stats()
+    }
+
+    /// Generates from `prompt` (run after the session's tokens) as an iterator of tokens:
+    /// the prompt runs at the first call to `next`, then each call decodes one token. Ends
+    /// (`None`) when generation ends; [`TokenIter::stats`] then says why. A token whose text
+    /// is held back (an incomplete character, a possible stop string) has an empty `text`;
+    /// the held-back text comes with a later token, or a last event with no `id`.
+    pub fn stream_tokens<'s>(
+        &'s mut self,
+        prompt: &[u32],
+        generation: &GenerationConfig,
+        cancel: CancelToken,
+    ) -> TokenIter<'s, 'e, B> {
+        let engine = self.engine.clone();
+        TokenIter {
+            session: self,
+            prompt: prompt.to_vec(),
+            generator: Generator::new(generation),
+            engine,
+            cancel,
+            state: IterState::Prompt,
+            prefill: Duration::ZERO,
+            decode_start: None,
+            error: None,
+        }
+    }
+
+    /// [`Session::stream_tokens`] on a thread of its own, as an async stream (a
+    /// `futures_core::Stream` of [`TokenEvent`]s) for async code: the session moves into the
+    /// thread and comes back with the generation's stats from [`TokenStreamHandle::finish`].
+    /// Dropping the stream cancels the generation after the current token.
+    pub fn into_stream(
+        self,
+        prompt: Vec<u32>,
+        generation: GenerationConfig,
+    ) -> (
+        async_channel::Receiver<Result<TokenEvent>>,
+        TokenStreamHandle<B>,
+    )
+    where
+        'e: 'static,
+    {
+        let (tx, rx) = async_channel::bounded(64);
+        let cancel = CancelToken::new();
+        let thread_cancel = cancel.clone();
+        let thread = std::thread::spawn(move || {
+            let mut session = self;
+            let mut tokens = session.stream_tokens(&prompt, &generation, thread_cancel.clone());
+            for token in &mut tokens {
+                if tx.send_blocking(token).is_err() {
+                    thread_cancel.cancel();
                 }
             }
-            if generated.len() >= generation.max_new_tokens {
-                break FinishReason::Length;
-            }
-            if self.cache.len() >= capacity {
-                break FinishReason::Context;
-            }
-            logits = self.decode(token)?;
-        };
-        if finish != FinishReason::Stop {
-            if let Some(piece) = stream.flush(tokenizer)? {
-                stops.push(&piece, on_text);
-            }
-            stops.finish(on_text);
+            let stats = tokens.stats();
+            (session, stats)
+        });
+        (rx, TokenStreamHandle { thread, cancel })
+    }
+}
+
+/// One generated token, as [`Session::stream_tokens`] yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// The token id; `None` for text released at the end of generation.
+    pub id: Option<u32>,
+    /// The text this token completed (may be empty, or span several tokens).
+    pub text: String,
+}
+
+/// The thread of [`Session::into_stream`].
+pub struct TokenStreamHandle<B: Backend> {
+    thread: std::thread::JoinHandle<(Session<'static, B>, Result<GenerationStats>)>,
+    cancel: CancelToken,
+}
+
+impl<B: Backend> TokenStreamHandle<B> {
+    /// Stops the generation after the current token.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the generation to end; the session (to continue the conversation) and
+    /// its stats.
+    pub fn finish(self) -> Result<(Session<'static, B>, GenerationStats)> {
+        match self.thread.join() {
+            Ok((session, stats)) => Ok((session, stats?)),
+            Err(_) => Err(Error::Backend("the generation thread panicked".into())),
         }
+    }
+}
+
+enum IterState {
+    Prompt,
+    Decoding(Vec<f32>),
+    Done(FinishReason),
+}
+
+/// The tokens of one generation ([`Session::stream_tokens`]).
+pub struct TokenIter<'s, 'e, B: Backend> {
+    /// Declared first: dropped before the session it borrows from.
+    session: &'s mut Session<'e, B>,
+    prompt: Vec<u32>,
+    generator: Generator,
+    engine: EngineRef<'e, B>,
+    cancel: CancelToken,
+    state: IterState,
+    prefill: Duration,
+    decode_start: Option<Instant>,
+    error: Option<String>,
+}
+
+impl<B: Backend> TokenIter<'_, '_, B> {
+    /// Counts and timings, once the iterator has ended; an error if it ended on one.
+    pub fn stats(&self) -> Result<GenerationStats> {
+        if let Some(e) = &self.error {
+            return Err(Error::Backend(e.clone()));
+        }
+        let IterState::Done(finish) = self.state else {
+            return Err(Error::Backend("the generation has not ended".into()));
+        };
         Ok(GenerationStats {
-            prompt_tokens: prompt.len(),
+            prompt_tokens: self.prompt.len(),
             cached_tokens: 0,
             truncated_tokens: 0,
-            prefill,
-            generated_tokens: generated.len(),
-            decode: decode_start.elapsed(),
+            prefill: self.prefill,
+            generated_tokens: self.generator.generated.len(),
+            decode: self.decode_start.map(|s| s.elapsed()).unwrap_or_default(),
             finish,
-            tokens: generated,
+            tokens: self.generator.generated.clone(),
+        })
+    }
+
+    fn advance(&mut self) -> Result<Option<TokenEvent>> {
+        let logits = match std::mem::replace(&mut self.state, IterState::Done(FinishReason::Eos)) {
+            IterState::Done(finish) => {
+                self.state = IterState::Done(finish);
+                return Ok(None);
+            }
+            IterState::Prompt => {
+                let start = Instant::now();
+                let logits = self.session.prefill(&self.prompt)?;
+                self.prefill = start.elapsed();
+                self.decode_start = Some(Instant::now());
+                logits
+            }
+            IterState::Decoding(logits) => logits,
+        };
+        let mut logits = logits;
+        let full = self.session.cache.len() >= self.session.cache.capacity();
+        let out = if self.cancel.is_cancelled() {
+            self.generator.cancel(&self.engine.tokenizer)?
+        } else {
+            self.generator.next(
+                &self.engine.tokenizer,
+                &mut logits,
+                &self.session.tokens,
+                || full,
+            )?
+        };
+        match out.finish {
+            Some(finish) => self.state = IterState::Done(finish),
+            None => {
+                let id = out.token.unwrap_or_default();
+                self.state = IterState::Decoding(self.session.decode(id)?);
+            }
+        }
+        if out.token.is_none() && out.text.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(TokenEvent {
+            id: out.token,
+            text: out.text,
+        }))
+    }
+}
+
+impl<B: Backend> Iterator for TokenIter<'_, '_, B> {
+    type Item = Result<TokenEvent>;
+
+    fn next(&mut self) -> Option<Result<TokenEvent>> {
+        if self.error.is_some() {
+            return None;
+        }
+        match self.advance() {
+            Ok(event) => event.map(Ok),
+            Err(e) => {
+                self.error = Some(e.to_string());
+                self.state = IterState::Done(FinishReason::Cancelled);
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// What [`Generator::next`] produced from one position's logits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Produced {
+    /// The sampled token, unless generation ended before one (end of sequence, cancelled).
+    pub token: Option<u32>,
+    /// Text that became final with it (may be empty).
+    pub text: String,
+    /// Why generation ended, when it did; then the token (if any) is not to be run.
+    pub finish: Option<FinishReason>,
+}
+
+/// The per-sequence part of generation, apart from the model: sampling, detokenizing,
+/// stop strings and limits. A [`Session`] drives one; a server's scheduler drives one per
+/// sequence of its batch.
+#[derive(Debug)]
+pub struct Generator {
+    sampler: Sampler,
+    stream: TokenStream,
+    stops: Vec<String>,
+    pending: String,
+    max_new_tokens: usize,
+    generated: Vec<u32>,
+}
+
+impl Generator {
+    /// A generator with `generation`'s sampler, stop strings and `max_new_tokens`.
+    pub fn new(generation: &GenerationConfig) -> Self {
+        Self {
+            sampler: Sampler::new(generation),
+            stream: TokenStream::new(),
+            stops: generation.stop.clone(),
+            pending: String::new(),
+            max_new_tokens: generation.max_new_tokens,
+            generated: Vec::new(),
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Samples the next token from `logits` (the sequence's `context`, prompt and generated
+    /// tokens, for the repetition penalty) and says whether generation ends there: end of
+    /// sequence, a stop string, `max_new_tokens`, or `full()` (the context has no room to
+    /// run the token). Non-finite logits are an error.
+    pub fn next(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        logits: &mut [f32],
+        context: &[u32],
+        full: impl FnOnce() -> bool,
+    ) -> Result<Produced> {
+        Error::check_finite(logits, || {
+            format!(
+                "the logits after token {} of the sequence (generated: {})",
+                context.len(),
+                self.generated.len()
+            )
+        })?;
+        let token = self.sampler.sample(logits, context);
+        if tokenizer.eos_ids().contains(&token) {
+            return self.end(tokenizer, None, FinishReason::Eos);
+        }
+        self.generated.push(token);
+        let mut text = String::new();
+        if let Some(piece) = self.stream.push(tokenizer, token)? {
+            let mut stops = StopMatcher {
+                stops: &self.stops,
+                pending: std::mem::take(&mut self.pending),
+            };
+            let stopped = stops.push(&piece, &mut |t| text.push_str(t));
+            self.pending = stops.pending;
+            if stopped {
+                return Ok(Produced {
+                    token: Some(token),
+                    text,
+                    finish: Some(FinishReason::Stop),
+                });
+            }
+        }
+        let finish = if self.generated.len() >= self.max_new_tokens {
+            Some(FinishReason::Length)
+        } else if full() {
+            Some(FinishReason::Context)
+        } else {
+            None
+        };
+        match finish {
+            Some(finish) => {
+                let mut end = self.end(tokenizer, Some(token), finish)?;
+                end.text.insert_str(0, &text);
+                Ok(end)
+            }
+            None => Ok(Produced {
+                token: Some(token),
+                text,
+                finish: None,
+            }),
+        }
+    }
+
+    /// Ends generation here (cancelled): the text held back so far.
+    pub fn cancel(&mut self, tokenizer: &TextTokenizer) -> Result<Produced> {
+        self.end(tokenizer, None, FinishReason::Cancelled)
+    }
+
+    /// The end of generation with `token` (if one was sampled): releases the text held back.
+    fn end(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        token: Option<u32>,
+        finish: FinishReason,
+    ) -> Result<Produced> {
+        let mut text = String::new();
+        let mut stops = StopMatcher {
+            stops: &self.stops,
+            pending: std::mem::take(&mut self.pending),
+        };
+        if let Some(piece) = self.stream.flush(tokenizer)? {
+            if stops.push(&piece, &mut |t| text.push_str(t)) {
+                return Ok(Produced {
+                    token,
+                    text,
+                    finish: Some(FinishReason::Stop),
+                });
+            }
+        }
+        stops.finish(&mut |t| text.push_str(t));
+        Ok(Produced {
+            token,
+            text,
+            finish: Some(finish),
         })
     }
 }
@@ -799,6 +1130,7 @@ struct StopMatcher<'a> {
 }
 
 impl<'a> StopMatcher<'a> {
+    #[cfg(test)]
     fn new(stops: &'a [String]) -> Self {
         Self {
             stops,

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
@@ -359,6 +360,19 @@ impl<B: Backend> Llama<B> {
         out
     }
 
+    /// q, k and v of `x: [batch, seq, hidden]` side by side, `[batch, seq, (heads + 2 kv)
+    /// * head_dim]`.
+    fn qkv(&self, layer: &DecoderLayer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self.norm(x, &layer.input_layernorm);
+        let a = &layer.self_attn;
+        // One projection for q, k and v.
+        let qkv = a.qkv_proj.forward(h);
+        match &a.qkv_bias {
+            Some(bias) => qkv.add(bias.clone().unsqueeze::<3>()),
+            None => qkv,
+        }
+    }
+
     /// One decoder layer on `x: [batch, seq, hidden]`: its new keys and values go to the
     /// cache at the step's positions; `bias` (`[1, 1, seq, visible]`) hides what the step's
     /// queries must not see (`None`: a square causal prefill, which attention masks itself).
@@ -374,20 +388,68 @@ impl<B: Backend> Llama<B> {
         bias: Option<&Tensor<B, 4>>,
         attention: AttentionImpl,
     ) -> Result<Tensor<B, 3>> {
+        let qkv = self.qkv(layer, x.clone());
+        let out = self.attend(layer, index, qkv, cache, step, rope, bias, attention)?;
+        Ok(self.after_attention(layer, x, out))
+    }
+
+    /// [`Llama::layer`] over several sequences' tokens side by side in `x: [1, total,
+    /// hidden]` (sequence `i` the `lens[i]` tokens after those before it): the projections
+    /// and the MLP run once over all of them, the attention per sequence with its own
+    /// cache, positions and mask.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_many(
+        &self,
+        layer: &DecoderLayer<B>,
+        index: usize,
+        x: Tensor<B, 3>,
+        caches: &mut [&mut KvCache<B>],
+        steps: &[(Step<B>, RopeTables<B>, Option<Tensor<B, 4>>)],
+        lens: &[usize],
+        attention: AttentionImpl,
+    ) -> Result<Tensor<B, 3>> {
+        let qkv = self.qkv(layer, x.clone());
+        let mut outs = Vec::with_capacity(lens.len());
+        let mut offset = 0;
+        for ((cache, (step, rope, bias)), &len) in caches.iter_mut().zip(steps).zip(lens) {
+            let part = qkv.clone().narrow(1, offset, len);
+            outs.push(self.attend(
+                layer,
+                index,
+                part,
+                cache,
+                step,
+                rope,
+                bias.as_ref(),
+                attention,
+            )?);
+            offset += len;
+        }
+        Ok(self.after_attention(layer, x, Tensor::cat(outs, 1)))
+    }
+
+    /// The attention of one layer for `qkv: [batch, seq, (heads + 2 kv) * head_dim]` at
+    /// the step's positions of `cache`: `[batch, seq, heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: &DecoderLayer<B>,
+        index: usize,
+        qkv: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+        step: &Step<B>,
+        rope: &RopeTables<B>,
+        bias: Option<&Tensor<B, 4>>,
+        attention: AttentionImpl,
+    ) -> Result<Tensor<B, 3>> {
         let c = &self.config;
-        let [batch, seq, _] = x.dims();
+        let [batch, seq, _] = qkv.dims();
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let groups = heads / kv_heads;
-        let h = self.norm(x.clone(), &layer.input_layernorm);
         let a = &layer.self_attn;
-        // One projection for q, k and v, split into heads once:
-        // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]; q's and
-        // k's heads are rotated together, then q, k and v are views of their heads.
-        let qkv = a.qkv_proj.forward(h);
-        let qkv = match &a.qkv_bias {
-            Some(bias) => qkv.add(bias.clone().unsqueeze::<3>()),
-            None => qkv,
-        };
+        // Split into heads once: [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv,
+        // seq, hd]; q's and k's heads are rotated together, then q, k and v are views of
+        // their heads.
         let qkv = qkv
             .reshape([batch, seq, heads + 2 * kv_heads, hd])
             .swap_dims(1, 2);
@@ -428,15 +490,24 @@ impl<B: Backend> Llama<B> {
             None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention),
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
-        let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
-        let x = self.linear_add(x, out, &a.o_proj);
+        Ok(out.swap_dims(1, 2).reshape([batch, seq, heads * hd]))
+    }
 
+    /// The rest of a layer after its attention `out`: the output projection added to `x`,
+    /// then the MLP's.
+    fn after_attention(
+        &self,
+        layer: &DecoderLayer<B>,
+        x: Tensor<B, 3>,
+        out: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let x = self.linear_add(x, out, &layer.self_attn.o_proj);
         let h = self.norm(x.clone(), &layer.post_attention_layernorm);
         let m = &layer.mlp;
-        let inter = c.intermediate_size;
+        let inter = self.config.intermediate_size;
         let gate_up = m.gate_up_proj.forward(h);
         let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
-        Ok(self.linear_add(x, gated, &m.down_proj))
+        self.linear_add(x, gated, &m.down_proj)
     }
 }
 
@@ -540,6 +611,55 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
         };
         let x = self.norm(x, &self.norm);
         Ok(self.lm_head.forward(x))
+    }
+
+    fn forward_many(
+        &self,
+        chunks: &[&[u32]],
+        caches: &mut [&mut KvCache<B>],
+        attention: AttentionImpl,
+    ) -> Result<Tensor<B, 2>> {
+        super::check_many(chunks, caches.len())?;
+        let device = self.norm.device();
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        let total: usize = lens.iter().sum();
+        let ids: Vec<u32> = chunks.concat();
+        let mut steps = Vec::with_capacity(chunks.len());
+        for (cache, &len) in caches.iter_mut().zip(&lens) {
+            steps.push(cache.begin(len)?);
+        }
+        // Every sequence's tokens side by side: [1, total, hidden].
+        let mut x = self
+            .embed_tokens
+            .lookup(super::token_tensor::<B>(&ids, &device).reshape([total]))
+            .reshape([1, total, self.config.hidden_size]);
+        let dtype = x.dtype();
+        let steps: Vec<_> = steps
+            .into_iter()
+            .map(|step| {
+                let bias = (!step.is_square_causal(None)).then(|| step.bias(None, dtype, &device));
+                let rope = step.rope(&self.rope);
+                (step, rope, bias)
+            })
+            .collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_many(layer, i, x, caches, &steps, &lens, attention)?;
+        }
+        for (cache, (step, _, _)) in caches.iter_mut().zip(&steps) {
+            cache.finish(step);
+        }
+        // Each sequence's last token: [1, sequences, hidden].
+        let last: Vec<i64> = lens
+            .iter()
+            .scan(0i64, |end, &len| {
+                *end += len as i64;
+                Some(*end - 1)
+            })
+            .collect();
+        let n = last.len();
+        let last = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [n]), &device);
+        let x = self.norm(x.select(1, last), &self.norm);
+        Ok(self.lm_head.forward(x).reshape([n, self.config.vocab_size]))
     }
 }
 

@@ -15,10 +15,22 @@ use crate::nn::attention::position_bias;
 use crate::nn::rope::{Rope, RopeTables};
 
 /// Keys and values of every layer for positions `0..len`.
+///
+/// The memory is allocated at the first step: for the whole capacity, or (with
+/// [`KvCache::with_block`]) for as many positions as the steps need, rounded up to the block,
+/// growing by whole blocks as the sequence does (a server's many sequences then hold memory
+/// for what they use, not for the whole context each).
 #[derive(Clone)]
 pub struct KvCache<B: Backend> {
-    /// Per layer: keys and values, each `[batch, kv_heads, capacity, head_dim]`.
+    /// Per layer: keys and values, each `[batch, kv_heads, allocated, head_dim]`; empty
+    /// before the first step.
     layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// Layers, and `[batch, kv_heads, head_dim]` of each one's keys and values.
+    shape: (usize, [usize; 3]),
+    device: B::Device,
+    dtype: DType,
+    /// Positions the memory grows by (0: the whole capacity at once).
+    block: usize,
     len: usize,
     capacity: usize,
     window: usize,
@@ -39,7 +51,8 @@ struct DeviceStep<B: Backend> {
 impl<B: Backend> std::fmt::Debug for KvCache<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvCache")
-            .field("layers", &self.layers.len())
+            .field("layers", &self.shape.0)
+            .field("allocated", &self.allocated())
             .field("len", &self.len)
             .field("capacity", &self.capacity)
             .field("window", &self.window)
@@ -130,16 +143,12 @@ impl<B: Backend> KvCache<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Self {
-        let shape = [batch, kv_heads, capacity, head_dim];
         Self {
-            layers: (0..layers)
-                .map(|_| {
-                    (
-                        Tensor::zeros(shape, (device, dtype)),
-                        Tensor::zeros(shape, (device, dtype)),
-                    )
-                })
-                .collect(),
+            layers: Vec::new(),
+            shape: (layers, [batch, kv_heads, head_dim]),
+            device: device.clone(),
+            dtype,
+            block: 0,
             len: 0,
             capacity,
             window: DECODE_WINDOW,
@@ -159,6 +168,57 @@ impl<B: Backend> KvCache<B> {
     pub fn with_decode_window(mut self, window: usize) -> Self {
         self.window = window.max(1);
         self
+    }
+
+    /// The device the cache lives on.
+    pub fn device(&self) -> B::Device {
+        self.device.clone()
+    }
+
+    /// Allocates memory in blocks of `block` positions as the sequence grows, instead of
+    /// the whole capacity at the first step (0: the whole capacity). Only before the first
+    /// step.
+    pub fn with_block(mut self, block: usize) -> Self {
+        if self.layers.is_empty() {
+            self.block = block;
+        }
+        self
+    }
+
+    /// Positions the memory holds now (0 before the first step).
+    pub fn allocated(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Makes the memory hold at least `positions` positions (at most the capacity).
+    fn reserve(&mut self, positions: usize) {
+        let have = self.allocated();
+        if have >= positions {
+            return;
+        }
+        let target = if self.block == 0 {
+            self.capacity
+        } else {
+            positions
+                .div_ceil(self.block)
+                .saturating_mul(self.block)
+                .min(self.capacity)
+                .max(positions)
+        };
+        let (layers, [batch, heads, dim]) = self.shape;
+        let more = [batch, heads, target - have, dim];
+        let zeros = || Tensor::<B, 4>::zeros(more, (&self.device, self.dtype));
+        if self.layers.is_empty() {
+            self.layers = (0..layers).map(|_| (zeros(), zeros())).collect();
+        } else {
+            for slot in &mut self.layers {
+                let (k, v) = std::mem::replace(slot, (zeros(), zeros()));
+                *slot = (
+                    Tensor::cat(vec![k, zeros()], 2),
+                    Tensor::cat(vec![v, zeros()], 2),
+                );
+            }
+        }
     }
 
     /// Positions filled so far.
@@ -217,6 +277,7 @@ impl<B: Backend> KvCache<B> {
                     "a step at a device position runs one token, not {seq}"
                 )));
             }
+            self.reserve(window);
             return Ok(Step {
                 positions: Positions::Device { pos, graphs },
                 seq,
@@ -236,6 +297,7 @@ impl<B: Backend> KvCache<B> {
         } else {
             end
         };
+        self.reserve(visible);
         Ok(Step {
             positions: Positions::Host { start: self.len },
             seq,

