@@ -20,7 +20,10 @@ impl BackendJob for Logits<'_> {
         let engine = Engine::<B>::load(self.0, &device, runtime, &capabilities).unwrap();
         let ids = engine
             .tokenizer()
-            .encode("The capital of France is Paris, and the capital of Italy is", false)
+            .encode(
+                "The capital of France is Paris, and the capital of Italy is",
+                false,
+            )
             .unwrap();
         engine.session().forward(&ids, true).unwrap()
     }

@@ -141,13 +141,24 @@ fn batched_greedy_decoding_equals_each_request_alone() {
     let engine = engine();
     let expected = alone(&engine);
     let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
-    assert!(prompts.iter().any(|p| p.len() > 16), "one prompt spans prefill chunks");
+    assert!(
+        prompts.iter().any(|p| p.len() > 16),
+        "one prompt spans prefill chunks"
+    );
     let (results, metrics) = batched(&engine, &prompts, options());
     for (i, ((_, want), got)) in expected.iter().zip(&results).enumerate() {
-        assert_eq!(got.as_ref().unwrap(), want, "request {i} ({:?})", PROMPTS[i]);
+        assert_eq!(
+            got.as_ref().unwrap(),
+            want,
+            "request {i} ({:?})",
+            PROMPTS[i]
+        );
     }
     let mean = mean_batch(&metrics);
-    assert!(mean > 1.5, "the requests ran in batches (mean batch {mean:.2})");
+    assert!(
+        mean > 1.5,
+        "the requests ran in batches (mean batch {mean:.2})"
+    );
 }
 
 #[test]
