@@ -83,8 +83,11 @@ pub struct EmbedJob {
     /// The texts.
     pub texts: Vec<String>,
     /// Where the vectors and the token count go.
-    pub reply: tokio::sync::oneshot::Sender<Result<(Vec<Vec<f32>>, usize), String>>,
+    pub reply: tokio::sync::oneshot::Sender<EmbedReply>,
 }
+
+/// An embeddings job's answer: one vector per text and the tokens they took, or the error.
+pub type EmbedReply = Result<(Vec<Vec<f32>>, usize), String>;
 
 /// A loaded model the HTTP side routes to.
 #[derive(Clone)]
@@ -177,7 +180,8 @@ impl BackendJob for ModelJob {
         let shared = self.shared;
         let id = model_id(&self.config);
         let opened = ember::models::Opened::open(&self.config.model)?;
-        let task = opened.architecture.task();
+        let architecture = opened.architecture;
+        let task = architecture.task();
         drop(opened);
         match task {
             ember::models::Task::Generate => {
@@ -223,6 +227,11 @@ impl BackendJob for ModelJob {
                     },
                 );
                 embed_loop(&embedder, rx, &shared.shutdown);
+            }
+            // The server has no audio endpoint yet: `expect_task` names the command to use.
+            ember::models::Task::Transcribe => {
+                let source = std::path::Path::new(&self.config.model.source);
+                architecture.expect_task(ember::models::Task::Generate, source)?;
             }
         }
         Ok(())

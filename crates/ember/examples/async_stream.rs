@@ -24,8 +24,10 @@ fn main() -> ember::Result<()> {
     )?);
     let prompt = engine.prompt_tokens(&config.generation)?;
     let session = engine.shared_session();
-    let (mut tokens, handle) = session.into_stream(prompt, config.generation.clone());
+    let (tokens, handle) = session.into_stream(prompt, config.generation.clone());
     futures_lite::future::block_on(async {
+        // The channel's receiver is not `Unpin`: pinned here to be polled as a stream.
+        let mut tokens = std::pin::pin!(tokens);
         while let Some(token) = tokens.next().await {
             let token = token?;
             print!("{}", token.text);

@@ -310,6 +310,9 @@ pub struct Llama<B: Backend> {
     fused: Option<Fused<B>>,
 }
 
+/// One sequence's step in a batched forward pass: its positions, rotary tables and mask.
+type SequenceStep<B> = (Step<B>, RopeTables<B>, Option<Tensor<B, 4>>);
+
 impl<B: Backend> Llama<B> {
     /// `residual + x.matmul(w)`, one op where the backend can.
     fn linear_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Tensor<B, 3> {
@@ -404,7 +407,7 @@ impl<B: Backend> Llama<B> {
         index: usize,
         x: Tensor<B, 3>,
         caches: &mut [&mut KvCache<B>],
-        steps: &[(Step<B>, RopeTables<B>, Option<Tensor<B, 4>>)],
+        steps: &[SequenceStep<B>],
         lens: &[usize],
         attention: AttentionImpl,
     ) -> Result<Tensor<B, 3>> {
