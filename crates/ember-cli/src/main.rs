@@ -688,12 +688,14 @@ impl BackendJob for ChatJob<'_> {
         // Ctrl-C cancels the answer being written, if any; at the prompt it says how to leave.
         let current: Arc<Mutex<Option<CancelToken>>> = Arc::new(Mutex::new(None));
         let on_signal = current.clone();
-        if let Err(e) = ctrlc::set_handler(move || {
-            match on_signal.lock().ok().and_then(|c| c.clone()) {
-                Some(token) => token.cancel(),
-                None => eprint!("\n(type /exit to leave)\n> "),
-            }
-        }) {
+        if let Err(e) =
+            ctrlc::set_handler(
+                move || match on_signal.lock().ok().and_then(|c| c.clone()) {
+                    Some(token) => token.cancel(),
+                    None => eprint!("\n(type /exit to leave)\n> "),
+                },
+            )
+        {
             tracing::debug!("no Ctrl-C handler: {e}");
         }
         if interactive {

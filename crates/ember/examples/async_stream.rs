@@ -36,6 +36,9 @@ fn main() -> ember::Result<()> {
         ember::Result::Ok(())
     })?;
     let (_session, stats) = handle.finish()?;
-    println!("\n{} tokens, stopped by {:?}", stats.generated_tokens, stats.finish);
+    println!(
+        "\n{} tokens, stopped by {:?}",
+        stats.generated_tokens, stats.finish
+    );
     Ok(())
 }
