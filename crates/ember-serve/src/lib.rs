@@ -78,12 +78,15 @@ impl<B: Backend> TextModel for Engine<B> {
     }
 }
 
+/// An embeddings job's answer: one vector per text and the tokens counted, or an error.
+pub type EmbedReply = Result<(Vec<Vec<f32>>, usize), String>;
+
 /// An embeddings job for an encoder's thread.
 pub struct EmbedJob {
     /// The texts.
     pub texts: Vec<String>,
     /// Where the vectors and the token count go.
-    pub reply: tokio::sync::oneshot::Sender<Result<(Vec<Vec<f32>>, usize), String>>,
+    pub reply: tokio::sync::oneshot::Sender<EmbedReply>,
 }
 
 /// A loaded model the HTTP side routes to.

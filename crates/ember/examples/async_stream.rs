@@ -24,8 +24,9 @@ fn main() -> ember::Result<()> {
     )?);
     let prompt = engine.prompt_tokens(&config.generation)?;
     let session = engine.shared_session();
-    let (mut tokens, handle) = session.into_stream(prompt, config.generation.clone());
+    let (tokens, handle) = session.into_stream(prompt, config.generation.clone());
     futures_lite::future::block_on(async {
+        futures_lite::pin!(tokens);
         while let Some(token) = tokens.next().await {
             let token = token?;
             print!("{}", token.text);

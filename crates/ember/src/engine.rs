@@ -1077,6 +1077,8 @@ impl<B: Backend> Replay<B> {
         pos: usize,
     ) -> Result<Vec<f32>> {
         let window = cache.decode_window(pos + 1);
+        // The memory the step writes, allocated before its addresses are taken.
+        cache.reserve(window);
         let graphs = self.graphs.as_ref();
         let _scope = self.stream.enter()?;
         graphs.write_ints(&self.step, &[i64::from(id), pos as i64])?;

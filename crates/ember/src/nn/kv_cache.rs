@@ -246,8 +246,9 @@ impl<B: Backend> KvCache<B> {
         self.layers.first().map_or(0, |(k, _)| k.dims()[2])
     }
 
-    /// Makes the memory hold at least `positions` positions (at most the capacity).
-    fn reserve(&mut self, positions: usize) {
+    /// Makes the memory hold at least `positions` positions (at most the capacity; with
+    /// no block, the whole capacity), as a step that needs them does.
+    pub fn reserve(&mut self, positions: usize) {
         let have = self.allocated();
         if have >= positions {
             return;
