@@ -56,7 +56,7 @@ reference: fetch-models
 devices *features="full":
     cargo run --release --features "{{features}}" -- devices
 
-# Fuzz one target (gguf, hf_dir, chat, config) for SECONDS with libFuzzer (nightly Rust and
+# Fuzz one target (gguf, hf_dir, chat, config, ct2) for SECONDS with libFuzzer (nightly Rust and
 # `cargo install cargo-fuzz`), starting from the committed fuzz/corpus/TARGET. Inputs it finds
 # go to fuzz/found/TARGET (not committed), crashes to fuzz/artifacts/TARGET: copy each crash
 # to fuzz/regressions/TARGET, where `cargo test` replays it.
@@ -67,7 +67,7 @@ fuzz target seconds="600":
 
 # Fuzz every target in turn.
 fuzz-all seconds="600":
-    for t in gguf hf_dir chat config; do just fuzz $t {{seconds}}; done
+    for t in gguf hf_dir chat config ct2; do just fuzz $t {{seconds}}; done
 
 # Rebuild the fuzz seed corpora from the fixtures and configs.
 fuzz-seeds:

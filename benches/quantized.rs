@@ -44,14 +44,11 @@ fn kernel(bencher: Bencher<'_, '_>, ty: GgmlType) {
     let bytes = ember_benches::gguf_blocks(ty, DOWN_PROJ, 1);
     let unpacked = ember::format::quant::unpack(ty, &bytes, DOWN_PROJ[0] * DOWN_PROJ[1])
         .unwrap_or_else(|| panic!("{ty:?} is a quantized type Ember unpacks"));
-    let fused = ember_flex::fused::FlexFused;
-    let Some(native) = FusedOps::<B>::quantized(
-        &fused,
-        &unpacked,
-        DOWN_PROJ,
-        &device,
-        burn::tensor::DType::F32,
-    ) else {
+    let fused = ember_flex::fused::FlexFused::default();
+    let tensor = ember::format::QuantizedRows::whole(unpacked, DOWN_PROJ);
+    let Ok(Some(native)) =
+        FusedOps::<B>::quantized(&fused, &tensor, &device, burn::tensor::DType::F32)
+    else {
         return;
     };
     let weight = Weight::Native(native);

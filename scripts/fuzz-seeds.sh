@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tiny=crates/ember-tests/fixtures/tiny
-for t in gguf hf_dir chat config; do
+for t in gguf hf_dir chat config ct2; do
   mkdir -p "fuzz/corpus/$t"
   rm -f "fuzz/corpus/$t"/seed-*
 done
@@ -15,6 +15,10 @@ done
 for f in crates/ember/tests/gguf_corpus/*.gguf; do
   cp "$f" "fuzz/corpus/gguf/hostile-$(basename "$f")"
 done
+for f in crates/ember/tests/ct2_corpus/*.bin; do
+  cp "$f" "fuzz/corpus/ct2/hostile-$(basename "$f")"
+done
+python3 tests/reference/make_hostile_ct2.py --seeds fuzz/corpus/ct2
 python3 - "$tiny" <<'PY'
 import pathlib, sys
 tiny = pathlib.Path(sys.argv[1])

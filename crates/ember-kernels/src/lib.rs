@@ -250,6 +250,29 @@ impl QuantMatrix {
         })
     }
 
+    /// Appends `below`'s rows (a weight packed in parts of rows); an error when its layout
+    /// or width differ. `capacity_rows`: the rows the whole matrix will have, reserved once
+    /// (growing by doubling would hold up to twice the weight for a moment).
+    pub fn append_rows(
+        &mut self,
+        below: &QuantMatrix,
+        capacity_rows: usize,
+    ) -> Result<(), Unsupported> {
+        if (below.layout, below.cols) != (self.layout, self.cols) {
+            return Err(Unsupported(format!(
+                "rows packed as {:?} x {} cannot follow {:?} x {}",
+                below.layout, below.cols, self.layout, self.cols
+            )));
+        }
+        let row_bytes = self.data.len() / self.rows;
+        let want = capacity_rows.max(self.rows + below.rows) * row_bytes;
+        self.data
+            .reserve_exact(want.saturating_sub(self.data.len()));
+        self.data.extend_from_slice(&below.data);
+        self.rows += below.rows;
+        Ok(())
+    }
+
     /// The matrices one below the other (q, k and v as one product), when they share a
     /// layout and a width.
     pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {

@@ -41,6 +41,30 @@ fn every_gguf_type_multiplies_as_its_dequantized_weights() {
                 continue;
             }
         };
+        // Packed in two parts of rows (as a weight is loaded), it is the same matrix.
+        if rows >= 2 {
+            let half = rows / 2;
+            let pack = |range: std::ops::Range<usize>| {
+                let part = unpacked.rows(cols, range.clone());
+                let groups = Groups {
+                    bits: part.bits,
+                    group: part.group,
+                    u: &part.u,
+                    scale: &part.scale,
+                    min: &part.min,
+                };
+                QuantMatrix::new(groups, range.len(), cols).unwrap()
+            };
+            let mut joined = pack(0..half);
+            joined.append_rows(&pack(half..rows), rows).unwrap();
+            assert_eq!((joined.rows(), joined.bytes()), (rows, m.bytes()), "{ty}");
+            let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in 0..rows {
+                m.dequantize_row(r, &mut a);
+                joined.dequantize_row(r, &mut b);
+                assert_eq!(a, b, "{ty} row {r} packed in two parts");
+            }
+        }
         let want = file.dequantize(info).unwrap();
         let k_quant = ty.ends_with("_K");
         let mut row = vec![0f32; cols];

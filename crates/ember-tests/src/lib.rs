@@ -16,6 +16,12 @@ use ember::{
 };
 use serde::Deserialize;
 
+pub mod whisper;
+pub use whisper::{
+    whisper_front_end_and_encoder_match_references, whisper_long_form_matches_faster_whisper,
+    whisper_transcribes_jfk_like_faster_whisper,
+};
+
 /// What a backend binding hands to every test.
 #[derive(Debug, Clone)]
 pub struct Ctx<B: Backend> {
@@ -846,6 +852,9 @@ macro_rules! backend_suite {
             gemma3_matches_transformers,
             minilm_matches_sentence_transformers,
             embedding_batch_equals_one_by_one,
+            whisper_front_end_and_encoder_match_references,
+            whisper_transcribes_jfk_like_faster_whisper,
+            whisper_long_form_matches_faster_whisper,
             );
         }
     };

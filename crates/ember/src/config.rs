@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// What to generate.
     #[serde(default)]
     pub generation: GenerationConfig,
+    /// How speech models transcribe (`ember transcribe`).
+    #[serde(default)]
+    pub transcribe: crate::transcribe::TranscribeOptions,
 }
 
 /// `[model]`: where the checkpoint comes from.
@@ -101,6 +104,24 @@ pub struct BackendConfig {
     /// What to do when the backend, device or dtype cannot run here.
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
+    /// How the CPU kernels on kept quantized weights (flex, `[model] weights = "keep"`)
+    /// take their inputs; unset: the `EMBER_KERNEL_INPUTS` environment variable, else `q8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_inputs: Option<KernelInputs>,
+}
+
+/// `backend.kernel_inputs`: the inputs of products on quantized blocks (docs/performance.md,
+/// change 16: measured on SmolLM2 Q4_1, `f32` decodes at 0.83x `q8`'s speed with top-1
+/// agreement with the dequantized run 100 % instead of 91 %).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelInputs {
+    /// Quantized to 8 bits per block of 32, as llama.cpp does: integer multiply-adds, the
+    /// faster choice.
+    #[default]
+    Q8,
+    /// As they are, the weights widened to f32: exact products.
+    F32,
 }
 
 /// `backend.on_unavailable`: the policy when what the config asks for cannot run.
@@ -208,6 +229,7 @@ impl Default for BackendConfig {
             attention: AttentionImpl::default(),
             graphs: true,
             on_unavailable: OnUnavailable::default(),
+            kernel_inputs: None,
         }
     }
 }
@@ -492,6 +514,7 @@ impl EngineConfig {
                     .into(),
             );
         }
+        self.transcribe.validate()?;
         self.generation.validate()
     }
 }

@@ -31,6 +31,22 @@ pub enum Error {
         /// Which check failed.
         error: GgufError,
     },
+    /// A CTranslate2 `model.bin` was rejected.
+    #[error("CTranslate2 {path}: {error}")]
+    Ct2 {
+        /// The file.
+        path: PathBuf,
+        /// Which check failed.
+        error: crate::format::ct2::Ct2Error,
+    },
+    /// An audio file cannot be decoded (empty, truncated, an unsupported format).
+    #[error("audio {path}: {message}")]
+    Audio {
+        /// The file (`-` for stdin).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A model directory or file is malformed (config.json, safetensors, metadata).
     #[error("model {path}: {message}")]
     Model {

@@ -20,6 +20,7 @@
 // Bad input (a file, a config, a user's text) must come back as an error, never a panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod audio;
 pub mod backend;
 pub mod config;
 pub mod embed;
@@ -33,11 +34,12 @@ pub mod nn;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
+pub mod transcribe;
 
 pub use backend::Capabilities;
 pub use config::{
-    AttentionImpl, BackendConfig, BackendName, DType, EngineConfig, GenerationConfig, Message,
-    OnUnavailable, Role, Truncate, WeightsMode,
+    AttentionImpl, BackendConfig, BackendName, DType, EngineConfig, GenerationConfig, KernelInputs,
+    Message, OnUnavailable, Role, Truncate, WeightsMode,
 };
 pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{
@@ -45,6 +47,9 @@ pub use engine::{
     RuntimeInfo, Session, TokenEvent, TokenIter, TokenStreamHandle,
 };
 pub use error::{Error, Result};
+pub use transcribe::{
+    Segment, SpeechTask, TranscribeOptions, TranscribeStats, Transcriber, Transcript,
+};
 
 /// Work to run on whatever backend the config chose: backend crates call
 /// [`BackendJob::run`] with their concrete backend type, device and capabilities.

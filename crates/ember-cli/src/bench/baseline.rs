@@ -233,14 +233,12 @@ fn llama_bench(
             .collect::<Vec<_>>()
             .join(",")
     };
-    let out = match Command::new("llama-bench")
-        .arg("-m")
+    let mut cmd = Command::new("llama-bench");
+    cmd.arg("-m")
         .arg(path)
         .args(["-p", &list(&plan.n_prompt), "-n", &list(&plan.n_gen)])
-        .args(["-r", &plan.repetitions.to_string(), "-o", "json"])
-        .stdin(Stdio::null())
-        .output()
-    {
+        .args(["-r", &plan.repetitions.to_string(), "-o", "json"]);
+    let out = match run_measured(&mut cmd) {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err("llama-bench is not on PATH".into())
@@ -281,14 +279,118 @@ fn llama_bench(
                 warmup_ns: Vec::new(),
             })
             .collect(),
+        peak_mem: out.peak_rss,
+        peak_mem_kind: "process RSS".into(),
         ..RunResult::default()
     };
     Ok((run, None))
 }
 
+/// What [`run_measured`] returns.
+struct Measured {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// The child's own peak resident set, where the OS reports it (Unix: `wait4`).
+    peak_rss: Option<u64>,
+}
+
+/// Runs `cmd` to its end (stdin closed, output through files, so that no pipe fills) and
+/// measures its peak RSS as Ember's rows measure their own: the same column for both.
+fn run_measured(cmd: &mut Command) -> std::io::Result<Measured> {
+    let dir = std::env::temp_dir();
+    let stem = format!("ember-baseline-{}", std::process::id());
+    let (out_path, err_path) = (
+        dir.join(format!("{stem}.out")),
+        dir.join(format!("{stem}.err")),
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()?;
+    let (status, peak_rss) = wait_measured(&mut child)?;
+    let read = |p: &Path| {
+        let bytes = std::fs::read(p);
+        std::fs::remove_file(p).ok();
+        bytes
+    };
+    Ok(Measured {
+        status,
+        stdout: read(&out_path)?,
+        stderr: read(&err_path)?,
+        peak_rss,
+    })
+}
+
+/// Waits for `child` and reads its resource usage (`wait4`): its own peak RSS, not the
+/// largest of every child so far as `getrusage(RUSAGE_CHILDREN)` gives.
+#[cfg(unix)]
+fn wait_measured(
+    child: &mut std::process::Child,
+) -> std::io::Result<(std::process::ExitStatus, Option<u64>)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
+    let mut status = 0;
+    loop {
+        // SAFETY: `wait4` writes the status and the zeroed `rusage` it is given; `pid` is
+        // this process's child, not yet reaped (`Child::wait` was not called).
+        let (done, usage) = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            (libc::wait4(pid, &mut status, 0, &mut usage), usage)
+        };
+        if done == pid {
+            let max = u64::try_from(usage.ru_maxrss).ok();
+            // Kilobytes on Linux and the BSDs, bytes on macOS.
+            let bytes = max.map(|m| {
+                if cfg!(target_os = "macos") {
+                    m
+                } else {
+                    m * 1024
+                }
+            });
+            return Ok((std::process::ExitStatus::from_raw(status), bytes));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn wait_measured(
+    child: &mut std::process::Child,
+) -> std::io::Result<(std::process::ExitStatus, Option<u64>)> {
+    Ok((child.wait()?, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_baseline_child_reports_its_own_peak_memory() {
+        // A child that touches ~64 MiB: its peak is at least that, and a later small child
+        // reports its own (small) peak, not the largest so far.
+        let big = run_measured(Command::new("python3").args([
+            "-c",
+            "b = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ok')",
+        ]))
+        .unwrap();
+        assert!(
+            big.status.success(),
+            "{}",
+            String::from_utf8_lossy(&big.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&big.stdout).trim(), "ok");
+        let small = run_measured(Command::new("true").arg("x")).unwrap();
+        if cfg!(unix) {
+            let (big, small) = (big.peak_rss.unwrap(), small.peak_rss.unwrap());
+            assert!(big >= 64 << 20, "python's peak {big}");
+            assert!(small < 32 << 20, "true's peak {small}: not its own");
+        }
+    }
 
     #[test]
     fn baseline_rows_name_the_model_as_ember_rows_do() {

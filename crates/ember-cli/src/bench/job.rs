@@ -243,18 +243,35 @@ impl BackendJob for BenchJob<'_> {
                 ids
             };
             session.reset();
-            let inputs = &ids[..ids.len() - 1];
-            let logits = session.forward(inputs, true)?;
-            result.perplexity = Some(perplexity(&logits, vocab, &ids[1..]));
-            if let Some(path) = &spec.logits_path {
-                let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-                std::fs::write(path, bytes)
+            let mut file = match &spec.logits_path {
+                Some(path) => Some(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?,
+                )),
+                None => None,
+            };
+            let mut nll = 0.0;
+            forward_chunked(&mut session, &ids, |first, logits| {
+                nll += nll_sum(logits, vocab, &ids[first + 1..]);
+                if let (Some(file), Some(path)) = (file.as_mut(), &spec.logits_path) {
+                    use std::io::Write;
+                    for v in logits {
+                        file.write_all(&v.to_le_bytes())
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                    }
+                }
+                Ok(())
+            })?;
+            if let (Some(file), Some(path)) = (file, &spec.logits_path) {
+                file.into_inner()
+                    .map_err(|e| e.into_error())
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
+            result.perplexity = Some((nll / (ids.len() - 1).max(1) as f64).exp());
             result.accuracy_ids = ids;
         }
         if let Some(reference) = &spec.reference {
-            result.reference_match = check_reference(&engine, reference, &file)?;
+            result.reference_match = check_reference(&engine, &mut session, reference, &file)?;
         }
         result.peak_mem = peak_rss_bytes();
         Ok(result)
@@ -334,19 +351,48 @@ fn embed_run<B: Backend>(
 
 /// `exp` of the mean negative log-likelihood of `targets` under `logits` (`[n, vocab]`).
 pub fn perplexity(logits: &[f32], vocab: usize, targets: &[u32]) -> f64 {
+    (nll_sum(logits, vocab, targets) / targets.len().max(1) as f64).exp()
+}
+
+/// The summed negative log-likelihood of `targets` under each row of `logits` (rows past
+/// the last target are not counted).
+fn nll_sum(logits: &[f32], vocab: usize, targets: &[u32]) -> f64 {
     let mut nll = 0.0f64;
     for (row, &t) in logits.chunks_exact(vocab).zip(targets) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
         nll += max + sum.ln() - row[t as usize] as f64;
     }
-    (nll / targets.len().max(1) as f64).exp()
+    nll
+}
+
+/// Positions per forward pass of the teacher-forced passes (accuracy, reference check):
+/// every position's logits are kept for one chunk at a time, not for the whole text (128
+/// positions of SmolLM2's 49152-token vocabulary are 25 MB, and a run's peak memory is a
+/// bench column).
+const TEACHER_CHUNK: usize = 32;
+
+/// Runs `ids[..len - 1]` through a fresh `session`, [`TEACHER_CHUNK`] positions at a time;
+/// `each(first, logits)` gets the logits of positions `first..` of each chunk.
+fn forward_chunked<B: Backend>(
+    session: &mut ember::Session<'_, B>,
+    ids: &[u32],
+    mut each: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    session.reset();
+    let inputs = &ids[..ids.len().saturating_sub(1)];
+    for (i, chunk) in inputs.chunks(TEACHER_CHUNK).enumerate() {
+        let logits = session.forward(chunk, true)?;
+        each(i * TEACHER_CHUNK, &logits)?;
+    }
+    Ok(())
 }
 
 /// Teacher-forced check of the reference continuation: how many of its greedy tokens are
 /// this run's top-1 too. `None` when the fixture is for another model.
 fn check_reference<B: Backend>(
     engine: &Engine<B>,
+    session: &mut ember::Session<'_, B>,
     path: &std::path::Path,
     file: &str,
 ) -> Result<Option<(usize, usize)>> {
@@ -377,12 +423,17 @@ fn check_reference<B: Backend>(
             .chain(&case.greedy)
             .copied()
             .collect();
-        let logits = engine.session().forward(&ids[..ids.len() - 1], true)?;
-        let from = (case.prompt_ids.len() - 1) * vocab;
-        for (row, &want) in logits[from..].chunks_exact(vocab).zip(&case.greedy) {
-            total += 1;
-            matched += usize::from(argmax(row) == want);
-        }
+        // Position p's logits predict ids[p + 1]: the greedy tokens from the prompt's last.
+        let from = case.prompt_ids.len() - 1;
+        forward_chunked(session, &ids, |first, logits| {
+            for (p, row) in (first..).zip(logits.chunks_exact(vocab)) {
+                if p >= from {
+                    total += 1;
+                    matched += usize::from(argmax(row) == ids[p + 1]);
+                }
+            }
+            Ok(())
+        })?;
     }
     Ok(Some((matched, total)))
 }

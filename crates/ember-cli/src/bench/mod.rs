@@ -175,6 +175,7 @@ impl Matrix {
                                     attention,
                                     graphs,
                                     on_unavailable: OnUnavailable::Error,
+                                    kernel_inputs: None,
                                 };
                                 out.push(Target {
                                     config,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::gguf::GgufFile;
+use super::gguf::{GgufFile, TensorInfo};
 use super::quant::Unpacked;
 use super::TensorStore;
 use crate::error::{Error, Result};
@@ -107,6 +107,7 @@ impl TensorStore for GgufStore<'_> {
             path: self.file.path().into(),
             error: e,
         })?;
+        self.file.release(info);
         let shape = info.shape();
         if let Some(order) = (self.fixes.rows)(name, &shape) {
             let cols = shape.iter().skip(1).product::<usize>();
@@ -129,6 +130,7 @@ impl TensorStore for GgufStore<'_> {
         let Some(mut unpacked) = self.file.unpack(info) else {
             return Ok(None);
         };
+        self.file.release(info);
         let shape = info.shape();
         if let Some(order) = (self.fixes.rows)(name, &shape) {
             unpacked.permute_rows(shape.iter().skip(1).product(), &order);
@@ -138,5 +140,60 @@ impl TensorStore for GgufStore<'_> {
             unpacked.min.iter_mut().for_each(|m| *m -= offset);
         }
         Ok(Some(unpacked))
+    }
+
+    fn quantized_by_rows(&self, name: &str) -> bool {
+        self.by_rows(name).is_some()
+    }
+
+    fn read_quantized_rows(
+        &self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Option<Unpacked>> {
+        let Some((info, cols, row_bytes)) = self.by_rows(name) else {
+            return Ok(None);
+        };
+        let total = info.shape()[0];
+        if rows.start > rows.end || rows.end > total {
+            return Ok(None);
+        }
+        let range = rows.start * row_bytes..rows.end * row_bytes;
+        let bytes = &self.file.tensor_bytes(info)[range.clone()];
+        let Some(mut unpacked) = crate::format::quant::unpack(info.ty, bytes, rows.len() * cols)
+        else {
+            return Ok(None);
+        };
+        // A part's pages go as soon as it is unpacked, the pages it shares with the next
+        // part once the last part is.
+        self.file.release_bytes(info, range);
+        if rows.end == total {
+            self.file.release(info);
+        }
+        let offset = (self.fixes.offset)(name);
+        if offset != 0.0 {
+            unpacked.min.iter_mut().for_each(|m| *m -= offset);
+        }
+        Ok(Some(unpacked))
+    }
+}
+
+impl GgufStore<'_> {
+    /// Tensor `name`, its columns and bytes per row, when it is a quantized `[rows, cols]`
+    /// matrix whose rows are whole blocks and whose rows the family keeps in order: then
+    /// parts of its rows unpack on their own.
+    fn by_rows(&self, name: &str) -> Option<(&TensorInfo, usize, usize)> {
+        let info = self.to_gguf(name).and_then(|g| self.file.tensor(&g))?;
+        let shape = info.shape();
+        let (elements, bytes) = info.ty.block();
+        let &[rows, cols] = &shape[..] else {
+            return None;
+        };
+        let quantized = elements > 1 && crate::format::quant::unpackable(info.ty);
+        let whole_blocks = (cols as u64).is_multiple_of(elements);
+        if !quantized || !whole_blocks || rows == 0 || (self.fixes.rows)(name, &shape).is_some() {
+            return None;
+        }
+        Some((info, cols, (cols as u64 / elements * bytes) as usize))
     }
 }

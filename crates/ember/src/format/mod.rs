@@ -1,5 +1,6 @@
 //! Weight readers: one per checkpoint format, behind [`TensorStore`].
 
+pub mod ct2;
 pub mod gguf;
 pub mod gguf_store;
 pub mod quant;
@@ -33,6 +34,71 @@ pub trait TensorStore {
     fn read_quantized(&self, name: &str) -> Result<Option<Unpacked>> {
         let _ = name;
         Ok(None)
+    }
+    /// Whether [`TensorStore::read_quantized_rows`] reads tensor `name` (stored quantized)
+    /// in parts of rows.
+    fn quantized_by_rows(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+    /// Rows `rows` of a quantized `[rows, cols]` tensor's blocks, decoded but not
+    /// dequantized; `None` where [`TensorStore::quantized_by_rows`] is false.
+    fn read_quantized_rows(
+        &self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Option<Unpacked>> {
+        let _ = (name, rows);
+        Ok(None)
+    }
+}
+
+/// A quantized `[rows, cols]` tensor handed out in parts of whole rows
+/// ([`QuantizedRows::part`]): a weight is packed part by part, so that its unpacked integers
+/// (one byte per weight, four times a Q4 file's size) never exist whole: Gemma 3's
+/// 262144 x 640 embedding would be 168 MB of them beside its packed copy.
+pub struct QuantizedRows<'a> {
+    source: RowSource<'a>,
+    shape: [usize; 2],
+}
+
+enum RowSource<'a> {
+    /// Read part by part ([`TensorStore::read_quantized_rows`]).
+    Store {
+        store: &'a dyn TensorStore,
+        name: &'a str,
+    },
+    /// Unpacked whole, where the store cannot read parts of it.
+    Whole(Unpacked),
+}
+
+impl QuantizedRows<'_> {
+    /// A `[rows, cols]` tensor unpacked whole.
+    pub fn whole(unpacked: Unpacked, shape: [usize; 2]) -> Self {
+        Self {
+            source: RowSource::Whole(unpacked),
+            shape,
+        }
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+
+    /// Rows `range` (within the shape), unpacked.
+    pub fn part(&self, range: std::ops::Range<usize>) -> Result<Unpacked> {
+        match &self.source {
+            RowSource::Whole(whole) => Ok(whole.rows(self.shape[1], range)),
+            RowSource::Store { store, name } => {
+                store.read_quantized_rows(name, range)?.ok_or_else(|| {
+                    Error::model(
+                        store.path(),
+                        format!("{name}: its rows cannot be read in parts"),
+                    )
+                })
+            }
+        }
     }
 }
 
@@ -130,27 +196,41 @@ impl<'a, B: Backend> Loader<'a, B> {
             return Ok(None);
         }
         self.check(name, &[rows, cols])?;
-        let Some(unpacked) = self.store.read_quantized(name)? else {
-            return Ok(None);
+        let tensor = if self.store.quantized_by_rows(name) {
+            QuantizedRows {
+                source: RowSource::Store {
+                    store: self.store,
+                    name,
+                },
+                shape: [rows, cols],
+            }
+        } else {
+            let Some(unpacked) = self.store.read_quantized(name)? else {
+                return Ok(None);
+            };
+            QuantizedRows::whole(unpacked, [rows, cols])
         };
         self.mark_used(name);
-        let native = self.fused.as_ref().and_then(|f| {
-            f.ops()
-                .quantized(&unpacked, [rows, cols], &self.device, self.dtype)
-        });
-        if let Some(native) = native {
-            return Ok(Some(Kept::Native(native)));
+        if let Some(fused) = &self.fused {
+            if let Some(native) = fused.ops().quantized(&tensor, &self.device, self.dtype)? {
+                return Ok(Some(Kept::Native(native)));
+            }
         }
         let per = rows_per_part(rows, cols);
-        Ok(Some(Kept::Portable(
-            (0..rows)
-                .step_by(per)
-                .map(|start| {
-                    let n = per.min(rows - start);
-                    QuantizedWeight::part(&unpacked, cols, start, n, &self.device, self.dtype)
-                })
-                .collect(),
-        )))
+        let parts = (0..rows)
+            .step_by(per)
+            .map(|start| {
+                let n = per.min(rows - start);
+                let part = tensor.part(start..start + n)?;
+                Ok(QuantizedWeight::new(
+                    &part,
+                    [n, cols],
+                    &self.device,
+                    self.dtype,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Kept::Portable(parts)))
     }
 
     /// A `[out, in]` projection weight: kept quantized where the checkpoint stores it so and

@@ -53,6 +53,18 @@ impl Unpacked {
             .collect()
     }
 
+    /// A copy of rows `range` of a `[_, cols]` tensor.
+    pub fn rows(&self, cols: usize, range: std::ops::Range<usize>) -> Unpacked {
+        let groups = cols / self.group;
+        Unpacked {
+            bits: self.bits,
+            group: self.group,
+            u: self.u[range.start * cols..range.end * cols].to_vec(),
+            scale: self.scale[range.start * groups..range.end * groups].to_vec(),
+            min: self.min[range.start * groups..range.end * groups].to_vec(),
+        }
+    }
+
     /// Reorders whole rows of `cols` values: row `i` of the result is row `order[i]`.
     pub fn permute_rows(&mut self, cols: usize, order: &[usize]) {
         let groups = cols / self.group;
@@ -89,6 +101,15 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Option<Vec<f32
         _ => unpack(ty, bytes, elements)?.values(),
     };
     (out.len() == elements).then_some(out)
+}
+
+/// Whether [`unpack`] decodes `ty`.
+pub fn unpackable(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+    )
 }
 
 /// Decodes the blocks of a quantized type into integers, scales and offsets; `None` for a

@@ -3,12 +3,15 @@
 //!
 //! Adding a decoder family: its file here (config, modules, `load`, `forward`, its GGUF
 //! name table), an implementation of [`DecoderModel`] and [`LoadDecoder`], one entry in
-//! [`Architecture::NAMES`] and one arm in [`Architecture::load_decoder`].
+//! [`Architecture::NAMES`] and one arm in [`Architecture::load_decoder`]. Families run for
+//! another task (BERT: [`crate::Embedder`]; Whisper: [`crate::Transcriber`]) are loaded by
+//! their pipeline, which checks [`Architecture::task`].
 
 pub mod bert;
 pub mod gemma3;
 pub mod llama;
 pub mod presets;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +20,7 @@ use burn::tensor::TensorData;
 
 use crate::config::{AttentionImpl, ModelConfig};
 use crate::error::{Error, Result};
+use crate::format::ct2::Ct2File;
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsStore;
 use crate::format::{Loader, TensorStore};
@@ -130,6 +134,8 @@ pub enum Architecture {
     Gemma3,
     /// BERT encoders (`ember embed`, [`crate::Embedder`]).
     Bert,
+    /// Whisper speech recognizers (`ember transcribe`, [`crate::Transcriber`]).
+    Whisper,
 }
 
 /// What a family is run for.
@@ -139,6 +145,8 @@ pub enum Task {
     Generate,
     /// Sentence embeddings (`ember embed`, [`crate::Embedder`]).
     Embed,
+    /// Speech to text (`ember transcribe`, [`crate::Transcriber`]).
+    Transcribe,
 }
 
 impl Architecture {
@@ -157,6 +165,10 @@ impl Architecture {
         ("bert", Architecture::Bert),
         ("BertModel", Architecture::Bert),
         ("BertForMaskedLM", Architecture::Bert),
+        ("whisper", Architecture::Whisper),
+        ("WhisperForConditionalGeneration", Architecture::Whisper),
+        // CTranslate2's specification name (model.bin).
+        ("WhisperSpec", Architecture::Whisper),
     ];
 
     /// The family of a checkpoint's declared architecture; an unknown name is an error that
@@ -181,6 +193,7 @@ impl Architecture {
         match self {
             Architecture::Llama | Architecture::Gemma3 => Task::Generate,
             Architecture::Bert => Task::Embed,
+            Architecture::Whisper => Task::Transcribe,
         }
     }
 
@@ -192,6 +205,7 @@ impl Architecture {
         let what = match self.task() {
             Task::Generate => "a decoder (text generation): run it with `ember run`",
             Task::Embed => "an encoder (embeddings): run it with `ember embed`",
+            Task::Transcribe => "a speech recognizer: run it with `ember transcribe`",
         };
         Err(Error::model(path, format!("this model is {what}")))
     }
@@ -205,6 +219,10 @@ impl Architecture {
             Architecture::Bert => Err(Error::model(
                 job.path(),
                 "this model is an encoder (embeddings): run it with `ember embed`",
+            )),
+            Architecture::Whisper => Err(Error::model(
+                job.path(),
+                "this model is a speech recognizer: run it with `ember transcribe`",
             )),
         }
     }
@@ -322,6 +340,14 @@ pub enum Format {
     },
     /// A synthetic Llama-shaped model (`preset:NAME`).
     Synthetic(String),
+    /// A CTranslate2 directory: `model.bin` read and validated, beside `config.json` and
+    /// `tokenizer.json`.
+    Ct2 {
+        /// The directory.
+        dir: PathBuf,
+        /// Its `model.bin`.
+        file: Ct2File,
+    },
 }
 
 impl Opened {
@@ -341,6 +367,19 @@ impl Opened {
                         error: e,
                     })?;
                 (Architecture::from_name(name)?, Format::Gguf(file))
+            }
+            Checkpoint::HfDir(dir) if dir.join("model.bin").is_file() => {
+                let path = dir.join("model.bin");
+                let file = Ct2File::open(&path).map_err(|error| Error::Ct2 {
+                    path: path.clone(),
+                    error,
+                })?;
+                let architecture = Architecture::from_name(file.spec())?;
+                let format = Format::Ct2 {
+                    dir: dir.clone(),
+                    file,
+                };
+                (architecture, format)
             }
             Checkpoint::HfDir(dir) => {
                 let config_path = dir.join("config.json");
@@ -411,6 +450,13 @@ impl Opened {
                 let store: Box<dyn TensorStore> = Box::new(SafetensorsStore::open(dir)?);
                 Ok((config, tokenizer, store))
             }
+            Format::Ct2 { file, .. } => Err(Error::model(
+                file.path(),
+                format!(
+                    "a CTranslate2 {} checkpoint is not a text decoder Ember runs",
+                    file.spec()
+                ),
+            )),
             Format::Synthetic(name) => {
                 let (config, store) = M::synthetic(name)?;
                 let tokenizer = TextTokenizer::synthetic(config.vocab_size())?;

