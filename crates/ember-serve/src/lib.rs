@@ -213,6 +213,15 @@ impl BackendJob for ModelJob {
                     shared.shutdown.clone(),
                 );
             }
+            ember::models::Task::Transcribe => {
+                return Err(ember::Error::Config {
+                    path: "[model] source".into(),
+                    message: format!(
+                        "{id} is a speech model: `ember serve` serves decoders and encoders; \
+                         transcribe with `ember transcribe`"
+                    ),
+                })
+            }
             ember::models::Task::Embed => {
                 let embedder = Embedder::<B>::load(&self.config, &device, runtime)?;
                 tracing::info!("serving {id}: an encoder, {} dimensions", embedder.dim());
