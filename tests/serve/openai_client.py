@@ -182,6 +182,19 @@ def run_checks(server, client, ember, args):
     usage_sum["prompt"] += p_tokens
     usage_sum["completion"] += g_tokens
 
+    # `ember chat` with stdin not a terminal: one turn per line; /reset starts over, so
+    # the same question gets the same answer.
+    out = subprocess.run(
+        [ember, "chat", "--config", args.decoder, "-n", "24", "--temperature", "0"],
+        cwd=ROOT, input=f"{question}\n/reset\n{question}\n", capture_output=True, text=True,
+        check=True)
+    check(out.stdout == f"{text}\n{text}\n", f"ember chat answers each turn ({out.stdout!r})")
+
+    # The chat page.
+    status, page = server.request("GET", "/")
+    check(status == 200 and b"/v1/chat/completions" in page and b"<script>" in page,
+          "the chat page is served at /")
+
     # Chat, streamed, with usage.
     stream = client.chat.completions.create(
         model=lm, messages=[{"role": "user", "content": question}], max_tokens=24,

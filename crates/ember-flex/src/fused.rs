@@ -140,6 +140,70 @@ impl FusedOps<B> for FlexFused {
             Err(t)
         }
     }
+
+    fn write_rows(
+        &self,
+        dst: Tensor<B, 4>,
+        rows: &[(usize, usize)],
+        src: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let [slots, heads, capacity, dim] = dst.dims();
+        let [n, h, seq, d] = src.dims();
+        if (h, d) != (heads, dim)
+            || n != rows.len()
+            || rows.iter().any(|&(r, s)| r >= slots || s + seq > capacity)
+            || dst.dtype() != src.dtype()
+        {
+            return Err(dst);
+        }
+        let mut t = match dst.into_primitive() {
+            TensorPrimitive::Float(t) => t,
+            other => return Err(Tensor::from_primitive(other)),
+        };
+        let whole = t.is_contiguous()
+            && t.layout().start_offset() == 0
+            && t.bytes().len() == slots * heads * capacity * dim * t.dtype().size();
+        let data = src.clone().into_data();
+        let shape = [heads, capacity, seq, dim];
+        let written = whole
+            && match t.dtype() {
+                DType::F32 => write_rows(&mut t, data.as_slice::<f32>().ok(), rows, shape),
+                DType::F16 => write_rows(&mut t, data.as_slice::<half::f16>().ok(), rows, shape),
+                DType::BF16 => write_rows(&mut t, data.as_slice::<half::bf16>().ok(), rows, shape),
+                _ => false,
+            };
+        let t = Tensor::from_primitive(TensorPrimitive::Float(t));
+        if written {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    }
+}
+
+/// `dst[row, h, start.., :] = src[i, h, .., :]` for each `(row, start)` of `rows`, with
+/// `[heads, capacity, seq, dim]` the sizes of both.
+fn write_rows<E: burn::tensor::Element + bytemuck::Pod>(
+    t: &mut FlexTensor,
+    src: Option<&[E]>,
+    rows: &[(usize, usize)],
+    [heads, capacity, seq, dim]: [usize; 4],
+) -> bool {
+    let (Some(src), Some(dst)) = (src, t.try_storage_mut::<E>()) else {
+        return false;
+    };
+    let run = seq * dim;
+    if src.len() != rows.len() * heads * run {
+        return false;
+    }
+    for (i, &(row, start)) in rows.iter().enumerate() {
+        for h in 0..heads {
+            let from = (i * heads + h) * run;
+            let at = ((row * heads + h) * capacity + start) * dim;
+            dst[at..at + run].copy_from_slice(&src[from..from + run]);
+        }
+    }
+    true
 }
 
 /// Copies `rows` runs of `run` values from `src` into `t`'s rows of `capacity * dim` values,

@@ -78,6 +78,9 @@ impl<B: Backend> TextModel for Engine<B> {
     }
 }
 
+/// An embeddings job's answer: one vector per text and the tokens counted, or an error.
+pub type EmbedReply = Result<(Vec<Vec<f32>>, usize), String>;
+
 /// An embeddings job for an encoder's thread.
 pub struct EmbedJob {
     /// The texts.
@@ -85,9 +88,6 @@ pub struct EmbedJob {
     /// Where the vectors and the token count go.
     pub reply: tokio::sync::oneshot::Sender<EmbedReply>,
 }
-
-/// An embeddings job's answer: one vector per text and the tokens they took, or the error.
-pub type EmbedReply = Result<(Vec<Vec<f32>>, usize), String>;
 
 /// A loaded model the HTTP side routes to.
 #[derive(Clone)]
@@ -180,8 +180,7 @@ impl BackendJob for ModelJob {
         let shared = self.shared;
         let id = model_id(&self.config);
         let opened = ember::models::Opened::open(&self.config.model)?;
-        let architecture = opened.architecture;
-        let task = architecture.task();
+        let task = opened.architecture.task();
         drop(opened);
         match task {
             ember::models::Task::Generate => {
@@ -214,6 +213,15 @@ impl BackendJob for ModelJob {
                     shared.shutdown.clone(),
                 );
             }
+            ember::models::Task::Transcribe => {
+                return Err(ember::Error::Config {
+                    path: "[model] source".into(),
+                    message: format!(
+                        "{id} is a speech model: `ember serve` serves decoders and encoders; \
+                         transcribe with `ember transcribe`"
+                    ),
+                })
+            }
             ember::models::Task::Embed => {
                 let embedder = Embedder::<B>::load(&self.config, &device, runtime)?;
                 tracing::info!("serving {id}: an encoder, {} dimensions", embedder.dim());
@@ -227,11 +235,6 @@ impl BackendJob for ModelJob {
                     },
                 );
                 embed_loop(&embedder, rx, &shared.shutdown);
-            }
-            // The server has no audio endpoint yet: `expect_task` names the command to use.
-            ember::models::Task::Transcribe => {
-                let source = std::path::Path::new(&self.config.model.source);
-                architecture.expect_task(ember::models::Task::Generate, source)?;
             }
         }
         Ok(())

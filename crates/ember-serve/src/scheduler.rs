@@ -2,15 +2,16 @@
 //! backends are not async).
 //!
 //! Requests wait in a bounded queue (a full queue is the HTTP side's 429) and join the
-//! running batch between two forward steps, when one of its `parallel` slots is free. Each
-//! step runs every active sequence's next tokens in one forward pass
-//! ([`ember::models::DecoderModel::forward_many`]): one token for a sequence that is
-//! decoding, the next chunk of its prompt for one that is not (`prefill_chunk` prompt tokens
-//! per step in all, so that a long prompt does not stall the others). Each sequence has its
-//! own KV cache, positions and mask; the weights' products run once over all the step's
-//! tokens. A sequence leaves the batch when it ends, when its client goes away (its event
-//! channel closed: checked before every step), at its deadline, or on an error or a panic in
-//! its step, which is reported to that request alone: a failed batched step is run again one
+//! running batch between two forward steps, when one of its `parallel` slots is free. The
+//! sequences share one KV cache whose batch rows are the slots
+//! ([`Engine::new_slot_cache`]), each row at its own length. A step runs every decoding
+//! sequence's next token in one forward pass (tokens `[rows, 1]`, each row at its own
+//! position, with its own rotary angles and mask: [`KvCache::next_rows`]), then the next
+//! chunk of each prompt still being read, within `prefill_chunk` tokens per step in all
+//! ([`KvCache::next_row`]), so that a long prompt does not stall the others. A sequence
+//! leaves the batch when it ends, when its client goes away (its event channel closed:
+//! checked before every step), at its deadline, or on an error or a panic in its step,
+//! which is reported to that request alone: a failed batched step is run again one
 //! sequence at a time to find the culprit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
+use ember::models::Logits;
 use ember::nn::kv_cache::KvCache;
 use ember::{Engine, FinishReason, GenerationConfig, Generator};
 use tokio::sync::mpsc::UnboundedSender;
@@ -99,10 +102,11 @@ impl Default for SchedulerOptions {
     }
 }
 
-struct Seq<B: Backend> {
+struct Seq {
     request: Request,
-    cache: KvCache<B>,
-    /// Tokens in the cache.
+    /// Its row of the slot cache.
+    row: usize,
+    /// Tokens in its row of the cache.
     tokens: Vec<u32>,
     /// The token to run next once the prompt is in (the last one sampled).
     next: Option<u32>,
@@ -110,7 +114,7 @@ struct Seq<B: Backend> {
     last_token: Option<Instant>,
 }
 
-impl<B: Backend> Seq<B> {
+impl Seq {
     fn prefilling(&self) -> bool {
         self.tokens.len() < self.request.prompt.len()
     }
@@ -125,9 +129,10 @@ pub fn run<B: Backend>(
     options: SchedulerOptions,
     shutdown: Arc<AtomicBool>,
 ) {
-    let mut active: Vec<Seq<B>> = Vec::new();
+    let mut active: Vec<Seq> = Vec::new();
     let mut shutdown_at: Option<Instant> = None;
     let parallel = options.parallel.max(1);
+    let mut cache = engine.new_slot_cache(parallel, options.cache_block);
     loop {
         if shutdown.load(Ordering::SeqCst) {
             let since = *shutdown_at.get_or_insert_with(Instant::now);
@@ -181,12 +186,14 @@ pub fn run<B: Backend>(
                     metrics.finish("cancelled");
                     continue;
                 }
-                let cache = engine.new_cache_growing(options.cache_block);
+                let row = (0..parallel)
+                    .find(|r| active.iter().all(|s| s.row != *r))
+                    .unwrap_or_default();
                 active.push(Seq {
                     generator: Generator::new(&request.generation),
                     tokens: Vec::with_capacity(request.prompt.len() + 16),
                     request,
-                    cache,
+                    row,
                     next: None,
                     last_token: None,
                 });
@@ -216,91 +223,128 @@ pub fn run<B: Backend>(
         if active.is_empty() {
             continue;
         }
-        step(&engine, &mut active, &metrics, &options);
+        step(&engine, &mut cache, &mut active, &metrics, &options);
         metrics.active.set(active.len() as i64);
     }
     metrics.active.set(0);
 }
 
-/// One forward step over the batch, then sampling for every sequence that has logits.
+/// What one sequence's part of a step gave: the logits of its last token, or an error.
+type Outcome = Result<Vec<f32>, String>;
+
+/// One step over the batch: every decoding sequence's next token in one forward pass, then
+/// prompt chunks within the prefill budget; then sampling for every sequence with logits.
 fn step<B: Backend>(
     engine: &Engine<B>,
-    active: &mut Vec<Seq<B>>,
+    cache: &mut KvCache<B>,
+    active: &mut Vec<Seq>,
     metrics: &Metrics,
     options: &SchedulerOptions,
 ) {
-    // Each sequence's chunk this step: its next token, or the next part of its prompt
-    // within the step's prefill budget.
-    let mut budget = options.prefill_chunk.max(1);
-    let mut chunks: Vec<(usize, Vec<u32>)> = Vec::with_capacity(active.len());
-    for (i, seq) in active.iter().enumerate() {
-        if seq.prefilling() {
-            if budget == 0 {
-                continue;
+    let vocab = engine.model().vocab_size();
+    // (index in `active`, tokens run this step, outcome)
+    let mut results: Vec<(usize, Vec<u32>, Outcome)> = Vec::new();
+    let decoding: Vec<usize> = (0..active.len())
+        .filter(|&i| !active[i].prefilling() && active[i].next.is_some())
+        .collect();
+    if !decoding.is_empty() {
+        let rows = decoding.iter().map(|&i| active[i].row).max().unwrap_or(0) + 1;
+        // Rows of sequences still reading their prompt run a placeholder at their next
+        // position (which their next chunk overwrites); free rows at position 0.
+        let mut positions = vec![0; rows];
+        let mut tokens = vec![0u32; rows];
+        for seq in active.iter().filter(|s| s.row < rows) {
+            positions[seq.row] = seq.tokens.len();
+            if let (false, Some(next)) = (seq.prefilling(), seq.next) {
+                tokens[seq.row] = next;
             }
-            let from = seq.tokens.len();
-            let take = (seq.request.prompt.len() - from).min(budget);
-            budget -= take;
-            chunks.push((i, seq.request.prompt[from..from + take].to_vec()));
-        } else if let Some(next) = seq.next {
-            chunks.push((i, vec![next]));
+        }
+        let run = run_step(engine, cache, active, &decoding, options, |cache| {
+            cache.next_rows(positions.clone());
+            (tokens.clone(), [rows, 1])
+        });
+        match run {
+            Ok(logits) => {
+                for &i in &decoding {
+                    let row = active[i].row;
+                    let l = logits[row * vocab..(row + 1) * vocab].to_vec();
+                    results.push((i, vec![tokens[row]], Ok(l)));
+                }
+            }
+            Err(e) => {
+                if decoding.len() > 1 {
+                    tracing::warn!("a batched step failed ({e}); running its sequences one by one");
+                }
+                for &i in &decoding {
+                    let (row, pos, token) =
+                        (active[i].row, active[i].tokens.len(), tokens[active[i].row]);
+                    let outcome = if decoding.len() == 1 {
+                        Err(e.clone())
+                    } else {
+                        run_step(engine, cache, active, &[i], options, |cache| {
+                            cache.next_row(row, pos);
+                            (vec![token], [1, 1])
+                        })
+                    };
+                    results.push((i, vec![token], outcome));
+                }
+            }
         }
     }
-    if chunks.is_empty() {
+    let mut budget = options.prefill_chunk.max(1);
+    for i in 0..active.len() {
+        if budget == 0 {
+            break;
+        }
+        let seq = &active[i];
+        if !seq.prefilling() {
+            continue;
+        }
+        let from = seq.tokens.len();
+        let take = (seq.request.prompt.len() - from).min(budget);
+        budget -= take;
+        let chunk = seq.request.prompt[from..from + take].to_vec();
+        let row = seq.row;
+        let outcome = run_step(engine, cache, active, &[i], options, |cache| {
+            cache.next_row(row, from);
+            (chunk.clone(), [1, chunk.len()])
+        });
+        results.push((i, chunk, outcome));
+    }
+    if results.is_empty() {
         return;
     }
-    metrics.batch_size.observe(chunks.len() as f64);
+    metrics.batch_size.observe(results.len() as f64);
     metrics
         .step_tokens
-        .observe(chunks.iter().map(|(_, c)| c.len()).sum::<usize>() as f64);
-    let vocab = engine.model().vocab_size();
-    // The whole batch in one pass; if it fails, each sequence alone, so that only the one at
-    // fault is dropped.
-    let mut results: Vec<(usize, Result<Vec<f32>, String>)> =
-        match run_chunks(engine, active, &chunks, options) {
-            Ok(logits) => chunks
-                .iter()
-                .zip(logits.chunks_exact(vocab))
-                .map(|((i, _), l)| (*i, Ok(l.to_vec())))
-                .collect(),
-            Err(e) if chunks.len() == 1 => vec![(chunks[0].0, Err(e))],
-            Err(e) => {
-                tracing::warn!("a batched step failed ({e}); running its sequences one by one");
-                chunks
-                    .iter()
-                    .map(|chunk| {
-                        let one = std::slice::from_ref(chunk);
-                        (chunk.0, run_chunks(engine, active, one, options))
-                    })
-                    .collect()
-            }
-        };
+        .observe(results.iter().map(|(_, c, _)| c.len()).sum::<usize>() as f64);
     let tokenizer = engine.tokenizer();
+    let capacity = engine.context_length();
     let now = Instant::now();
     let mut finished = vec![false; active.len()];
-    for ((i, result), (_, chunk)) in results.iter_mut().zip(&chunks) {
-        let seq = &mut active[*i];
+    for (i, chunk, result) in results {
+        let seq = &mut active[i];
         let mut logits = match result {
-            Ok(l) => std::mem::take(l),
+            Ok(l) => l,
             Err(message) => {
                 metrics.finish("error");
                 let _ = seq.request.events.send(Event::Error {
                     status: 500,
                     message: format!("the model failed on this request: {message}"),
                 });
-                finished[*i] = true;
+                finished[i] = true;
                 continue;
             }
         };
         let was_prefill = seq.prefilling();
-        seq.tokens.extend_from_slice(chunk);
+        seq.tokens.extend_from_slice(&chunk);
         if was_prefill {
             metrics.prompt_tokens.inc_by(chunk.len() as u64);
             if seq.prefilling() {
                 continue;
             }
         }
-        let full = seq.cache.len() >= seq.cache.capacity();
+        let full = seq.tokens.len() >= capacity;
         let produced = match seq
             .generator
             .next(tokenizer, &mut logits, &seq.tokens, || full)
@@ -312,7 +356,7 @@ fn step<B: Backend>(
                     status: 500,
                     message: e.to_string(),
                 });
-                finished[*i] = true;
+                finished[i] = true;
                 continue;
             }
         };
@@ -342,7 +386,7 @@ fn step<B: Backend>(
                     prompt_tokens: seq.request.prompt.len(),
                     completion_tokens: seq.generator.generated().len(),
                 });
-                finished[*i] = true;
+                finished[i] = true;
             }
             None => seq.next = produced.token,
         }
@@ -354,30 +398,32 @@ fn step<B: Backend>(
     });
 }
 
-/// Runs `chunks` (sequence index, tokens) in one forward pass: their last tokens' logits,
-/// `[chunks, vocab]` flattened; an error or a panic as a message.
-fn run_chunks<B: Backend>(
+/// Runs one forward pass: `prepare` sets the cache's rows for the step and returns the
+/// tokens and their shape (`[rows, 1]`: one per row; `[1, len]`: one row's chunk); the
+/// logits of each row's last token,
+/// `[rows, vocab]` flattened. An error or a panic comes back as a message; `members` (the
+/// sequences in the step) are shown to the test's fault hook first.
+fn run_step<B: Backend>(
     engine: &Engine<B>,
-    active: &mut [Seq<B>],
-    chunks: &[(usize, Vec<u32>)],
+    cache: &mut KvCache<B>,
+    active: &[Seq],
+    members: &[usize],
     options: &SchedulerOptions,
+    prepare: impl FnOnce(&mut KvCache<B>) -> (Vec<u32>, [usize; 2]),
 ) -> Result<Vec<f32>, String> {
     let run = AssertUnwindSafe(|| -> Result<Vec<f32>, String> {
         if let Some(fault) = &options.fault {
-            for (i, _) in chunks {
-                fault(&active[*i].request.prompt);
+            for &i in members {
+                fault(&active[i].request.prompt);
             }
         }
-        let ids: Vec<&[u32]> = chunks.iter().map(|(_, c)| c.as_slice()).collect();
-        let mut caches: Vec<&mut KvCache<B>> = active
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| chunks.iter().any(|(c, _)| c == i))
-            .map(|(_, s)| &mut s.cache)
-            .collect();
+        let (tokens, shape) = prepare(cache);
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let device = cache.device();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, shape), &device);
         let logits = engine
             .model()
-            .forward_many(&ids, &mut caches, engine.attention())
+            .forward(input, cache, engine.attention(), Logits::Last)
             .map_err(|e| e.to_string())?;
         Ok(logits.into_data().iter::<f32>().collect())
     });

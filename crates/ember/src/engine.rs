@@ -169,6 +169,16 @@ impl<B: Backend> Engine<B> {
         self.new_cache().with_block(block)
     }
 
+    /// A KV cache of `slots` rows, each the cache of a separate sequence at its own length
+    /// (a server's batch: [`KvCache::next_row`], [`KvCache::next_rows`]), growing in blocks
+    /// of `block` positions (0: the whole context at the first step).
+    pub fn new_slot_cache(&self, slots: usize, block: usize) -> KvCache<B> {
+        self.model
+            .new_cache(slots.max(1), self.context, &self.device)
+            .with_decode_window(self.decode_window)
+            .with_block(block)
+    }
+
     /// The attention implementation forward passes run.
     pub fn attention(&self) -> AttentionImpl {
         self.attention
@@ -1067,6 +1077,8 @@ impl<B: Backend> Replay<B> {
         pos: usize,
     ) -> Result<Vec<f32>> {
         let window = cache.decode_window(pos + 1);
+        // The memory the step writes, allocated before its addresses are taken.
+        cache.reserve(window);
         let graphs = self.graphs.as_ref();
         let _scope = self.stream.enter()?;
         graphs.write_ints(&self.step, &[i64::from(id), pos as i64])?;

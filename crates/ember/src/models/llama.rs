@@ -10,7 +10,6 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
@@ -310,9 +309,6 @@ pub struct Llama<B: Backend> {
     fused: Option<Fused<B>>,
 }
 
-/// One sequence's step in a batched forward pass: its positions, rotary tables and mask.
-type SequenceStep<B> = (Step<B>, RopeTables<B>, Option<Tensor<B, 4>>);
-
 impl<B: Backend> Llama<B> {
     /// `residual + x.matmul(w)`, one op where the backend can.
     fn linear_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Tensor<B, 3> {
@@ -394,41 +390,6 @@ impl<B: Backend> Llama<B> {
         let qkv = self.qkv(layer, x.clone());
         let out = self.attend(layer, index, qkv, cache, step, rope, bias, attention)?;
         Ok(self.after_attention(layer, x, out))
-    }
-
-    /// [`Llama::layer`] over several sequences' tokens side by side in `x: [1, total,
-    /// hidden]` (sequence `i` the `lens[i]` tokens after those before it): the projections
-    /// and the MLP run once over all of them, the attention per sequence with its own
-    /// cache, positions and mask.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_many(
-        &self,
-        layer: &DecoderLayer<B>,
-        index: usize,
-        x: Tensor<B, 3>,
-        caches: &mut [&mut KvCache<B>],
-        steps: &[SequenceStep<B>],
-        lens: &[usize],
-        attention: AttentionImpl,
-    ) -> Result<Tensor<B, 3>> {
-        let qkv = self.qkv(layer, x.clone());
-        let mut outs = Vec::with_capacity(lens.len());
-        let mut offset = 0;
-        for ((cache, (step, rope, bias)), &len) in caches.iter_mut().zip(steps).zip(lens) {
-            let part = qkv.clone().narrow(1, offset, len);
-            outs.push(self.attend(
-                layer,
-                index,
-                part,
-                cache,
-                step,
-                rope,
-                bias.as_ref(),
-                attention,
-            )?);
-            offset += len;
-        }
-        Ok(self.after_attention(layer, x, Tensor::cat(outs, 1)))
     }
 
     /// The attention of one layer for `qkv: [batch, seq, (heads + 2 kv) * head_dim]` at
@@ -614,55 +575,6 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
         };
         let x = self.norm(x, &self.norm);
         Ok(self.lm_head.forward(x))
-    }
-
-    fn forward_many(
-        &self,
-        chunks: &[&[u32]],
-        caches: &mut [&mut KvCache<B>],
-        attention: AttentionImpl,
-    ) -> Result<Tensor<B, 2>> {
-        super::check_many(chunks, caches.len())?;
-        let device = self.norm.device();
-        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        let total: usize = lens.iter().sum();
-        let ids: Vec<u32> = chunks.concat();
-        let mut steps = Vec::with_capacity(chunks.len());
-        for (cache, &len) in caches.iter_mut().zip(&lens) {
-            steps.push(cache.begin(len)?);
-        }
-        // Every sequence's tokens side by side: [1, total, hidden].
-        let mut x = self
-            .embed_tokens
-            .lookup(super::token_tensor::<B>(&ids, &device).reshape([total]))
-            .reshape([1, total, self.config.hidden_size]);
-        let dtype = x.dtype();
-        let steps: Vec<_> = steps
-            .into_iter()
-            .map(|step| {
-                let bias = (!step.is_square_causal(None)).then(|| step.bias(None, dtype, &device));
-                let rope = step.rope(&self.rope);
-                (step, rope, bias)
-            })
-            .collect();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_many(layer, i, x, caches, &steps, &lens, attention)?;
-        }
-        for (cache, (step, _, _)) in caches.iter_mut().zip(&steps) {
-            cache.finish(step);
-        }
-        // Each sequence's last token: [1, sequences, hidden].
-        let last: Vec<i64> = lens
-            .iter()
-            .scan(0i64, |end, &len| {
-                *end += len as i64;
-                Some(*end - 1)
-            })
-            .collect();
-        let n = last.len();
-        let last = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [n]), &device);
-        let x = self.norm(x.select(1, last), &self.norm);
-        Ok(self.lm_head.forward(x).reshape([n, self.config.vocab_size]))
     }
 }
 

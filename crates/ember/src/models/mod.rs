@@ -72,40 +72,6 @@ pub trait DecoderModel<B: Backend>: Send + Sync + std::fmt::Debug {
         attention: AttentionImpl,
         logits: Logits,
     ) -> Result<Tensor<B, 3>>;
-
-    /// Runs several sequences in one step, each with its own cache: sequence `i`'s
-    /// `chunks[i]` (at least one token) after what `caches[i]` holds (its positions, masks
-    /// and rotary angles its own), writing their keys and values there. Returns the logits
-    /// of each chunk's last token, `[chunks, vocab]`. A family that runs its weights'
-    /// products once over all the sequences' tokens overrides it (Llama); this default runs
-    /// the sequences one after the other.
-    fn forward_many(
-        &self,
-        chunks: &[&[u32]],
-        caches: &mut [&mut KvCache<B>],
-        attention: AttentionImpl,
-    ) -> Result<Tensor<B, 2>> {
-        check_many(chunks, caches.len())?;
-        let mut out = Vec::with_capacity(chunks.len());
-        for (ids, cache) in chunks.iter().zip(caches.iter_mut()) {
-            let tokens = token_tensor(ids, &cache.device());
-            let logits = self.forward(tokens, cache, attention, Logits::Last)?;
-            out.push(logits.reshape([1, self.vocab_size()]));
-        }
-        Ok(Tensor::cat(out, 0))
-    }
-}
-
-/// Checks the arguments of [`DecoderModel::forward_many`]: as many chunks as caches, none
-/// empty.
-pub fn check_many(chunks: &[&[u32]], caches: usize) -> Result<()> {
-    if chunks.len() != caches || chunks.is_empty() || chunks.iter().any(|c| c.is_empty()) {
-        return Err(Error::Backend(format!(
-            "forward_many takes one non-empty chunk per cache ({} chunks, {caches} caches)",
-            chunks.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Token ids as a `[1, len]` tensor.

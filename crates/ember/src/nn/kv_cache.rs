@@ -39,6 +39,16 @@ pub struct KvCache<B: Backend> {
     /// The backend's fused ops, for writing positions in place
     /// ([`crate::nn::FusedOps::write_positions`]).
     fused: Option<crate::nn::Fused<B>>,
+    /// The next step's rows, in a cache whose batch rows are slots of separate sequences
+    /// ([`KvCache::next_row`], [`KvCache::next_rows`]).
+    rows_step: Option<RowsStep>,
+}
+
+/// A step on a slotted cache, set before [`KvCache::begin`].
+#[derive(Clone, Debug)]
+enum RowsStep {
+    Row { row: usize, start: usize },
+    Rows { positions: Vec<usize> },
 }
 
 #[derive(Clone)]
@@ -70,6 +80,10 @@ enum Positions<B: Backend> {
         pos: Tensor<B, 1, Int>,
         graphs: Option<Arc<dyn DeviceGraphs<B>>>,
     },
+    /// Row `row` of a slotted cache, positions `start..start + seq`.
+    Row { row: usize, start: usize },
+    /// Rows `0..n` of a slotted cache, one token each, row `i` at `positions[i]`.
+    Rows { positions: Vec<usize> },
 }
 
 /// One forward step as the cache hands it out ([`KvCache::begin`]): which positions its
@@ -96,26 +110,47 @@ impl<B: Backend> Step<B> {
     /// The rotary tables of this step's positions, `[1, 1, seq, head_dim]`.
     pub fn rope(&self, rope: &Rope<B>) -> RopeTables<B> {
         match &self.positions {
-            Positions::Host { start } => rope.tables(*start, self.seq),
+            Positions::Host { start } | Positions::Row { start, .. } => {
+                rope.tables(*start, self.seq)
+            }
             Positions::Device { pos, .. } => rope.tables_at(pos.clone()),
+            Positions::Rows { positions } => rope.tables_rows(positions),
         }
     }
 
     /// Whether this step is a whole prompt from position 0 that no sliding window cuts: its
     /// causal mask is the square one attention ops can apply themselves (`is_causal`).
     pub fn is_square_causal(&self, sliding: Option<usize>) -> bool {
-        matches!(self.positions, Positions::Host { start: 0 })
-            && self.visible == self.seq
+        matches!(
+            self.positions,
+            Positions::Host { start: 0 } | Positions::Row { start: 0, .. }
+        ) && self.visible == self.seq
             && sliding.is_none_or(|w| w >= self.seq)
     }
 
-    /// The additive bias `[1, 1, seq, visible]` of this step: 0 where a query sees a key,
+    /// The additive bias `[1, 1, seq, visible]` (`[rows, 1, 1, visible]` for a step of
+    /// several slots' rows) of this step: 0 where a query sees a key,
     /// `-inf` for keys after it (and the padding past the last position), and with
     /// `sliding = Some(w)` for keys `w` or more positions behind it.
     pub fn bias(&self, sliding: Option<usize>, dtype: DType, device: &B::Device) -> Tensor<B, 4> {
         match &self.positions {
-            Positions::Host { start } => {
+            Positions::Host { start } | Positions::Row { start, .. } => {
                 position_bias::<B>(*start, self.seq, self.visible, sliding, dtype, device)
+            }
+            Positions::Rows { positions } => {
+                // Built on the host: one row of 0 / -inf per sequence.
+                let visible = self.visible;
+                let mut bias = vec![0f32; positions.len() * visible];
+                for (row, &p) in bias.chunks_exact_mut(visible).zip(positions) {
+                    for (k, b) in row.iter_mut().enumerate() {
+                        let hidden = k > p || sliding.is_some_and(|w| p - k.min(p) >= w);
+                        if hidden {
+                            *b = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let data = burn::tensor::TensorData::new(bias, [positions.len(), 1, 1, visible]);
+                Tensor::from_data(data, (device, dtype))
             }
             Positions::Device { pos, .. } => {
                 // Key index minus the query's position, from device values only.
@@ -149,6 +184,7 @@ impl<B: Backend> KvCache<B> {
             device: device.clone(),
             dtype,
             block: 0,
+            rows_step: None,
             len: 0,
             capacity,
             window: DECODE_WINDOW,
@@ -185,13 +221,34 @@ impl<B: Backend> KvCache<B> {
         self
     }
 
+    /// Sequences the cache holds side by side (its batch rows).
+    pub fn slots(&self) -> usize {
+        self.shape.1[0]
+    }
+
+    /// Makes the next step ([`KvCache::begin`]) run its tokens in row `row` only, at
+    /// positions `start..start + seq`: a cache whose rows are slots of separate sequences
+    /// (a server's batch), each at its own length, which the caller keeps ([`KvCache::len`]
+    /// does not count these steps).
+    pub fn next_row(&mut self, row: usize, start: usize) {
+        self.rows_step = Some(RowsStep::Row { row, start });
+    }
+
+    /// Makes the next step one token for each of rows `0..positions.len()`, row `i`'s at
+    /// `positions[i]`, each attending to its own positions only (a decode step of a
+    /// server's batch; see [`KvCache::next_row`]).
+    pub fn next_rows(&mut self, positions: Vec<usize>) {
+        self.rows_step = Some(RowsStep::Rows { positions });
+    }
+
     /// Positions the memory holds now (0 before the first step).
     pub fn allocated(&self) -> usize {
         self.layers.first().map_or(0, |(k, _)| k.dims()[2])
     }
 
-    /// Makes the memory hold at least `positions` positions (at most the capacity).
-    fn reserve(&mut self, positions: usize) {
+    /// Makes the memory hold at least `positions` positions (at most the capacity; with
+    /// no block, the whole capacity), as a step that needs them does.
+    pub fn reserve(&mut self, positions: usize) {
         let have = self.allocated();
         if have >= positions {
             return;
@@ -266,6 +323,9 @@ impl<B: Backend> KvCache<B> {
     /// they do not fit). A single host token attends to the cache rounded up to the decode
     /// window ([`decode_window`]); a longer step to exactly its last position.
     pub fn begin(&mut self, seq: usize) -> Result<Step<B>> {
+        if let Some(rows) = self.rows_step.take() {
+            return self.begin_rows(rows, seq);
+        }
         if let Some(DeviceStep {
             pos,
             window,
@@ -300,6 +360,53 @@ impl<B: Backend> KvCache<B> {
         self.reserve(visible);
         Ok(Step {
             positions: Positions::Host { start: self.len },
+            seq,
+            visible,
+        })
+    }
+
+    fn begin_rows(&mut self, rows: RowsStep, seq: usize) -> Result<Step<B>> {
+        let slots = self.slots();
+        let overflow = |end: usize| Error::ContextOverflow {
+            prompt: end,
+            context: self.capacity,
+            max_new_tokens: 0,
+        };
+        let (positions, visible) = match rows {
+            RowsStep::Row { row, start } => {
+                if row >= slots {
+                    return Err(Error::Backend(format!(
+                        "row {row} of a cache of {slots} slots"
+                    )));
+                }
+                if start + seq > self.capacity {
+                    return Err(overflow(start + seq));
+                }
+                let visible = if seq == 1 {
+                    self.decode_window(start + 1)
+                } else {
+                    start + seq
+                };
+                (Positions::Row { row, start }, visible)
+            }
+            RowsStep::Rows { positions } => {
+                if seq != 1 || positions.is_empty() || positions.len() > slots {
+                    return Err(Error::Backend(format!(
+                        "a step of {} rows of one token each in a cache of {slots} slots runs \
+                         {seq} tokens per row",
+                        positions.len()
+                    )));
+                }
+                let end = positions.iter().max().map_or(0, |p| p + 1);
+                if end > self.capacity {
+                    return Err(overflow(end));
+                }
+                (Positions::Rows { positions }, self.decode_window(end))
+            }
+        };
+        self.reserve(visible);
+        Ok(Step {
+            positions,
             seq,
             visible,
         })
@@ -343,6 +450,22 @@ impl<B: Backend> KvCache<B> {
                 g.index_copy(&slot.0, 2, pos, &k)?;
                 g.index_copy(&slot.1, 2, pos, &v)?;
             }
+            Positions::Row { row, start } => {
+                let rows = [(*row, *start)];
+                let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
+                *slot = (
+                    write_rows(&self.fused, kc, &rows, k),
+                    write_rows(&self.fused, vc, &rows, v),
+                );
+            }
+            Positions::Rows { positions } => {
+                let rows: Vec<(usize, usize)> = positions.iter().copied().enumerate().collect();
+                let (kc, vc) = std::mem::replace(slot, (k.clone(), v.clone()));
+                *slot = (
+                    write_rows(&self.fused, kc, &rows, k),
+                    write_rows(&self.fused, vc, &rows, v),
+                );
+            }
             Positions::Device { pos, graphs: None } => {
                 let [_, _, capacity, _] = slot.0.dims();
                 let shape = [batch, heads, capacity, dim];
@@ -357,7 +480,11 @@ impl<B: Backend> KvCache<B> {
                 );
             }
         }
-        let upto = [0..batch, 0..heads, 0..step.visible, 0..dim];
+        let batch_rows = match &step.positions {
+            Positions::Row { row, .. } => *row..row + 1,
+            _ => 0..batch,
+        };
+        let upto = [batch_rows, 0..heads, 0..step.visible, 0..dim];
         Ok((
             slot.0.clone().slice(upto.clone()),
             slot.1.clone().slice(upto),
@@ -391,6 +518,29 @@ impl<B: Backend> KvCache<B> {
     pub fn advance(&mut self, seq: usize) {
         self.len += seq;
     }
+}
+
+/// Writes `src: [rows, heads, seq, dim]` into `dst`'s rows at their positions (`rows[i]` =
+/// (row, start) of `src[i]`): in place with the backend's fused op where it has one, else
+/// with `slice_assign`, row by row.
+fn write_rows<B: Backend>(
+    fused: &Option<crate::nn::Fused<B>>,
+    dst: Tensor<B, 4>,
+    rows: &[(usize, usize)],
+    src: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let dst = match fused {
+        Some(f) => f.ops().write_rows(dst, rows, &src),
+        None => Err(dst),
+    };
+    dst.unwrap_or_else(|mut dst| {
+        let [_, heads, seq, dim] = src.dims();
+        for (i, &(row, start)) in rows.iter().enumerate() {
+            let range = [row..row + 1, 0..heads, start..start + seq, 0..dim];
+            dst = dst.slice_assign(range, src.clone().narrow(0, i, 1));
+        }
+        dst
+    })
 }
 
 /// Default granularity of the cached length a decode step attends to (`[model]

@@ -88,6 +88,20 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         let _ = (start, src);
         Err(dst)
     }
+
+    /// `dst[row_i, .., start_i..start_i + seq, ..] = src[i]` for each `(row_i, start_i)` of
+    /// `rows` (one per row of `src: [rows, heads, seq, dim]`), in place: a slotted KV
+    /// cache's rows written at each sequence's own position. `Err(dst)` where the backend
+    /// cannot; the caller then writes row by row with `slice_assign`.
+    fn write_rows(
+        &self,
+        dst: Tensor<B, 4>,
+        rows: &[(usize, usize)],
+        src: &Tensor<B, 4>,
+    ) -> std::result::Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let _ = (rows, src);
+        Err(dst)
+    }
 }
 
 /// A backend's fused ops as a model holds them.

@@ -120,6 +120,23 @@ impl<B: Backend> Rope<B> {
         }
     }
 
+    /// cos and sin `[rows, 1, 1, head_dim]`, row `i` at `positions[i]` (one token of each
+    /// of several sequences, each at its own position).
+    pub fn tables_rows(&self, positions: &[usize]) -> RopeTables<B> {
+        let n = positions.len();
+        let ids: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &self.cos.device());
+        let [_, dim] = self.cos.dims();
+        RopeTables {
+            cos: self
+                .cos
+                .clone()
+                .select(0, ids.clone())
+                .reshape([n, 1, 1, dim]),
+            sin: self.sin.clone().select(0, ids).reshape([n, 1, 1, dim]),
+        }
+    }
+
     /// Positions the tables cover.
     pub fn context(&self) -> usize {
         self.cos.dims()[0]
