@@ -324,7 +324,10 @@ fn run_measured(cmd: &mut Command) -> std::io::Result<Measured> {
 }
 
 /// Waits for `child` and reads its resource usage (`wait4`): its own peak RSS, not the
-/// largest of every child so far as `getrusage(RUSAGE_CHILDREN)` gives.
+/// largest of every child so far as `getrusage(RUSAGE_CHILDREN)` gives. On Linux that peak
+/// also counts the spawning process's peak at the time (`exec` records the old address
+/// space's high-water mark, and a spawned child starts in its parent's): the bench's parent
+/// holds no model, tens of MiB, and Ember's own runs, spawned by it too, count it alike.
 #[cfg(unix)]
 fn wait_measured(
     child: &mut std::process::Child,
@@ -371,24 +374,25 @@ mod tests {
 
     #[test]
     fn a_baseline_child_reports_its_own_peak_memory() {
-        // A child that touches ~64 MiB: its peak is at least that, and a later small child
-        // reports its own (small) peak, not the largest so far.
+        // A child that touches 512 MiB: its peak is at least that; a later small child
+        // reports its own peak, not the largest so far (`RUSAGE_CHILDREN` would give the
+        // first child's). On Linux a child's peak also counts this process's at the time it
+        // was spawned (see `wait_measured`), a few hundred MiB at most in this test binary.
         let big = run_measured(Command::new("python3").args([
             "-c",
-            "b = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ok')",
+            "b = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ok')",
         ]))
         .unwrap();
-        assert!(
-            big.status.success(),
-            "{}",
-            String::from_utf8_lossy(&big.stderr)
-        );
+        assert!(big.status.success(), "{}", String::from_utf8_lossy(&big.stderr));
         assert_eq!(String::from_utf8_lossy(&big.stdout).trim(), "ok");
         let small = run_measured(Command::new("true").arg("x")).unwrap();
         if cfg!(unix) {
             let (big, small) = (big.peak_rss.unwrap(), small.peak_rss.unwrap());
-            assert!(big >= 64 << 20, "python's peak {big}");
-            assert!(small < 32 << 20, "true's peak {small}: not its own");
+            assert!(big >= 512 << 20, "python's peak {big}");
+            assert!(
+                small + (128 << 20) < big,
+                "true's peak {small} against python's {big}: not its own"
+            );
         }
     }
 
