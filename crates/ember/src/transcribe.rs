@@ -413,6 +413,74 @@ impl<B: Backend> Transcriber<B> {
             .cast(burn::tensor::FloatDType::F32)
     }
 
+    /// Teacher-forced greedy decoding of the first window of `mel`: after `prompt` and each
+    /// prefix of `tokens`, the token greedy decoding (with its rules) picks, from one
+    /// decoder pass over the whole sequence. When every pick is the next of `tokens` and the
+    /// last is end-of-text, free-running greedy decoding gives exactly `tokens`: a check of
+    /// a reference transcript that costs one decoder pass instead of one per token.
+    pub fn greedy_choices(
+        &self,
+        mel: &Spectrogram,
+        prompt: &[u32],
+        tokens: &[u32],
+        options: &TranscribeOptions,
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::Backend("greedy_choices needs a prompt".into()));
+        }
+        let frames = WINDOW_FRAMES.min(mel.frames().saturating_sub(1));
+        let window = mel.window::<B>(0, frames, &self.device, self.dtype);
+        let cross = self.model.cross_attention(&self.model.encode(window));
+        let mut cache = self.model.new_cache(&self.device);
+        let mut sequence = prompt.to_vec();
+        sequence.extend(tokens);
+        let all = self
+            .model
+            .decode(&sequence, &cross, &mut cache, Logits::All)?;
+        let [_, _, vocab] = all.dims();
+        let max_initial = self.specials.timestamp_begin as usize
+            + (options.max_initial_timestamp / TIME_PRECISION).round() as usize;
+        (0..=tokens.len())
+            .map(|i| {
+                let at = prompt.len() - 1 + i;
+                let mut logits = host_row(all.clone().slice([0..1, at..at + 1, 0..vocab]))?;
+                self.apply_rules(
+                    &mut logits,
+                    &tokens[..i],
+                    i,
+                    options.timestamps,
+                    max_initial,
+                );
+                Ok(argmax_first(&logits) as u32)
+            })
+            .collect()
+    }
+
+    /// The prompt of a file's first window: `<|startoftranscript|>` (and, on multilingual
+    /// models, the language and task of `options`, English by default), then
+    /// `<|notimestamps|>` without timestamps.
+    pub fn first_prompt(&self, options: &TranscribeOptions) -> Vec<u32> {
+        let s = &self.specials;
+        let mut prompt = vec![s.sot];
+        if self.model.is_multilingual() && !s.languages.is_empty() {
+            let code = options.language.as_deref().unwrap_or("en");
+            prompt.extend(
+                s.languages
+                    .iter()
+                    .find(|(c, _)| c == code)
+                    .map(|(_, id)| *id),
+            );
+            prompt.extend(match options.task {
+                SpeechTask::Transcribe => s.transcribe,
+                SpeechTask::Translate => s.translate,
+            });
+        }
+        if !options.timestamps {
+            prompt.push(s.no_timestamps);
+        }
+        prompt
+    }
+
     /// Transcribes `audio`; `progress(done, total)` gets the seconds transcribed so far.
     pub fn transcribe(
         &self,
@@ -626,17 +694,7 @@ impl<B: Backend> Transcriber<B> {
         for step in 0..max_new {
             self.apply_rules(&mut logits, &tokens, step, timestamps, max_initial);
             let log_probs = log_softmax(&logits);
-            let (best, _) =
-                logits
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv {
-                            (i, v)
-                        } else {
-                            (bi, bv)
-                        }
-                    });
+            let best = argmax_first(&logits);
             sum_logprob += log_probs[best];
             let token = best as u32;
             if token == s.eot {
@@ -787,6 +845,21 @@ fn host_row<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
         .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| Error::Backend(format!("logits read back: {e:?}")))
+}
+
+/// The index of the largest value, the first of equal ones.
+fn argmax_first(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
 }
 
 fn log_sum_exp(values: &[f64]) -> f64 {

@@ -13,7 +13,6 @@ use std::ops::Range;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::TensorData;
@@ -26,9 +25,9 @@ use crate::format::{Loader, TensorStore};
 use crate::models::Logits;
 use crate::nn::attention::attend_all_with;
 use crate::nn::kv_cache::KvCache;
-use crate::nn::layer_norm;
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::Fused;
+use crate::nn::{gelu_erf as gelu, layer_norm};
 
 /// LayerNorm epsilon of every Whisper checkpoint.
 const EPS: f64 = 1e-5;
