@@ -125,6 +125,46 @@ def cli_run(ember, config, prompt, n, raw):
     return out.stdout.rstrip("\n"), int(m.group(1)), int(m.group(2))
 
 
+def chat_in_a_terminal(ember, config):
+    """Runs `ember chat` on a pseudo-terminal: a long answer, Ctrl-C, another question,
+    /exit. True when the answer was stopped, the next one came and the exit status is 0."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execv(ember, ["ember", "chat", "--config", config, "-n", "200", "--temperature", "0.7",
+                         "--seed", "1"])
+    out = b""
+
+    def wait(done, secs):
+        """Reads the terminal until `done(out)` or `secs` pass."""
+        nonlocal out
+        end = time.time() + secs
+        while time.time() < end and not done(out):
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    return
+
+    wait(lambda o: b"> " in o, 120)
+    os.write(fd, b"Write a very long story about a dragon.\r")
+    start = len(out)
+    wait(lambda o: len(o) > start + 120, 60)
+    os.write(fd, b"\x03")
+    wait(lambda o: b"(stopped)" in o, 60)
+    stopped = b"(stopped)" in out
+    mark = len(out)
+    os.write(fd, b"Say hi\r")
+    # The answer, then the next prompt.
+    wait(lambda o: o.rfind(b"> ") > mark + 10, 120)
+    answered = out.rfind(b"> ") > mark + 10
+    os.write(fd, b"/exit\r")
+    _, status = os.waitpid(pid, 0)
+    return stopped and answered and status == 0
+
+
 def sse_events(resp):
     """The `data:` payloads of a server-sent event stream."""
     for line in resp:
@@ -189,6 +229,9 @@ def run_checks(server, client, ember, args):
         cwd=ROOT, input=f"{question}\n/reset\n{question}\n", capture_output=True, text=True,
         check=True)
     check(out.stdout == f"{text}\n{text}\n", f"ember chat answers each turn ({out.stdout!r})")
+
+    # `ember chat` in a terminal: Ctrl-C stops the answer, not the program.
+    check(chat_in_a_terminal(ember, args.decoder), "ember chat: Ctrl-C stops the answer, /exit leaves")
 
     # The chat page.
     status, page = server.request("GET", "/")
