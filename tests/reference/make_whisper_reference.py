@@ -5,6 +5,7 @@ CTranslate2 tiny.en weights and the JFK clip that scripts/fetch-models.sh fetche
     python3 -m venv .venv
     .venv/bin/pip install faster-whisper==1.2.1 torch==2.9.0 transformers==4.57.6
     .venv/bin/python tests/reference/make_whisper_reference.py [--skip-transformers]
+    .venv/bin/python tests/reference/make_whisper_reference.py --tiny-hf
 
 Judges (references nobody here wrote):
   faster-whisper 1.2.1 (CTranslate2 4.8.5, CPU, compute_type float32) on the same model.bin:
@@ -348,5 +349,58 @@ def main():
             print(k, v)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "--tiny-hf" not in sys.argv:
     main()
+
+
+def tiny_hf_reference():
+    """A tiny random-init transformers Whisper (2 + 2 layers, d_model 8, the real vocabulary)
+    saved as a Hugging Face directory in f16 (fixtures/whisper/tiny-hf/: config.json,
+    generation_config.json, model.safetensors; tokenizer.json is the CTranslate2 package's,
+    copied by the test), and its f32 outputs on the JFK clip's first window (faster-whisper's
+    log-mel): the whole encoder output and the decoder's logits at a few ids for a fixed
+    token sequence (tiny-hf.json)."""
+    import torch
+    from faster_whisper.audio import decode_audio
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    suppress = json.load(open(os.path.join(MODEL_DIR, "config.json")))
+    config = WhisperConfig(
+        vocab_size=51864, num_mel_bins=80, d_model=8, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+        decoder_ffn_dim=16, max_source_positions=1500, max_target_positions=448,
+        decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
+        bos_token_id=50256, suppress_tokens=suppress["suppress_ids"],
+        begin_suppress_tokens=suppress["suppress_ids_begin"])
+    model = WhisperForConditionalGeneration(config).eval()
+    # Round the weights to f16 first, so that the f32 outputs are those of the stored weights.
+    model = model.half().float()
+    out = os.path.join(OUT, "tiny-hf")
+    os.makedirs(out, exist_ok=True)
+    model.half().save_pretrained(out, safe_serialization=True)
+    model = model.float()
+    audio = decode_audio(JFK, sampling_rate=16000)
+    mel = FeatureExtractor()(audio)[:, :-1]
+    window = np.zeros((80, 3000), dtype=np.float32)
+    window[:, :mel.shape[1]] = mel[:, :3000]
+    tokens = [50257, 50363, 843, 523, 616, 5891, 3399]
+    ids = list(range(0, 16)) + list(range(50250, 50270)) + [51863]
+    with torch.no_grad():
+        encoded = model.model.encoder(torch.tensor(window[None])).last_hidden_state
+        logits = model(encoder_outputs=(encoded,), decoder_input_ids=torch.tensor([tokens])).logits[0]
+    result = {
+        "transformers": __import__("transformers").__version__,
+        "tokens": tokens,
+        "ids": ids,
+        "encoder": encoded[0].numpy().reshape(-1).tolist(),
+        "logits": logits[:, ids].numpy().tolist(),
+    }
+    with open(os.path.join(OUT, "tiny-hf.json"), "w") as f:
+        json.dump(result, f)
+        f.write("\n")
+
+
+if __name__ == "__main__" and "--tiny-hf" in sys.argv:
+    tiny_hf_reference()

