@@ -383,7 +383,11 @@ mod tests {
             "b = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ok')",
         ]))
         .unwrap();
-        assert!(big.status.success(), "{}", String::from_utf8_lossy(&big.stderr));
+        assert!(
+            big.status.success(),
+            "{}",
+            String::from_utf8_lossy(&big.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&big.stdout).trim(), "ok");
         let small = run_measured(Command::new("true").arg("x")).unwrap();
         if cfg!(unix) {
