@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
@@ -28,7 +27,7 @@ pub struct BertConfig {
     pub num_attention_heads: usize,
     /// Width of the feed-forward block.
     pub intermediate_size: usize,
-    /// Activation; `gelu` (erf) is supported.
+    /// Activation: `gelu` and `gelu_python` (exact erf), `gelu_new` (tanh approximation).
     #[serde(default = "default_act")]
     pub hidden_act: String,
     /// Positions the model has embeddings for.
@@ -311,7 +310,13 @@ impl<B: Backend> Bert<B> {
             let ctx = ctx.swap_dims(1, 2).reshape([batch, seq, h]);
             let attn = layer.attn_out.forward(ctx).add(x);
             let attn = layer_norm(attn, &layer.attn_norm.weight, &layer.attn_norm.bias, eps);
-            let ff = gelu(layer.intermediate.forward(attn.clone()));
+            let ff = layer.intermediate.forward(attn.clone());
+            // `gelu` is the exact erf form (burn's `gelu` is tanh's on candle).
+            let ff = if self.config.hidden_act == "gelu_new" {
+                crate::nn::gelu_tanh(ff)
+            } else {
+                crate::nn::gelu_erf(ff)
+            };
             let out = layer.output.forward(ff).add(attn);
             x = layer_norm(out, &layer.out_norm.weight, &layer.out_norm.bias, eps);
         }

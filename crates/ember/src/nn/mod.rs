@@ -219,6 +219,16 @@ pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         .mul_scalar(0.5)
 }
 
+/// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh` in `transformers`):
+/// `x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) / 2`.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let inner = x
+        .clone()
+        .add(x.clone().powi_scalar(3).mul_scalar(0.044715))
+        .mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    x.mul(inner.tanh().add_scalar(1.0)).mul_scalar(0.5)
+}
+
 /// Softmax over the last dim of `scale * scores + bias`, computed in f32 and returned in
 /// `scores`' dtype. `bias` is additive (0 where visible, `-inf` where hidden) and broadcasts.
 ///
