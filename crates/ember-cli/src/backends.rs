@@ -206,3 +206,13 @@ pub fn dispatch<J: BackendJob>(spec: &BackendConfig, job: J) -> ember::Result<J:
         _ => Err(not_compiled(spec.name.as_str())),
     }
 }
+
+/// The first log line of every command that loads a model: backend, device, dtype.
+pub fn log_runtime(runtime: &ember::RuntimeInfo) {
+    tracing::info!(
+        "backend {} | device {} | dtype {}",
+        runtime.backend,
+        runtime.device,
+        runtime.dtype
+    );
+}

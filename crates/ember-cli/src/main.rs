@@ -663,7 +663,7 @@ impl BackendJob for EmbedJob<'_> {
         runtime: RuntimeInfo,
         _capabilities: ember::Capabilities<B>,
     ) -> Result<()> {
-        log_runtime(&runtime);
+        ember_cli::backends::log_runtime(&runtime);
         let start = std::time::Instant::now();
         let embedder = ember::Embedder::<B>::load(self.config, &device, runtime)
             .context("cannot load the model")?;
@@ -748,7 +748,7 @@ impl BackendJob for ChatJob<'_> {
     ) -> Result<()> {
         use std::io::{BufRead, IsTerminal};
         use std::sync::{Arc, Mutex};
-        log_runtime(&runtime);
+        ember_cli::backends::log_runtime(&runtime);
         let engine = Engine::<B>::load(self.config, &device, runtime, &capabilities)
             .context("cannot load the model")?;
         let interactive = std::io::stdin().is_terminal();
@@ -893,7 +893,7 @@ impl BackendJob for RunJob<'_> {
         runtime: RuntimeInfo,
         capabilities: ember::Capabilities<B>,
     ) -> Result<()> {
-        log_runtime(&runtime);
+        ember_cli::backends::log_runtime(&runtime);
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
                 .expect("static template")
@@ -974,14 +974,4 @@ impl BackendJob for RunJob<'_> {
         }
         Ok(())
     }
-}
-
-/// The first log line of every command that loads a model.
-fn log_runtime(runtime: &RuntimeInfo) {
-    tracing::info!(
-        "backend {} | device {} | dtype {}",
-        runtime.backend,
-        runtime.device,
-        runtime.dtype
-    );
 }

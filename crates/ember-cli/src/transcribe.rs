@@ -125,12 +125,7 @@ impl BackendJob for TranscribeJob<'_> {
         runtime: RuntimeInfo,
         capabilities: ember::Capabilities<B>,
     ) -> Result<()> {
-        tracing::info!(
-            "backend {} | device {} | dtype {}",
-            runtime.backend,
-            runtime.device,
-            runtime.dtype
-        );
+        crate::backends::log_runtime(&runtime);
         let transcriber = Transcriber::<B>::load(self.config, &device, runtime, &capabilities)
             .context("cannot load the model")?;
         tracing::info!(

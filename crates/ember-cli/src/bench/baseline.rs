@@ -343,15 +343,7 @@ fn wait_measured(
             (libc::wait4(pid, &mut status, 0, &mut usage), usage)
         };
         if done == pid {
-            let max = u64::try_from(usage.ru_maxrss).ok();
-            // Kilobytes on Linux and the BSDs, bytes on macOS.
-            let bytes = max.map(|m| {
-                if cfg!(target_os = "macos") {
-                    m
-                } else {
-                    m * 1024
-                }
-            });
+            let bytes = super::job::maxrss_bytes(&usage);
             return Ok((std::process::ExitStatus::from_raw(status), bytes));
         }
         let error = std::io::Error::last_os_error();

@@ -563,18 +563,23 @@ pub fn peak_rss_bytes() -> Option<u64> {
             let mut usage: libc::rusage = std::mem::zeroed();
             (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage)
         }?;
-        let max = u64::try_from(usage.ru_maxrss).ok()?;
-        // Kilobytes on Linux and the BSDs, bytes on macOS.
-        Some(if cfg!(target_os = "macos") {
-            max
-        } else {
-            max * 1024
-        })
+        maxrss_bytes(&usage)
     }
     #[cfg(not(unix))]
     {
         None
     }
+}
+
+/// `usage.ru_maxrss` in bytes: kilobytes on Linux and the BSDs, bytes on macOS.
+#[cfg(unix)]
+pub fn maxrss_bytes(usage: &libc::rusage) -> Option<u64> {
+    let max = u64::try_from(usage.ru_maxrss).ok()?;
+    Some(if cfg!(target_os = "macos") {
+        max
+    } else {
+        max * 1024
+    })
 }
 
 #[cfg(test)]
