@@ -12,7 +12,7 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 use ember::format::QuantizedRows;
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::FusedOps;
-use ember_kernels::{Groups, Inputs, Isa, QuantMatrix};
+use ember_kernels::{Groups, Inputs, Isa, QuantMatrix, QUAD};
 
 /// Flex's fused ops: quantized weights and in-place cache writes (its norms, attention and
 /// projections are burn's ops).
@@ -45,8 +45,9 @@ impl FusedOps<B> for FlexFused {
         dtype: DType,
     ) -> ember::Result<Option<Native<B>>> {
         let [rows, cols] = tensor.shape();
-        // Parts of about 8 MiB of unpacked integers: packed one by one into the matrix.
-        let per = ((8 << 20) / cols.max(1)).clamp(1, rows.max(1));
+        // Parts of about 8 MiB of unpacked integers, whole quads of rows (the kernels'
+        // interleaving), packed one by one into the matrix.
+        let per = ((8 << 20) / cols.max(1)).max(QUAD) / QUAD * QUAD;
         let mut matrix: Option<QuantMatrix> = None;
         for start in (0..rows).step_by(per) {
             let n = per.min(rows - start);
