@@ -194,6 +194,43 @@ pub unsafe fn dot_f32(layout: Layout, w: *const u8, step: usize, x: &[f32], sums
     sum8(acc) + offsets
 }
 
+/// One block of 32 inputs quantized as [`crate::Activations`] does (the portable path's
+/// `round_to_i8` lane by lane): `q` gets the values, the result is `[d, sum]`.
+///
+/// # Safety
+/// The CPU must support AVX2; `x` and `q` point to 32 values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_block(x: *const f32, q: *mut i8) -> [f32; 2] {
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.add(8 * i)));
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = |v: __m256| _mm256_andnot_ps(sign, v);
+    let max = _mm256_max_ps(
+        _mm256_max_ps(abs(v[0]), abs(v[1])),
+        _mm256_max_ps(abs(v[2]), abs(v[3])),
+    );
+    let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+    let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+    let max = _mm_cvtss_f32(_mm_max_ss(max, _mm_movehdup_ps(max)));
+    let d = max / 127.0;
+    let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let half = _mm256_set1_ps(0.499_999_97);
+    let ints: [__m256i; 4] = std::array::from_fn(|i| {
+        let t = _mm256_mul_ps(v[i], inv);
+        _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_or_ps(half, _mm256_and_ps(t, sign))))
+    });
+    // 32-bit to 8-bit: the packs interleave 128-bit lanes, the permute puts them back.
+    let bytes = _mm256_packs_epi16(
+        _mm256_packs_epi32(ints[0], ints[1]),
+        _mm256_packs_epi32(ints[2], ints[3]),
+    );
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.cast(), bytes);
+    // The sum in the portable path's order (one running sum) would cost a serial chain; the
+    // tree's order differs by f32 rounding only.
+    let sum = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+    [d, sum8(sum)]
+}
+
 /// The two f16 at `p` as f32: `[first, second, 0, 0]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
