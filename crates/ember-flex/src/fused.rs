@@ -43,6 +43,16 @@ type B = crate::Backend;
 const ATTENTION_QUERIES: usize = 16;
 
 impl FusedOps<B> for FlexFused {
+    /// burn's attention, one (batch, head) per part of the kernels' pool (change 22).
+    fn causal_attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        per_head(q, k, v, None, true)
+    }
+
     /// One pass per row, f32 (burn-flex 0.21 broadcasts the weight through a strided
     /// iterator: docs/performance.md, change 20).
     fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>> {
@@ -147,8 +157,10 @@ impl FusedOps<B> for FlexFused {
     ) -> Option<Tensor<B, 4>> {
         let [batch, heads, queries, dim] = q.dims();
         let keys = k.dims()[2];
-        if queries > ATTENTION_QUERIES
-            || k.dims() != [batch, heads, keys, dim]
+        if queries > ATTENTION_QUERIES {
+            return per_head(q, k, v, bias, false);
+        }
+        if k.dims() != [batch, heads, keys, dim]
             || v.dims() != [batch, heads, keys, dim]
             || bias.is_some_and(|b| b.dims() != [batch, heads, queries, keys])
             || [q, k, v].iter().any(|t| t.dtype() != DType::F32)
@@ -329,6 +341,60 @@ impl FusedOps<B> for FlexFused {
             Err(t)
         }
     }
+}
+
+/// burn-flex's attention of each (batch, head) on its own part of the kernels' pool: burn-flex
+/// 0.21 runs the heads of a prefill one after the other on one thread (18 % of a
+/// single-thread SmolLM2 prefill, all of it serial at two threads; change 22). Any dtype:
+/// the op is burn's.
+fn per_head(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 4>>,
+    is_causal: bool,
+) -> Option<Tensor<B, 4>> {
+    let [batch, heads, _, _] = q.dims();
+    if k.dims()[..2] != [batch, heads] || v.dims()[..2] != [batch, heads] {
+        return None;
+    }
+    let one = |t: &Tensor<B, 4>, b: usize, h: usize| {
+        let [tb, th, _, _] = t.dims();
+        // A bias broadcast over the batch or the heads (size 1 there) is shared.
+        t.clone().narrow(0, if tb == 1 { 0 } else { b }, 1).narrow(
+            1,
+            if th == 1 { 0 } else { h },
+            1,
+        )
+    };
+    let options = burn::tensor::ops::AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal,
+    };
+    let outs: Vec<Mutex<Option<Tensor<B, 4>>>> =
+        (0..batch * heads).map(|_| Mutex::new(None)).collect();
+    ember_kernels::Pool::global().run(batch * heads, &|bh| {
+        let (b, h) = (bh / heads, bh % heads);
+        let out = burn::tensor::module::attention(
+            one(q, b, h),
+            one(k, b, h),
+            one(v, b, h),
+            None,
+            bias.map(|bias| one(bias, b, h)),
+            options,
+        );
+        *outs[bh].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+    });
+    let outs: Vec<Tensor<B, 4>> = outs
+        .into_iter()
+        .map(|o| o.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect::<Option<_>>()?;
+    let rows: Vec<Tensor<B, 4>> = outs
+        .chunks(heads)
+        .map(|heads| Tensor::cat(heads.to_vec(), 1))
+        .collect();
+    Some(Tensor::cat(rows, 0))
 }
 
 /// A flex f32 tensor whose values are one contiguous run (any start).

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::gguf_store::{Fixes, GgufStore};
 use crate::format::{Loader, TensorStore};
-use crate::nn::attention::{attend_all_with, causal_attention, repeat_kv};
+use crate::nn::attention::{attend_all_with, causal_attention_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate_with, Llama3Scaling, Rope, RopeTables};
@@ -451,7 +451,13 @@ impl<B: Backend> Llama<B> {
                 let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
                 attend_all_with(q, k, v, Some(&bias), attention, fused)
             }
-            None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention),
+            None => causal_attention_with(
+                q,
+                repeat_kv(k, groups),
+                repeat_kv(v, groups),
+                attention,
+                fused,
+            ),
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         Ok(out.swap_dims(1, 2).reshape([batch, seq, heads * hd]))

@@ -69,6 +69,18 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// Causal attention of a square prefill (`q, k, v: [b, h, seq, d]`, query `i` sees keys
+    /// `0..=i`), or `None` ([`attention::causal_attention`]'s burn op).
+    fn causal_attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        let _ = (q, k, v);
+        None
+    }
+
     /// [`linear_add`] as one op (a matmul that accumulates into the residual), or `None`.
     fn linear_add(
         &self,
