@@ -5,7 +5,9 @@ Starts `ember serve` on loopback with SmolLM2 (a decoder) and all-MiniLM-L6-v2 (
 encoder), then checks, with objects parsed by the `openai` package (nobody here wrote it):
 chat and text completions, whole and streamed, against `ember`'s own CLI run alone (same
 text, usage equal to the CLI's token counts); embeddings against sentence-transformers'
-vectors and token counts (crates/ember-tests/fixtures/minilm.json). Then the faults, with
+vectors and token counts (crates/ember-tests/fixtures/minilm.json); log-probabilities (chat
+whole and streamed, text completions' legacy form: greedy tokens are their likeliest
+alternative, probabilities at most 1, bad counts 400). Then the faults, with
 raw HTTP: wrong key (401), unknown model (404), malformed JSON and wrong types (400), a
 prompt longer than the context (400 naming both lengths), a body past the limit (413), a
 client that disconnects mid-stream (its sequence is dropped), a burst past the queue
@@ -308,8 +310,56 @@ def run_checks(server, client, ember, args):
     check(m.get('ember_requests_total{endpoint="/v1/chat/completions",status="200"}') == 2,
           "metrics count 2 chat requests")
 
+    logprobs(client, lm, question, prompt)
     faults(server, client)
     shutdown_under_load(server)
+
+
+def logprobs(client, lm, question, prompt):
+    """Log-probabilities as the openai client parses them: chat (whole and streamed) and
+    text completions' legacy form, greedy, so each token is its first alternative."""
+    chat = client.chat.completions.create(
+        model=lm, messages=[{"role": "user", "content": question}], max_tokens=8,
+        temperature=0, logprobs=True, top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    check(len(content) == chat.usage.completion_tokens,
+          f"one logprobs entry per generated token ({len(content)})")
+    for e in content:
+        tops = [t.logprob for t in e.top_logprobs]
+        check(len(tops) == 3 and tops == sorted(tops, reverse=True) and all(t <= 0 for t in tops),
+              f"3 alternatives, likeliest first ({tops})")
+        check(e.top_logprobs[0].token == e.token and abs(e.top_logprobs[0].logprob - e.logprob) < 1e-6,
+              f"greedy: the token {e.token!r} is its likeliest alternative")
+        check(bytes(e.bytes) == e.token.encode(), "bytes are the token's UTF-8")
+    check(sum(math.exp(t.logprob) for t in content[0].top_logprobs) <= 1.0 + 1e-5,
+          "probabilities sum to at most 1")
+    stream = client.chat.completions.create(
+        model=lm, messages=[{"role": "user", "content": question}], max_tokens=8,
+        temperature=0, logprobs=True, stream=True)
+    streamed = [e for c in stream if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    check([e.token for e in streamed] == [e.token for e in content]
+          and all(abs(a.logprob - b.logprob) < 1e-5 for a, b in zip(streamed, content)),
+          "streamed logprobs equal the whole answer's")
+    comp = client.completions.create(model=lm, prompt=prompt, max_tokens=6, temperature=0,
+                                     logprobs=2)
+    lp = comp.choices[0].logprobs
+    text = comp.choices[0].text
+    check(len(lp.tokens) == comp.usage.completion_tokens == len(lp.token_logprobs)
+          == len(lp.top_logprobs) == len(lp.text_offset), "legacy logprobs: one entry per token")
+    check(lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+          and all(o <= len(text.encode()) for o in lp.text_offset), "text offsets increase")
+    check(all(len(t) == 2 and max(t.values()) == lp.token_logprobs[i]
+              for i, t in enumerate(lp.top_logprobs)), "legacy: the token is the likeliest of 2")
+    for body, what in [({"logprobs": True, "top_logprobs": 21}, "21 alternatives"),
+                       ({"top_logprobs": 2}, "top_logprobs without logprobs")]:
+        try:
+            client.chat.completions.create(
+                model=lm, messages=[{"role": "user", "content": question}], max_tokens=2,
+                **body)
+            check(False, f"{what} is refused")
+        except openai.BadRequestError as e:
+            check(e.status_code == 400, f"{what} gets 400")
 
 
 def faults(server, client):
@@ -430,13 +480,20 @@ def shutdown_under_load(server):
         r = c.getresponse()
         last = None
         for data in sse_events(r):
+            if last is None:
+                started.release()
             last = data
         results.append(last)
 
+    # SIGTERM once every stream has its first event (a fixed sleep raced a loaded machine:
+    # a request arriving after the signal is refused, not "in flight").
+    started = threading.Semaphore(0)
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    for _ in threads:
+        check(started.acquire(timeout=120), "each stream starts before the SIGTERM")
+    time.sleep(0.5)
     server.proc.send_signal(signal.SIGTERM)
     code = server.proc.wait(timeout=90)
     for t in threads:

@@ -47,6 +47,8 @@ CONFIG FILE (TOML; an unknown key is an error naming it and the file):
   truncate = \"error\"            # prompt longer than the context: error | left (drop the
                                  # oldest tokens; a chat's oldest whole turns, never the
                                  # system prompt or the template)
+  logprobs = 5                  # with each token: its log-probability and the 5 likeliest
+                                 # (0-20; library and server, not printed by `ember run`)
 
   [transcribe]                  # speech models (`ember transcribe`); faster-whisper's defaults
   timestamps = true             # predict segment times (srt and vtt need them)
@@ -101,6 +103,7 @@ mod tests {
             content: "x".into(),
         }];
         config.generation.stop = vec!["x".into()];
+        config.generation.logprobs = Some(1);
         config.transcribe.language = Some("en".into());
         let text = toml::to_string(&config).unwrap();
         let docs = documented();

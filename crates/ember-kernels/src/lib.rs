@@ -97,8 +97,7 @@ impl Isa {
             };
             Self::available()
                 .into_iter()
-                .filter(|&isa| isa <= cap)
-                .next_back()
+                .rfind(|&isa| isa <= cap)
                 .unwrap_or(Isa::Scalar)
         })
     }

@@ -114,6 +114,55 @@ pub struct Sampling {
     pub stream: bool,
     /// `include_usage`.
     pub stream_options: Option<StreamOptions>,
+    /// Chat: `true` for each token's log-probability; text completions: how many
+    /// alternatives (OpenAI's legacy form).
+    pub logprobs: Option<LogprobsParam>,
+    /// Chat: alternatives per token (0-20; needs `logprobs: true`).
+    pub top_logprobs: Option<u64>,
+}
+
+/// `logprobs`: a flag (chat) or a count (text completions).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum LogprobsParam {
+    /// Chat's form.
+    Flag(bool),
+    /// Text completions' form: the alternatives per token.
+    Count(u64),
+}
+
+/// A generated token's log-probabilities with the tokens as text, as the answers carry them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token's text (one token decoded alone: may be part of a character).
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The likeliest tokens' text and log-probabilities, most likely first.
+    pub top: Vec<(String, f32)>,
+}
+
+impl TokenLogprobs {
+    /// Chat's `logprobs.content[i]`.
+    pub fn chat(&self) -> Value {
+        let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+        let mut e = entry(&self.token, self.logprob);
+        e["top_logprobs"] = self.top.iter().map(|(t, p)| entry(t, *p)).collect();
+        e
+    }
+
+    /// Text completions' `logprobs` of `tokens` (text starting at byte `offset` of the
+    /// answer for each).
+    pub fn legacy(tokens: &[TokenLogprobs], offsets: &[usize]) -> Value {
+        json!({
+            "tokens": tokens.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
+            "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "top_logprobs": tokens.iter().map(|t| {
+                t.top.iter().map(|(k, p)| (k.clone(), json!(p))).collect::<serde_json::Map<_, _>>()
+            }).collect::<Vec<_>>(),
+            "text_offset": offsets,
+        })
+    }
 }
 
 /// A chat message's `content`: text, or a list of parts of which the text ones are used.

@@ -249,12 +249,14 @@ fn submit(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
+    let logprobs = logprobs_asked(sampling)?;
     let generation = GenerationConfig {
         max_new_tokens,
         temperature,
         top_p,
         seed,
         stop,
+        logprobs,
         ..GenerationConfig::default()
     };
     let (tx, rx) = unbounded_channel();
@@ -288,6 +290,29 @@ fn submit(
     }
 }
 
+/// The alternatives per token a request asks for (`None`: no log-probabilities), or 400.
+fn logprobs_asked(sampling: &Sampling) -> Result<Option<usize>, ApiError> {
+    let top = match (sampling.logprobs, sampling.top_logprobs) {
+        (None | Some(api::LogprobsParam::Flag(false)), None) => return Ok(None),
+        (None | Some(api::LogprobsParam::Flag(false)), Some(_)) => {
+            return Err(
+                ApiError::bad_request("top_logprobs needs logprobs to be true")
+                    .param("top_logprobs"),
+            )
+        }
+        (Some(api::LogprobsParam::Flag(true)), top) => top.unwrap_or(0),
+        (Some(api::LogprobsParam::Count(n)), _) => n,
+    };
+    let max = ember::config::MAX_TOP_LOGPROBS;
+    if top > max as u64 {
+        return Err(ApiError::bad_request(format!(
+            "at most {max} alternative tokens per position, asked for {top}"
+        ))
+        .param("top_logprobs"));
+    }
+    Ok(Some(top as usize))
+}
+
 /// Chat or text completion: what differs between the two answers' shapes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -311,10 +336,24 @@ struct Answer {
     model: String,
     created: u64,
     include_usage: bool,
+    /// The request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Answer {
     fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+        self.chunk_with(text, role, finish, None)
+    }
+
+    /// A chunk, with a token's log-probabilities (`offset`: where its text starts in the
+    /// answer, for text completions).
+    fn chunk_with(
+        &self,
+        text: Option<&str>,
+        role: bool,
+        finish: Option<&str>,
+        logprobs: Option<(&api::TokenLogprobs, usize)>,
+    ) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -324,11 +363,18 @@ impl Answer {
                 if let Some(t) = text {
                     delta.insert("content".into(), json!(t));
                 }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                let logprobs =
+                    logprobs.map(|(lp, _)| json!({"content": [lp.chat()], "refusal": null}));
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
-            Kind::Text => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish
-            }),
+            Kind::Text => {
+                let logprobs = logprobs.map(|(lp, offset)| {
+                    api::TokenLogprobs::legacy(std::slice::from_ref(lp), &[offset])
+                });
+                json!({
+                    "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish
+                })
+            }
         };
         let mut chunk = json!({
             "id": self.id,
@@ -356,16 +402,30 @@ impl Answer {
         })
     }
 
-    fn whole(&self, text: String, finish: &str, usage: Value) -> Value {
+    /// The whole answer; `logprobs`: each token's with where its text starts, when asked.
+    fn whole(
+        &self,
+        text: String,
+        finish: &str,
+        usage: Value,
+        logprobs: Option<&[(api::TokenLogprobs, usize)]>,
+    ) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": null,
+                "logprobs": logprobs.map(|l| json!({
+                    "content": l.iter().map(|(t, _)| t.chat()).collect::<Vec<_>>(),
+                    "refusal": null,
+                })),
                 "finish_reason": finish,
             }),
             Kind::Text => json!({
-                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text, "finish_reason": finish,
+                "logprobs": logprobs.map(|l| {
+                    let (tokens, offsets): (Vec<_>, Vec<_>) = l.iter().cloned().unzip();
+                    api::TokenLogprobs::legacy(&tokens, &offsets)
+                }),
             }),
         };
         json!({
@@ -388,9 +448,19 @@ async fn respond_whole(
 ) -> Response {
     let endpoint = answer.kind.endpoint();
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Token { text: t, .. } => text.push_str(&t),
+            Event::Token {
+                text: t,
+                logprobs: lp,
+                ..
+            } => {
+                if let Some(lp) = lp {
+                    logprobs.push((lp, text.len()));
+                }
+                text.push_str(&t);
+            }
             Event::Done {
                 finish,
                 prompt_tokens,
@@ -400,7 +470,12 @@ async fn respond_whole(
                 return ok(
                     shared,
                     endpoint,
-                    answer.whole(text, api::finish_reason(finish), usage),
+                    answer.whole(
+                        text,
+                        api::finish_reason(finish),
+                        usage,
+                        answer.logprobs.then_some(logprobs.as_slice()),
+                    ),
                 );
             }
             Event::Error { status, message } => {
@@ -432,6 +507,8 @@ fn respond_stream(shared: &Shared, answer: Answer, mut rx: UnboundedReceiver<Eve
         {
             return;
         }
+        // Bytes of text sent so far (a text completion's `text_offset`).
+        let mut sent = 0;
         loop {
             let event = tokio::select! {
                 e = rx.recv() => e,
@@ -443,10 +520,12 @@ fn respond_stream(shared: &Shared, answer: Answer, mut rx: UnboundedReceiver<Eve
                 return;
             };
             match event {
-                Event::Token { text, .. } => {
-                    if !text.is_empty()
+                Event::Token { text, logprobs, .. } => {
+                    let lp = logprobs.as_ref().map(|lp| (lp, sent));
+                    sent += text.len();
+                    if (!text.is_empty() || lp.is_some())
                         && tx
-                            .send(data(&answer.chunk(Some(&text), false, None)))
+                            .send(data(&answer.chunk_with(Some(&text), false, None, lp)))
                             .is_err()
                     {
                         return;
@@ -497,6 +576,7 @@ fn answer(shared: &Shared, kind: Kind, model: &str, sampling: &Sampling) -> Answ
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
+        logprobs: logprobs_asked(sampling).ok().flatten().is_some(),
     }
 }
 

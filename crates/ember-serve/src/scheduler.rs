@@ -52,6 +52,8 @@ pub enum Event {
         id: Option<u32>,
         /// Its text.
         text: String,
+        /// Its log-probabilities, when the request asked for them.
+        logprobs: Option<crate::api::TokenLogprobs>,
     },
     /// The end: why, and the token counts of `usage`.
     Done {
@@ -373,9 +375,19 @@ fn step<B: Backend>(
             seq.last_token = Some(now);
         }
         if produced.token.is_some() || !produced.text.is_empty() {
+            let logprobs = produced.logprobs.map(|lp| {
+                // A token alone may be part of a character: its text is then lossy.
+                let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+                crate::api::TokenLogprobs {
+                    token: produced.token.map(text).unwrap_or_default(),
+                    logprob: lp.logprob,
+                    top: lp.top.iter().map(|&(id, p)| (text(id), p)).collect(),
+                }
+            });
             let _ = seq.request.events.send(Event::Token {
                 id: produced.token,
                 text: produced.text,
+                logprobs,
             });
         }
         match produced.finish {

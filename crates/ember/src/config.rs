@@ -370,7 +370,15 @@ pub struct GenerationConfig {
     /// (never the system prompt, the template or the last turn), keeping room to generate.
     #[serde(default)]
     pub truncate: Truncate,
+    /// With each generated token, its log-probability under the model's distribution (the
+    /// logits before temperature and filtering) and those of this many likeliest tokens
+    /// (at most [`MAX_TOP_LOGPROBS`]); `None`: none computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives [`GenerationConfig::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// What to do with a prompt longer than the context.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,6 +418,7 @@ impl Default for GenerationConfig {
             seed: default_seed(),
             stop: Vec::new(),
             truncate: Truncate::Error,
+            logprobs: None,
         }
     }
 }

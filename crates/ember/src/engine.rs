@@ -778,12 +778,50 @@ impl<'e, B: Backend> Session<'e, B> {
 }
 
 /// One generated token, as [`Session::stream_tokens`] yields it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenEvent {
     /// The token id; `None` for text released at the end of generation.
     pub id: Option<u32>,
     /// The text this token completed (may be empty, or span several tokens).
     pub text: String,
+    /// Its log-probability and the likeliest alternatives', when
+    /// [`GenerationConfig::logprobs`] asks for them.
+    pub logprobs: Option<Logprobs>,
+}
+
+/// A sampled token's log-probability under the model (log-softmax of the raw logits) and
+/// the `top` likeliest tokens' (most likely first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    /// The sampled token's.
+    pub logprob: f32,
+    /// `(token, log-probability)`, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Logprobs {
+    /// `token`'s log-probability in `logits` and the `top` likeliest tokens'.
+    pub fn of(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum: f64 = logits.iter().map(|&v| f64::from(v - max).exp()).sum();
+        let norm = max + sum.ln() as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &v) in logits.iter().enumerate() {
+                if best.len() < top || v > best[best.len() - 1].1 {
+                    let at = best.partition_point(|&(_, b)| b >= v);
+                    best.insert(at, (i as u32, v));
+                    best.truncate(top);
+                }
+            }
+        }
+        Self {
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |&v| v - norm),
+            top: best.into_iter().map(|(i, v)| (i, v - norm)).collect(),
+        }
+    }
 }
 
 /// The thread of [`Session::into_stream`].
@@ -889,6 +927,7 @@ impl<B: Backend> TokenIter<'_, '_, B> {
         Ok(Some(TokenEvent {
             id: out.token,
             text: out.text,
+            logprobs: out.logprobs,
         }))
     }
 }
@@ -912,7 +951,7 @@ impl<B: Backend> Iterator for TokenIter<'_, '_, B> {
 }
 
 /// What [`Generator::next`] produced from one position's logits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Produced {
     /// The sampled token, unless generation ended before one (end of sequence, cancelled).
     pub token: Option<u32>,
@@ -920,6 +959,8 @@ pub struct Produced {
     pub text: String,
     /// Why generation ended, when it did; then the token (if any) is not to be run.
     pub finish: Option<FinishReason>,
+    /// The token's log-probabilities, when the generation asks for them.
+    pub logprobs: Option<Logprobs>,
 }
 
 /// The per-sequence part of generation, apart from the model: sampling, detokenizing,
@@ -933,6 +974,7 @@ pub struct Generator {
     pending: String,
     max_new_tokens: usize,
     generated: Vec<u32>,
+    logprobs: Option<usize>,
 }
 
 impl Generator {
@@ -945,6 +987,9 @@ impl Generator {
             pending: String::new(),
             max_new_tokens: generation.max_new_tokens,
             generated: Vec::new(),
+            logprobs: generation
+                .logprobs
+                .map(|n| n.min(crate::config::MAX_TOP_LOGPROBS)),
         }
     }
 
@@ -971,10 +1016,27 @@ impl Generator {
                 self.generated.len()
             )
         })?;
+        // The model's distribution, before sampling scales and filters the logits in place.
+        let raw = self.logprobs.map(|_| logits.to_vec());
         let token = self.sampler.sample(logits, context);
+        let logprobs = raw.map(|raw| Logprobs::of(&raw, token, self.logprobs.unwrap_or(0)));
         if tokenizer.eos_ids().contains(&token) {
             return self.end(tokenizer, None, FinishReason::Eos);
         }
+        let produced = self.produce(tokenizer, token, full)?;
+        Ok(Produced {
+            logprobs,
+            ..produced
+        })
+    }
+
+    /// [`Generator::next`] after sampling `token` (not an end of sequence).
+    fn produce(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        token: u32,
+        full: impl FnOnce() -> bool,
+    ) -> Result<Produced> {
         self.generated.push(token);
         let mut text = String::new();
         if let Some(piece) = self.stream.push(tokenizer, token)? {
@@ -989,6 +1051,7 @@ impl Generator {
                     token: Some(token),
                     text,
                     finish: Some(FinishReason::Stop),
+                    logprobs: None,
                 });
             }
         }
@@ -1009,6 +1072,7 @@ impl Generator {
                 token: Some(token),
                 text,
                 finish: None,
+                logprobs: None,
             }),
         }
     }
@@ -1036,6 +1100,7 @@ impl Generator {
                     token,
                     text,
                     finish: Some(FinishReason::Stop),
+                    logprobs: None,
                 });
             }
         }
@@ -1044,6 +1109,7 @@ impl Generator {
             token,
             text,
             finish: Some(finish),
+            logprobs: None,
         })
     }
 }

@@ -43,8 +43,8 @@ pub use config::{
 };
 pub use embed::{cosine, Embedder, Embeddings, Pooling};
 pub use engine::{
-    CancelToken, Engine, FinishReason, GenerationStats, Generator, LoadProgress, Produced,
-    RuntimeInfo, Session, TokenEvent, TokenIter, TokenStreamHandle,
+    CancelToken, Engine, FinishReason, GenerationStats, Generator, LoadProgress, Logprobs,
+    Produced, RuntimeInfo, Session, TokenEvent, TokenIter, TokenStreamHandle,
 };
 pub use error::{Error, Result};
 pub use transcribe::{
