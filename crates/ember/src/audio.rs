@@ -313,62 +313,62 @@ impl StreamResampler {
         })
     }
 
-    fn fail(&self, e: rubato::ResampleError) -> String {
-        format!("cannot resample from {} Hz: {e}", self.rate)
-    }
-
-    /// `out` added to `into`, up to `limit` samples handed out in all.
-    fn emit(&mut self, out: &[f32], limit: u64, into: &mut Vec<f32>) {
-        let n = (out.len() as u64).min(limit.saturating_sub(self.emitted));
-        into.extend(&out[..n as usize]);
-        self.emitted += n;
-    }
-
     fn push(&mut self, samples: &[f32]) -> std::result::Result<Vec<f32>, String> {
         use rubato::Resampler;
         self.consumed += samples.len() as u64;
-        if self.resampler.is_none() {
+        let Some(resampler) = self.resampler.as_mut() else {
             self.emitted += samples.len() as u64;
             return Ok(samples.to_vec());
-        }
+        };
         self.pending.extend_from_slice(samples);
         let mut out = Vec::new();
         let blocks = self.pending.len() / RESAMPLE_CHUNK;
-        for b in 0..blocks {
-            let block = &self.pending[b * RESAMPLE_CHUNK..(b + 1) * RESAMPLE_CHUNK];
-            let resampler = self.resampler.as_mut().expect("checked above");
-            let result = resampler.process(&[block], None);
-            let produced = result.map_err(|e| self.fail(e))?;
-            self.emit(&produced[0], u64::MAX, &mut out);
+        for block in self.pending.chunks_exact(RESAMPLE_CHUNK) {
+            let produced = resampler
+                .process(&[block], None)
+                .map_err(|e| resample_error(self.rate, e))?;
+            out.extend(&produced[0]);
         }
         self.pending.drain(..blocks * RESAMPLE_CHUNK);
+        self.emitted += out.len() as u64;
         Ok(out)
     }
 
     fn finish(&mut self) -> std::result::Result<Vec<f32>, String> {
         use rubato::Resampler;
-        let mut out = Vec::new();
-        if self.resampler.is_none() || self.consumed == 0 {
-            return Ok(out);
+        let Some(resampler) = self.resampler.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if self.consumed == 0 {
+            return Ok(Vec::new());
         }
         let ratio = f64::from(SAMPLE_RATE) / f64::from(self.rate);
         let wanted = (self.consumed as f64 * ratio).ceil() as u64;
-        let rest = std::mem::take(&mut self.pending);
-        let resampler = self.resampler.as_mut().expect("checked above");
-        let last = resampler.process_partial(Some(&[rest.as_slice()]), None);
-        let last = last.map_err(|e| self.fail(e))?;
-        self.emit(&last[0], wanted, &mut out);
-        while self.emitted < wanted {
-            let resampler = self.resampler.as_mut().expect("checked above");
-            let flushed = resampler.process_partial::<&[f32]>(None, None);
-            let flushed = flushed.map_err(|e| self.fail(e))?;
+        let left = wanted.saturating_sub(self.emitted) as usize;
+        let rate = self.rate;
+        let mut out = resampler
+            .process_partial(Some(&[self.pending.as_slice()]), None)
+            .map_err(|e| resample_error(rate, e))?
+            .swap_remove(0);
+        // The resampler's last outputs need input past the end: zeros flush them.
+        while out.len() < left {
+            let flushed = resampler
+                .process_partial::<&[f32]>(None, None)
+                .map_err(|e| resample_error(rate, e))?;
             if flushed[0].is_empty() {
                 break;
             }
-            self.emit(&flushed[0], wanted, &mut out);
+            out.extend(&flushed[0]);
         }
+        out.truncate(left);
+        self.pending.clear();
+        self.emitted += out.len() as u64;
         Ok(out)
     }
+}
+
+fn resample_error(rate: u32, e: rubato::ResampleError) -> String {
+    format!("cannot resample from {rate} Hz: {e}")
 }
 
 /// Whisper's 80 (or `n_mels`) Slaney mel filters for a 400-point FFT at 16 kHz, `[201,
