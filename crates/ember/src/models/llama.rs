@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
@@ -20,8 +19,8 @@ use crate::format::{Loader, TensorStore};
 use crate::nn::attention::{attend_all_with, causal_attention, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
-use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{rms_norm_with, Fused};
+use crate::nn::rope::{inv_freq, rotate_with, Llama3Scaling, Rope, RopeTables};
+use crate::nn::{gated, rms_norm_with, Fused, Gate};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder};
@@ -418,6 +417,8 @@ impl<B: Backend> Llama<B> {
             .reshape([batch, seq, heads + 2 * kv_heads, hd])
             .swap_dims(1, 2);
         let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
+        let fused = self.fused.as_ref().map(Fused::ops);
+        let rotate = |x, rope| rotate_with(x, rope, fused);
         let (q, k) = match &a.qk_norm {
             None => {
                 let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
@@ -434,7 +435,6 @@ impl<B: Backend> Llama<B> {
         };
         let (k, v) = cache.update_and_fetch(step, index, k, v)?;
         let visible = step.visible();
-        let fused = self.fused.as_ref().map(Fused::ops);
         let out = match bias {
             Some(bias) if seq == 1 => {
                 // One new token sees every cached position. Its query heads are laid onto
@@ -468,9 +468,8 @@ impl<B: Backend> Llama<B> {
         let x = self.linear_add(x, out, &layer.self_attn.o_proj);
         let h = self.norm(x.clone(), &layer.post_attention_layernorm);
         let m = &layer.mlp;
-        let inter = self.config.intermediate_size;
         let gate_up = m.gate_up_proj.forward(h);
-        let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
+        let gated = gated(gate_up, Gate::Silu, self.fused.as_ref().map(Fused::ops));
         self.linear_add(x, gated, &m.down_proj)
     }
 }
