@@ -6,6 +6,7 @@ CTranslate2 tiny.en weights and the JFK clip that scripts/fetch-models.sh fetche
     .venv/bin/pip install faster-whisper==1.2.1 torch==2.9.0 transformers==4.57.6
     .venv/bin/python tests/reference/make_whisper_reference.py [--skip-transformers]
     .venv/bin/python tests/reference/make_whisper_reference.py --tiny-hf
+    .venv/bin/python tests/reference/make_whisper_reference.py --silence-only
 
 Judges (references nobody here wrote):
   faster-whisper 1.2.1 (CTranslate2 4.8.5, CPU, compute_type float32) on the same model.bin:
@@ -24,8 +25,9 @@ in three 30 s windows.
 
 Writes jfk.json (transcripts, token ids, segments), jfk_features.json (log-mel and encoder
 slices and statistics), jfk_x7.json (the clip and a second of silence seven times: an exact
-long-form reference) and gettysburg.json (the espeak-ng transcript, the synthesized file's
-SHA-256). Inputs checked by SHA-256 (the same pins as fetch-models.sh).
+long-form reference), gettysburg.json (the espeak-ng transcript, the synthesized file's
+SHA-256) and silence.json (three minutes of zero samples: Whisper's hallucinated ` you` per
+window, which Ember must reproduce).  Inputs checked by SHA-256 (the same pins as fetch-models.sh).
 """
 import argparse
 import hashlib
@@ -218,6 +220,30 @@ def repeated_jfk_reference(audio):
     }
 
 
+SILENCE_SECONDS = 180
+
+
+def silence_reference():
+    """Three minutes of digital silence (zero samples at 16 kHz): faster-whisper's default
+    transcript. Without VAD, Whisper hallucinates in windows of silence (` you` in each
+    window here: their average log-probability is above -1, so the no-speech rule keeps
+    them); Ember's transcript of the same silence must be this one."""
+    from faster_whisper import WhisperModel
+
+    samples = np.zeros(SILENCE_SECONDS * 16000, dtype=np.float32)
+    model = WhisperModel(MODEL_DIR, device="cpu", compute_type="float32", cpu_threads=2)
+    segments, info = model.transcribe(samples, beam_size=1, temperature=0.0, vad_filter=False)
+    segments = list(segments)
+    return {
+        "audio": f"{SILENCE_SECONDS * 16000} zero samples at 16 kHz ({SILENCE_SECONDS} s)",
+        "duration": info.duration,
+        "text": "".join(s.text for s in segments),
+        "segments": [{"start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+                      "no_speech_prob": s.no_speech_prob, "avg_logprob": s.avg_logprob}
+                     for s in segments],
+    }
+
+
 def long_form_reference():
     import subprocess
     import tempfile
@@ -283,12 +309,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--long-form-only", action="store_true")
+    parser.add_argument("--silence-only", action="store_true")
     args = parser.parse_args()
     for path, pin in PINS.items():
         found = sha256(path)
         if found != pin:
             sys.exit(f"{path}: SHA-256 {found}, expected {pin} (run scripts/fetch-models.sh)")
     os.makedirs(OUT, exist_ok=True)
+    silence = silence_reference()
+    with open(os.path.join(OUT, "silence.json"), "w") as f:
+        json.dump(silence, f, indent=1)
+        f.write("\n")
+    print(silence["text"])
+    if args.silence_only:
+        return
     long_form = long_form_reference()
     with open(os.path.join(OUT, "gettysburg.json"), "w") as f:
         json.dump(long_form, f, indent=1)

@@ -237,6 +237,15 @@ struct BenchArgs {
     /// Add llama.cpp's llama-bench (when on PATH) for GGUF models.
     #[arg(long)]
     llama_cpp: bool,
+    /// Add faster-whisper (CTranslate2 on the CPU, f32 and int8; when its Python package is
+    /// installed: EMBER_PYTHON, else .venv/bin/python, else python3) for speech models.
+    #[arg(long)]
+    faster_whisper: bool,
+    /// Audio clips speech models transcribe, `FILE` or `FILE=REFERENCE` (a text file, or
+    /// `FILE.json#/json/pointer` to a string); replaces the matrix's `[[audio]]`. Default:
+    /// the JFK clip against faster-whisper's transcript.
+    #[arg(long = "audio", value_name = "FILE[=REFERENCE]")]
+    audio: Vec<String>,
     /// Seconds a run (Ember's or a PyTorch baseline's) may take before it is killed and
     /// reported as failed.
     #[arg(long, default_value_t = 1800)]
@@ -508,10 +517,22 @@ fn bench(args: &BenchArgs) -> Result<()> {
     use ember_cli::bench::{self, Baselines, Matrix, Plan, Target};
     let mut targets = Vec::new();
     let mut baselines = Baselines::default();
+    let mut audio = Vec::new();
     if let Some(path) = &args.matrix {
         let matrix = Matrix::from_file(path)?;
         targets.extend(matrix.targets()?);
         baselines = matrix.baselines;
+        audio = matrix.audio;
+    }
+    if !args.audio.is_empty() {
+        audio = args
+            .audio
+            .iter()
+            .map(|a| bench::parse_audio_arg(a))
+            .collect();
+    }
+    if audio.is_empty() {
+        audio = bench::default_audio();
     }
     for path in &args.configs {
         let mut config = EngineConfig::from_file(path)?;
@@ -548,6 +569,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     });
     baselines.pytorch.extend(args.pytorch.iter().cloned());
     baselines.llama_cpp |= args.llama_cpp;
+    baselines.faster_whisper |= args.faster_whisper;
     if baselines.dtypes.is_empty() {
         baselines.dtypes.push(DType::F32);
     }
@@ -562,6 +584,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         formats: args.output.clone(),
         run_timeout: std::time::Duration::from_secs(args.run_timeout),
         resume: args.resume.clone(),
+        audio,
     };
     let records = bench::run(&targets, &plan, &baselines)?;
     println!("{}", bench::report::markdown(&records));

@@ -136,23 +136,28 @@ impl BackendJob for TranscribeJob<'_> {
         );
         let mut stdout = std::io::stdout().lock();
         for file in self.files {
-            let audio = ember::audio::load(file)?;
-            let bar = (audio.duration() >= PROGRESS_SECONDS).then(|| {
-                ProgressBar::new((audio.duration() * 10.0) as u64).with_style(
-                    ProgressStyle::with_template(
-                        "transcribing [{bar:30}] {msg} ({elapsed} elapsed, {eta} left)",
-                    )
-                    .expect("static template")
-                    .progress_chars("=> "),
-                )
-            });
-            let transcript =
-                transcriber.transcribe(&audio, &self.config.transcribe, &mut |done, total| {
-                    if let Some(bar) = &bar {
-                        bar.set_position((done * 10.0) as u64);
-                        bar.set_message(format!("{done:.0}/{total:.0} s"));
+            // Made at the first report, when the length is known (the file is streamed).
+            let mut bar: Option<ProgressBar> = None;
+            let transcript = transcriber.transcribe_file(
+                file,
+                &self.config.transcribe,
+                &mut |done, total| {
+                    if total < PROGRESS_SECONDS {
+                        return;
                     }
-                })?;
+                    let bar = bar.get_or_insert_with(|| {
+                        ProgressBar::new((total * 10.0) as u64).with_style(
+                            ProgressStyle::with_template(
+                                "transcribing [{bar:30}] {msg} ({elapsed} elapsed, {eta} left)",
+                            )
+                            .expect("static template")
+                            .progress_chars("=> "),
+                        )
+                    });
+                    bar.set_position((done * 10.0) as u64);
+                    bar.set_message(format!("{done:.0}/{total:.0} s"));
+                },
+            )?;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }

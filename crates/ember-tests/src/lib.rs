@@ -19,7 +19,8 @@ use serde::Deserialize;
 pub mod whisper;
 pub use whisper::{
     whisper_front_end_and_encoder_match_references, whisper_long_form_matches_faster_whisper,
-    whisper_tiny_hf_matches_transformers, whisper_transcribes_jfk_like_faster_whisper,
+    whisper_streamed_front_end_equals_whole, whisper_tiny_hf_matches_transformers,
+    whisper_transcribes_jfk_like_faster_whisper,
 };
 
 /// What a backend binding hands to every test.
@@ -853,6 +854,7 @@ macro_rules! backend_suite {
             minilm_matches_sentence_transformers,
             embedding_batch_equals_one_by_one,
             whisper_front_end_and_encoder_match_references,
+            whisper_streamed_front_end_equals_whole,
             whisper_transcribes_jfk_like_faster_whisper,
             whisper_long_form_matches_faster_whisper,
             whisper_tiny_hf_matches_transformers,

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use ember::audio::Audio;
+use ember::transcribe::word_error_rate;
 use ember::{EngineConfig, TranscribeOptions, Transcriber};
 use serde::Deserialize;
 
@@ -108,36 +109,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-/// Word error rate of `hypothesis` against `reference` (words compared without case and
-/// punctuation; Levenshtein distance over words / reference words).
-pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
-    let words = |s: &str| -> Vec<String> {
-        s.split_whitespace()
-            .map(|w| {
-                w.chars()
-                    .filter(|c| c.is_alphanumeric() || *c == '\'')
-                    .collect::<String>()
-                    .to_lowercase()
-            })
-            .filter(|w| !w.is_empty())
-            .collect()
-    };
-    let (r, h) = (words(reference), words(hypothesis));
-    let mut row: Vec<usize> = (0..=h.len()).collect();
-    for i in 1..=r.len() {
-        let mut prev = row[0];
-        row[0] = i;
-        for j in 1..=h.len() {
-            let cur = row[j];
-            row[j] = (prev + usize::from(r[i - 1] != h[j - 1]))
-                .min(row[j] + 1)
-                .min(row[j - 1] + 1);
-            prev = cur;
-        }
-    }
-    row[h.len()] as f64 / r.len().max(1) as f64
 }
 
 fn encoder_tolerance(dtype: ember::DType) -> f32 {
@@ -404,4 +375,79 @@ pub fn whisper_tiny_hf_matches_transformers<B: Backend>(ctx: &Ctx<B>) {
         worst < tol,
         "tiny HF logits: max abs error {worst} (tolerance {tol})"
     );
+}
+
+/// The streamed front end ([`ember::audio::MelWindows`]: the file decoded and its log-mel
+/// frames computed a piece at a time, twice) gives the windows of the whole-file
+/// spectrogram exactly, on a 66 s file (the clip six times: three windows, one asked for
+/// in the middle of a chunk, one past a skipped stretch), and holds a few windows' worth.
+pub fn whisper_streamed_front_end_equals_whole<B: Backend>(ctx: &Ctx<B>) {
+    use ember::audio::{AudioStream, LogMel, MelWindows, WINDOW_FRAMES};
+    let clip = ember::audio::load(&jfk_path()).unwrap();
+    let samples: Vec<f32> = std::iter::repeat_n(&clip.samples, 6)
+        .flatten()
+        .copied()
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "ember-streamed-{}-{}-{}.wav",
+        std::process::id(),
+        ctx.runtime.backend,
+        ctx.runtime.dtype
+    ));
+    // 16-bit PCM of the clip's samples: decoding gives them back exactly (they were 16-bit).
+    let mut wav = Vec::new();
+    let data = (samples.len() * 2) as u32;
+    for part in [
+        &b"RIFF"[..],
+        &(36 + data).to_le_bytes(),
+        b"WAVEfmt ",
+        &16u32.to_le_bytes(),
+    ] {
+        wav.extend(part);
+    }
+    for v in [1u16, 1] {
+        wav.extend(v.to_le_bytes());
+    }
+    wav.extend(16_000u32.to_le_bytes());
+    wav.extend(32_000u32.to_le_bytes());
+    wav.extend(2u16.to_le_bytes());
+    wav.extend(16u16.to_le_bytes());
+    wav.extend(b"data");
+    wav.extend(data.to_le_bytes());
+    for s in &samples {
+        wav.extend(((s * 32768.0).round() as i16).to_le_bytes());
+    }
+    std::fs::write(&path, wav).unwrap();
+    let front_end = LogMel::<B>::new(80, &ctx.device);
+    let whole = front_end
+        .compute(&ember::audio::load(&path).unwrap().samples)
+        .unwrap();
+    let mut streamed = MelWindows::new(&front_end, || AudioStream::open(&path)).unwrap();
+    assert_eq!(streamed.frames(), whole.frames());
+    assert_eq!(streamed.duration(), samples.len() as f64 / 16_000.0);
+    let content = whole.frames() - 1;
+    let f32 = burn::tensor::DType::F32;
+    for start in [0, 1234, 1234 + WINDOW_FRAMES, content - 700] {
+        let len = WINDOW_FRAMES.min(content - start);
+        let want: Vec<f32> = whole
+            .window::<B>(start, len, &ctx.device, f32)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let got: Vec<f32> = streamed
+            .window(start, len, f32)
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert!(got == want, "window at frame {start} differs");
+    }
+    assert!(
+        streamed.window(0, 10, f32).is_err(),
+        "windows come in order"
+    );
+    let (held_samples, held_frames) = streamed.high_water();
+    assert!(held_samples <= 3000 * 160 + 16_000, "{held_samples}");
+    assert!(held_frames <= 2 * WINDOW_FRAMES, "{held_frames}");
+    std::fs::remove_file(&path).ok();
 }

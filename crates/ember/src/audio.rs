@@ -60,22 +60,10 @@ fn audio_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Decodes the audio file at `path` (`-`: stdin) to mono 16 kHz.
+/// Decodes the audio file at `path` (`-`: stdin) to mono 16 kHz, whole (for audio of any
+/// length, [`AudioStream`] reads it a piece at a time).
 pub fn load(path: &Path) -> Result<Audio> {
-    let mut hint = Hint::new();
-    let source: Box<dyn MediaSource> = if path.as_os_str() == "-" {
-        Box::new(ReadOnlySource::new(std::io::stdin()))
-    } else {
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-            hint.with_extension(ext);
-        }
-        let file = std::fs::File::open(path).map_err(Error::io(path))?;
-        if file.metadata().map(|m| m.len()).unwrap_or(1) == 0 {
-            return Err(audio_error(path, "the file is empty"));
-        }
-        Box::new(file)
-    };
-    decode(source, &hint, path)
+    AudioStream::open(path)?.read_all()
 }
 
 /// Decodes audio held in memory; `name` stands for its path in messages.
@@ -84,134 +72,303 @@ pub fn decode_bytes(bytes: Vec<u8>, name: &str) -> Result<Audio> {
     if bytes.is_empty() {
         return Err(audio_error(path, "the file is empty"));
     }
-    decode(Box::new(std::io::Cursor::new(bytes)), &Hint::new(), path)
+    AudioStream::from_source(Box::new(std::io::Cursor::new(bytes)), &Hint::new(), path)?.read_all()
 }
 
-fn decode(source: Box<dyn MediaSource>, hint: &Hint, path: &Path) -> Result<Audio> {
-    let stream = MediaSourceStream::new(source, Default::default());
-    let probed = symphonia::default::get_probe()
-        .format(
-            hint,
-            stream,
-            &FormatOptions::default(),
-            &MetadataOptions::default(),
-        )
-        .map_err(|e| {
-            audio_error(
-                path,
-                format!("not a supported audio file (WAV, FLAC, MP3, Ogg Vorbis): {e}"),
-            )
-        })?;
-    let mut format = probed.format;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| audio_error(path, "no audio track"))?;
-    let track_id = track.id;
-    let rate = track
-        .codec_params
-        .sample_rate
-        .ok_or_else(|| audio_error(path, "the audio track has no sample rate"))?;
-    if rate == 0 {
-        return Err(audio_error(path, "the sample rate is 0"));
+/// An audio file decoded a packet at a time (symphonia), downmixed to mono and resampled to
+/// [`SAMPLE_RATE`] as it goes ([`StreamResampler`]): what it holds does not grow with the
+/// file's length. Its samples are exactly [`load`]'s, which reads one to its end.
+pub struct AudioStream {
+    format: Box<dyn symphonia::core::formats::FormatReader>,
+    decoder: Box<dyn symphonia::core::codecs::Decoder>,
+    track_id: u32,
+    rate: u32,
+    channels: usize,
+    resampler: StreamResampler,
+    path: std::path::PathBuf,
+    ended: bool,
+}
+
+impl std::fmt::Debug for AudioStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioStream")
+            .field("path", &self.path)
+            .field("rate", &self.rate)
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
     }
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&track.codec_params, &DecoderOptions::default())
-        .map_err(|e| audio_error(path, format!("unsupported codec: {e}")))?;
-    let mut mono = Vec::new();
-    let mut channels = track.codec_params.channels.map_or(0, |c| c.count());
-    loop {
-        let packet = match format.next_packet() {
+}
+
+impl AudioStream {
+    /// Opens the audio file at `path` (`-`: stdin, read once).
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut hint = Hint::new();
+        let source: Box<dyn MediaSource> = if path.as_os_str() == "-" {
+            Box::new(ReadOnlySource::new(std::io::stdin()))
+        } else {
+            if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+                hint.with_extension(ext);
+            }
+            let file = std::fs::File::open(path).map_err(Error::io(path))?;
+            if file.metadata().map(|m| m.len()).unwrap_or(1) == 0 {
+                return Err(audio_error(path, "the file is empty"));
+            }
+            Box::new(file)
+        };
+        Self::from_source(source, &hint, path)
+    }
+
+    /// Audio read from `reader` (read once, front to back); `name` stands for its path in
+    /// messages.
+    pub fn from_reader(
+        reader: impl std::io::Read + Send + Sync + 'static,
+        name: &str,
+    ) -> Result<Self> {
+        Self::from_source(
+            Box::new(ReadOnlySource::new(reader)),
+            &Hint::new(),
+            Path::new(name),
+        )
+    }
+
+    fn from_source(source: Box<dyn MediaSource>, hint: &Hint, path: &Path) -> Result<Self> {
+        let stream = MediaSourceStream::new(source, Default::default());
+        // Gapless: an MP3's encoder delay and padding (its LAME tag) are trimmed, so that
+        // the audio is the length that was encoded.
+        let options = FormatOptions {
+            enable_gapless: true,
+            ..FormatOptions::default()
+        };
+        let probed = symphonia::default::get_probe()
+            .format(hint, stream, &options, &MetadataOptions::default())
+            .map_err(|e| {
+                audio_error(
+                    path,
+                    format!("not a supported audio file (WAV, FLAC, MP3, Ogg Vorbis): {e}"),
+                )
+            })?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| audio_error(path, "no audio track"))?;
+        let track_id = track.id;
+        let rate = track
+            .codec_params
+            .sample_rate
+            .ok_or_else(|| audio_error(path, "the audio track has no sample rate"))?;
+        if rate == 0 {
+            return Err(audio_error(path, "the sample rate is 0"));
+        }
+        let decoder = symphonia::default::get_codecs()
+            .make(&track.codec_params, &DecoderOptions::default())
+            .map_err(|e| audio_error(path, format!("unsupported codec: {e}")))?;
+        let channels = track.codec_params.channels.map_or(0, |c| c.count());
+        let resampler = StreamResampler::new(rate).map_err(|m| audio_error(path, m))?;
+        Ok(Self {
+            format,
+            decoder,
+            track_id,
+            rate,
+            channels,
+            resampler,
+            path: path.to_path_buf(),
+            ended: false,
+        })
+    }
+
+    /// The file's sample rate.
+    pub fn source_rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// The file's channel count (as its last packet had it).
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The next 16 kHz mono samples (possibly none while the resampler fills), `None` at
+    /// the end of the file.
+    pub fn next_samples(&mut self) -> Result<Option<Vec<f32>>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let path = self.path.as_path();
+        let packet = match self.format.next_packet() {
             Ok(packet) => packet,
             Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                break
+                self.ended = true;
+                return self
+                    .resampler
+                    .finish()
+                    .map(Some)
+                    .map_err(|m| audio_error(path, m));
             }
             Err(e) => return Err(audio_error(path, format!("cannot read the stream: {e}"))),
         };
-        if packet.track_id() != track_id {
-            continue;
+        if packet.track_id() != self.track_id {
+            return Ok(Some(Vec::new()));
         }
-        let decoded = match decoder.decode(&packet) {
+        let decoded = match self.decoder.decode(&packet) {
             Ok(decoded) => decoded,
             // A corrupt packet: skipped, as players do; the rest of the file still counts.
             Err(SymphoniaError::DecodeError(e)) => {
                 tracing::warn!("{}: skipped a corrupt packet ({e})", path.display());
-                continue;
+                return Ok(Some(Vec::new()));
             }
             Err(e) => return Err(audio_error(path, format!("cannot decode: {e}"))),
         };
         let spec = *decoded.spec();
-        channels = spec.channels.count();
-        if spec.rate != rate {
+        self.channels = spec.channels.count();
+        if spec.rate != self.rate {
             return Err(audio_error(
                 path,
-                format!("the sample rate changes from {rate} to {} Hz", spec.rate),
+                format!(
+                    "the sample rate changes from {} to {} Hz",
+                    self.rate, spec.rate
+                ),
             ));
         }
         let mut buffer = SampleBuffer::<f32>::new(decoded.capacity() as u64, spec);
         buffer.copy_interleaved_ref(decoded);
-        mono.extend(
-            buffer
-                .samples()
-                .chunks_exact(channels.max(1))
-                .map(|frame| frame.iter().sum::<f32>() / frame.len() as f32),
-        );
+        let mono: Vec<f32> = buffer
+            .samples()
+            .chunks_exact(self.channels.max(1))
+            .map(|frame| frame.iter().sum::<f32>() / frame.len() as f32)
+            .collect();
+        self.resampler
+            .push(&mono)
+            .map(Some)
+            .map_err(|m| audio_error(path, m))
     }
-    let samples = resample(&mono, rate).map_err(|m| audio_error(path, m))?;
-    Ok(Audio {
-        samples,
-        source_rate: rate,
-        channels,
-    })
+
+    /// Every remaining sample, as [`Audio`].
+    pub fn read_all(mut self) -> Result<Audio> {
+        let mut samples = Vec::new();
+        while let Some(more) = self.next_samples()? {
+            samples.extend(more);
+        }
+        Ok(Audio {
+            samples,
+            source_rate: self.rate,
+            channels: self.channels,
+        })
+    }
 }
 
-/// `samples` at `rate` resampled to [`SAMPLE_RATE`] by rubato's windowed-sinc resampler, its
-/// delay removed and its length `ceil(len * 16000 / rate)`.
-fn resample(samples: &[f32], rate: u32) -> std::result::Result<Vec<f32>, String> {
-    use rubato::{
-        Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
-    };
-    if rate == SAMPLE_RATE || samples.is_empty() {
-        return Ok(samples.to_vec());
+/// Samples at `rate` resampled to [`SAMPLE_RATE`] as they come, by rubato's windowed-sinc
+/// resampler in blocks of [`RESAMPLE_CHUNK`] input samples, the output `ceil(len * 16000 /
+/// rate)` long, where `len` is the whole input's length. The blocks are the same whether the
+/// input comes at once or in pieces, so the output is too.
+///
+/// Nothing is trimmed from the start: rubato 0.16's `SincFixedIn` centres its first output
+/// on the first input samples (its `last_index` starts half a sinc window back), so its
+/// output is aligned with its input to within one output sample, although its
+/// `output_delay()` reports half a window (47 samples from 44.1 kHz); trimming those, as
+/// this did before, moved the audio 2.9 ms early (`resampling_in_pieces_equals_resampling_at_once`
+/// checks the alignment).
+struct StreamResampler {
+    /// `None` at 16 kHz: samples pass through.
+    resampler: Option<rubato::SincFixedIn<f32>>,
+    rate: u32,
+    /// Input not yet resampled (less than a block).
+    pending: Vec<f32>,
+    /// Input samples seen.
+    consumed: u64,
+    /// Output samples handed out.
+    emitted: u64,
+}
+
+/// Input samples per resampler block.
+const RESAMPLE_CHUNK: usize = 4096;
+
+impl StreamResampler {
+    fn new(rate: u32) -> std::result::Result<Self, String> {
+        use rubato::{
+            SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
+        };
+        let resampler = if rate == SAMPLE_RATE {
+            None
+        } else {
+            let parameters = SincInterpolationParameters {
+                sinc_len: 256,
+                f_cutoff: 0.95,
+                interpolation: SincInterpolationType::Cubic,
+                oversampling_factor: 256,
+                window: WindowFunction::BlackmanHarris2,
+            };
+            let ratio = f64::from(SAMPLE_RATE) / f64::from(rate);
+            Some(
+                SincFixedIn::<f32>::new(ratio, 1.0, parameters, RESAMPLE_CHUNK, 1)
+                    .map_err(|e| format!("cannot resample from {rate} Hz: {e}"))?,
+            )
+        };
+        Ok(Self {
+            resampler,
+            rate,
+            pending: Vec::new(),
+            consumed: 0,
+            emitted: 0,
+        })
     }
-    let ratio = f64::from(SAMPLE_RATE) / f64::from(rate);
-    let parameters = SincInterpolationParameters {
-        sinc_len: 256,
-        f_cutoff: 0.95,
-        interpolation: SincInterpolationType::Cubic,
-        oversampling_factor: 256,
-        window: WindowFunction::BlackmanHarris2,
-    };
-    let chunk = 4096;
-    let mut resampler = SincFixedIn::<f32>::new(ratio, 1.0, parameters, chunk, 1)
-        .map_err(|e| format!("cannot resample from {rate} Hz: {e}"))?;
-    let wanted = (samples.len() as f64 * ratio).ceil() as usize;
-    let delay = resampler.output_delay();
-    let mut out = Vec::with_capacity(wanted + delay + chunk);
-    let fail = |e: rubato::ResampleError| format!("cannot resample from {rate} Hz: {e}");
-    let mut chunks = samples.chunks_exact(chunk);
-    for part in chunks.by_ref() {
-        out.extend(&resampler.process(&[part], None).map_err(fail)?[0]);
-    }
-    let rest = chunks.remainder();
-    out.extend(
-        &resampler
-            .process_partial(Some(&[rest]), None)
-            .map_err(fail)?[0],
-    );
-    while out.len() < wanted + delay {
-        let flushed = resampler
-            .process_partial::<&[f32]>(None, None)
-            .map_err(fail)?;
-        if flushed[0].is_empty() {
-            break;
+
+    fn push(&mut self, samples: &[f32]) -> std::result::Result<Vec<f32>, String> {
+        use rubato::Resampler;
+        self.consumed += samples.len() as u64;
+        let Some(resampler) = self.resampler.as_mut() else {
+            self.emitted += samples.len() as u64;
+            return Ok(samples.to_vec());
+        };
+        self.pending.extend_from_slice(samples);
+        let mut out = Vec::new();
+        let blocks = self.pending.len() / RESAMPLE_CHUNK;
+        for block in self.pending.chunks_exact(RESAMPLE_CHUNK) {
+            let produced = resampler
+                .process(&[block], None)
+                .map_err(|e| resample_error(self.rate, e))?;
+            out.extend(&produced[0]);
         }
-        out.extend(&flushed[0]);
+        self.pending.drain(..blocks * RESAMPLE_CHUNK);
+        self.emitted += out.len() as u64;
+        Ok(out)
     }
-    out.drain(..delay.min(out.len()));
-    out.truncate(wanted);
-    Ok(out)
+
+    fn finish(&mut self) -> std::result::Result<Vec<f32>, String> {
+        use rubato::Resampler;
+        let Some(resampler) = self.resampler.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if self.consumed == 0 {
+            return Ok(Vec::new());
+        }
+        let ratio = f64::from(SAMPLE_RATE) / f64::from(self.rate);
+        let wanted = (self.consumed as f64 * ratio).ceil() as u64;
+        let left = wanted.saturating_sub(self.emitted) as usize;
+        let rate = self.rate;
+        let mut out = resampler
+            .process_partial(Some(&[self.pending.as_slice()]), None)
+            .map_err(|e| resample_error(rate, e))?
+            .swap_remove(0);
+        // The resampler's last outputs need input past the end: zeros flush them.
+        while out.len() < left {
+            let flushed = resampler
+                .process_partial::<&[f32]>(None, None)
+                .map_err(|e| resample_error(rate, e))?;
+            if flushed[0].is_empty() {
+                break;
+            }
+            out.extend(&flushed[0]);
+        }
+        out.truncate(left);
+        self.pending.clear();
+        self.emitted += out.len() as u64;
+        Ok(out)
+    }
+}
+
+fn resample_error(rate: u32, e: rubato::ResampleError) -> String {
+    format!("cannot resample from {rate} Hz: {e}")
 }
 
 /// Whisper's 80 (or `n_mels`) Slaney mel filters for a 400-point FFT at 16 kHz, `[201,
@@ -341,54 +498,285 @@ impl<B: Backend> LogMel<B> {
     /// last is padding (faster-whisper's "content frames" are all but it). Empty audio gives
     /// no frames.
     pub fn compute(&self, samples: &[f32]) -> Result<Spectrogram> {
-        if samples.is_empty() {
-            return Ok(Spectrogram {
-                values: Vec::new(),
-                n_mels: self.n_mels,
-            });
-        }
-        let mut padded = samples.to_vec();
-        padded.extend(std::iter::repeat_n(0.0, HOP));
-        let len = padded.len();
-        // The centred STFT has 1 + len / hop frames; faster-whisper drops the last.
-        let frames = len / HOP;
-        let device = self.cos.device();
-        let mut log = Vec::with_capacity(frames * self.n_mels);
-        for start in (0..frames).step_by(FRAMES_PER_CHUNK) {
-            let n = FRAMES_PER_CHUNK.min(frames - start);
-            let mut chunk = vec![0f32; n * N_FFT];
-            for (f, row) in chunk.chunks_exact_mut(N_FFT).enumerate() {
-                let first = ((start + f) * HOP) as isize - (N_FFT / 2) as isize;
-                for (j, slot) in row.iter_mut().enumerate() {
-                    *slot = padded[reflect(first + j as isize, len)];
-                }
-            }
-            let x = Tensor::<B, 2>::from_data(
-                TensorData::new(chunk, [n, N_FFT]),
-                (&device, burn::tensor::DType::F32),
-            );
-            let re = x.clone().matmul(self.cos.clone());
-            let im = x.matmul(self.sin.clone());
-            let power = re.square().add(im.square());
-            let mel = power
-                .matmul(self.filters.clone())
-                .clamp_min(1e-10)
-                .log()
-                .div_scalar(std::f64::consts::LN_10);
-            let data = mel.into_data().convert::<f32>();
-            let values = data
-                .into_vec::<f32>()
-                .map_err(|e| Error::Backend(format!("log-mel read back: {e:?}")))?;
-            log.extend(values);
-        }
+        let mut raw = RawMel::new(self);
+        let mut log = raw.push(samples)?;
+        log.extend(raw.finish()?);
         let max = log.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         for v in &mut log {
-            *v = (v.max(max - 8.0) + 4.0) / 4.0;
+            *v = normalize(*v, max);
         }
         Ok(Spectrogram {
             values: log,
             n_mels: self.n_mels,
         })
+    }
+
+    /// `log10` of the mel power of `n` frames from frame `first` of the padded signal
+    /// `buffer` (which starts at sample `base`; `len`: the signal's length as reflection
+    /// sees it), `[n, n_mels]` row-major.
+    fn frames_log10(
+        &self,
+        buffer: &[f32],
+        base: usize,
+        len: usize,
+        first: usize,
+        n: usize,
+    ) -> Result<Vec<f32>> {
+        let mut chunk = vec![0f32; n * N_FFT];
+        for (f, row) in chunk.chunks_exact_mut(N_FFT).enumerate() {
+            let start = ((first + f) * HOP) as isize - (N_FFT / 2) as isize;
+            for (j, slot) in row.iter_mut().enumerate() {
+                *slot = buffer[reflect(start + j as isize, len) - base];
+            }
+        }
+        let device = self.cos.device();
+        let x = Tensor::<B, 2>::from_data(
+            TensorData::new(chunk, [n, N_FFT]),
+            (&device, burn::tensor::DType::F32),
+        );
+        let re = x.clone().matmul(self.cos.clone());
+        let im = x.matmul(self.sin.clone());
+        let power = re.square().add(im.square());
+        let mel = power
+            .matmul(self.filters.clone())
+            .clamp_min(1e-10)
+            .log()
+            .div_scalar(std::f64::consts::LN_10);
+        mel.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| Error::Backend(format!("log-mel read back: {e:?}")))
+    }
+}
+
+/// The last step of the front end: clamped at 8 below the whole file's maximum `max`, then
+/// `(x + 4) / 4`.
+fn normalize(log10: f32, max: f32) -> f32 {
+    (log10.max(max - 8.0) + 4.0) / 4.0
+}
+
+/// The `log10` mel frames of a stream of 16 kHz samples, before [`normalize`] (which needs
+/// the whole file's maximum): computed [`FRAMES_PER_CHUNK`] frames at a time, on the device,
+/// as soon as their samples have come; it holds only the samples of frames not yet
+/// computed. The chunks are the same whether the samples come at once or in pieces, so the
+/// frames are too.
+pub struct RawMel<'a, B: Backend> {
+    front_end: &'a LogMel<B>,
+    /// The padded signal from sample `base` on.
+    buffer: Vec<f32>,
+    base: usize,
+    /// Samples pushed.
+    seen: usize,
+    /// The next frame to compute.
+    next: usize,
+    /// The most samples `buffer` held.
+    high_water: usize,
+}
+
+impl<'a, B: Backend> RawMel<'a, B> {
+    /// No samples yet.
+    pub fn new(front_end: &'a LogMel<B>) -> Self {
+        Self {
+            front_end,
+            buffer: Vec::new(),
+            base: 0,
+            seen: 0,
+            next: 0,
+            high_water: 0,
+        }
+    }
+
+    /// Mel bins per frame.
+    pub fn n_mels(&self) -> usize {
+        self.front_end.n_mels
+    }
+
+    /// The most samples held at once so far (what the stream's memory grows with).
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    /// Adds `samples`; returns the frames now complete, `[frames, n_mels]` row-major.
+    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
+        self.buffer.extend_from_slice(samples);
+        self.seen += samples.len();
+        self.high_water = self.high_water.max(self.buffer.len());
+        let mut out = Vec::new();
+        // A chunk is complete when its last frame's last sample has come: no reflection at
+        // the end of the signal reaches it.
+        while (self.next + FRAMES_PER_CHUNK - 1) * HOP + N_FFT / 2 < self.seen {
+            out.extend(self.front_end.frames_log10(
+                &self.buffer,
+                self.base,
+                self.seen,
+                self.next,
+                FRAMES_PER_CHUNK,
+            )?);
+            self.next += FRAMES_PER_CHUNK;
+            // The next frame's first sample (reflection at the start needs samples up to
+            // N_FFT / 2, there only while the first chunk is computed).
+            let keep_from = (self.next * HOP).saturating_sub(N_FFT / 2);
+            self.buffer.drain(..keep_from - self.base);
+            self.base = keep_from;
+        }
+        Ok(out)
+    }
+
+    /// The end of the samples: the remaining frames (`len / 160 + 1` in all; none for no
+    /// samples).
+    pub fn finish(&mut self) -> Result<Vec<f32>> {
+        if self.seen == 0 {
+            return Ok(Vec::new());
+        }
+        // faster-whisper appends a hop of zeros; the centred STFT has 1 + len / hop frames
+        // of that, and it drops the last.
+        self.buffer.extend(std::iter::repeat_n(0.0, HOP));
+        let len = self.seen + HOP;
+        self.seen = len;
+        let frames = len / HOP;
+        let mut out = Vec::new();
+        while self.next < frames {
+            let n = FRAMES_PER_CHUNK.min(frames - self.next);
+            out.extend(
+                self.front_end
+                    .frames_log10(&self.buffer, self.base, len, self.next, n)?,
+            );
+            self.next += n;
+        }
+        self.buffer = Vec::new();
+        Ok(out)
+    }
+}
+
+/// The normalised log-mel spectrogram of a file too long to hold, window by window: a first
+/// pass over the file finds its frame count and maximum (which [`normalize`] needs), a
+/// second computes the frames again as windows ask for them, holding the frames from the
+/// window asked last onward (two windows at most) and the samples of one chunk. Its frames
+/// equal [`LogMel::compute`]'s of the whole file.
+pub struct MelWindows<'a, B: Backend> {
+    raw: RawMel<'a, B>,
+    stream: Option<AudioStream>,
+    frames: usize,
+    samples: u64,
+    max: f32,
+    /// Normalised frames, the last `held.len() / n_mels` of the `produced` so far.
+    held: std::collections::VecDeque<f32>,
+    produced: usize,
+    /// The most frames held at once.
+    high_water: usize,
+}
+
+impl<'a, B: Backend> MelWindows<'a, B> {
+    /// Scans the audio `open` opens (the first pass) and opens it again for the windows.
+    pub fn new(
+        front_end: &'a LogMel<B>,
+        mut open: impl FnMut() -> Result<AudioStream>,
+    ) -> Result<Self> {
+        let mut stream = open()?;
+        let mut raw = RawMel::new(front_end);
+        let (mut frames, mut samples, mut max) = (0usize, 0u64, f32::NEG_INFINITY);
+        let mut count = |values: Vec<f32>| {
+            frames += values.len() / front_end.n_mels;
+            max = values.iter().copied().fold(max, f32::max);
+        };
+        while let Some(more) = stream.next_samples()? {
+            samples += more.len() as u64;
+            count(raw.push(&more)?);
+        }
+        count(raw.finish()?);
+        let high_water = raw.high_water();
+        let mut raw = RawMel::new(front_end);
+        raw.high_water = high_water;
+        let stream = Some(open()?);
+        Ok(Self {
+            raw,
+            stream,
+            frames,
+            samples,
+            max,
+            held: Default::default(),
+            produced: 0,
+            high_water: 0,
+        })
+    }
+
+    /// Frames of the whole file (`len / 160 + 1`, the last padding; 0 for no samples).
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Seconds of audio.
+    pub fn duration(&self) -> f64 {
+        self.samples as f64 / f64::from(SAMPLE_RATE)
+    }
+
+    /// The most samples (of the audio) and frames (of the spectrogram) held at once so far:
+    /// what the memory of a long file grows with.
+    pub fn high_water(&self) -> (usize, usize) {
+        (self.raw.high_water(), self.high_water)
+    }
+
+    /// The 30 s window from frame `start` (`len` frames, the rest zero), as
+    /// [`Spectrogram::window`] gives it; windows must be asked for in order of `start`.
+    pub fn window(
+        &mut self,
+        start: usize,
+        len: usize,
+        dtype: burn::tensor::DType,
+    ) -> Result<Tensor<B, 3>> {
+        let n_mels = self.raw.n_mels();
+        let len = len.min(WINDOW_FRAMES);
+        let first = self.produced - self.held.len() / n_mels;
+        if start < first {
+            return Err(Error::Backend(format!(
+                "log-mel window at frame {start} asked after frame {first}"
+            )));
+        }
+        let drop = (start - first).min(self.held.len() / n_mels);
+        self.held.drain(..drop * n_mels);
+        while self.produced < start + len {
+            let Some(stream) = self.stream.as_mut() else {
+                break;
+            };
+            let frames = match stream.next_samples()? {
+                Some(samples) => self.raw.push(&samples)?,
+                None => {
+                    self.stream = None;
+                    self.raw.finish()?
+                }
+            };
+            // Frames `produced..` came; those before `start` (a window skipped) are not kept.
+            let n = frames.len() / n_mels;
+            let skip = start.saturating_sub(self.produced).min(n);
+            let max = self.max;
+            self.held
+                .extend(frames[skip * n_mels..].iter().map(|&v| normalize(v, max)));
+            self.produced += n;
+            self.high_water = self.high_water.max(self.held.len() / n_mels);
+        }
+        if self.produced < start + len {
+            return Err(Error::Backend(format!(
+                "the audio changed while it was read: frame {} of {} is missing",
+                self.produced, self.frames
+            )));
+        }
+        let first = self.produced - self.held.len() / n_mels;
+        let mut values = vec![0f32; WINDOW_FRAMES * n_mels];
+        let from = (start - first) * n_mels;
+        for (slot, &v) in values[..len * n_mels]
+            .iter_mut()
+            .zip(self.held.range(from..from + len * n_mels))
+        {
+            *slot = v;
+        }
+        let device = self.raw.front_end.cos.device();
+        Ok(Tensor::<B, 2>::from_data(
+            TensorData::new(values, [WINDOW_FRAMES, n_mels]),
+            (&device, burn::tensor::DType::F32),
+        )
+        .swap_dims(0, 1)
+        .unsqueeze::<3>()
+        .cast(dtype))
     }
 }
 
@@ -402,6 +790,48 @@ mod tests {
         // np.pad([0, 1, 2, 3], 5, mode="reflect")
         let got: Vec<usize> = (-5..9).map(|i| reflect(i, 4)).collect();
         assert_eq!(got, [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]);
+    }
+
+    fn resample_in_pieces(input: &[f32], rate: u32, piece: usize) -> Vec<f32> {
+        let mut resampler = StreamResampler::new(rate).unwrap();
+        let mut out = Vec::new();
+        for part in input.chunks(piece) {
+            out.extend(resampler.push(part).unwrap());
+        }
+        out.extend(resampler.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn resampling_in_pieces_equals_resampling_at_once() {
+        for rate in [44_100, 22_050, 8_000] {
+            let n = rate as usize * 2 + 1234;
+            let input: Vec<f32> = (0..n)
+                .map(|i| (i as f32 * 0.031).sin() * 0.5 + (i as f32 * 0.0071).cos() * 0.25)
+                .collect();
+            let whole = resample_in_pieces(&input, rate, n);
+            let wanted = (n as f64 * f64::from(SAMPLE_RATE) / f64::from(rate)).ceil() as usize;
+            assert_eq!(whole.len(), wanted, "{rate} Hz");
+            // Aligned: away from the ends, output sample k is the signal at time k / 16000 s
+            // within one output sample (the largest step between two output samples is
+            // below 0.05; trimming rubato's reported delay was off by 0.8).
+            let ratio = f64::from(rate) / f64::from(SAMPLE_RATE);
+            for k in (wanted / 4..3 * wanted / 4).step_by(97) {
+                let t = k as f64 * ratio;
+                let want = (t * 0.031).sin() * 0.5 + (t * 0.0071).cos() * 0.25;
+                let err = (f64::from(whole[k]) - want).abs();
+                assert!(err < 0.05, "{rate} Hz: output {k} is {err} off");
+            }
+            for piece in [1, 777, RESAMPLE_CHUNK, RESAMPLE_CHUNK + 1] {
+                assert!(
+                    resample_in_pieces(&input, rate, piece) == whole,
+                    "{rate} Hz in pieces of {piece}"
+                );
+            }
+        }
+        assert!(resample_in_pieces(&[], 44_100, 10).is_empty());
+        let same: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        assert_eq!(resample_in_pieces(&same, SAMPLE_RATE, 7), same);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::DType as BurnDType;
 use serde::Deserialize;
 
-use crate::audio::{Audio, LogMel, Spectrogram, WINDOW_FRAMES};
+use crate::audio::{Audio, AudioStream, LogMel, MelWindows, Spectrogram, WINDOW_FRAMES};
 use crate::backend::Capabilities;
 use crate::config::EngineConfig;
 use crate::engine::RuntimeInfo;
@@ -132,7 +132,8 @@ pub struct TranscribeStats {
     pub audio_seconds: f64,
     /// 30 s windows run through the encoder.
     pub windows: usize,
-    /// Log-mel spectrogram of the whole file.
+    /// The front end: decoding a streamed file and its log-mel spectrogram (both passes),
+    /// or the spectrogram of audio held whole, and the windows' assembly.
     pub mel: Duration,
     /// The encoder, all windows (cross-attention keys and values included).
     pub encode: Duration,
@@ -481,7 +482,8 @@ impl<B: Backend> Transcriber<B> {
         prompt
     }
 
-    /// Transcribes `audio`; `progress(done, total)` gets the seconds transcribed so far.
+    /// Transcribes `audio` (held whole; [`Transcriber::transcribe_file`] streams a file);
+    /// `progress(done, total)` gets the seconds transcribed so far.
     pub fn transcribe(
         &self,
         audio: &Audio,
@@ -495,7 +497,62 @@ impl<B: Backend> Transcriber<B> {
         };
         let mel = self.front_end.compute(&audio.samples)?;
         stats.mel = start.elapsed();
-        let content_frames = mel.frames().saturating_sub(1);
+        let mut window =
+            |seek: usize, len: usize| Ok(mel.window::<B>(seek, len, &self.device, self.dtype));
+        self.transcribe_windows(mel.frames(), &mut window, stats, start, options, progress)
+    }
+
+    /// Transcribes the audio file at `path` (`-`: stdin, first copied to a temporary file)
+    /// with memory bounded whatever its length: the file is decoded, resampled and turned
+    /// into log-mel frames a piece at a time, twice ([`MelWindows`]: the first pass finds
+    /// the maximum the spectrogram is normalised by). The transcript equals
+    /// [`Transcriber::transcribe`]'s of the whole file.
+    pub fn transcribe_file(
+        &self,
+        path: &Path,
+        options: &TranscribeOptions,
+        progress: &mut dyn FnMut(f64, f64),
+    ) -> Result<Transcript> {
+        let start = Instant::now();
+        let spooled = if path.as_os_str() == "-" {
+            Some(Spooled::stdin()?)
+        } else {
+            None
+        };
+        let file = spooled.as_ref().map_or(path, |s| s.path.as_path());
+        let mut mel = MelWindows::new(&self.front_end, || {
+            AudioStream::open(file).map_err(|e| match (&spooled, e) {
+                // Messages name stdin, not the temporary file.
+                (Some(_), Error::Audio { message, .. }) => Error::Audio {
+                    path: path.into(),
+                    message,
+                },
+                (_, e) => e,
+            })
+        })?;
+        let stats = TranscribeStats {
+            audio_seconds: mel.duration(),
+            mel: start.elapsed(),
+            ..TranscribeStats::default()
+        };
+        let frames = mel.frames();
+        let mut window = |seek: usize, len: usize| mel.window(seek, len, self.dtype);
+        self.transcribe_windows(frames, &mut window, stats, start, options, progress)
+    }
+
+    /// The window loop of a transcription: `window(seek, len)` gives the mel window of
+    /// `len` frames from frame `seek` (in increasing `seek`); `frames` counts the padding
+    /// frame.
+    fn transcribe_windows(
+        &self,
+        frames: usize,
+        window: &mut dyn FnMut(usize, usize) -> Result<Tensor<B, 3>>,
+        mut stats: TranscribeStats,
+        start: Instant,
+        options: &TranscribeOptions,
+        progress: &mut dyn FnMut(f64, f64),
+    ) -> Result<Transcript> {
+        let content_frames = frames.saturating_sub(1);
         let total = content_frames as f64 * FRAME_SECONDS;
         let mut segments = Vec::new();
         let mut all_tokens: Vec<u32> = Vec::new();
@@ -509,7 +566,9 @@ impl<B: Backend> Transcriber<B> {
             let segment_size = WINDOW_FRAMES.min(content_frames - seek);
             let segment_duration = segment_size as f64 * FRAME_SECONDS;
             let t = Instant::now();
-            let window = mel.window::<B>(seek, segment_size, &self.device, self.dtype);
+            let window = window(seek, segment_size)?;
+            stats.mel += t.elapsed();
+            let t = Instant::now();
             let encoded = self.model.encode(window);
             let cross = self.model.cross_attention(&encoded);
             stats.encode += t.elapsed();
@@ -838,6 +897,76 @@ impl<B: Backend> Transcriber<B> {
     }
 }
 
+/// The words of `text` as word error rates compare them: split on whitespace, lowercased,
+/// everything but letters, digits and apostrophes dropped (so punctuation and case never
+/// count as errors), empty words left out.
+pub fn normalized_words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Word error rate of `hypothesis` against `reference`: the word-level Levenshtein distance
+/// (substitutions, insertions and deletions) over the reference's word count, words as
+/// [`normalized_words`] gives them. An empty reference gives the hypothesis's word count
+/// (0 when both are empty).
+pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let (r, h) = (normalized_words(reference), normalized_words(hypothesis));
+    let mut row: Vec<usize> = (0..=h.len()).collect();
+    for i in 1..=r.len() {
+        let mut diagonal = row[0];
+        row[0] = i;
+        for j in 1..=h.len() {
+            let above = row[j];
+            row[j] = (diagonal + usize::from(r[i - 1] != h[j - 1]))
+                .min(above + 1)
+                .min(row[j - 1] + 1);
+            diagonal = above;
+        }
+    }
+    row[h.len()] as f64 / r.len().max(1) as f64
+}
+
+/// Stdin copied to a temporary file (so that it can be read twice), removed on drop.
+struct Spooled {
+    path: std::path::PathBuf,
+}
+
+impl Spooled {
+    fn stdin() -> Result<Self> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ember-stdin-{}-{}.audio",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let spooled = Self { path };
+        let mut file = std::fs::File::create(&spooled.path).map_err(Error::io(&spooled.path))?;
+        let copied = std::io::copy(&mut std::io::stdin().lock(), &mut file)
+            .map_err(Error::io(Path::new("-")))?;
+        if copied == 0 {
+            return Err(Error::Audio {
+                path: "-".into(),
+                message: "the file is empty".into(),
+            });
+        }
+        Ok(spooled)
+    }
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.path).ok();
+    }
+}
+
 /// A `[1, 1, vocab]` f32 tensor's values on the host.
 fn host_row<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
     logits
@@ -879,4 +1008,30 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 
 fn softmax_at(logits: &[f32], i: usize) -> f64 {
     log_softmax(logits)[i].exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_error_rate_counts_edits_over_reference_words() {
+        // Case and punctuation are not errors.
+        assert_eq!(
+            word_error_rate("And so, my fellow Americans.", "and so my fellow americans"),
+            0.0
+        );
+        // One substitution in four words.
+        assert_eq!(
+            word_error_rate("ask not what your", "ask not what our"),
+            0.25
+        );
+        // One deletion and one insertion in five words: 2 / 5.
+        assert_eq!(word_error_rate("a b c d e", "a c d e f"), 0.4);
+        // Everything missing: 1; an empty reference counts the inserted words.
+        assert_eq!(word_error_rate("one two three", ""), 1.0);
+        assert_eq!(word_error_rate("", ""), 0.0);
+        assert_eq!(word_error_rate("", "two words"), 2.0);
+        assert_eq!(normalized_words(" Don't  -- STOP! "), ["don't", "stop"]);
+    }
 }

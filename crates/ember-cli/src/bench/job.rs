@@ -33,6 +33,51 @@ pub struct RunSpec {
     /// Reference tokens (`crates/ember-tests/fixtures/smollm2.json`), checked when the
     /// model's file name equals the fixture's.
     pub reference: Option<PathBuf>,
+    /// The clips a speech model transcribes (one test each); unused by other models.
+    #[serde(default)]
+    pub audio: Vec<AudioClip>,
+}
+
+/// An audio clip of the speech tests and the transcript its word error rate is counted
+/// against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioClip {
+    /// The audio file (any format `ember transcribe` reads).
+    pub file: PathBuf,
+    /// The reference transcript: a text file, or a JSON file and a JSON pointer to a string
+    /// in it after `#` (`fixtures/whisper/jfk.json#/faster_whisper/timestamps/text`).
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+impl AudioClip {
+    /// The reference transcript, when the clip has one.
+    pub fn reference_text(&self) -> Result<Option<String>> {
+        let Some(reference) = &self.reference else {
+            return Ok(None);
+        };
+        let (path, pointer) = match reference.split_once('#') {
+            Some((path, pointer)) => (path, Some(pointer)),
+            None => (reference.as_str(), None),
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the reference transcript {path}"))?;
+        let Some(pointer) = pointer else {
+            return Ok(Some(text));
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{path}: invalid JSON"))?;
+        json.pointer(pointer)
+            .and_then(|v| v.as_str())
+            .map(|s| Some(s.to_string()))
+            .with_context(|| format!("{path}: no string at `{pointer}`"))
+    }
+
+    /// The clip's file name, which names its test (`asr jfk.wav`).
+    pub fn name(&self) -> String {
+        super::baseline::file_name(&self.file)
+    }
 }
 
 /// One timed test.
@@ -52,6 +97,31 @@ pub struct TestResult {
     /// when its on-disk caches are empty, allocator growth, lazy initialisation.
     #[serde(default)]
     pub warmup_ns: Vec<u64>,
+    /// A transcription test (speech models): what the clip was and what came out; then a
+    /// repetition is the whole transcription of the file, decoding it included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech: Option<SpeechTest>,
+}
+
+/// A transcription test's measurements, besides its repetitions' wall times.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpeechTest {
+    /// The clip's file name.
+    pub audio_file: String,
+    /// Its length, seconds.
+    pub audio_s: f64,
+    /// 30 s windows run through the encoder per transcription.
+    #[serde(default)]
+    pub windows: usize,
+    /// Encoder time per window of each timed repetition, milliseconds (empty where the
+    /// engine does not report it).
+    #[serde(default)]
+    pub encoder_ms: Vec<f64>,
+    /// Decoder tokens per second of each timed repetition (empty where not reported).
+    #[serde(default)]
+    pub decoder_ts: Vec<f64>,
+    /// The transcript (of the last repetition; greedy decoding gives the same each time).
+    pub text: String,
 }
 
 impl TestResult {
@@ -160,8 +230,12 @@ impl BackendJob for BenchJob<'_> {
         capabilities: Capabilities<B>,
     ) -> Result<RunResult> {
         let spec = self.spec;
-        if is_encoder(&spec.config)? {
-            return embed_run::<B>(spec, &device, runtime);
+        match task_of(&spec.config)? {
+            ember::models::Task::Embed => return embed_run::<B>(spec, &device, runtime),
+            ember::models::Task::Transcribe => {
+                return speech_run::<B>(spec, &device, runtime, &capabilities)
+            }
+            _ => {}
         }
         phase("cold load");
         let cold = {
@@ -278,10 +352,86 @@ impl BackendJob for BenchJob<'_> {
     }
 }
 
-/// Whether the config's model is an encoder (BERT): benched as embeddings per second.
-fn is_encoder(config: &EngineConfig) -> Result<bool> {
+/// What the config's model does: an encoder (BERT) is benched as embeddings per second, a
+/// speech model (Whisper) as transcriptions of the spec's clips, a decoder as pp/tg.
+fn task_of(config: &EngineConfig) -> Result<ember::models::Task> {
     let opened = ember::models::Opened::open(&config.model)?;
-    Ok(opened.architecture.task() == ember::models::Task::Embed)
+    Ok(opened.architecture.task())
+}
+
+/// A speech run: the model loaded cold then warm, and each clip of the spec transcribed
+/// from its file as `ember transcribe` does (`Transcriber::transcribe_file` with the
+/// config's `[transcribe]` options, faster-whisper's defaults), warm-ups first; a test per
+/// clip.
+fn speech_run<B: Backend>(
+    spec: &RunSpec,
+    device: &B::Device,
+    runtime: RuntimeInfo,
+    capabilities: &Capabilities<B>,
+) -> Result<RunResult> {
+    if spec.audio.is_empty() {
+        anyhow::bail!("a speech model needs audio clips to transcribe (`[[audio]]` in the matrix, or --audio)");
+    }
+    phase("cold load");
+    let cold = ember::Transcriber::<B>::load(&spec.config, device, runtime.clone(), capabilities)
+        .context("cannot load the model")?
+        .load_time()
+        .as_secs_f64();
+    phase("warm load");
+    let transcriber = ember::Transcriber::<B>::load(&spec.config, device, runtime, capabilities)
+        .context("cannot load the model")?;
+    let options = &spec.config.transcribe;
+    let total = spec.warmup + spec.repetitions;
+    let mut tests = Vec::new();
+    for clip in &spec.audio {
+        let name = clip.name();
+        let mut test = TestResult::default();
+        let mut speech = SpeechTest {
+            audio_file: name.clone(),
+            ..SpeechTest::default()
+        };
+        for rep in 0..total {
+            phase(&format!("transcribe {name} repetition {}/{total}", rep + 1));
+            let start = Instant::now();
+            let transcript = transcriber
+                .transcribe_file(&clip.file, options, &mut |_, _| {})
+                .with_context(|| format!("cannot transcribe {}", clip.file.display()))?;
+            test.record(rep, spec.warmup, start);
+            let stats = &transcript.stats;
+            if rep >= spec.warmup {
+                speech
+                    .encoder_ms
+                    .push(stats.encode_per_window().as_secs_f64() * 1000.0);
+                speech.decoder_ts.push(stats.decode_tps());
+            }
+            speech.audio_s = stats.audio_seconds;
+            speech.windows = stats.windows;
+            speech.text = transcript.text();
+        }
+        test.speech = Some(speech);
+        tests.push(test);
+    }
+    let model = transcriber.model();
+    let params = model.config().param_count() as u64;
+    Ok(RunResult {
+        backend: transcriber.runtime().backend.clone(),
+        device: transcriber.runtime().device.clone(),
+        dtype: transcriber.runtime().dtype.to_string(),
+        model_filename: super::baseline::speech_model_name(transcriber.checkpoint().path()),
+        model_type: format!(
+            "whisper {} {}",
+            human_params(params),
+            Stored::of(transcriber.checkpoint()).file_type
+        ),
+        model_size: model.weights_bytes() as u64,
+        model_n_params: params,
+        load_s_cold: cold,
+        load_s_warm: Some(transcriber.load_time().as_secs_f64()),
+        tests,
+        peak_mem: peak_rss_bytes(),
+        peak_mem_kind: "process RSS".into(),
+        ..RunResult::default()
+    })
 }
 
 /// Batch sizes of the embedding tests.
@@ -473,6 +623,18 @@ impl Stored {
                     params: None,
                 },
             },
+            Checkpoint::HfDir(dir) if dir.join("model.bin").is_file() => {
+                match ember::format::ct2::Ct2File::open(&dir.join("model.bin")) {
+                    Ok(file) => Self {
+                        file_type: ct2_file_type(&file),
+                        params: None,
+                    },
+                    Err(_) => Self {
+                        file_type: "?".into(),
+                        params: None,
+                    },
+                }
+            }
             Checkpoint::HfDir(dir) => {
                 let config: Option<serde_json::Value> =
                     std::fs::read_to_string(dir.join("config.json"))
@@ -543,6 +705,20 @@ fn gguf_file_type(file: &ember::format::gguf::GgufFile) -> String {
         .into_iter()
         .max_by_key(|(_, c)| *c)
         .map_or_else(|| "?".into(), |(n, _)| n)
+}
+
+/// A CTranslate2 `model.bin`'s type: `CT2 ` and the type most of its matrices have.
+fn ct2_file_type(file: &ember::format::ct2::Ct2File) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for v in file.variables().iter().filter(|v| v.shape.len() == 2) {
+        let name = format!("{:?}", v.dtype).to_uppercase();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    let most = counts.into_iter().max_by_key(|(_, c)| *c);
+    format!("CT2 {}", most.map_or_else(|| "?".into(), |(n, _)| n))
 }
 
 fn human_params(n: u64) -> String {

