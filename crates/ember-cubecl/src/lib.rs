@@ -72,6 +72,25 @@ impl<R> std::fmt::Debug for CubeFused<R> {
     }
 }
 
+/// The environment variable that turns the kernels off (`EMBER_CUBECL=off`: burn's ops
+/// only), to compare the two paths in one build.
+pub const ENV_SWITCH: &str = "EMBER_CUBECL";
+
+/// The ops for a backend's [`ember::Capabilities::fused`], the runtime inferred from the
+/// backend type (`Wgpu`, `Cuda`); `None` when [`ENV_SWITCH`] is `off`.
+pub fn fused<R, F, I, BT>() -> Option<ember::nn::Fused<FusedCube<R, F, I, BT>>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    if std::env::var(ENV_SWITCH).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+        return None;
+    }
+    Some(ember::nn::Fused(std::sync::Arc::new(CubeFused::<R>::new())))
+}
+
 /// The fusion tensor behind a float tensor (`None` for a quantized one).
 fn fusion<R: CubeRuntime, const D: usize, B>(
     t: &Tensor<B, D>,
