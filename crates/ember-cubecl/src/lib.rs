@@ -12,9 +12,10 @@
 //! backend's `F` type parameter. Every kernel accumulates in f32.
 //!
 //! Ops: [`FusedOps::rms_norm`] (one kernel instead of the portable cast, square, mean,
-//! divide, cast, multiply) and [`FusedOps::attention`] for the short query rows of a decode
-//! step (one kernel instead of matmul, softmax and matmul), both compared with the portable
-//! path by this crate's tests on wgpu.
+//! divide, cast, multiply), [`FusedOps::decode_attention`] (one token's query heads over the
+//! cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the short query
+//! rows of a step that has a bias (one kernel instead of matmul, softmax and matmul), each
+//! compared with the portable path by this crate's tests on wgpu.
 
 #![warn(missing_docs)]
 // Bad input must come back as `None` (the portable path), never a panic.
@@ -34,6 +35,8 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use cubecl::prelude::{CubeCount, CubeDim};
+use cubecl::zspace::metadata::Metadata;
+use cubecl::zspace::Strides;
 use ember::nn::FusedOps;
 
 use kernels::{BLOCK, MAX_HEAD_DIM};
@@ -236,6 +239,82 @@ where
                         w.into_tensor_arg(),
                         out.clone().into_tensor_arg(),
                         eps,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                out
+            },
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn decode_attention(
+        &self,
+        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        keys: std::ops::Range<usize>,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        let [batch, heads, one, dim] = q.dims();
+        let [kb, kv, cached, kd] = k.dims();
+        let dtype = q.dtype();
+        let same = k.dtype() == dtype && v.dtype() == dtype && float_dtype(dtype);
+        let shapes = one == 1
+            && (kb, kd) == (batch, dim)
+            && v.dims() == k.dims()
+            && kv > 0
+            && heads.is_multiple_of(kv)
+            && (1..=MAX_HEAD_DIM).contains(&dim);
+        if !same || !shapes || keys.start >= keys.end || keys.end > cached {
+            return None;
+        }
+        let groups = heads / kv;
+        let grid = (
+            u32::try_from(groups).ok()?,
+            u32::try_from(kv).ok()?,
+            u32::try_from(batch).ok()?,
+        );
+        let (first, len) = (
+            u32::try_from(keys.start).ok()?,
+            u32::try_from(keys.end).ok()?,
+        );
+        let scale = (dim as f32).powf(-0.5);
+        let out = register::<R, F, I, BT, 3>(
+            "ember.decode_attention",
+            [fusion(q)?, fusion(k)?, fusion(v)?],
+            vec![batch, 1, heads * dim],
+            dtype,
+            move |[mut q, k, v]| {
+                // q's heads seen as [batch, kv, groups, dim] (head h = kv head h / groups,
+                // query row h % groups): strides only, no copy. The kernel writes row-major
+                // [batch, kv, groups, dim], which is `out`'s [batch, 1, heads * dim].
+                let s = q.meta.strides().clone();
+                q.meta = Box::new(Metadata::new(
+                    [batch, kv, groups, dim],
+                    Strides::new(&[s[0], groups * s[1], s[1], s[3]]),
+                ));
+                let out = output(&q, vec![batch, 1, heads * dim]);
+                let dtype = q.dtype;
+                let client = q.client.clone();
+                // SAFETY: one cube per query head (grid: groups x kv x batch, q's view above);
+                // keys `first..len` with `len` at most k's and v's length, dimensions below
+                // `dim` (equal for q, k, v; at most the cube's width); no bias is read (`k`
+                // stands in for it); `out` holds batch x heads x dim elements.
+                unsafe {
+                    kernels::attention::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(grid.0, grid.1, grid.2),
+                        CubeDim::new_1d(BLOCK as u32),
+                        q.into_tensor_arg(),
+                        k.clone().into_tensor_arg(),
+                        v.into_tensor_arg(),
+                        k.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        first,
+                        len,
+                        scale,
+                        false,
                         BLOCK,
                         dtype.into(),
                     );

@@ -143,14 +143,38 @@ fn check_decode(
     let fused = FusedOps::<B>::attention(&ops(), &q, &k, &v, Some(&bias))
         .unwrap_or_else(|| panic!("the kernel declined heads {heads} kv {kv} hd {hd}"));
     assert_eq!(fused.dims(), [batch, kv, groups, hd]);
+    // The same step through the bias-free hook: the real length and the window's start as
+    // a range of keys, q in the model's [batch, heads, 1, hd] (a strided view here).
+    let first = sliding.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let q_heads = tensor([batch, heads + 2, 1, hd], seed + 3, dtype).narrow(1, 1, heads);
+    let direct = FusedOps::<B>::decode_attention(&ops(), &q_heads, &k, &v, first..pos + 1)
+        .unwrap_or_else(|| panic!("the kernel declined heads {heads} kv {kv} hd {hd}"));
+    assert_eq!(direct.dims(), [batch, 1, heads * hd]);
+    let grouped = q_heads.reshape([batch, kv, groups, hd]);
+    let reference = attend_all(
+        grouped,
+        k.clone(),
+        v.clone(),
+        Some(&bias),
+        AttentionImpl::Plain,
+    )
+    .reshape([batch, 1, heads * hd]);
+
     let portable = attend_all(q, k, v, Some(&bias), AttentionImpl::Plain);
-    let diff = max_diff(&host(fused), &host(portable));
     let tol = tolerance(dtype, 1e-4);
-    assert!(
-        diff <= tol,
-        "{dtype:?} heads {heads} kv {kv} hd {hd} pos {pos} visible {visible} sliding \
-         {sliding:?}: max diff {diff} > {tol}"
-    );
+    for (what, diff) in [
+        ("attention", max_diff(&host(fused), &host(portable))),
+        (
+            "decode_attention",
+            max_diff(&host(direct), &host(reference)),
+        ),
+    ] {
+        assert!(
+            diff <= tol,
+            "{what} {dtype:?} heads {heads} kv {kv} hd {hd} pos {pos} visible {visible} \
+             sliding {sliding:?}: max diff {diff} > {tol}"
+        );
+    }
 }
 
 fn decode_shapes(dtype: DType) {
@@ -199,6 +223,13 @@ fn declines_what_it_does_not_take() {
     assert!(FusedOps::<B>::attention(&ops(), &long, &long, &long, None).is_none());
     let wide = tensor([1, 1, 1, 512], 2, dtype);
     assert!(FusedOps::<B>::attention(&ops(), &wide, &wide, &wide, None).is_none());
+    // An empty or too long range of keys.
+    let (q, kv) = (
+        tensor([1, 2, 1, 64], 5, dtype),
+        tensor([1, 1, 10, 64], 6, dtype),
+    );
+    assert!(FusedOps::<B>::decode_attention(&ops(), &q, &kv, &kv, 3..3).is_none());
+    assert!(FusedOps::<B>::decode_attention(&ops(), &q, &kv, &kv, 0..11).is_none());
     // Mixed dtypes: the caller's portable path decides.
     let x = tensor([1, 1, 8], 3, DType::F32);
     let w = tensor([8], 4, DType::F16);
