@@ -1,21 +1,21 @@
 //! What flex runs beyond burn's ops: products with quantized weights on `ember-kernels`'
 //! block layouts (`[model] weights = "keep"`), instead of dequantizing the weight with
-//! burn ops at every use (docs/performance.md, change 14), and KV cache writes in place
-//! (change 15).
+//! burn ops at every use (docs/performance.md, change 14), KV cache writes in place
+//! (change 15), and a decoded token's attention read straight from the cache (change 19).
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexDevice, FlexTensor};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
 use ember::format::QuantizedRows;
 use ember::nn::linear::{Native, NativeQuantized};
-use ember::nn::FusedOps;
-use ember_kernels::{Groups, Inputs, Isa, QuantMatrix};
+use ember::nn::{FusedOps, Gate};
+use ember_kernels::{Groups, Inputs, Isa, QuantMatrix, QUAD};
 
-/// Flex's fused ops: quantized weights and in-place cache writes (its norms, attention and
-/// projections are burn's ops).
+/// Flex's fused ops: quantized weights, in-place cache writes and decode attention (its
+/// norms, prefill attention and f32 projections are burn's ops).
 #[derive(Debug, Clone, Copy)]
 pub struct FlexFused {
     inputs: Inputs,
@@ -37,7 +37,168 @@ impl Default for FlexFused {
 
 type B = crate::Backend;
 
+/// Queries per (batch, head) up to which [`FlexFused`]'s attention runs: a decoded token's
+/// query heads grouped on their KV head (Gemma 3's 4, SmolLM2-1.7B's 1), or a few tokens.
+/// Longer prefills keep burn's attention, whose matrix products are blocked.
+const ATTENTION_QUERIES: usize = 16;
+
 impl FusedOps<B> for FlexFused {
+    /// burn's attention, one (batch, head) per part of the kernels' pool (change 22).
+    fn causal_attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        per_head(q, k, v, None, true)
+    }
+
+    /// One pass per row, f32 (burn-flex 0.21 broadcasts the weight through a strided
+    /// iterator: docs/performance.md, change 20).
+    fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>> {
+        let [batch, seq, hidden] = x.dims();
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return None;
+        }
+        let (x, w) = (rows_of(x)?, rows_of(weight)?);
+        let (x, w) = (x.values(), w.values());
+        let mut out = vec![0f32; batch * seq * hidden];
+        by_rows(&mut out, hidden, &|r, out| {
+            let x = &x[r * hidden..(r + 1) * hidden];
+            let mean_square = x.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+            let norm = (mean_square + eps as f32).sqrt();
+            for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+                *o = v / norm * w;
+            }
+        });
+        Some(tensor(out, [batch, seq, hidden]))
+    }
+
+    /// `act(gate) * up` in one pass over the product's output, f32 (burn's ops read the two
+    /// halves as strided views: change 20).
+    fn gated(&self, gate_up: &Tensor<B, 3>, act: Gate) -> Option<Tensor<B, 3>> {
+        let [batch, seq, double] = gate_up.dims();
+        let inter = double / 2;
+        if gate_up.dtype() != DType::F32 || double % 2 != 0 {
+            return None;
+        }
+        let x = rows_of(gate_up)?;
+        let x = x.values();
+        let mut out = vec![0f32; batch * seq * inter];
+        by_rows(&mut out, inter, &|r, out| {
+            let (gate, up) = x[r * double..(r + 1) * double].split_at(inter);
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                let a = match act {
+                    Gate::Silu => g / (1.0 + (-g).exp()),
+                    Gate::GeluTanh => {
+                        let inner =
+                            (2.0 / std::f32::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
+                        0.5 * g * (1.0 + inner.tanh())
+                    }
+                };
+                *o = a * u;
+            }
+        });
+        Some(tensor(out, [batch, seq, inter]))
+    }
+
+    /// Rotate-half RoPE read from `x`'s strided view (a head of the fused q/k/v product),
+    /// written contiguous, f32 (change 20).
+    fn rotate(
+        &self,
+        x: &Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        let [batch, heads, seq, dim] = x.dims();
+        let table = |t: &Tensor<B, 4>| {
+            let [b, h, s, d] = t.dims();
+            (b == 1 || b == batch) && (h, s, d) == (1, seq, dim) && t.dtype() == DType::F32
+        };
+        if x.dtype() != DType::F32 || !table(cos) || !table(sin) || dim % 2 != 0 {
+            return None;
+        }
+        let view = |t: &Tensor<B, 4>| Strided::of(t.clone().into_primitive().tensor());
+        let (xs, cs, ss) = (view(x)?, view(cos)?, view(sin)?);
+        if [&xs, &cs, &ss].iter().any(|t| t.strides[3] != 1) {
+            return None;
+        }
+        let tables_batch = cos.dims()[0];
+        let half = dim / 2;
+        let mut out = vec![0f32; batch * heads * seq * dim];
+        by_rows(&mut out, dim, &|r, out| {
+            let (b, h, p) = (r / (heads * seq), r / seq % heads, r % seq);
+            let t = if tables_batch == 1 { 0 } else { b };
+            let (x, c, s) = (
+                xs.row(b, h, p, dim),
+                cs.row(t, 0, p, dim),
+                ss.row(t, 0, p, dim),
+            );
+            for j in 0..dim {
+                let swapped = if j < half { x[j + half] } else { x[j - half] };
+                out[j] = x[j] * c[j] + swapped * s[j];
+            }
+        });
+        Some(Tensor::from_data(
+            TensorData::new(out, [batch, heads, seq, dim]),
+            (&FlexDevice, DType::F32),
+        ))
+    }
+
+    /// Reads K and V where they lie in the cache (burn-flex 0.21's attention first copies
+    /// the attended positions of both out of the cache's strided view: 9 % of a decoded
+    /// token of SmolLM2 at 128 positions, docs/performance.md change 19). f32 only.
+    fn attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        bias: Option<&Tensor<B, 4>>,
+    ) -> Option<Tensor<B, 4>> {
+        let [batch, heads, queries, dim] = q.dims();
+        let keys = k.dims()[2];
+        if queries > ATTENTION_QUERIES {
+            return per_head(q, k, v, bias, false);
+        }
+        if k.dims() != [batch, heads, keys, dim]
+            || v.dims() != [batch, heads, keys, dim]
+            || bias.is_some_and(|b| b.dims() != [batch, heads, queries, keys])
+            || [q, k, v].iter().any(|t| t.dtype() != DType::F32)
+            || bias.is_some_and(|b| b.dtype() != DType::F32)
+        {
+            return None;
+        }
+        let view = |t: &Tensor<B, 4>| Strided::of(t.clone().into_primitive().tensor());
+        let (q, k, v) = (view(q)?, view(k)?, view(v)?);
+        let bias = match bias {
+            Some(b) => Some(view(b)?),
+            None => None,
+        };
+        // Rows of q, k and v must be contiguous (the dot products' inner loops).
+        if [&q, &k, &v].iter().any(|t| t.strides[3] != 1) {
+            return None;
+        }
+        let mut out = vec![0f32; batch * heads * queries * dim];
+        let scale = (dim as f32).powf(-0.5);
+        // One part per (batch, head), each its own piece of the output.
+        let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(queries * dim).map(Mutex::new).collect();
+        let views = Views {
+            q,
+            k,
+            v,
+            bias,
+            dim,
+            keys,
+            scale,
+        };
+        ember_kernels::Pool::global().run(batch * heads, &|bh| {
+            let mut out = parts[bh].lock().unwrap_or_else(|e| e.into_inner());
+            views.attend(bh / heads, bh % heads, &mut out);
+        });
+        let data = TensorData::new(out, [batch, heads, queries, dim]);
+        Some(Tensor::from_data(data, (&FlexDevice, DType::F32)))
+    }
+
     fn quantized(
         &self,
         tensor: &QuantizedRows<'_>,
@@ -45,8 +206,9 @@ impl FusedOps<B> for FlexFused {
         dtype: DType,
     ) -> ember::Result<Option<Native<B>>> {
         let [rows, cols] = tensor.shape();
-        // Parts of about 8 MiB of unpacked integers: packed one by one into the matrix.
-        let per = ((8 << 20) / cols.max(1)).clamp(1, rows.max(1));
+        // Parts of about 8 MiB of unpacked integers, whole quads of rows (the kernels'
+        // interleaving), packed one by one into the matrix.
+        let per = ((8 << 20) / cols.max(1)).max(QUAD) / QUAD * QUAD;
         let mut matrix: Option<QuantMatrix> = None;
         for start in (0..rows).step_by(per) {
             let n = per.min(rows - start);
@@ -179,6 +341,256 @@ impl FusedOps<B> for FlexFused {
             Err(t)
         }
     }
+}
+
+/// burn-flex's attention of each (batch, head) on its own part of the kernels' pool: burn-flex
+/// 0.21 runs the heads of a prefill one after the other on one thread (18 % of a
+/// single-thread SmolLM2 prefill, all of it serial at two threads; change 22). Any dtype:
+/// the op is burn's.
+fn per_head(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 4>>,
+    is_causal: bool,
+) -> Option<Tensor<B, 4>> {
+    let [batch, heads, _, _] = q.dims();
+    if k.dims()[..2] != [batch, heads] || v.dims()[..2] != [batch, heads] {
+        return None;
+    }
+    let one = |t: &Tensor<B, 4>, b: usize, h: usize| {
+        let [tb, th, _, _] = t.dims();
+        // A bias broadcast over the batch or the heads (size 1 there) is shared.
+        t.clone().narrow(0, if tb == 1 { 0 } else { b }, 1).narrow(
+            1,
+            if th == 1 { 0 } else { h },
+            1,
+        )
+    };
+    let options = burn::tensor::ops::AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal,
+    };
+    let outs: Vec<Mutex<Option<Tensor<B, 4>>>> =
+        (0..batch * heads).map(|_| Mutex::new(None)).collect();
+    ember_kernels::Pool::global().run(batch * heads, &|bh| {
+        let (b, h) = (bh / heads, bh % heads);
+        let out = burn::tensor::module::attention(
+            one(q, b, h),
+            one(k, b, h),
+            one(v, b, h),
+            None,
+            bias.map(|bias| one(bias, b, h)),
+            options,
+        );
+        *outs[bh].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+    });
+    let outs: Vec<Tensor<B, 4>> = outs
+        .into_iter()
+        .map(|o| o.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect::<Option<_>>()?;
+    let rows: Vec<Tensor<B, 4>> = outs
+        .chunks(heads)
+        .map(|heads| Tensor::cat(heads.to_vec(), 1))
+        .collect();
+    Some(Tensor::cat(rows, 0))
+}
+
+/// A flex f32 tensor whose values are one contiguous run (any start).
+struct Rows {
+    tensor: FlexTensor,
+    range: (usize, usize),
+}
+
+impl Rows {
+    fn values(&self) -> &[f32] {
+        &self.tensor.storage::<f32>()[self.range.0..self.range.1]
+    }
+}
+
+/// `t`'s values when they lie contiguous, in order.
+fn rows_of<const D: usize>(t: &Tensor<B, D>) -> Option<Rows> {
+    let tensor = t.clone().into_primitive().tensor();
+    let range = tensor.layout().contiguous_offsets()?;
+    Some(Rows { tensor, range })
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values, shape), (&FlexDevice, DType::F32))
+}
+
+/// Fills `out`'s rows of `width` values with `fill(row, values)`, the rows split over the
+/// kernels' pool in parts of at least 64 KiB of output (a decoded token's one row runs on
+/// the calling thread).
+fn by_rows(out: &mut [f32], width: usize, fill: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let rows = out.len() / width.max(1);
+    let per = (16384 / width.max(1)).max(1);
+    let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(per * width).map(Mutex::new).collect();
+    ember_kernels::Pool::global().run(parts.len(), &|c| {
+        let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+        for (i, row) in part.chunks_exact_mut(width).enumerate() {
+            fill(c * per + i, row);
+        }
+    });
+    debug_assert!(rows == 0 || parts.len() == rows.div_ceil(per));
+}
+
+/// A 4-d f32 flex tensor read in place through its strides.
+struct Strided {
+    tensor: FlexTensor,
+    strides: [usize; 4],
+    offset: usize,
+}
+
+impl Strided {
+    /// `None` for a negative stride.
+    fn of(tensor: FlexTensor) -> Option<Self> {
+        let layout = tensor.layout();
+        let strides: Vec<usize> = layout
+            .strides()
+            .iter()
+            .map(|&s| usize::try_from(s).ok())
+            .collect::<Option<_>>()?;
+        Some(Self {
+            strides: strides.try_into().ok()?,
+            offset: layout.start_offset(),
+            tensor,
+        })
+    }
+
+    fn index(&self, a: usize, b: usize, c: usize, d: usize) -> usize {
+        let s = self.strides;
+        self.offset + a * s[0] + b * s[1] + c * s[2] + d * s[3]
+    }
+
+    /// The whole buffer the view reads.
+    fn values(&self) -> &[f32] {
+        self.tensor.storage::<f32>()
+    }
+
+    /// `[a, b, c, ..dim]`, contiguous (stride 1 in the last dimension: checked by the caller).
+    fn row(&self, a: usize, b: usize, c: usize, dim: usize) -> &[f32] {
+        let at = self.index(a, b, c, 0);
+        &self.values()[at..at + dim]
+    }
+}
+
+/// A decode attention's operands, read in place.
+struct Views {
+    q: Strided,
+    k: Strided,
+    v: Strided,
+    bias: Option<Strided>,
+    dim: usize,
+    keys: usize,
+    scale: f32,
+}
+
+impl Views {
+    /// Head `h` of batch row `b`: `out` holds its queries' outputs, zeroed. On AVX2 with FMA
+    /// where the CPU has them (the crate is built for baseline x86-64, whose 4-wide SSE made
+    /// this a third slower than burn's attention it replaces).
+    fn attend(&self, b: usize, h: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { self.attend_avx2(b, h, out) };
+        }
+        self.attend_on::<false>(b, h, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, b: usize, h: usize, out: &mut [f32]) {
+        self.attend_on::<true>(b, h, out);
+    }
+
+    /// `FMA`: products and sums as fused multiply-adds (only where the CPU has them:
+    /// `mul_add` is a library call elsewhere).
+    #[inline(always)]
+    fn attend_on<const FMA: bool>(&self, b: usize, h: usize, out: &mut [f32]) {
+        let Views {
+            q,
+            k,
+            v,
+            bias,
+            dim,
+            keys,
+            scale,
+        } = self;
+        let (dim, keys) = (*dim, *keys);
+        let (ks, vs) = (k.values(), v.values());
+        let (k0, v0) = (k.index(b, h, 0, 0), v.index(b, h, 0, 0));
+        let (kt, vt) = (k.strides[2], v.strides[2]);
+        let mut scores = vec![0f32; keys];
+        for (i, out) in out.chunks_exact_mut(dim).enumerate() {
+            let query = q.row(b, h, i, dim);
+            // The bias first: a hidden key (the decode window's positions past the sequence,
+            // a serving row's padding) costs no product.
+            match bias {
+                Some(bias) => {
+                    let (values, at, step) =
+                        (bias.values(), bias.index(b, h, i, 0), bias.strides[3]);
+                    for (t, s) in scores.iter_mut().enumerate() {
+                        *s = values[at + t * step];
+                    }
+                }
+                None => scores.fill(0.0),
+            }
+            for (t, s) in scores.iter_mut().enumerate() {
+                if *s != f32::NEG_INFINITY {
+                    let at = k0 + t * kt;
+                    *s += dot::<FMA>(query, &ks[at..at + dim]) * scale;
+                }
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            if max == f32::NEG_INFINITY {
+                // Every key hidden: the output stays zero (burn's gives NaN).
+                continue;
+            }
+            let mut total = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            for (t, &p) in scores.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let p = p / total;
+                let at = v0 + t * vt;
+                for (o, &x) in out.iter_mut().zip(&vs[at..at + dim]) {
+                    *o = if FMA { p.mul_add(x, *o) } else { *o + p * x };
+                }
+            }
+        }
+    }
+}
+
+/// `x . y` in eight independent sums (which the compiler vectorizes; one running sum it
+/// may not reorder).
+#[inline(always)]
+fn dot<const FMA: bool>(x: &[f32], y: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            lanes[l] = if FMA {
+                a[l].mul_add(b[l], lanes[l])
+            } else {
+                lanes[l] + a[l] * b[l]
+            };
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `dst[row, h, start.., :] = src[i, h, .., :]` for each `(row, start)` of `rows`, with

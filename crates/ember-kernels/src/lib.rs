@@ -17,6 +17,13 @@
 //! Three layouts instead of one kernel per GGUF type: fewer kernels to write, vectorize and
 //! test, at 6-11% more bytes than the stored type (Q6_K: 37%).
 //!
+//! Rows are stored in quads ([`QUAD`]): block `b` of rows `4q..4q + 4` side by side, then
+//! block `b + 1`. A product reads four rows' blocks against one input block (the input's
+//! loads and the sums shared), and the weights still stream as one sequential read: on this
+//! project's VM, reading four rows at once from four places in memory halved the read
+//! bandwidth (23 to 12 GB/s, 31 MB read once), the hardware prefetchers following one
+//! stream far better than four (docs/performance.md, change 18).
+//!
 //! The activations are quantized per block of 32 to 8 bits (`d_x = max|x| / 127`), as
 //! llama.cpp does, so that a block's products are integer multiply-adds (AVX2 `maddubs`);
 //! the offset term `m * sum(x)` uses the exact f32 sum. The dot products run on the best
@@ -28,7 +35,7 @@
 //! without requantizing, and its flex backend dequantizes them before a float matmul.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use half::f16;
 
@@ -40,6 +47,9 @@ pub use pool::Pool;
 
 /// Values per block.
 pub const BLOCK: usize = 32;
+
+/// Rows whose blocks are stored interleaved (see the crate docs).
+pub const QUAD: usize = 4;
 
 /// How a weight's blocks are stored (see the crate docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,31 +74,38 @@ impl Layout {
 }
 
 /// An instruction set a dot product can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust, every CPU.
     Scalar,
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
+    /// AVX2 with AVX-512 VNNI and VL: the block products as `dpbusd`.
+    Avx512Vnni,
 }
 
 impl Isa {
-    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar` forces the scalar
-    /// path), found once per process.
+    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar` or `avx2` caps it),
+    /// found once per process.
     pub fn detect() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            if std::env::var("EMBER_KERNELS").is_ok_and(|v| v == "scalar") {
-                Isa::Scalar
-            } else {
-                Self::available().last().copied().unwrap_or(Isa::Scalar)
-            }
+            let cap = match std::env::var("EMBER_KERNELS").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512Vnni,
+            };
+            Self::available()
+                .into_iter()
+                .filter(|&isa| isa <= cap)
+                .next_back()
+                .unwrap_or(Isa::Scalar)
         })
     }
 
     /// Every instruction set this CPU runs, scalar first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
             .into_iter()
             .filter(|isa| isa.runs_here())
             .collect()
@@ -107,8 +124,18 @@ impl Isa {
                         && std::arch::is_x86_feature_detected!("f16c")
                 })
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                static VNNI: OnceLock<bool> = OnceLock::new();
+                Isa::Avx2.runs_here()
+                    && *VNNI.get_or_init(|| {
+                        std::arch::is_x86_feature_detected!("avx512f")
+                            && std::arch::is_x86_feature_detected!("avx512vl")
+                            && std::arch::is_x86_feature_detected!("avx512vnni")
+                    })
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512Vnni => false,
         }
     }
 }
@@ -162,7 +189,8 @@ pub struct Groups<'a> {
     pub min: &'a [f32],
 }
 
-/// A `[rows, cols]` weight in a block layout, rows of `cols / 32` blocks.
+/// A `[rows, cols]` weight in a block layout, rows of `cols / 32` blocks, stored by quads of
+/// rows (the last quad padded with zero blocks).
 #[derive(Clone)]
 pub struct QuantMatrix {
     layout: Layout,
@@ -217,30 +245,42 @@ impl QuantMatrix {
             }
             _ => return unsupported("no block layout holds these (offsets are not symmetric)"),
         };
-        let blocks = elements / BLOCK;
-        let mut data = Vec::with_capacity(blocks * layout.block_bytes());
-        for b in 0..blocks {
+        let per_row = cols / BLOCK;
+        let bytes = layout.block_bytes();
+        let mut data = vec![0u8; rows.next_multiple_of(QUAD) * per_row * bytes];
+        let mut block = [0u8; 36];
+        for b in 0..elements / BLOCK {
             let u = &u[b * BLOCK..(b + 1) * BLOCK];
             let g = b * BLOCK / group;
+            let out = &mut block[..bytes];
             match layout {
                 Layout::B4 | Layout::B5 => {
-                    data.extend(f16::from_f32(scale[g]).to_le_bytes());
-                    data.extend(f16::from_f32(min[g]).to_le_bytes());
-                    if layout == Layout::B5 {
+                    out[0..2].copy_from_slice(&f16::from_f32(scale[g]).to_le_bytes());
+                    out[2..4].copy_from_slice(&f16::from_f32(min[g]).to_le_bytes());
+                    let qs = if layout == Layout::B5 {
                         let high = (0..BLOCK).fold(0u32, |h, j| h | (u32::from(u[j] >> 4) << j));
-                        data.extend(high.to_le_bytes());
+                        out[4..8].copy_from_slice(&high.to_le_bytes());
+                        &mut out[8..24]
+                    } else {
+                        &mut out[4..20]
+                    };
+                    for (j, q) in qs.iter_mut().enumerate() {
+                        *q = (u[j] & 0x0F) | ((u[j + 16] & 0x0F) << 4);
                     }
-                    data.extend((0..16).map(|j| (u[j] & 0x0F) | ((u[j + 16] & 0x0F) << 4)));
                 }
                 Layout::B8 => {
                     let halves = BLOCK / group;
                     let (d0, d1) = (scale[g], scale[g + halves - 1]);
-                    data.extend(f16::from_f32(d0).to_le_bytes());
-                    data.extend(f16::from_f32(d1).to_le_bytes());
+                    out[0..2].copy_from_slice(&f16::from_f32(d0).to_le_bytes());
+                    out[2..4].copy_from_slice(&f16::from_f32(d1).to_le_bytes());
                     let zero = 1i16 << (bits - 1);
-                    data.extend(u.iter().map(|&u| (i16::from(u) - zero) as i8 as u8));
+                    for (q, &u) in out[4..].iter_mut().zip(u) {
+                        *q = (i16::from(u) - zero) as i8 as u8;
+                    }
                 }
             }
+            let at = block_offset(b / per_row, b % per_row, per_row, bytes);
+            data[at..at + bytes].copy_from_slice(out);
         }
         Ok(Self {
             layout,
@@ -251,8 +291,9 @@ impl QuantMatrix {
     }
 
     /// Appends `below`'s rows (a weight packed in parts of rows); an error when its layout
-    /// or width differ. `capacity_rows`: the rows the whole matrix will have, reserved once
-    /// (growing by doubling would hold up to twice the weight for a moment).
+    /// or width differ, or when `self`'s rows are not whole quads ([`QUAD`]).
+    /// `capacity_rows`: the rows the whole matrix will have, reserved once (growing by
+    /// doubling would hold up to twice the weight for a moment).
     pub fn append_rows(
         &mut self,
         below: &QuantMatrix,
@@ -264,8 +305,17 @@ impl QuantMatrix {
                 below.layout, below.cols, self.layout, self.cols
             )));
         }
+        if !self.rows.is_multiple_of(QUAD) {
+            return Err(Unsupported(format!(
+                "rows can follow whole quads of {QUAD} rows only, not {}",
+                self.rows
+            )));
+        }
         let row_bytes = self.data.len() / self.rows;
-        let want = capacity_rows.max(self.rows + below.rows) * row_bytes;
+        let want = capacity_rows
+            .max(self.rows + below.rows)
+            .next_multiple_of(QUAD)
+            * row_bytes;
         self.data
             .reserve_exact(want.saturating_sub(self.data.len()));
         self.data.extend_from_slice(&below.data);
@@ -274,12 +324,15 @@ impl QuantMatrix {
     }
 
     /// The matrices one below the other (q, k and v as one product), when they share a
-    /// layout and a width.
+    /// layout and a width, and all but the last are whole quads of rows.
     pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
         let first = parts.first()?;
         if parts
             .iter()
             .any(|m| (m.layout, m.cols) != (first.layout, first.cols))
+            || parts[..parts.len() - 1]
+                .iter()
+                .any(|m| !m.rows.is_multiple_of(QUAD))
         {
             return None;
         }
@@ -311,23 +364,32 @@ impl QuantMatrix {
         self.data.len()
     }
 
-    fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.layout.block_bytes()
+    /// Blocks per row.
+    fn blocks(&self) -> usize {
+        self.cols / BLOCK
     }
 
-    fn row_data(&self, r: usize) -> &[u8] {
-        let n = self.row_bytes();
-        &self.data[r * n..(r + 1) * n]
+    /// Row `r`'s first block and the step from one of its blocks to the next.
+    fn row(&self, r: usize) -> (*const u8, usize) {
+        let bytes = self.layout.block_bytes();
+        debug_assert!(r < self.rows);
+        // Every row's blocks lie inside `data` (the last quad is padded).
+        let at = block_offset(r, 0, self.blocks(), bytes);
+        (self.data[at..].as_ptr(), QUAD * bytes)
+    }
+
+    /// Row `r`'s blocks, in order.
+    fn row_blocks(&self, r: usize) -> impl Iterator<Item = &[u8]> {
+        let (blocks, bytes) = (self.blocks(), self.layout.block_bytes());
+        (0..blocks).map(move |b| {
+            let at = block_offset(r, b, blocks, bytes);
+            &self.data[at..at + bytes]
+        })
     }
 
     /// Row `r`'s values (an embedding lookup). `out` holds `cols` values.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let bytes = self.layout.block_bytes();
-        for (block, out) in self
-            .row_data(r)
-            .chunks_exact(bytes)
-            .zip(out.chunks_exact_mut(BLOCK))
-        {
+        for (block, out) in self.row_blocks(r).zip(out.chunks_exact_mut(BLOCK)) {
             let (d, m) = (half(block, 0), half(block, 2));
             match self.layout {
                 Layout::B4 => {
@@ -376,102 +438,165 @@ impl QuantMatrix {
             return self.matmul_f32(isa, x, n, out);
         }
         let xq = Activations::quantize(x, n, self.cols);
-        self.by_rows(n, out, &|r, row| {
-            // Four inputs at a time share each unpacked weight block.
-            let mut quads = row.chunks_exact_mut(4);
-            for (k, o) in quads.by_ref().enumerate() {
-                o.copy_from_slice(&self.dot4(isa, r, &xq, 4 * k));
-            }
-            let done = n - n % 4;
-            for (j, o) in quads.into_remainder().iter_mut().enumerate() {
-                *o = self.dot(isa, r, &xq, done + j);
-            }
+        let out = Shared(out.as_mut_ptr());
+        self.by_rows(&|rows| {
+            // SAFETY: the chunks of rows are disjoint, and a chunk writes only its rows'
+            // outputs; `out` holds `n * self.rows` values (asserted above).
+            unsafe { self.tiles(isa, &xq, n, rows, &out) }
         });
+    }
+
+    /// `out[j][r]` for the rows `rows` and every input `j`, by tiles of rows x inputs.
+    ///
+    /// # Safety
+    /// `out` points to `[n, self.rows]` values that no other thread writes in `rows`.
+    unsafe fn tiles(
+        &self,
+        isa: Isa,
+        xq: &Activations,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        out: &Shared,
+    ) {
+        // Register budget: AVX2 has 16 vector registers (a 2 x 4 tile's accumulators, rows
+        // and inputs fit), AVX-512 32. One input (decoding): 4 rows share its blocks.
+        match (isa, n) {
+            (Isa::Scalar, _) => self.tiles_of::<1, 1>(isa, xq, n, rows, out),
+            (_, 1..=3) => self.tiles_of::<4, 1>(isa, xq, n, rows, out),
+            (Isa::Avx2, _) => self.tiles_of::<2, 4>(isa, xq, n, rows, out),
+            (Isa::Avx512Vnni, _) => self.tiles_of::<4, 4>(isa, xq, n, rows, out),
+        }
+    }
+
+    /// [`QuantMatrix::tiles`] by `R x C` tiles; the rows and inputs left over by single
+    /// rows and inputs.
+    unsafe fn tiles_of<const R: usize, const C: usize>(
+        &self,
+        isa: Isa,
+        xq: &Activations,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        out: &Shared,
+    ) {
+        let whole = rows.start + (rows.len() / R) * R;
+        for r in (rows.start..whole).step_by(R) {
+            self.tile_row::<R, C>(isa, xq, n, r, out);
+        }
+        for r in whole..rows.end {
+            self.tile_row::<1, C>(isa, xq, n, r, out);
+        }
+    }
+
+    /// Rows `r..r + R` with every input, `C` inputs at a time.
+    unsafe fn tile_row<const R: usize, const C: usize>(
+        &self,
+        isa: Isa,
+        xq: &Activations,
+        n: usize,
+        r: usize,
+        out: &Shared,
+    ) {
+        let whole = (n / C) * C;
+        for j in (0..whole).step_by(C) {
+            self.tile::<R, C>(isa, xq, r, j, out);
+        }
+        for j in whole..n {
+            self.tile::<R, 1>(isa, xq, r, j, out);
+        }
+    }
+
+    /// Rows `r..r + R` dotted with inputs `j..j + C`, written to `out[j..][r..]`.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const C: usize>(
+        &self,
+        isa: Isa,
+        xq: &Activations,
+        r: usize,
+        j: usize,
+        out: &Shared,
+    ) {
+        let w: [(*const u8, usize); R] = std::array::from_fn(|i| self.row(r + i));
+        let ds: [&[[f32; 2]]; C] = std::array::from_fn(|i| xq.scales(j + i));
+        let q: [&[i8]; C] = std::array::from_fn(|i| xq.values(j + i));
+        let values: [[f32; C]; R] = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `matmul_with` passes only an ISA this CPU runs; the slices are whole
+            // blocks of this layout (the lengths asserted in `matmul_with`).
+            Isa::Avx2 | Isa::Avx512Vnni => x86::tile::<R, C>(
+                isa == Isa::Avx512Vnni,
+                self.layout,
+                w.map(|(p, _)| p),
+                w[0].1,
+                ds,
+                q,
+            ),
+            _ => std::array::from_fn(|a| {
+                std::array::from_fn(|b| {
+                    scalar_dot(self.layout, self.row_blocks(r + a), ds[b], q[b])
+                })
+            }),
+        };
+        for (a, row) in values.iter().enumerate() {
+            for (b, &v) in row.iter().enumerate() {
+                out.write((j + b) * self.rows + r + a, v);
+            }
+        }
     }
 
     /// The product with f32 inputs: one row and one input at a time.
     fn matmul_f32(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
         let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
         let blocks = self.cols / BLOCK;
-        self.by_rows(n, out, &|r, row| {
-            let w = self.row_data(r);
-            for (j, o) in row.iter_mut().enumerate() {
-                let xs = &x[j * self.cols..(j + 1) * self.cols];
-                let sums = &sums[j * blocks..(j + 1) * blocks];
-                *o = match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as in `dot`.
-                    Isa::Avx2 => unsafe { x86::dot_f32(self.layout, w, xs, sums) },
-                    _ => scalar_dot_f32(self.layout, w, xs, sums),
-                };
-            }
-        });
-    }
-
-    /// Fills `out: [n, rows]` by weight rows: `fill(r, outputs)` writes row `r`'s products
-    /// with the `n` inputs. Rows go in chunks, claimed by the pool's threads in turn; each
-    /// chunk's weights are read once for all `n` inputs (they stay in cache while the inputs
-    /// stream past).
-    fn by_rows(&self, n: usize, out: &mut [f32], fill: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-        let pool = Pool::global();
-        let chunk = self.rows.div_ceil(pool.threads() * 8).max(16);
-        if n == 1 {
-            let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
-            pool.run(parts.len(), &|c| {
-                let mut out = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                for (i, o) in out.chunks_exact_mut(1).enumerate() {
-                    fill(c * chunk + i, o);
+        let out = Shared(out.as_mut_ptr());
+        self.by_rows(&|rows| {
+            for r in rows {
+                let (w, step) = self.row(r);
+                for j in 0..n {
+                    let xs = &x[j * self.cols..(j + 1) * self.cols];
+                    let sums = &sums[j * blocks..(j + 1) * blocks];
+                    let v = match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as in `tile`.
+                        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                            x86::dot_f32(self.layout, w, step, xs, sums)
+                        },
+                        _ => scalar_dot_f32(self.layout, self.row_blocks(r), xs, sums),
+                    };
+                    // SAFETY: as in `matmul_with`.
+                    unsafe { out.write(j * self.rows + r, v) };
                 }
-            });
-            return;
-        }
-        // [rows, n] by chunks of rows, then transposed into [n, rows].
-        let mut transposed = vec![0f32; self.rows * n];
-        let parts: Vec<Mutex<&mut [f32]>> =
-            transposed.chunks_mut(chunk * n).map(Mutex::new).collect();
-        pool.run(parts.len(), &|c| {
-            let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-            for (i, row) in part.chunks_exact_mut(n).enumerate() {
-                fill(c * chunk + i, row);
             }
         });
-        drop(parts);
-        for (r, row) in transposed.chunks_exact(n).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                out[j * self.rows + r] = v;
-            }
-        }
     }
 
-    /// Row `r` of the weight dotted with inputs `j..j + 4`.
-    fn dot4(&self, isa: Isa, r: usize, xq: &Activations, j: usize) -> [f32; 4] {
-        let w = self.row_data(r);
-        let blocks = self.cols / BLOCK;
-        let ds = std::array::from_fn(|i| &xq.ds[(j + i) * blocks..(j + i + 1) * blocks]);
-        let q = std::array::from_fn(|i| &xq.q[(j + i) * self.cols..(j + i + 1) * self.cols]);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in `dot`.
-            Isa::Avx2 => unsafe { x86::dot_n::<4>(self.layout, w, ds, q) },
-            _ => std::array::from_fn(|i| scalar_dot(self.layout, w, ds[i], q[i])),
-        }
+    /// Runs `fill` over chunks of the rows, claimed by the pool's threads in turn; each
+    /// chunk's weights are read once for all the inputs (they stay in cache while the inputs
+    /// stream past). Chunks are whole 4-row tiles but the last.
+    fn by_rows(&self, fill: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        let pool = Pool::global();
+        let chunk = self
+            .rows
+            .div_ceil(pool.threads() * 8)
+            .max(16)
+            .next_multiple_of(4);
+        pool.run(self.rows.div_ceil(chunk), &|c| {
+            fill(c * chunk..((c + 1) * chunk).min(self.rows));
+        });
     }
+}
 
-    /// Row `r` of the weight dotted with input `j`.
-    fn dot(&self, isa: Isa, r: usize, xq: &Activations, j: usize) -> f32 {
-        let w = self.row_data(r);
-        let blocks = self.cols / BLOCK;
-        let (ds, q) = (
-            &xq.ds[j * blocks..(j + 1) * blocks],
-            &xq.q[j * self.cols..(j + 1) * self.cols],
-        );
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `matmul_on` only passes an ISA that `Isa::available` detected, and the
-            // slices are whole blocks of this layout (checked lengths above).
-            Isa::Avx2 => unsafe { x86::dot(self.layout, w, ds, q) },
-            _ => scalar_dot(self.layout, w, ds, q),
-        }
+/// An output buffer the pool's threads write in disjoint places.
+struct Shared(*mut f32);
+
+// SAFETY: the writers write disjoint rows of the output (see `QuantMatrix::by_rows`).
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// # Safety
+    /// `at` is inside the buffer and no other thread writes it.
+    #[inline(always)]
+    unsafe fn write(&self, at: usize, v: f32) {
+        *self.0.add(at) = v;
     }
 }
 
@@ -480,28 +605,71 @@ struct Activations {
     /// `[d, sum]` per block, side by side (one load in the kernels).
     ds: Vec<[f32; 2]>,
     q: Vec<i8>,
+    cols: usize,
 }
 
 impl Activations {
-    fn quantize(x: &[f32], n: usize, cols: usize) -> Self {
-        let blocks = n * cols / BLOCK;
-        let mut out = Self {
-            ds: Vec::with_capacity(blocks),
-            q: Vec::with_capacity(n * cols),
-        };
-        for block in x.chunks_exact(BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = max / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            out.ds.push([d, block.iter().sum()]);
-            out.q.extend(
-                block
-                    .iter()
-                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
-            );
-        }
-        out
+    /// Input `j`'s block scales and sums.
+    fn scales(&self, j: usize) -> &[[f32; 2]] {
+        let blocks = self.cols / BLOCK;
+        &self.ds[j * blocks..(j + 1) * blocks]
     }
+
+    /// Input `j`'s quantized values.
+    fn values(&self, j: usize) -> &[i8] {
+        &self.q[j * self.cols..(j + 1) * self.cols]
+    }
+
+    fn quantize(x: &[f32], n: usize, cols: usize) -> Self {
+        Self::quantize_on(Isa::detect(), x, n, cols)
+    }
+
+    /// Each block of 32 as `d = max|x| / 127` and `round(x / d)` (ties away from zero), with
+    /// its exact sum: on AVX2 where `isa` has it (the scalar path's `round` is a library
+    /// call on baseline x86-64: 5 % of a prefill), the same values either way (tested).
+    fn quantize_on(isa: Isa, x: &[f32], n: usize, cols: usize) -> Self {
+        let blocks = n * cols / BLOCK;
+        let mut ds = vec![[0f32; 2]; blocks];
+        let mut q = vec![0i8; n * cols];
+        for ((block, ds), q) in x
+            .chunks_exact(BLOCK)
+            .zip(ds.iter_mut())
+            .zip(q.chunks_exact_mut(BLOCK))
+        {
+            *ds = match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` runs here (callers pass `Isa::detect()` or an available one);
+                // the block and `q` hold 32 values.
+                Isa::Avx2 | Isa::Avx512Vnni if isa.runs_here() => unsafe {
+                    x86::quantize_block(block.as_ptr(), q.as_mut_ptr())
+                },
+                _ => quantize_block(block, q),
+            };
+        }
+        Self { ds, q, cols }
+    }
+}
+
+/// One block's [`Activations`] (`[d, sum]`, the values into `q`), portably.
+fn quantize_block(block: &[f32], q: &mut [i8]) -> [f32; 2] {
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(block) {
+        *q = round_to_i8(v * inv);
+    }
+    [d, block.iter().sum()]
+}
+
+/// `v` (at most 127 in magnitude) rounded half away from zero: adding just under a half
+/// with `v`'s sign, then truncating (what the AVX2 path does lane by lane).
+fn round_to_i8(v: f32) -> i8 {
+    (v + 0.499_999_97_f32.copysign(v)) as i32 as i8
+}
+
+/// Where block `b` of row `r` starts, for rows of `blocks` blocks of `bytes` each.
+fn block_offset(r: usize, b: usize, blocks: usize, bytes: usize) -> usize {
+    (((r / QUAD) * blocks + b) * QUAD + r % QUAD) * bytes
 }
 
 fn half(bytes: &[u8], at: usize) -> f32 {
@@ -509,10 +677,15 @@ fn half(bytes: &[u8], at: usize) -> f32 {
 }
 
 /// The portable dot product of one weight row with one f32 input.
-fn scalar_dot_f32(layout: Layout, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+fn scalar_dot_f32<'a>(
+    layout: Layout,
+    w: impl Iterator<Item = &'a [u8]>,
+    x: &[f32],
+    sums: &[f32],
+) -> f32 {
     let mut values = [0f32; BLOCK];
     let mut acc = 0f32;
-    for (b, block) in w.chunks_exact(layout.block_bytes()).enumerate() {
+    for (b, block) in w.enumerate() {
         let x = &x[b * BLOCK..(b + 1) * BLOCK];
         let (d, m) = (half(block, 0), half(block, 2));
         match layout {
@@ -544,9 +717,14 @@ fn scalar_dot_f32(layout: Layout, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
 }
 
 /// The portable dot product of one weight row with one quantized input.
-fn scalar_dot(layout: Layout, w: &[u8], ds: &[[f32; 2]], q: &[i8]) -> f32 {
+fn scalar_dot<'a>(
+    layout: Layout,
+    w: impl Iterator<Item = &'a [u8]>,
+    ds: &[[f32; 2]],
+    q: &[i8],
+) -> f32 {
     let mut acc = 0f32;
-    for (b, block) in w.chunks_exact(layout.block_bytes()).enumerate() {
+    for (b, block) in w.enumerate() {
         let q = &q[b * BLOCK..(b + 1) * BLOCK];
         let [dx, sum] = ds[b];
         let (dw, m) = (half(block, 0), half(block, 2));
@@ -655,7 +833,7 @@ mod tests {
     #[test]
     fn stacked_rows_are_the_parts_rows() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-        let (u, scale, min) = groups(&mut rng, 4, 32, 5 * 64, false);
+        let (u, scale, min) = groups(&mut rng, 4, 32, 7 * 64, false);
         let g = Groups {
             bits: 4,
             group: 32,
@@ -663,55 +841,62 @@ mod tests {
             scale: &scale,
             min: &min,
         };
-        let whole = QuantMatrix::new(g, 5, 64).unwrap();
-        let top = QuantMatrix::new(
-            Groups {
-                u: &u[..128],
-                scale: &scale[..4],
-                min: &min[..4],
+        let part = |rows: std::ops::Range<usize>, cols: usize| {
+            let (a, b) = (rows.start * cols, rows.end * cols);
+            let groups = Groups {
+                u: &u[a..b],
+                scale: &scale[a / 32..b / 32],
+                min: &min[a / 32..b / 32],
                 ..g
-            },
-            2,
-            64,
-        )
-        .unwrap();
-        let bottom = QuantMatrix::new(
-            Groups {
-                u: &u[128..],
-                scale: &scale[4..],
-                min: &min[4..],
-                ..g
-            },
-            3,
-            64,
-        )
-        .unwrap();
-        let stacked = QuantMatrix::stack(&[&top, &bottom]).unwrap();
-        assert_eq!(stacked.rows(), 5);
+            };
+            QuantMatrix::new(groups, rows.len(), cols).unwrap()
+        };
+        let whole = QuantMatrix::new(g, 7, 64).unwrap();
+        // A whole quad of rows, then three (padded to a quad).
+        let stacked = QuantMatrix::stack(&[&part(0..4, 64), &part(4..7, 64)]).unwrap();
+        assert_eq!(stacked.rows(), 7);
         assert_eq!(stacked.data, whole.data);
-        let other = QuantMatrix::new(
-            Groups {
-                u: &u[..64],
-                scale: &scale[..2],
-                min: &min[..2],
-                ..g
-            },
-            1,
-            64,
-        )
-        .unwrap();
-        let narrow = QuantMatrix::new(
-            Groups {
-                u: &u[..64],
-                scale: &scale[..2],
-                min: &min[..2],
-                ..g
-            },
-            2,
-            32,
-        )
-        .unwrap();
-        assert!(QuantMatrix::stack(&[&other, &narrow]).is_none());
+        let mut appended = part(0..4, 64);
+        appended.append_rows(&part(4..7, 64), 7).unwrap();
+        assert_eq!(appended.data, whole.data);
+        // Rows after a part that ends inside a quad would land in its padding: refused.
+        assert!(QuantMatrix::stack(&[&part(0..2, 64), &part(2..7, 64)]).is_none());
+        assert!(part(0..2, 64).append_rows(&part(2..7, 64), 7).is_err());
+        // Different widths.
+        assert!(QuantMatrix::stack(&[&part(0..4, 64), &part(0..2, 32)]).is_none());
+    }
+
+    /// Every ISA quantizes the activations to the same integers and scales as the portable
+    /// path (sums to f32 rounding), ties and zero blocks included.
+    #[test]
+    fn activations_quantize_alike_on_every_isa() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut x: Vec<f32> = (0..8 * 64).map(|_| rng.random_range(-3.0..3.0)).collect();
+        // A block whose step is 1 (its largest magnitude 127) and whose other values are
+        // halves (ties), and an all-zero block.
+        for (j, v) in x[64..96].iter_mut().enumerate() {
+            *v = (j as f32 - 16.0) + 0.5;
+        }
+        x[64] = -127.0;
+        x[96..128].fill(0.0);
+        let scalar = Activations::quantize_on(Isa::Scalar, &x, 8, 64);
+        // Ties away from zero, as f32::round.
+        assert_eq!(scalar.ds[2][0], 1.0);
+        for (j, &q) in scalar.q[64..96].iter().enumerate() {
+            assert_eq!(q as f32, x[64 + j].round(), "tie {j}");
+        }
+        assert!(scalar.q[96..128].iter().all(|&q| q == 0));
+        for isa in Isa::available() {
+            let a = Activations::quantize_on(isa, &x, 8, 64);
+            assert_eq!(a.q, scalar.q, "{isa:?}");
+            for (a, b) in a.ds.iter().zip(&scalar.ds) {
+                assert_eq!(a[0], b[0], "{isa:?} scale");
+                assert!(
+                    (a[1] - b[1]).abs() <= 1e-5 * b[1].abs().max(1.0),
+                    "{isa:?} sum"
+                );
+            }
+        }
     }
 
     #[test]

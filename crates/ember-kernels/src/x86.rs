@@ -1,109 +1,149 @@
 //! AVX2 dot products (with FMA and F16C): 32 weights times 32 quantized inputs as one
 //! `maddubs` (unsigned 8-bit times signed 8-bit, pairs summed to 16 bits) and one `madd`
-//! (pairs summed to 32 bits); a block's eight 32-bit sums are scaled and accumulated in f32.
-//! No 16-bit sum can saturate: |u| <= 31 (B4/B5) or |q| <= 128 (B8) times |x| <= 127, twice.
+//! (pairs summed to 32 bits), or one AVX-512 VNNI `dpbusd` (quadruples summed to 32 bits);
+//! a block's eight 32-bit sums are scaled and accumulated in f32. No 16-bit sum can
+//! saturate: |u| <= 31 (B4/B5) or |q| <= 128 (B8) times |x| <= 127, twice.
 
 use std::arch::x86_64::*;
 
 use crate::{Layout, BLOCK};
 
-/// One weight row (whole blocks of `layout`) dotted with one quantized input row.
+/// `R` weight rows (whole blocks of `layout`, `ds[0].len()` blocks each) dotted with `C`
+/// quantized input rows: `out[i][j] = w[i] . x[j]`. Each weight block is loaded and unpacked
+/// once for the `C` inputs and each input block once for the `R` rows, and the horizontal
+/// sums are paid once per tile, not once per row (a decoded token is ~200k row products).
+/// `vnni`: the block products as AVX-512 VNNI `dpbusd` (one instruction for AVX2's
+/// `maddubs` + `madd`), on 256-bit registers.
+///
+/// A row's blocks are `step` bytes apart.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` holds `ds.len()` blocks and `q` 32 values
-/// per block.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot(layout: Layout, w: &[u8], ds: &[[f32; 2]], q: &[i8]) -> f32 {
-    let blocks = ds.len();
-    debug_assert!(w.len() >= blocks * layout.block_bytes() && q.len() >= blocks * BLOCK);
-    let (w, ds, q) = (w.as_ptr(), ds.as_ptr().cast::<f32>(), q.as_ptr());
-    match layout {
-        Layout::B4 => dot_offset::<20, 4, false>(w, blocks, ds, q),
-        Layout::B5 => dot_offset::<24, 8, true>(w, blocks, ds, q),
-        Layout::B8 => dot_b8(w, blocks, ds, q),
+/// The CPU must support AVX2, FMA and F16C, and AVX-512 VNNI and VL when `vnni`; every `w[i]`
+/// starts `ds[0].len()` blocks of `layout`, `step` bytes apart; every `ds[j]` has as many
+/// scales and every `q[j]` 32 values per block.
+pub unsafe fn tile<const R: usize, const C: usize>(
+    vnni: bool,
+    layout: Layout,
+    w: [*const u8; R],
+    step: usize,
+    ds: [&[[f32; 2]]; C],
+    q: [&[i8]; C],
+) -> [[f32; C]; R] {
+    let blocks = ds[0].len();
+    debug_assert!((0..C).all(|j| ds[j].len() == blocks && q[j].len() >= blocks * BLOCK));
+    let ds = ds.map(|d| d.as_ptr().cast::<f32>());
+    let q = q.map(<[i8]>::as_ptr);
+    match (vnni, layout) {
+        (false, Layout::B4) => tile_avx2::<B4, R, C>(w, step, blocks, ds, q),
+        (false, Layout::B5) => tile_avx2::<B5, R, C>(w, step, blocks, ds, q),
+        (false, Layout::B8) => tile_avx2::<B8, R, C>(w, step, blocks, ds, q),
+        (true, Layout::B4) => tile_vnni::<B4, R, C>(w, step, blocks, ds, q),
+        (true, Layout::B5) => tile_vnni::<B5, R, C>(w, step, blocks, ds, q),
+        (true, Layout::B8) => tile_vnni::<B8, R, C>(w, step, blocks, ds, q),
     }
 }
 
-/// One weight row dotted with `N` quantized input rows at once (a prefill): each block of
-/// weights is loaded and unpacked once for the `N` inputs.
-///
-/// # Safety
-/// As [`dot`], for each of the `N` inputs.
+/// [`Layout`]s as const parameters (one loop per layout, no branch inside it).
+const B4: u8 = 0;
+const B5: u8 = 1;
+const B8: u8 = 2;
+
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_n<const N: usize>(
-    layout: Layout,
-    w: &[u8],
-    ds: [&[[f32; 2]]; N],
-    q: [&[i8]; N],
-) -> [f32; N] {
-    let blocks = ds[0].len();
-    debug_assert!(w.len() >= blocks * layout.block_bytes());
-    let ds = ds.map(|d| d.as_ptr().cast::<f32>());
-    let q = q.map(<[i8]>::as_ptr);
-    let w = w.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut off = [_mm_setzero_ps(); N];
+unsafe fn tile_avx2<const L: u8, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    step: usize,
+    blocks: usize,
+    ds: [*const f32; C],
+    q: [*const i8; C],
+) -> [[f32; C]; R] {
+    tile_body::<L, R, C, false>(w, step, blocks, ds, q)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn tile_vnni<const L: u8, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    step: usize,
+    blocks: usize,
+    ds: [*const f32; C],
+    q: [*const i8; C],
+) -> [[f32; C]; R] {
+    tile_body::<L, R, C, true>(w, step, blocks, ds, q)
+}
+
+/// The tile's loop, inlined into each instruction set's entry (whose target features the
+/// intrinsics here then take).
+#[inline(always)]
+unsafe fn tile_body<const L: u8, const R: usize, const C: usize, const VNNI: bool>(
+    w: [*const u8; R],
+    step: usize,
+    blocks: usize,
+    ds: [*const f32; C],
+    q: [*const i8; C],
+) -> [[f32; C]; R] {
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // [d_w * d_x, m * sum_x] per block, summed: the offsets' share in the second lane.
+    let mut off = [[_mm_setzero_ps(); C]; R];
     for b in 0..blocks {
-        match layout {
-            Layout::B4 | Layout::B5 => {
-                let (bytes, qs) = if layout == Layout::B4 {
-                    (20, 4)
-                } else {
-                    (24, 8)
-                };
-                let block = w.add(b * bytes);
+        let x: [__m256i; C] =
+            std::array::from_fn(|j| _mm256_loadu_si256(q[j].add(b * BLOCK).cast()));
+        let xs: [__m128; C] =
+            std::array::from_fn(|j| _mm_castsi128_ps(_mm_loadl_epi64(ds[j].add(2 * b).cast())));
+        for i in 0..R {
+            let block = w[i].add(b * step);
+            if L == B8 {
+                // [d0, d1] as four lanes of d0 (values 0..16) then four of d1 (16..32).
+                let d01 = two_halves(block);
+                let lanes = _mm256_set_m128(
+                    _mm_shuffle_ps(d01, d01, 0b01_01_01_01),
+                    _mm_shuffle_ps(d01, d01, 0),
+                );
+                let wq = _mm256_loadu_si256(block.add(4).cast());
+                // |w| times x with w's sign: unsigned times signed, as maddubs/dpbusd need.
+                let aw = _mm256_sign_epi8(wq, wq);
+                for j in 0..C {
+                    let scale = _mm256_mul_ps(lanes, _mm256_broadcastss_ps(xs[j]));
+                    let p = products::<VNNI>(aw, _mm256_sign_epi8(x[j], wq));
+                    acc[i][j] = _mm256_fmadd_ps(scale, p, acc[i][j]);
+                }
+            } else {
                 let dm = two_halves(block);
-                let mut u = nibbles(block.add(qs));
-                if layout == Layout::B5 {
+                let mut u = nibbles(block.add(if L == B4 { 4 } else { 8 }));
+                if L == B5 {
                     u = _mm256_or_si256(u, fifth_bits(block.add(4)));
                 }
-                for i in 0..N {
-                    let xs = _mm_castsi128_ps(_mm_loadl_epi64(ds[i].add(2 * b).cast()));
-                    let scaled = _mm_mul_ps(dm, xs);
-                    let x = _mm256_loadu_si256(q[i].add(b * BLOCK).cast());
-                    acc[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scaled), products(u, x), acc[i]);
-                    off[i] = _mm_add_ps(off[i], scaled);
-                }
-            }
-            Layout::B8 => {
-                let block = w.add(b * 36);
-                let d01 = two_halves(block);
-                let wq = _mm256_loadu_si256(block.add(4).cast());
-                let aw = _mm256_sign_epi8(wq, wq);
-                for i in 0..N {
-                    let scales = _mm_mul_ps(d01, _mm_set1_ps(*ds[i].add(2 * b)));
-                    let lanes = _mm256_set_m128(
-                        _mm_shuffle_ps(scales, scales, 0b01_01_01_01),
-                        _mm_shuffle_ps(scales, scales, 0),
-                    );
-                    let x = _mm256_loadu_si256(q[i].add(b * BLOCK).cast());
-                    acc[i] = _mm256_fmadd_ps(lanes, products(aw, _mm256_sign_epi8(x, wq)), acc[i]);
+                for j in 0..C {
+                    let scaled = _mm_mul_ps(dm, xs[j]);
+                    let p = products::<VNNI>(u, x[j]);
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scaled), p, acc[i][j]);
+                    off[i][j] = _mm_add_ps(off[i][j], scaled);
                 }
             }
         }
     }
-    let mut out = [0f32; N];
-    for i in 0..N {
-        out[i] = sum8(acc[i]) + _mm_cvtss_f32(_mm_shuffle_ps(off[i], off[i], 1));
-    }
-    out
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            let off = off[i][j];
+            sum8(acc[i][j]) + _mm_cvtss_f32(_mm_shuffle_ps(off, off, 1))
+        })
+    })
 }
 
-/// One weight row dotted with one f32 input row (`x`, with each block's sum in `sums`): the
-/// weights are widened to f32 and multiplied exactly, no input quantization.
+/// One weight row (blocks `step` bytes apart from `w`) dotted with one f32 input row (`x`,
+/// with each block's sum in `sums`): the weights are widened to f32 and multiplied exactly,
+/// no input quantization.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` holds `sums.len()` blocks and `x` 32 values
-/// per block.
+/// The CPU must support AVX2, FMA and F16C; `w` starts `sums.len()` blocks of `layout`,
+/// `step` bytes apart, and `x` holds 32 values per block.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_f32(layout: Layout, w: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+pub unsafe fn dot_f32(layout: Layout, w: *const u8, step: usize, x: &[f32], sums: &[f32]) -> f32 {
     let blocks = sums.len();
-    debug_assert!(w.len() >= blocks * layout.block_bytes() && x.len() >= blocks * BLOCK);
-    let (w, x) = (w.as_ptr(), x.as_ptr());
+    debug_assert!(x.len() >= blocks * BLOCK);
+    let x = x.as_ptr();
     let mut acc = _mm256_setzero_ps();
     let mut offsets = 0f32;
     for b in 0..blocks {
-        let block = w.add(b * layout.block_bytes());
+        let block = w.add(b * step);
         let xs = x.add(b * BLOCK);
         let widen = |bytes: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
         let widen_signed = |bytes: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
@@ -154,6 +194,43 @@ pub unsafe fn dot_f32(layout: Layout, w: &[u8], x: &[f32], sums: &[f32]) -> f32 
     sum8(acc) + offsets
 }
 
+/// One block of 32 inputs quantized as [`crate::Activations`] does (the portable path's
+/// `round_to_i8` lane by lane): `q` gets the values, the result is `[d, sum]`.
+///
+/// # Safety
+/// The CPU must support AVX2; `x` and `q` point to 32 values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_block(x: *const f32, q: *mut i8) -> [f32; 2] {
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.add(8 * i)));
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = |v: __m256| _mm256_andnot_ps(sign, v);
+    let max = _mm256_max_ps(
+        _mm256_max_ps(abs(v[0]), abs(v[1])),
+        _mm256_max_ps(abs(v[2]), abs(v[3])),
+    );
+    let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+    let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+    let max = _mm_cvtss_f32(_mm_max_ss(max, _mm_movehdup_ps(max)));
+    let d = max / 127.0;
+    let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let half = _mm256_set1_ps(0.499_999_97);
+    let ints: [__m256i; 4] = std::array::from_fn(|i| {
+        let t = _mm256_mul_ps(v[i], inv);
+        _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_or_ps(half, _mm256_and_ps(t, sign))))
+    });
+    // 32-bit to 8-bit: the packs interleave 128-bit lanes, the permute puts them back.
+    let bytes = _mm256_packs_epi16(
+        _mm256_packs_epi32(ints[0], ints[1]),
+        _mm256_packs_epi32(ints[2], ints[3]),
+    );
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.cast(), bytes);
+    // The sum in the portable path's order (one running sum) would cost a serial chain; the
+    // tree's order differs by f32 rounding only.
+    let sum = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+    [d, sum8(sum)]
+}
+
 /// The two f16 at `p` as f32: `[first, second, 0, 0]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -191,12 +268,15 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// Eight 32-bit sums of `u * x` pairs (u unsigned, x signed), as f32.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn products(u: __m256i, x: __m256i) -> __m256 {
-    let pairs = _mm256_maddubs_epi16(u, x);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+/// Eight 32-bit sums of `u * x` quadruples (u unsigned, x signed), as f32.
+#[inline(always)]
+unsafe fn products<const VNNI: bool>(u: __m256i, x: __m256i) -> __m256 {
+    let sums = if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+    };
+    _mm256_cvtepi32_ps(sums)
 }
 
 #[inline]
@@ -205,90 +285,4 @@ unsafe fn sum8(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
-/// One block of B4 (`HIGH = false`) or B5: `[d * d_x, m * sum_x]` in the low lanes of the
-/// second value, the block's eight integer sums times `d` as the first.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn offset_block<const BYTES: usize, const QS: usize, const HIGH: bool>(
-    w: *const u8,
-    ds: *const f32,
-    q: *const i8,
-    b: usize,
-) -> (__m256, __m128) {
-    let block = w.add(b * BYTES);
-    let xs = _mm_castsi128_ps(_mm_loadl_epi64(ds.add(2 * b).cast()));
-    let scaled = _mm_mul_ps(two_halves(block), xs);
-    let mut u = nibbles(block.add(QS));
-    if HIGH {
-        u = _mm256_or_si256(u, fifth_bits(block.add(4)));
-    }
-    let x = _mm256_loadu_si256(q.add(b * BLOCK).cast());
-    (
-        _mm256_mul_ps(_mm256_broadcastss_ps(scaled), products(u, x)),
-        scaled,
-    )
-}
-
-/// B4 and B5 (values `d * u + m`): two blocks per step, into independent accumulators.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_offset<const BYTES: usize, const QS: usize, const HIGH: bool>(
-    w: *const u8,
-    blocks: usize,
-    ds: *const f32,
-    q: *const i8,
-) -> f32 {
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut off0, mut off1) = (_mm_setzero_ps(), _mm_setzero_ps());
-    let mut b = 0;
-    while b + 1 < blocks {
-        let (p0, s0) = offset_block::<BYTES, QS, HIGH>(w, ds, q, b);
-        let (p1, s1) = offset_block::<BYTES, QS, HIGH>(w, ds, q, b + 1);
-        acc0 = _mm256_add_ps(acc0, p0);
-        acc1 = _mm256_add_ps(acc1, p1);
-        off0 = _mm_add_ps(off0, s0);
-        off1 = _mm_add_ps(off1, s1);
-        b += 2;
-    }
-    if b < blocks {
-        let (p0, s0) = offset_block::<BYTES, QS, HIGH>(w, ds, q, b);
-        acc0 = _mm256_add_ps(acc0, p0);
-        off0 = _mm_add_ps(off0, s0);
-    }
-    let off = _mm_add_ps(off0, off1);
-    sum8(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(off, off, 1))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn b8_block(w: *const u8, ds: *const f32, q: *const i8, b: usize) -> __m256 {
-    let block = w.add(b * 36);
-    // [d0, d1] * d_x, as four lanes of d0 (values 0..16) then four of d1 (16..32).
-    let scales = _mm_mul_ps(two_halves(block), _mm_set1_ps(*ds.add(2 * b)));
-    let lanes = _mm256_set_m128(
-        _mm_shuffle_ps(scales, scales, 0b01_01_01_01),
-        _mm_shuffle_ps(scales, scales, 0),
-    );
-    let wq = _mm256_loadu_si256(block.add(4).cast());
-    let x = _mm256_loadu_si256(q.add(b * BLOCK).cast());
-    // |w| times x with w's sign: unsigned times signed, as maddubs needs.
-    let p = products(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(x, wq));
-    _mm256_mul_ps(lanes, p)
-}
-
-/// B8 (values `d0 * q`, `d1 * q`): two blocks per step.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_b8(w: *const u8, blocks: usize, ds: *const f32, q: *const i8) -> f32 {
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut b = 0;
-    while b + 1 < blocks {
-        acc0 = _mm256_add_ps(acc0, b8_block(w, ds, q, b));
-        acc1 = _mm256_add_ps(acc1, b8_block(w, ds, q, b + 1));
-        b += 2;
-    }
-    if b < blocks {
-        acc0 = _mm256_add_ps(acc0, b8_block(w, ds, q, b));
-    }
-    sum8(_mm256_add_ps(acc0, acc1))
 }

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 
+use super::cursor::{Cursor, Truncated};
 use super::gguf::Bytes;
 
 /// Binary versions this reader understands (dtype ids and aliases exist from version 4 on).
@@ -178,47 +179,21 @@ impl std::fmt::Debug for Ct2File {
     }
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+impl From<Truncated> for Ct2Error {
+    fn from(t: Truncated) -> Self {
+        Ct2Error::Truncated {
+            what: t.what,
+            offset: t.offset,
+            needed: t.needed,
+            available: t.available,
+        }
+    }
 }
 
+/// CTranslate2's records on the shared cursor.
 impl<'a> Cursor<'a> {
-    fn remaining(&self) -> u64 {
-        (self.bytes.len() - self.pos) as u64
-    }
-
-    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], Ct2Error> {
-        if n > self.remaining() {
-            return Err(Ct2Error::Truncated {
-                what: what(),
-                offset: self.pos as u64,
-                needed: n,
-                available: self.remaining(),
-            });
-        }
-        let n = n as usize;
-        let out = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], Ct2Error> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N as u64, what)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self, what: &dyn Fn() -> String) -> Result<u8, Ct2Error> {
-        Ok(self.array::<1>(what)?[0])
-    }
-
-    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, Ct2Error> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
     /// A u16 length (NUL included), the bytes, the NUL.
-    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, Ct2Error> {
+    fn ct2_string(&mut self, what: &dyn Fn() -> String) -> Result<String, Ct2Error> {
         let length = u16::from_le_bytes(self.array(what)?);
         let bytes = self.take(length.into(), what)?;
         let Some((&0, text)) = bytes.split_last() else {
@@ -249,7 +224,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn variable(&mut self, index: u32) -> Result<Variable, Ct2Error> {
-        let name = self.string(&|| format!("name of variable #{index}"))?;
+        let name = self.ct2_string(&|| format!("name of variable #{index}"))?;
         let rank = self.u8(&|| format!("rank of `{name}`"))?;
         if rank > MAX_RANK {
             return Err(Ct2Error::TooManyDims { name, rank });
@@ -279,7 +254,7 @@ impl<'a> Cursor<'a> {
                 found,
             });
         }
-        let offset = self.pos;
+        let offset = self.pos();
         self.take(found.into(), &|| format!("data of `{name}`"))?;
         Ok(Variable {
             name,
@@ -311,15 +286,12 @@ impl Ct2File {
     }
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<Self, Ct2Error> {
-        let mut c = Cursor {
-            bytes: bytes.as_slice(),
-            pos: 0,
-        };
+        let mut c = Cursor::new(bytes.as_slice());
         let version = c.u32(&|| "binary version".into())?;
         if !VERSIONS.contains(&version) {
             return Err(Ct2Error::UnsupportedVersion(version));
         }
-        let spec = c.string(&|| "spec name".into())?;
+        let spec = c.ct2_string(&|| "spec name".into())?;
         let revision = c.u32(&|| "spec revision".into())?;
         let n_variables = c.count("variables")?;
         // The smallest record: a one-byte name with its NUL, rank, dtype, byte count and one
@@ -328,7 +300,7 @@ impl Ct2File {
         if u64::from(n_variables) * min_record > c.remaining() {
             return Err(Ct2Error::Truncated {
                 what: format!("{n_variables} variable records"),
-                offset: c.pos as u64,
+                offset: c.pos() as u64,
                 needed: u64::from(n_variables) * min_record,
                 available: c.remaining(),
             });
@@ -348,8 +320,8 @@ impl Ct2File {
         let n_aliases = c.count("aliases")?;
         let mut aliases = HashMap::new();
         for i in 0..n_aliases {
-            let alias = c.string(&|| format!("alias #{i}"))?;
-            let target = c.string(&|| format!("target of alias `{alias}`"))?;
+            let alias = c.ct2_string(&|| format!("alias #{i}"))?;
+            let target = c.ct2_string(&|| format!("target of alias `{alias}`"))?;
             if !by_name.contains_key(&target) {
                 return Err(Ct2Error::DanglingAlias { alias, target });
             }

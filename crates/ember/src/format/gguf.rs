@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use super::cursor::{Cursor, Truncated};
+
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: [u8; 4] = *b"GGUF";
 /// Upper bound on the number of tensors a file may declare.
@@ -315,46 +317,20 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+impl From<Truncated> for GgufError {
+    fn from(t: Truncated) -> Self {
+        GgufError::Truncated {
+            what: t.what,
+            offset: t.offset,
+            needed: t.needed,
+            available: t.available,
+        }
+    }
 }
 
+/// GGUF's records on the shared cursor.
 impl<'a> Cursor<'a> {
-    fn remaining(&self) -> u64 {
-        (self.bytes.len() - self.pos) as u64
-    }
-
-    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
-        if n > self.remaining() {
-            return Err(GgufError::Truncated {
-                what: what(),
-                offset: self.pos as u64,
-                needed: n,
-                available: self.remaining(),
-            });
-        }
-        let n = n as usize;
-        let out = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N as u64, what)?);
-        Ok(out)
-    }
-
-    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, GgufError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
+    fn gguf_string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::BadUtf8 { what: what() })
@@ -371,7 +347,7 @@ impl<'a> Cursor<'a> {
             5 => Value::I32(i32::from_le_bytes(self.array(&what)?)),
             6 => Value::F32(f32::from_le_bytes(self.array(&what)?)),
             7 => Value::Bool(self.array::<1>(&what)?[0] != 0),
-            8 => Value::String(self.string(&what)?),
+            8 => Value::String(self.gguf_string(&what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(GgufError::ArrayTooDeep { key: key.into() });
@@ -388,7 +364,7 @@ impl<'a> Cursor<'a> {
                 if needed > self.remaining() {
                     return Err(GgufError::Truncated {
                         what: format!("array of {len} elements in `{key}`"),
-                        offset: self.pos as u64,
+                        offset: self.pos() as u64,
                         needed,
                         available: self.remaining(),
                     });
@@ -445,10 +421,7 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<Self, GgufError> {
-        let mut c = Cursor {
-            bytes: bytes.as_slice(),
-            pos: 0,
-        };
+        let mut c = Cursor::new(bytes.as_slice());
         let magic = c.array::<4>(&|| "magic".into())?;
         if magic != MAGIC {
             return Err(GgufError::BadMagic { found: magic });
@@ -474,7 +447,7 @@ impl GgufFile {
 
         let mut metadata = HashMap::new();
         for i in 0..n_keys {
-            let key = c.string(&|| format!("name of metadata key #{i}"))?;
+            let key = c.gguf_string(&|| format!("name of metadata key #{i}"))?;
             let ty = c.u32(&|| format!("type of `{key}`"))?;
             let value = c.value(&key, ty, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
@@ -499,7 +472,7 @@ impl GgufFile {
         if n_tensors.saturating_mul(min_record) > c.remaining() {
             return Err(GgufError::Truncated {
                 what: format!("{n_tensors} tensor records"),
-                offset: c.pos as u64,
+                offset: c.pos() as u64,
                 needed: n_tensors.saturating_mul(min_record),
                 available: c.remaining(),
             });
@@ -507,7 +480,7 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(n_tensors as usize);
         let mut by_name = HashMap::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
-            let name = c.string(&|| format!("name of tensor #{i}"))?;
+            let name = c.gguf_string(&|| format!("name of tensor #{i}"))?;
             let n_dims = c.u32(&|| format!("dimension count of `{name}`"))?;
             if n_dims > MAX_DIMS {
                 return Err(GgufError::TooManyDims { name, n_dims });
@@ -561,7 +534,7 @@ impl GgufFile {
             });
         }
 
-        let header_end = c.pos as u64;
+        let header_end = c.pos() as u64;
         let data_start = header_end.div_ceil(alignment) * alignment;
         let data_len = (bytes.as_slice().len() as u64).saturating_sub(data_start);
         let mut previous_end = 0u64;

@@ -1,6 +1,7 @@
 //! Weight readers: one per checkpoint format, behind [`TensorStore`].
 
 pub mod ct2;
+pub mod cursor;
 pub mod gguf;
 pub mod gguf_store;
 pub mod quant;

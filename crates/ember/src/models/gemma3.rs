@@ -12,7 +12,6 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +24,8 @@ use crate::format::{Loader, TensorStore};
 use crate::nn::attention::{attend_all_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
-use crate::nn::rope::{inv_freq, rotate, Rope, RopeTables};
-use crate::nn::{rms_norm_with, Fused, FusedOps};
+use crate::nn::rope::{inv_freq, rotate_with, Rope, RopeTables};
+use crate::nn::{gated, rms_norm_with, Fused, FusedOps, Gate};
 
 /// A Gemma 3 text checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -445,9 +444,9 @@ impl<B: Backend> Gemma3<B> {
         let v = qkv.narrow(1, heads + kv_heads, kv_heads);
         // Attention scales by 1/sqrt(head_dim); Gemma by query_pre_attn_scalar^-0.5.
         let scale = (hd as f64 / c.query_pre_attn_scalar).sqrt();
-        let q = rotate(q, rope);
+        let q = rotate_with(q, rope, self.fused());
         let q = if scale == 1.0 { q } else { q.mul_scalar(scale) };
-        let (k, v) = cache.update_and_fetch(step, index, rotate(k, rope), v)?;
+        let (k, v) = cache.update_and_fetch(step, index, rotate_with(k, rope, self.fused()), v)?;
         let fused = self.fused();
         // One token at a host position: the backend's kernel over the real length (and the
         // sliding window's start), with no bias.
@@ -481,11 +480,11 @@ impl<B: Backend> Gemma3<B> {
         let x = Self::residual_add(x, out);
 
         let h = self.norm(x.clone(), &layer.pre_feedforward_layernorm);
-        let inter = c.intermediate_size;
         let gate_up = layer.mlp.gate_up_proj.forward(h);
-        let gated = gelu_approximate(gate_up.clone().narrow(2, 0, inter))
-            .mul(gate_up.narrow(2, inter, inter));
-        let down = layer.mlp.down_proj.forward(gated);
+        let down = layer
+            .mlp
+            .down_proj
+            .forward(gated(gate_up, Gate::GeluTanh, self.fused()));
         Ok(Self::residual_add(
             x,
             self.norm(down, &layer.post_feedforward_layernorm),

@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionImpl;
@@ -17,11 +16,11 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::gguf_store::{Fixes, GgufStore};
 use crate::format::{Loader, TensorStore};
-use crate::nn::attention::{attend_all_with, causal_attention, repeat_kv};
+use crate::nn::attention::{attend_all_with, causal_attention_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
-use crate::nn::rope::{inv_freq, rotate, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{rms_norm_with, Fused};
+use crate::nn::rope::{inv_freq, rotate_with, Llama3Scaling, Rope, RopeTables};
+use crate::nn::{gated, rms_norm_with, Fused, Gate};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder};
@@ -418,6 +417,8 @@ impl<B: Backend> Llama<B> {
             .reshape([batch, seq, heads + 2 * kv_heads, hd])
             .swap_dims(1, 2);
         let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
+        let fused = self.fused.as_ref().map(Fused::ops);
+        let rotate = |x, rope| rotate_with(x, rope, fused);
         let (q, k) = match &a.qk_norm {
             None => {
                 let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
@@ -434,7 +435,6 @@ impl<B: Backend> Llama<B> {
         };
         let (k, v) = cache.update_and_fetch(step, index, k, v)?;
         let visible = step.visible();
-        let fused = self.fused.as_ref().map(Fused::ops);
         if attention == AttentionImpl::Fused && bias.is_some() {
             // One token at a host position: the backend's kernel over the real length.
             let keys = step.decode_keys(None);
@@ -461,7 +461,13 @@ impl<B: Backend> Llama<B> {
                 let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
                 attend_all_with(q, k, v, Some(&bias), attention, fused)
             }
-            None => causal_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attention),
+            None => causal_attention_with(
+                q,
+                repeat_kv(k, groups),
+                repeat_kv(v, groups),
+                attention,
+                fused,
+            ),
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         Ok(out.swap_dims(1, 2).reshape([batch, seq, heads * hd]))
@@ -478,9 +484,8 @@ impl<B: Backend> Llama<B> {
         let x = self.linear_add(x, out, &layer.self_attn.o_proj);
         let h = self.norm(x.clone(), &layer.post_attention_layernorm);
         let m = &layer.mlp;
-        let inter = self.config.intermediate_size;
         let gate_up = m.gate_up_proj.forward(h);
-        let gated = silu(gate_up.clone().narrow(2, 0, inter)).mul(gate_up.narrow(2, inter, inter));
+        let gated = gated(gate_up, Gate::Silu, self.fused.as_ref().map(Fused::ops));
         self.linear_add(x, gated, &m.down_proj)
     }
 }

@@ -27,10 +27,28 @@ pub fn causal_attention<B: Backend>(
     v: Tensor<B, 4>,
     imp: AttentionImpl,
 ) -> Tensor<B, 4> {
+    causal_attention_with(q, k, v, imp, None)
+}
+
+/// [`causal_attention`], a square prefill through `fused`'s
+/// ([`FusedOps::causal_attention`]) where it has one and `imp` is
+/// [`AttentionImpl::Fused`].
+pub fn causal_attention_with<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    imp: AttentionImpl,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 4> {
     let [batch, heads, q_len, _] = q.dims();
     let k_len = k.dims()[2];
     if q_len == 1 {
         return attend_all(q, k, v, None, imp);
+    }
+    if imp == AttentionImpl::Fused && q_len == k_len {
+        if let Some(out) = fused.and_then(|f| f.causal_attention(&q, &k, &v)) {
+            return out;
+        }
     }
     let device = q.device();
     let mask = || causal_mask::<B>(batch, heads, q_len, k_len, &device);

@@ -67,6 +67,38 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// `act(gate) * up` for `gate_up: [batch, seq, 2 * inter]` (the gate's `inter` features,
+    /// then the up projection's: [`gated`]'s reference), as one op, or `None`.
+    fn gated(&self, gate_up: &Tensor<B, 3>, act: Gate) -> Option<Tensor<B, 3>> {
+        let _ = (gate_up, act);
+        None
+    }
+
+    /// [`rope::rotate`] of `x: [batch, heads, seq, head_dim]` by `cos`, `sin` (`[1 or batch,
+    /// 1, seq, head_dim]`, the sign of rotate-half folded into `sin`'s first half) as one op,
+    /// or `None`.
+    fn rotate(
+        &self,
+        x: &Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        let _ = (x, cos, sin);
+        None
+    }
+
+    /// Causal attention of a square prefill (`q, k, v: [b, h, seq, d]`, query `i` sees keys
+    /// `0..=i`), or `None` ([`attention::causal_attention`]'s burn op).
+    fn causal_attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        let _ = (q, k, v);
+        None
+    }
+
     /// [`linear_add`] as one op (a matmul that accumulates into the residual), or `None`.
     fn linear_add(
         &self,
@@ -137,6 +169,34 @@ impl<B: Backend> std::fmt::Debug for Fused<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FusedOps")
     }
+}
+
+/// The activation of a gated MLP's gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// `x * sigmoid(x)` (SwiGLU: Llama, Qwen).
+    Silu,
+    /// GELU's tanh approximation (GeGLU: Gemma).
+    GeluTanh,
+}
+
+/// `act(gate) * up` for `gate_up: [batch, seq, 2 * inter]`, the gate's `inter` features
+/// first: through `fused` where it can, else burn's ops on the two halves.
+pub fn gated<B: Backend>(
+    gate_up: Tensor<B, 3>,
+    act: Gate,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 3> {
+    if let Some(y) = fused.and_then(|f| f.gated(&gate_up, act)) {
+        return y;
+    }
+    let inter = gate_up.dims()[2] / 2;
+    let gate = gate_up.clone().narrow(2, 0, inter);
+    let gate = match act {
+        Gate::Silu => burn::tensor::activation::silu(gate),
+        Gate::GeluTanh => burn::tensor::activation::gelu_approximate(gate),
+    };
+    gate.mul(gate_up.narrow(2, inter, inter))
 }
 
 /// [`rms_norm`] through `fused` where it can, else the portable composition.

@@ -54,6 +54,18 @@ pub struct RopeTables<B: Backend> {
     sin: Tensor<B, 4>,
 }
 
+/// [`rotate`] through `fused` where it can.
+pub fn rotate_with<B: Backend>(
+    x: Tensor<B, 4>,
+    tables: &RopeTables<B>,
+    fused: Option<&dyn crate::nn::FusedOps<B>>,
+) -> Tensor<B, 4> {
+    match fused.and_then(|f| f.rotate(&x, &tables.cos, &tables.sin)) {
+        Some(y) => y,
+        None => rotate(x, tables),
+    }
+}
+
 /// Rotates `x: [batch, heads, seq, head_dim]` by the angles of `tables`.
 pub fn rotate<B: Backend>(x: Tensor<B, 4>, tables: &RopeTables<B>) -> Tensor<B, 4> {
     let [batch, heads, seq, head_dim] = x.dims();
