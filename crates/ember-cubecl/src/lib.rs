@@ -147,11 +147,14 @@ where
 
 type Launch<R, const N: usize> = Box<dyn Fn([CubeTensor<R>; N]) -> CubeTensor<R> + Send + Sync>;
 
+/// The backend's element types, which the op names when it fetches its tensors.
+type Elements<F, I, BT> = PhantomData<fn() -> (F, I, BT)>;
+
 /// A custom op in a fusion stream: `N` float inputs, one float output made by `run`.
 struct CustomOp<R: CubeRuntime, F, I, BT, const N: usize> {
     desc: CustomOpIr,
     run: Launch<R, N>,
-    _backend: PhantomData<fn() -> (F, I, BT)>,
+    _backend: Elements<F, I, BT>,
 }
 
 impl<R: CubeRuntime, F, I, BT, const N: usize> std::fmt::Debug for CustomOp<R, F, I, BT, N> {
