@@ -10,6 +10,9 @@ bin=$(realpath "${1:-target/debug/ember}")
 backend=${2:-wgpu}; device=${3:-vulkan:cpu}; dtype=${4:-f32}; attention=${5:-fused}
 dir=$(mktemp -d); cd "$dir"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} HOME=$dir
+# ember-cubecl's kernels count as on a GPU adapter (wgpu leaves them off on lavapipe unless
+# asked); EMBER_CUBECL=off counts burn's ops alone.
+export EMBER_CUBECL=${EMBER_CUBECL:-on}
 run() {
   timeout 300 "$bin" --model "preset:smollm2-135m,layers=$1,vocab=1024" --backend "$backend" \
     --device "$device" --dtype "$dtype" --attention "$attention" --raw --prompt "a b c d" -n "$2" > /dev/null 2>&1

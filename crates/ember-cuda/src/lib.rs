@@ -54,10 +54,13 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     Ok(job.run::<Backend>(device, runtime, capabilities))
 }
 
-/// What this backend offers on `device` beyond burn's ops: nothing yet (no fused ops, no
-/// graph replay).
+/// What this backend offers on `device` beyond burn's ops: the CubeCL kernels of
+/// `ember-cubecl` (RMSNorm, decode attention; off with `EMBER_CUBECL=off`), no graph replay.
 pub fn capabilities(_device: &CudaDevice) -> Capabilities<Backend> {
-    Capabilities::none()
+    Capabilities {
+        fused: ember_cubecl::fused(),
+        graphs: None,
+    }
 }
 
 /// Resolves `spec` to a CUDA device and dtype, or explains why it cannot run.

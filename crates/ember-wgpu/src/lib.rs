@@ -124,10 +124,23 @@ pub fn run<J: BackendJob>(spec: &BackendConfig, job: J) -> Result<J::Output> {
     Ok(job.run::<Backend>(device, runtime, capabilities))
 }
 
-/// What this backend offers on `device` beyond burn's ops: nothing yet (no fused ops, no
-/// graph replay).
-pub fn capabilities(_device: &WgpuDevice) -> Capabilities<Backend> {
-    Capabilities::none()
+/// What this backend offers on `device` beyond burn's ops: the CubeCL kernels of
+/// `ember-cubecl` (RMSNorm, decode attention) on GPU adapters, no graph replay. A software
+/// adapter (Mesa's lavapipe: `vulkan:cpu`) keeps burn's ops: there the kernels' workgroup
+/// barriers made decode slower, not faster (docs/performance.md, change 23);
+/// `EMBER_CUBECL=on` runs them there too, `off` nowhere.
+pub fn capabilities(device: &WgpuDevice) -> Capabilities<Backend> {
+    let forced_on =
+        std::env::var(ember_cubecl::ENV_SWITCH).is_ok_and(|v| v.eq_ignore_ascii_case("on"));
+    let fused = if *device == WgpuDevice::Cpu && !forced_on {
+        None
+    } else {
+        ember_cubecl::fused()
+    };
+    Capabilities {
+        fused,
+        graphs: None,
+    }
 }
 
 /// Resolves `spec` to an adapter and dtype, or explains why it cannot run.

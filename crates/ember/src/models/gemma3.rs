@@ -448,18 +448,34 @@ impl<B: Backend> Gemma3<B> {
         let q = if scale == 1.0 { q } else { q.mul_scalar(scale) };
         let (k, v) = cache.update_and_fetch(step, index, rotate_with(k, rope, self.fused()), v)?;
         let fused = self.fused();
-        let out = if seq == 1 {
-            // One token: its query heads laid onto their KV head, K and V not repeated.
-            let q = q.reshape([batch, kv_heads, groups, hd]);
-            let bias = bias.clone().expand([batch, kv_heads, groups, k.dims()[2]]);
-            attend_all_with(q, k, v, Some(&bias), attention, fused).reshape([batch, heads, 1, hd])
+        // One token at a host position: the backend's kernel over the real length (and the
+        // sliding window's start), with no bias.
+        let direct = if seq == 1 && attention == AttentionImpl::Fused {
+            let keys = step.decode_keys(layer.sliding.then_some(c.sliding_window));
+            fused
+                .zip(keys)
+                .and_then(|(f, keys)| f.decode_attention(&q, &k, &v, keys))
         } else {
-            let bias = bias.clone().expand([batch, heads, seq, k.dims()[2]]);
-            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-            attend_all_with(q, k, v, Some(&bias), attention, fused)
+            None
         };
-        // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
-        let out = out.swap_dims(1, 2).reshape([batch, seq, heads * hd]);
+        let out = match direct {
+            Some(out) => out,
+            None => {
+                let out = if seq == 1 {
+                    // One token: its query heads laid onto their KV head, K and V not repeated.
+                    let q = q.reshape([batch, kv_heads, groups, hd]);
+                    let bias = bias.clone().expand([batch, kv_heads, groups, k.dims()[2]]);
+                    attend_all_with(q, k, v, Some(&bias), attention, fused)
+                        .reshape([batch, heads, 1, hd])
+                } else {
+                    let bias = bias.clone().expand([batch, heads, seq, k.dims()[2]]);
+                    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+                    attend_all_with(q, k, v, Some(&bias), attention, fused)
+                };
+                // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
+                out.swap_dims(1, 2).reshape([batch, seq, heads * hd])
+            }
+        };
         let out = self.norm(a.o_proj.forward(out), &layer.post_attention_layernorm);
         let x = Self::residual_add(x, out);
 

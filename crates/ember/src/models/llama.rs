@@ -435,6 +435,16 @@ impl<B: Backend> Llama<B> {
         };
         let (k, v) = cache.update_and_fetch(step, index, k, v)?;
         let visible = step.visible();
+        if attention == AttentionImpl::Fused && bias.is_some() {
+            // One token at a host position: the backend's kernel over the real length.
+            let keys = step.decode_keys(None);
+            if let Some(out) = fused
+                .zip(keys)
+                .and_then(|(f, keys)| f.decode_attention(&q, &k, &v, keys))
+            {
+                return Ok(out);
+            }
+        }
         let out = match bias {
             Some(bias) if seq == 1 => {
                 // One new token sees every cached position. Its query heads are laid onto

@@ -118,6 +118,20 @@ impl<B: Backend> Step<B> {
         }
     }
 
+    /// The cached positions a single new token at a host position attends to: up to and
+    /// including its own, and with `sliding = Some(w)` only the last `w` of them (the rule
+    /// of [`Step::bias`]). `None` for a step of several tokens, of several slots' rows, or at
+    /// a device position.
+    pub fn decode_keys(&self, sliding: Option<usize>) -> Option<std::ops::Range<usize>> {
+        match self.positions {
+            Positions::Host { start } | Positions::Row { start, .. } if self.seq == 1 => {
+                let end = start + 1;
+                Some(sliding.map_or(0, |w| end.saturating_sub(w))..end)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether this step is a whole prompt from position 0 that no sliding window cuts: its
     /// causal mask is the square one attention ops can apply themselves (`is_causal`).
     pub fn is_square_causal(&self, sliding: Option<usize>) -> bool {

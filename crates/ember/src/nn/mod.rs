@@ -49,6 +49,24 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// One decode step's attention over the cache, as [`attention::attend_all`] computes it
+    /// with [`attention::position_bias`]: `q: [b, heads, 1, d]` over the keys `keys` of `k,
+    /// v: [b, kv_heads, n, d]` (`keys.end <= n`; the rest is never read), query head `h`
+    /// reading KV head `h / (heads / kv_heads)`, scale `1/sqrt(d)`; `[b, 1, heads * d]`, the
+    /// layout the output projection reads. The keys are a range of the host (a sliding
+    /// window's start, the real length), so no bias tensor is built or read. `None` where
+    /// the backend cannot.
+    fn decode_attention(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        keys: std::ops::Range<usize>,
+    ) -> Option<Tensor<B, 3>> {
+        let _ = (q, k, v, keys);
+        None
+    }
+
     /// `act(gate) * up` for `gate_up: [batch, seq, 2 * inter]` (the gate's `inter` features,
     /// then the up projection's: [`gated`]'s reference), as one op, or `None`.
     fn gated(&self, gate_up: &Tensor<B, 3>, act: Gate) -> Option<Tensor<B, 3>> {

@@ -1,0 +1,213 @@
+//! The kernels, written once in CubeCL. Each reads the element type chosen at run time
+//! (`#[define(F)]`: f32, f16, bf16), accumulates in f32 and rounds once on store.
+//!
+//! Reductions across a cube go through shared memory ([`block_sum`], [`block_max`]): plane
+//! (warp/SIMD-group) operations are not available on every adapter (Mesa's lavapipe, which CI
+//! runs, has none), and this form runs everywhere. A plane variant is a later step, checked on
+//! the GPU machine.
+
+// The `#[cube(launch_unchecked)]` macro generates a module and a struct per kernel that cannot carry
+// docs; the kernel functions are documented.
+#![allow(missing_docs)]
+
+use cubecl::prelude::*;
+
+/// Units per cube of every kernel here: a power of two (the tree reductions halve it), at most
+/// the 256 invocations every Vulkan, Metal and CUDA device accepts, and at least the largest
+/// head dimension the attention kernel holds per unit ([`MAX_HEAD_DIM`]).
+pub const BLOCK: usize = 256;
+
+/// The largest head dimension [`attention`] takes (one output dimension per unit).
+pub const MAX_HEAD_DIM: usize = BLOCK;
+
+/// Sum of `shared[0..CUBE_DIM_X]` (each unit wrote its own entry), returned to every unit.
+/// `shared` is clobbered.
+#[cube]
+fn block_sum(shared: &mut SharedMemory<f32>) -> f32 {
+    let unit = UNIT_POS as usize;
+    sync_cube();
+    // The cube's width as a run-time value: a comptime one cannot be halved in a loop.
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if unit < half {
+            shared[unit] += shared[unit + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// Maximum of `shared[0..CUBE_DIM_X]`, returned to every unit; `shared` is clobbered.
+#[cube]
+fn block_max(shared: &mut SharedMemory<f32>) -> f32 {
+    let unit = UNIT_POS as usize;
+    sync_cube();
+    // The cube's width as a run-time value: a comptime one cannot be halved in a loop.
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if unit < half {
+            shared[unit] = f32::max(shared[unit], shared[unit + half]);
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// RMSNorm of each row of `x: [batch, seq, hidden]` (any strides) into the contiguous
+/// `out`: `x / sqrt(mean(x²) + eps) * weight`, one cube per row.
+#[cube(launch_unchecked)]
+pub fn rms_norm<F: Float>(
+    x: &Tensor<F>,
+    weight: &Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize;
+    let unit = UNIT_POS as usize;
+    let seq = x.shape(1);
+    let hidden = x.shape(2);
+    let x_row = (row / seq) * x.stride(0) + (row % seq) * x.stride(1);
+    let x_step = x.stride(2);
+    let out_row = row * hidden;
+
+    let mut partial = SharedMemory::<f32>::new(block);
+    let mut sum = 0.0f32;
+    let mut i = unit;
+    while i < hidden {
+        let v = f32::cast_from(x[x_row + i * x_step]);
+        sum += v * v;
+        i += block;
+    }
+    partial[unit] = sum;
+    let total = block_sum(&mut partial);
+    let inv = f32::inverse_sqrt(total / f32::cast_from(hidden) + eps);
+
+    let w_step = weight.stride(0);
+    let mut i = unit;
+    while i < hidden {
+        let v = f32::cast_from(x[x_row + i * x_step]) * inv;
+        out[out_row + i] = F::cast_from(v * f32::cast_from(weight[i * w_step]));
+        i += block;
+    }
+}
+
+/// Attention of each query row of `q: [batch, heads, q_len, dim]` over keys `first..len` of
+/// `k, v: [batch, heads, k_len, dim]` (any strides), scale `scale`, with the additive `bias`
+/// (broadcast over its dims of size 1) when `has_bias` (else `bias` is not read), into the
+/// contiguous `out: [batch, heads, q_len, dim]`. One cube per query row (cube position x:
+/// row, y: head, z: batch); `dim <= block`.
+///
+/// The keys go by chunks of `block`: each unit scores one key of the chunk (f32 dot product),
+/// the chunk's maximum and sum of exponentials come from shared-memory reductions, and each
+/// unit then adds the chunk's weighted values of its output dimension to a running sum that
+/// is rescaled as the maximum grows (the online softmax of flash attention).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    bias: &Tensor<F>,
+    out: &mut Tensor<F>,
+    first: u32,
+    len: u32,
+    scale: f32,
+    #[comptime] has_bias: bool,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize;
+    let head = CUBE_POS_Y as usize;
+    let batch = CUBE_POS_Z as usize;
+    let unit = UNIT_POS as usize;
+    let dim = q.shape(3);
+    let q_len = q.shape(2);
+    let heads = q.shape(1);
+
+    // The query row, scaled, in f32.
+    let mut query = SharedMemory::<f32>::new(block);
+    let q_at = batch * q.stride(0) + head * q.stride(1) + row * q.stride(2);
+    if unit < dim {
+        query[unit] = f32::cast_from(q[q_at + unit * q.stride(3)]) * scale;
+    }
+
+    let k_at = batch * k.stride(0) + head * k.stride(1);
+    let v_at = batch * v.stride(0) + head * v.stride(1);
+    let (k_step, k_dim) = (k.stride(2), k.stride(3));
+    let (v_step, v_dim) = (v.stride(2), v.stride(3));
+    let mut b_at = 0usize;
+    let mut b_len = 1usize;
+    let mut b_step = 0usize;
+    if has_bias {
+        b_at = (batch % bias.shape(0)) * bias.stride(0)
+            + (head % bias.shape(1)) * bias.stride(1)
+            + (row % bias.shape(2)) * bias.stride(2);
+        b_len = bias.shape(3);
+        b_step = bias.stride(3);
+    }
+
+    let mut weights = SharedMemory::<f32>::new(block);
+    let mut scratch = SharedMemory::<f32>::new(block);
+    let start = first as usize;
+    let end = len as usize;
+    let neg = f32::new(-3.0e38);
+    let mut running_max = neg;
+    let mut running_sum = 0.0f32;
+    let mut acc = 0.0f32;
+    sync_cube();
+
+    let mut chunk = start;
+    while chunk < end {
+        // This unit's key: its score, or -inf past the end.
+        let key = chunk + unit;
+        let mut score = f32::new(f32::NEG_INFINITY);
+        if key < end {
+            let mut dot = 0.0f32;
+            let at = k_at + key * k_step;
+            for d in 0..dim {
+                dot += query[d] * f32::cast_from(k[at + d * k_dim]);
+            }
+            score = dot;
+            if has_bias {
+                score += f32::cast_from(bias[b_at + (key % b_len) * b_step]);
+            }
+        }
+        scratch[unit] = score;
+        let chunk_max = block_max(&mut scratch);
+        let new_max = f32::max(running_max, chunk_max);
+        let p = f32::exp(score - new_max);
+        weights[unit] = p;
+        scratch[unit] = p;
+        let chunk_sum = block_sum(&mut scratch);
+        let rescale = f32::exp(running_max - new_max);
+        running_sum = running_sum * rescale + chunk_sum;
+        running_max = new_max;
+        if unit < dim {
+            let mut part = 0.0f32;
+            let keys = u32::min(block as u32, (end - chunk) as u32) as usize;
+            for j in 0..keys {
+                part += weights[j] * f32::cast_from(v[v_at + (chunk + j) * v_step + unit * v_dim]);
+            }
+            acc = acc * rescale + part;
+        }
+        sync_cube();
+        chunk += block;
+    }
+
+    if unit < dim {
+        let mut value = 0.0f32;
+        if running_sum > 0.0 {
+            value = acc / running_sum;
+        }
+        let o = ((batch * heads + head) * q_len + row) * dim + unit;
+        out[o] = F::cast_from(value);
+    }
+}

@@ -1,0 +1,423 @@
+//! Ember's fused ops as CubeCL kernels, written once for every burn backend built on CubeCL:
+//! CUDA (`ember-cuda`), Vulkan through SPIR-V and Metal through MSL (`ember-wgpu`).
+//!
+//! burn's `Wgpu` and `Cuda` are `Fusion<CubeBackend<R, ..>>`: tensors are handles in a
+//! lazily executed stream of operations. Each op here is registered in that stream as a
+//! custom operation (the way burn-vision 0.21 adds its CubeCL kernels), so nothing is flushed
+//! or read back: when the stream reaches it, [`burn_fusion::stream::Operation::execute`]
+//! takes the inputs' `CubeTensor`s, launches the kernel, and registers the output. A custom
+//! op is a fusion barrier: the element-wise ops before it run as their own fused kernel.
+//!
+//! The element type is the tensors' run-time dtype (Ember picks f32 or f16 per run), not the
+//! backend's `F` type parameter. Every kernel accumulates in f32.
+//!
+//! Ops: [`FusedOps::rms_norm`] (one kernel instead of the portable cast, square, mean,
+//! divide, cast, multiply), [`FusedOps::decode_attention`] (one token's query heads over the
+//! cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the short query
+//! rows of a step that has a bias (one kernel instead of matmul, softmax and matmul), each
+//! compared with the portable path by this crate's tests on wgpu.
+
+#![warn(missing_docs)]
+// Bad input must come back as `None` (the portable path), never a panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod kernels;
+
+use std::marker::PhantomData;
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorPrimitive};
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use cubecl::prelude::{CubeCount, CubeDim};
+use cubecl::zspace::metadata::Metadata;
+use cubecl::zspace::Strides;
+use ember::nn::FusedOps;
+
+use kernels::{BLOCK, MAX_HEAD_DIM};
+
+/// A backend these ops run on: burn's fusion wrapper over a CubeCL backend (`Wgpu`, `Cuda`).
+pub type FusedCube<R, F, I, BT> = Fusion<CubeBackend<R, F, I, BT>>;
+
+/// Query rows per attention call above which [`FusedOps::attention`] declines: the kernel
+/// is written for decode (one token's query heads, grouped per KV head); a prompt's rows go
+/// to burn's flash attention.
+pub const MAX_QUERY_ROWS: usize = 32;
+
+/// The CubeCL fused ops of one backend (`R`: its CubeCL runtime).
+pub struct CubeFused<R> {
+    _runtime: PhantomData<fn() -> R>,
+}
+
+impl<R> CubeFused<R> {
+    /// The ops, for any device of runtime `R`.
+    pub fn new() -> Self {
+        Self {
+            _runtime: PhantomData,
+        }
+    }
+}
+
+impl<R> Default for CubeFused<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R> std::fmt::Debug for CubeFused<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CubeFused")
+    }
+}
+
+/// The environment variable that turns the kernels off (`EMBER_CUBECL=off`: burn's ops
+/// only), to compare the two paths in one build.
+pub const ENV_SWITCH: &str = "EMBER_CUBECL";
+
+/// The ops for a backend's [`ember::Capabilities::fused`], the runtime inferred from the
+/// backend type (`Wgpu`, `Cuda`); `None` when [`ENV_SWITCH`] is `off`.
+pub fn fused<R, F, I, BT>() -> Option<ember::nn::Fused<FusedCube<R, F, I, BT>>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    if std::env::var(ENV_SWITCH).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+        return None;
+    }
+    Some(ember::nn::Fused(std::sync::Arc::new(CubeFused::<R>::new())))
+}
+
+/// The fusion tensor behind a float tensor (`None` for a quantized one).
+fn fusion<R: CubeRuntime, const D: usize, B>(
+    t: &Tensor<B, D>,
+) -> Option<FusionTensor<FusionCubeRuntime<R>>>
+where
+    B: Backend<FloatTensorPrimitive = FusionTensor<FusionCubeRuntime<R>>>,
+{
+    match t.clone().into_primitive() {
+        TensorPrimitive::Float(t) => Some(t),
+        TensorPrimitive::QFloat(_) => None,
+    }
+}
+
+/// Whether the kernels here take `dtype`.
+fn float_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Registers a custom op named `name` with `inputs` and one output of `shape` and `dtype` in
+/// the inputs' fusion stream; `run` launches it when the stream gets there.
+fn register<R, F, I, BT, const N: usize>(
+    name: &'static str,
+    inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
+    shape: Vec<usize>,
+    dtype: DType,
+    run: impl Fn([CubeTensor<R>; N]) -> CubeTensor<R> + Send + Sync + 'static,
+) -> FusionTensor<FusionCubeRuntime<R>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let out = TensorIr::uninit(
+        client.create_empty_handle(),
+        burn::tensor::Shape::from(shape),
+        dtype,
+    );
+    let inputs = inputs.map(FusionTensor::into_ir);
+    let desc = CustomOpIr::new(name, &inputs, &[out]);
+    let op = CustomOp::<R, F, I, BT, N> {
+        desc: desc.clone(),
+        run: Box::new(run),
+        _backend: PhantomData,
+    };
+    let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
+    outputs.remove(0)
+}
+
+type Launch<R, const N: usize> = Box<dyn Fn([CubeTensor<R>; N]) -> CubeTensor<R> + Send + Sync>;
+
+/// The backend's element types, which the op names when it fetches its tensors.
+type Elements<F, I, BT> = PhantomData<fn() -> (F, I, BT)>;
+
+/// A custom op in a fusion stream: `N` float inputs, one float output made by `run`.
+struct CustomOp<R: CubeRuntime, F, I, BT, const N: usize> {
+    desc: CustomOpIr,
+    run: Launch<R, N>,
+    _backend: Elements<F, I, BT>,
+}
+
+impl<R: CubeRuntime, F, I, BT, const N: usize> std::fmt::Debug for CustomOp<R, F, I, BT, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomOp")
+            .field("id", &self.desc.id)
+            .finish()
+    }
+}
+
+impl<R, F, I, BT, const N: usize> Operation<FusionCubeRuntime<R>> for CustomOp<R, F, I, BT, N>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <FusionCubeRuntime<R> as burn_fusion::FusionRuntime>::FusionHandle,
+        >,
+    ) {
+        let (inputs, [out]) = self.desc.as_fixed::<N, 1>();
+        let tensors = std::array::from_fn(|i| {
+            handles.get_float_tensor::<CubeBackend<R, F, I, BT>>(&inputs[i])
+        });
+        let y = (self.run)(tensors);
+        handles.register_float_tensor::<CubeBackend<R, F, I, BT>>(&out.id, y);
+    }
+}
+
+/// A contiguous output like `like`'s device and dtype.
+fn output<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        burn::tensor::Shape::from(shape),
+        like.dtype,
+    )
+}
+
+impl<R, F, I, BT> FusedOps<FusedCube<R, F, I, BT>> for CubeFused<R>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn rms_norm(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        eps: f64,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        let [batch, seq, hidden] = x.dims();
+        let dtype = x.dtype();
+        if dtype != weight.dtype() || !float_dtype(dtype) || weight.dims()[0] != hidden {
+            return None;
+        }
+        if batch * seq == 0 || hidden == 0 {
+            return None;
+        }
+        let (xf, wf) = (fusion(x)?, fusion(weight)?);
+        let rows = u32::try_from(batch * seq).ok()?;
+        let eps = eps as f32;
+        let out = register::<R, F, I, BT, 2>(
+            "ember.rms_norm",
+            [xf, wf],
+            vec![batch, seq, hidden],
+            dtype,
+            move |[x, w]| {
+                let out = output(&x, vec![batch, seq, hidden]);
+                let dtype = x.dtype;
+                let client = x.client.clone();
+                // SAFETY: one cube per row of `out` ([batch * seq, hidden], allocated here);
+                // each unit reads and writes indices below `hidden` of its row, inside `x`'s
+                // and `weight`'s shapes and strides.
+                unsafe {
+                    kernels::rms_norm::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(rows, 1, 1),
+                        CubeDim::new_1d(BLOCK as u32),
+                        x.into_tensor_arg(),
+                        w.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        eps,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                out
+            },
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn decode_attention(
+        &self,
+        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        keys: std::ops::Range<usize>,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        let [batch, heads, one, dim] = q.dims();
+        let [kb, kv, cached, kd] = k.dims();
+        let dtype = q.dtype();
+        let same = k.dtype() == dtype && v.dtype() == dtype && float_dtype(dtype);
+        let shapes = one == 1
+            && (kb, kd) == (batch, dim)
+            && v.dims() == k.dims()
+            && kv > 0
+            && heads.is_multiple_of(kv)
+            && (1..=MAX_HEAD_DIM).contains(&dim);
+        if !same || !shapes || keys.start >= keys.end || keys.end > cached {
+            return None;
+        }
+        let groups = heads / kv;
+        let grid = (
+            u32::try_from(groups).ok()?,
+            u32::try_from(kv).ok()?,
+            u32::try_from(batch).ok()?,
+        );
+        let (first, len) = (
+            u32::try_from(keys.start).ok()?,
+            u32::try_from(keys.end).ok()?,
+        );
+        let scale = (dim as f32).powf(-0.5);
+        let out = register::<R, F, I, BT, 3>(
+            "ember.decode_attention",
+            [fusion(q)?, fusion(k)?, fusion(v)?],
+            vec![batch, 1, heads * dim],
+            dtype,
+            move |[mut q, k, v]| {
+                // q's heads seen as [batch, kv, groups, dim] (head h = kv head h / groups,
+                // query row h % groups): strides only, no copy. The kernel writes row-major
+                // [batch, kv, groups, dim], which is `out`'s [batch, 1, heads * dim].
+                let s = q.meta.strides().clone();
+                q.meta = Box::new(Metadata::new(
+                    [batch, kv, groups, dim],
+                    Strides::new(&[s[0], groups * s[1], s[1], s[3]]),
+                ));
+                let out = output(&q, vec![batch, 1, heads * dim]);
+                let dtype = q.dtype;
+                let client = q.client.clone();
+                // SAFETY: one cube per query head (grid: groups x kv x batch, q's view above);
+                // keys `first..len` with `len` at most k's and v's length, dimensions below
+                // `dim` (equal for q, k, v; at most the cube's width); no bias is read (`k`
+                // stands in for it); `out` holds batch x heads x dim elements.
+                unsafe {
+                    kernels::attention::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(grid.0, grid.1, grid.2),
+                        CubeDim::new_1d(BLOCK as u32),
+                        q.into_tensor_arg(),
+                        k.clone().into_tensor_arg(),
+                        v.into_tensor_arg(),
+                        k.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        first,
+                        len,
+                        scale,
+                        false,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                out
+            },
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        bias: Option<&Tensor<FusedCube<R, F, I, BT>, 4>>,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 4>> {
+        let [batch, heads, rows, dim] = q.dims();
+        let [kb, kh, keys, kd] = k.dims();
+        let dtype = q.dtype();
+        let same = [k.dtype(), v.dtype()]
+            .into_iter()
+            .chain(bias.map(|b| b.dtype()))
+            .all(|d| d == dtype);
+        if !same || !float_dtype(dtype) || (kb, kh, kd) != (batch, heads, dim) {
+            return None;
+        }
+        if v.dims() != k.dims() || dim == 0 || dim > MAX_HEAD_DIM || rows > MAX_QUERY_ROWS {
+            return None;
+        }
+        if let Some(b) = bias {
+            let broadcasts = |have: usize, want: usize| have == want || have == 1;
+            let [b0, b1, b2, b3] = b.dims();
+            let fits = broadcasts(b0, batch)
+                && broadcasts(b1, heads)
+                && broadcasts(b2, rows)
+                && broadcasts(b3, keys);
+            if !fits {
+                return None;
+            }
+        }
+        let grid = (
+            u32::try_from(rows).ok()?,
+            u32::try_from(heads).ok()?,
+            u32::try_from(batch).ok()?,
+        );
+        let len = u32::try_from(keys).ok()?;
+        let scale = (dim as f32).powf(-0.5);
+        let shape = vec![batch, heads, rows, dim];
+        let launch = move |q: CubeTensor<R>,
+                           k: CubeTensor<R>,
+                           v: CubeTensor<R>,
+                           bias: Option<CubeTensor<R>>| {
+            let out = output(&q, shape.clone());
+            let dtype = q.dtype;
+            let client = q.client.clone();
+            let has_bias = bias.is_some();
+            // Without a bias the kernel reads none: `k` stands in for the argument.
+            let bias = bias.unwrap_or_else(|| k.clone());
+            // SAFETY: one cube per query row of `out` (allocated here, the grid is its shape);
+            // keys below `len` (k's length), dimensions below `dim` (checked equal for q, k,
+            // v and at most the cube's width), bias indices taken modulo its shape.
+            unsafe {
+                kernels::attention::launch_unchecked::<R>(
+                    &client,
+                    CubeCount::Static(grid.0, grid.1, grid.2),
+                    CubeDim::new_1d(BLOCK as u32),
+                    q.into_tensor_arg(),
+                    k.into_tensor_arg(),
+                    v.into_tensor_arg(),
+                    bias.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    0,
+                    len,
+                    scale,
+                    has_bias,
+                    BLOCK,
+                    dtype.into(),
+                );
+            }
+            out
+        };
+        let (qf, kf, vf) = (fusion(q)?, fusion(k)?, fusion(v)?);
+        let shape = vec![batch, heads, rows, dim];
+        let out = match bias {
+            Some(b) => register::<R, F, I, BT, 4>(
+                "ember.attention",
+                [qf, kf, vf, fusion(b)?],
+                shape,
+                dtype,
+                move |[q, k, v, b]| launch(q, k, v, Some(b)),
+            ),
+            None => register::<R, F, I, BT, 3>(
+                "ember.attention",
+                [qf, kf, vf],
+                shape,
+                dtype,
+                move |[q, k, v]| launch(q, k, v, None),
+            ),
+        };
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+}

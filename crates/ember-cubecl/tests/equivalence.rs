@@ -1,0 +1,237 @@
+//! Each CubeCL kernel against the portable composition of burn ops it replaces, run for real
+//! on wgpu (Mesa's lavapipe in CI, which has no plane operations: the shared-memory
+//! reductions run), in f32 and f16, on the odd shapes a decode step meets: hidden sizes that
+//! are not multiples of the vector width or of the cube, strided inputs, head_dim 64 and 256,
+//! grouped-query ratios 1, 3 and 4 and one KV head, keys past a chunk of the cube and past a
+//! sliding window's edge.
+//!
+//! Tolerances (max absolute difference, values of order 1): f32 1e-5 for RMSNorm and 1e-4
+//! for attention (sums of up to 1000 products in another order); f16 1e-2 for both: the
+//! kernels round once, the portable path after every op (RMSNorm's normed value is rounded to
+//! f16 before the weight multiplies it; attention's scores and probabilities are f16 between
+//! its two matmuls), which is up to a few f16 ulps (2^-10 relative) of each output.
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::Wgpu;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use ember::config::AttentionImpl;
+use ember::nn::attention::{attend_all, position_bias};
+use ember::nn::{rms_norm, FusedOps};
+use ember_cubecl::CubeFused;
+
+type B = Wgpu;
+
+fn device() -> WgpuDevice {
+    WgpuDevice::default()
+}
+
+fn ops() -> CubeFused<burn::backend::wgpu::WgpuRuntime> {
+    CubeFused::new()
+}
+
+/// Reproducible values in [-2, 2) (a linear congruential generator).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn tensor<const D: usize>(shape: [usize; D], seed: u64, dtype: DType) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    let t: Tensor<B, D> = Tensor::from_data(
+        TensorData::new(values(n, seed), shape),
+        (&device(), DType::F32),
+    );
+    t.cast(dtype)
+}
+
+fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.cast(DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// Largest absolute difference; panics on a NaN or a length mismatch.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| {
+        let d = (x - y).abs();
+        assert!(!d.is_nan(), "NaN: {x} vs {y}");
+        m.max(d)
+    })
+}
+
+fn tolerance(dtype: DType, f32_tol: f32) -> f32 {
+    if dtype == DType::F32 {
+        f32_tol
+    } else {
+        1e-2
+    }
+}
+
+fn check_rms_norm(x: Tensor<B, 3>, dtype: DType, seed: u64) {
+    let hidden = x.dims()[2];
+    let w = tensor([hidden], seed + 1, dtype);
+    let fused = FusedOps::<B>::rms_norm(&ops(), &x, &w, 1e-5)
+        .unwrap_or_else(|| panic!("the kernel declined {:?} {dtype:?}", x.dims()));
+    assert_eq!(fused.dims(), x.dims());
+    assert_eq!(fused.dtype(), dtype);
+    let portable = rms_norm(x, &w, 1e-5);
+    let diff = max_diff(&host(fused), &host(portable));
+    let tol = tolerance(dtype, 1e-5);
+    assert!(diff <= tol, "{dtype:?}: max diff {diff} > {tol}");
+}
+
+fn rms_norm_shapes(dtype: DType) {
+    // 576: SmolLM2's hidden size; 100 and 96: not multiples of a vector width or of 256;
+    // 2048: more than one element per unit of the cube.
+    for (i, shape) in [[1, 1, 576], [2, 5, 96], [1, 3, 100], [1, 1, 2048]]
+        .into_iter()
+        .enumerate()
+    {
+        check_rms_norm(tensor(shape, 10 + i as u64, dtype), dtype, 20 + i as u64);
+    }
+    // A strided view, as Gemma's per-head norm reads: [b, h, s] seen as [b, s, h].
+    let x = tensor([2, 64, 3], 30, dtype).swap_dims(1, 2);
+    check_rms_norm(x, dtype, 31);
+}
+
+#[test]
+fn rms_norm_equals_portable_f32() {
+    rms_norm_shapes(DType::F32);
+}
+
+#[test]
+fn rms_norm_equals_portable_f16() {
+    rms_norm_shapes(DType::F16);
+}
+
+/// One decode step's attention as Llama lays it out: the query heads of one token grouped
+/// onto their KV head, over the first `visible` positions of a cache of `capacity` (a strided
+/// view), with the step's bias: keys after `pos` hidden and, with `sliding`, keys `sliding` or
+/// more positions behind it.
+#[allow(clippy::too_many_arguments)]
+fn check_decode(
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    pos: usize,
+    visible: usize,
+    sliding: Option<usize>,
+    batch: usize,
+    dtype: DType,
+) {
+    let groups = heads / kv;
+    let capacity = visible + 7;
+    let seed = (heads * 1000 + hd + pos) as u64;
+    let q = tensor([batch, heads, 1, hd], seed, dtype).reshape([batch, kv, groups, hd]);
+    let cache =
+        |s| tensor([batch, kv, capacity, hd], s, dtype).slice([0..batch, 0..kv, 0..visible, 0..hd]);
+    let (k, v) = (cache(seed + 1), cache(seed + 2));
+    let bias = position_bias::<B>(pos, 1, visible, sliding, dtype, &device())
+        .expand([batch, kv, groups, visible]);
+    let fused = FusedOps::<B>::attention(&ops(), &q, &k, &v, Some(&bias))
+        .unwrap_or_else(|| panic!("the kernel declined heads {heads} kv {kv} hd {hd}"));
+    assert_eq!(fused.dims(), [batch, kv, groups, hd]);
+    // The same step through the bias-free hook: the real length and the window's start as
+    // a range of keys, q in the model's [batch, heads, 1, hd] (a strided view here).
+    let first = sliding.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let q_heads = tensor([batch, heads + 2, 1, hd], seed + 3, dtype).narrow(1, 1, heads);
+    let direct = FusedOps::<B>::decode_attention(&ops(), &q_heads, &k, &v, first..pos + 1)
+        .unwrap_or_else(|| panic!("the kernel declined heads {heads} kv {kv} hd {hd}"));
+    assert_eq!(direct.dims(), [batch, 1, heads * hd]);
+    let grouped = q_heads.reshape([batch, kv, groups, hd]);
+    let reference = attend_all(
+        grouped,
+        k.clone(),
+        v.clone(),
+        Some(&bias),
+        AttentionImpl::Plain,
+    )
+    .reshape([batch, 1, heads * hd]);
+
+    let portable = attend_all(q, k, v, Some(&bias), AttentionImpl::Plain);
+    let tol = tolerance(dtype, 1e-4);
+    for (what, diff) in [
+        ("attention", max_diff(&host(fused), &host(portable))),
+        (
+            "decode_attention",
+            max_diff(&host(direct), &host(reference)),
+        ),
+    ] {
+        assert!(
+            diff <= tol,
+            "{what} {dtype:?} heads {heads} kv {kv} hd {hd} pos {pos} visible {visible} \
+             sliding {sliding:?}: max diff {diff} > {tol}"
+        );
+    }
+}
+
+fn decode_shapes(dtype: DType) {
+    // SmolLM2-135M: 9 heads on 3 KV heads (GQA 3), hd 64, in the first decode window.
+    check_decode(9, 3, 64, 37, 256, None, 1, dtype);
+    // GQA 4, hd 256 (Gemma 3), past a window edge: position 256 and 257 of a 512 window,
+    // with a sliding window of 256 that hides the first keys.
+    check_decode(8, 2, 256, 256, 512, Some(256), 1, dtype);
+    check_decode(8, 2, 256, 257, 512, Some(256), 1, dtype);
+    // One KV head (multi-query), the first position, two sequences.
+    check_decode(4, 1, 64, 0, 256, None, 2, dtype);
+    // No grouping, keys in four chunks of the cube (1000 > 3 x 256).
+    check_decode(2, 2, 64, 999, 1000, None, 1, dtype);
+}
+
+#[test]
+fn decode_attention_equals_portable_f32() {
+    decode_shapes(DType::F32);
+}
+
+#[test]
+fn decode_attention_equals_portable_f16() {
+    decode_shapes(DType::F16);
+}
+
+#[test]
+fn attention_without_bias_equals_portable() {
+    for dtype in [DType::F32, DType::F16] {
+        let q = tensor([1, 3, 5, 64], 1, dtype);
+        let k = tensor([1, 3, 300, 64], 2, dtype);
+        let v = tensor([1, 3, 300, 64], 3, dtype);
+        let fused = FusedOps::<B>::attention(&ops(), &q, &k, &v, None)
+            .unwrap_or_else(|| panic!("the kernel declined"));
+        let portable = attend_all(q, k, v, None, AttentionImpl::Plain);
+        let diff = max_diff(&host(fused), &host(portable));
+        let tol = tolerance(dtype, 1e-4);
+        assert!(diff <= tol, "{dtype:?}: max diff {diff} > {tol}");
+    }
+}
+
+#[test]
+fn declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    // A prompt's rows go to burn's flash attention; head_dim above the cube's width.
+    let long = tensor([1, 1, 64, 64], 1, dtype);
+    assert!(FusedOps::<B>::attention(&ops(), &long, &long, &long, None).is_none());
+    let wide = tensor([1, 1, 1, 512], 2, dtype);
+    assert!(FusedOps::<B>::attention(&ops(), &wide, &wide, &wide, None).is_none());
+    // An empty or too long range of keys.
+    let (q, kv) = (
+        tensor([1, 2, 1, 64], 5, dtype),
+        tensor([1, 1, 10, 64], 6, dtype),
+    );
+    assert!(FusedOps::<B>::decode_attention(&ops(), &q, &kv, &kv, 3..3).is_none());
+    assert!(FusedOps::<B>::decode_attention(&ops(), &q, &kv, &kv, 0..11).is_none());
+    // Mixed dtypes: the caller's portable path decides.
+    let x = tensor([1, 1, 8], 3, DType::F32);
+    let w = tensor([8], 4, DType::F16);
+    assert!(FusedOps::<B>::rms_norm(&ops(), &x, &w, 1e-5).is_none());
+}
