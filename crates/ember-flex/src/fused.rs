@@ -118,11 +118,7 @@ impl FusedOps<B> for FlexFused {
         if x.dtype() != DType::F32 || !table(cos) || !table(sin) || dim % 2 != 0 {
             return None;
         }
-        let view = |t: &Tensor<B, 4>| Strided::of(t.clone().into_primitive().tensor());
-        let (xs, cs, ss) = (view(x)?, view(cos)?, view(sin)?);
-        if [&xs, &cs, &ss].iter().any(|t| t.strides[3] != 1) {
-            return None;
-        }
+        let (xs, cs, ss) = (Strided::rows(x)?, Strided::rows(cos)?, Strided::rows(sin)?);
         let tables_batch = cos.dims()[0];
         let half = dim / 2;
         let mut out = vec![0f32; batch * heads * seq * dim];
@@ -139,10 +135,7 @@ impl FusedOps<B> for FlexFused {
                 out[j] = x[j] * c[j] + swapped * s[j];
             }
         });
-        Some(Tensor::from_data(
-            TensorData::new(out, [batch, heads, seq, dim]),
-            (&FlexDevice, DType::F32),
-        ))
+        Some(tensor(out, [batch, heads, seq, dim]))
     }
 
     /// Reads K and V where they lie in the cache (burn-flex 0.21's attention first copies
@@ -168,16 +161,12 @@ impl FusedOps<B> for FlexFused {
         {
             return None;
         }
-        let view = |t: &Tensor<B, 4>| Strided::of(t.clone().into_primitive().tensor());
-        let (q, k, v) = (view(q)?, view(k)?, view(v)?);
+        // Rows of q, k and v must be contiguous (the dot products' inner loops).
+        let (q, k, v) = (Strided::rows(q)?, Strided::rows(k)?, Strided::rows(v)?);
         let bias = match bias {
-            Some(b) => Some(view(b)?),
+            Some(b) => Some(Strided::of(b)?),
             None => None,
         };
-        // Rows of q, k and v must be contiguous (the dot products' inner loops).
-        if [&q, &k, &v].iter().any(|t| t.strides[3] != 1) {
-            return None;
-        }
         let mut out = vec![0f32; batch * heads * queries * dim];
         let scale = (dim as f32).powf(-0.5);
         // One part per (batch, head), each its own piece of the output.
@@ -195,8 +184,7 @@ impl FusedOps<B> for FlexFused {
             let mut out = parts[bh].lock().unwrap_or_else(|e| e.into_inner());
             views.attend(bh / heads, bh % heads, &mut out);
         });
-        let data = TensorData::new(out, [batch, heads, queries, dim]);
-        Some(Tensor::from_data(data, (&FlexDevice, DType::F32)))
+        Some(tensor(out, [batch, heads, queries, dim]))
     }
 
     fn quantized(
@@ -444,8 +432,9 @@ struct Strided {
 }
 
 impl Strided {
-    /// `None` for a negative stride.
-    fn of(tensor: FlexTensor) -> Option<Self> {
+    /// `t`'s view; `None` for a negative stride.
+    fn of(t: &Tensor<B, 4>) -> Option<Self> {
+        let tensor = t.clone().into_primitive().tensor();
         let layout = tensor.layout();
         let strides: Vec<usize> = layout
             .strides()
@@ -459,6 +448,12 @@ impl Strided {
         })
     }
 
+    /// [`Strided::of`] for a tensor whose last dimension is contiguous (stride 1), which
+    /// [`Strided::row`] reads as one slice; `None` otherwise.
+    fn rows(t: &Tensor<B, 4>) -> Option<Self> {
+        Self::of(t).filter(|s| s.strides[3] == 1)
+    }
+
     fn index(&self, a: usize, b: usize, c: usize, d: usize) -> usize {
         let s = self.strides;
         self.offset + a * s[0] + b * s[1] + c * s[2] + d * s[3]
@@ -469,7 +464,7 @@ impl Strided {
         self.tensor.storage::<f32>()
     }
 
-    /// `[a, b, c, ..dim]`, contiguous (stride 1 in the last dimension: checked by the caller).
+    /// `[a, b, c, ..dim]`, one slice (a view made by [`Strided::rows`]).
     fn row(&self, a: usize, b: usize, c: usize, dim: usize) -> &[f32] {
         let at = self.index(a, b, c, 0);
         &self.values()[at..at + dim]
