@@ -80,12 +80,15 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
-    /// AVX2 with AVX-512 VNNI and VL: the block products as `dpbusd`.
+    /// AVX2 with AVX-512 VNNI and VL: the block products as `dpbusd`, on 256-bit registers.
     Avx512Vnni,
+    /// AVX-512 F, BW, VL and VNNI on 512-bit registers: two blocks per register.
+    Avx512,
 }
 
 impl Isa {
-    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar` or `avx2` caps it),
+    /// The best instruction set this CPU runs (`EMBER_KERNELS=scalar`, `avx2` or
+    /// `avx512vnni` caps it),
     /// found once per process.
     pub fn detect() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
@@ -93,7 +96,8 @@ impl Isa {
             let cap = match std::env::var("EMBER_KERNELS").as_deref() {
                 Ok("scalar") => Isa::Scalar,
                 Ok("avx2") => Isa::Avx2,
-                _ => Isa::Avx512Vnni,
+                Ok("avx512vnni") => Isa::Avx512Vnni,
+                _ => Isa::Avx512,
             };
             Self::available()
                 .into_iter()
@@ -104,7 +108,7 @@ impl Isa {
 
     /// Every instruction set this CPU runs, scalar first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512]
             .into_iter()
             .filter(|isa| isa.runs_here())
             .collect()
@@ -133,8 +137,14 @@ impl Isa {
                             && std::arch::is_x86_feature_detected!("avx512vnni")
                     })
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                static BW: OnceLock<bool> = OnceLock::new();
+                Isa::Avx512Vnni.runs_here()
+                    && *BW.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bw"))
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512Vnni => false,
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => false,
         }
     }
 }
@@ -463,7 +473,7 @@ impl QuantMatrix {
             (Isa::Scalar, _) => self.tiles_of::<1, 1>(isa, xq, n, rows, out),
             (_, 1..=3) => self.tiles_of::<4, 1>(isa, xq, n, rows, out),
             (Isa::Avx2, _) => self.tiles_of::<2, 4>(isa, xq, n, rows, out),
-            (Isa::Avx512Vnni, _) => self.tiles_of::<4, 4>(isa, xq, n, rows, out),
+            (Isa::Avx512Vnni | Isa::Avx512, _) => self.tiles_of::<4, 4>(isa, xq, n, rows, out),
         }
     }
 
@@ -521,6 +531,9 @@ impl QuantMatrix {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `matmul_with` passes only an ISA this CPU runs; the slices are whole
             // blocks of this layout (the lengths asserted in `matmul_with`).
+            Isa::Avx512 => x86::tile_zmm::<R, C>(self.layout, w.map(|(p, _)| p), w[0].1, ds, q),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             Isa::Avx2 | Isa::Avx512Vnni => x86::tile::<R, C>(
                 isa == Isa::Avx512Vnni,
                 self.layout,
@@ -556,7 +569,7 @@ impl QuantMatrix {
                     let v = match isa {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: as in `tile`.
-                        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => unsafe {
                             x86::dot_f32(self.layout, w, step, xs, sums)
                         },
                         _ => scalar_dot_f32(self.layout, self.row_blocks(r), xs, sums),
@@ -639,7 +652,7 @@ impl Activations {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `isa` runs here (callers pass `Isa::detect()` or an available one);
                 // the block and `q` hold 32 values.
-                Isa::Avx2 | Isa::Avx512Vnni if isa.runs_here() => unsafe {
+                Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 if isa.runs_here() => unsafe {
                     x86::quantize_block(block.as_ptr(), q.as_mut_ptr())
                 },
                 _ => quantize_block(block, q),
@@ -925,7 +938,7 @@ mod tests {
     #[test]
     fn products_match_the_dequantized_weight_on_every_isa() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let (rows, cols, n) = (37, 256, 6);
+        let (rows, cols, n) = (37, 288, 6); // 9 blocks: an odd one after the pairs
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
         for (bits, group, symmetric, layout) in cases() {
             let (u, scale, min) = groups(&mut rng, bits, group, rows * cols, symmetric);
