@@ -20,6 +20,8 @@
 #   graphs    tch decode replayed as CUDA graphs: same greedy tokens as eager (f32, f16, both
 #             shapes, past a decode-window edge), then speed with and without, PyTorch beside
 #   graphs-bench  benches/nvidia-graphs.toml (the real SmolLM2: carry .m1 and .m2 in two calls)
+#   ab-graphs tch-CUDA graph replay before/after the model registry (.gpu/ember-before), f16
+#   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -189,6 +191,34 @@ for stage in "$@"; do
       reap
       grep -F ' | ' "$work/ab-$round-$build.log" | grep -v '^| '
     done
+    ;;
+  ab-graphs)
+    # Issue 14's A/B: tch-CUDA with graph replay, a build of the commit before the model
+    # registry (.gpu/ember-before) against this one (.gpu/ember), f16, both SmolLM2 shapes,
+    # alternated before/after/after/before in one call.
+    printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true]\n' > "$work/abg.toml"
+    round=0
+    for build in before after after before; do
+      round=$((round + 1))
+      bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
+      start=$(date +%s)
+      timeout "${LIMIT:-120}" "$bin" bench --matrix "$work/abg.toml" --out-dir "$work/abg-$round-$build" \
+        -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 100 > "$work/abg-$round-$build.log" 2>&1
+      echo "== ab-graphs round $round, $build: rc $? in $(( $(date +%s) - start )) s"
+      reap
+      grep -F ' | ' "$work/abg-$round-$build.log" | grep -v '^| '
+    done
+    ;;
+  kernels)
+    # Issue 16: decode and prefill of the SmolLM2-135M shape in f16 on CubeCL cuda, wgpu
+    # (NVIDIA Vulkan) and candle-CUDA with PyTorch eager beside them, with Ember's CubeCL
+    # kernels (the default on GPUs), then CubeCL cuda and wgpu again with EMBER_CUBECL=off.
+    use_cubecl_cache
+    bench kernels-on "${LIMIT:-330}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0", "wgpu@vulkan:0", "candle@cuda:0"]\ndtypes = ["f16"]\n[baselines]\npytorch = ["cuda"]\n')" \
+      -p 128 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 280
+    reap
+    EMBER_CUBECL=off bench kernels-off "${LIMIT:-200}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n')" \
+      -p 128 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 180
     ;;
   attn)
     # Decode with burn's attention op (`fused`) against Ember's matmul-softmax (`plain`):

@@ -70,18 +70,30 @@ fn batched(
     prompts: &[Vec<u32>],
     options: SchedulerOptions,
 ) -> (Vec<Result<Vec<u32>, String>>, Arc<Metrics>) {
+    batched_until(engine, prompts, options, &|_, _| None)
+}
+
+/// [`batched`] with request `i`'s deadline `deadline(i, received)`; an error reads
+/// "STATUS: message".
+fn batched_until(
+    engine: &Arc<Engine<B>>,
+    prompts: &[Vec<u32>],
+    options: SchedulerOptions,
+    deadline: &dyn Fn(usize, Instant) -> Option<Instant>,
+) -> (Vec<Result<Vec<u32>, String>>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = std::sync::mpsc::sync_channel(prompts.len());
     let mut receivers = Vec::new();
-    for prompt in prompts {
+    for (i, prompt) in prompts.iter().enumerate() {
         let (events, rx_events) = tokio::sync::mpsc::unbounded_channel();
         metrics.queue_depth.inc();
+        let received = Instant::now();
         tx.send(Request {
             prompt: prompt.clone(),
             generation: generation(),
             events,
-            received: Instant::now(),
-            deadline: None,
+            received,
+            deadline: deadline(i, received),
         })
         .unwrap();
         receivers.push(rx_events);
@@ -109,7 +121,7 @@ fn batched(
                         assert_eq!(completion_tokens, ids.len());
                         return Ok(ids);
                     }
-                    Event::Error { message, .. } => return Err(message),
+                    Event::Error { status, message } => return Err(format!("{status}: {message}")),
                 }
             }
             Err("no Done event".into())
@@ -186,4 +198,35 @@ fn a_panic_in_one_sequence_fails_that_request_only() {
             assert_eq!(got.as_ref().unwrap(), want, "request {i}");
         }
     }
+}
+
+/// A request past its deadline (`--request-timeout`) is answered 504 and leaves its slot; the
+/// others still get their own tokens.
+#[test]
+fn a_request_past_its_deadline_gets_504_and_the_others_finish() {
+    let engine = engine();
+    let expected = alone(&engine);
+    let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
+    // Request 1's time is up on arrival: the scheduler must drop it at its first check,
+    // before or after it took a slot, and never decode it to the end.
+    let (results, metrics) = batched_until(&engine, &prompts, options(), &|i, received| {
+        (i == 1).then_some(received)
+    });
+    for (i, ((_, want), got)) in expected.iter().zip(&results).enumerate() {
+        if i == 1 {
+            let e = got.as_ref().unwrap_err();
+            assert!(
+                e.starts_with("504: ") && e.contains("request-timeout"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(got.as_ref().unwrap(), want, "request {i}");
+        }
+    }
+    let text = metrics.encode();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("timeout") && l.trim_end().ends_with(" 1")),
+        "one request counted as timed out:\n{text}"
+    );
 }
