@@ -339,8 +339,8 @@ fn flac_mp3_ogg_and_stdin_give_the_wav_transcript() {
 /// tests/reference/make_whisper_reference.py): Whisper without VAD hallucinates ` you` in
 /// each of its six windows (their average log-probability is above -1, so the no-speech
 /// rule keeps them), and Ember must do exactly that: same segments, times and tokens, no
-/// panic. The memory bound of a 10-hour file is tested on the front end, which is what holds
-/// the audio (ember-flex's tests/limits.rs: transcribing 10 hours through the encoder takes
+/// panic. The memory bound of hours of audio is tested on the front end, which is what holds
+/// the audio (ember-flex's tests/limits.rs: transcribing hours through the encoder takes
 /// hours here); this is the whole path on silence, at a cost CI can pay.
 #[test]
 fn silence_is_transcribed_as_faster_whisper_does() {
