@@ -82,7 +82,8 @@ pub enum Isa {
     Avx2,
     /// AVX2 with AVX-512 VNNI and VL: the block products as `dpbusd`, on 256-bit registers.
     Avx512Vnni,
-    /// AVX-512 F, BW, VL and VNNI on 512-bit registers: two blocks per register.
+    /// AVX-512 F, BW, VL and VNNI: `B8` blocks two per 512-bit register, the others as
+    /// `Avx512Vnni`.
     Avx512,
 }
 
@@ -531,11 +532,13 @@ impl QuantMatrix {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `matmul_with` passes only an ISA this CPU runs; the slices are whole
             // blocks of this layout (the lengths asserted in `matmul_with`).
-            Isa::Avx512 => x86::tile_zmm::<R, C>(self.layout, w.map(|(p, _)| p), w[0].1, ds, q),
+            Isa::Avx512 if self.layout == Layout::B8 => {
+                x86::tile_b8_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q)
+            }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 | Isa::Avx512Vnni => x86::tile::<R, C>(
-                isa == Isa::Avx512Vnni,
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => x86::tile::<R, C>(
+                isa != Isa::Avx2,
                 self.layout,
                 w.map(|(p, _)| p),
                 w[0].1,

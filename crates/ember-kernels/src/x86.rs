@@ -43,15 +43,18 @@ pub unsafe fn tile<const R: usize, const C: usize>(
     }
 }
 
-/// [`tile`] on 512-bit registers, two blocks per register: a block pair's products take one
-/// `dpbusd`, one conversion and two multiply-adds for a row and an input, where 256-bit
-/// registers take that for each block (docs/performance.md, change 24). An odd last block
-/// goes through [`tile`]'s 256-bit loop.
+/// [`tile`] for [`Layout::B8`] on 512-bit registers, two blocks per register: a block pair
+/// takes one `dpbusd`, one conversion, a scale product and a multiply-add for a row and an
+/// input, where 256-bit registers take that for each block (docs/performance.md, change 24).
+/// An odd last block goes through [`tile`]'s 256-bit loop.
+///
+/// B4 and B5 stay on [`tile`]: their offsets (`m * sum(x)`) accumulated in the same lanes as
+/// the products cost no instruction but moved SmolLM2's f16 logits 2.5x further from the
+/// dequantized run's (change 24), and accumulators of their own spill a 4 x 4 tile.
 ///
 /// # Safety
 /// As [`tile`], and the CPU must support AVX-512 F, BW, VL and VNNI.
-pub unsafe fn tile_zmm<const R: usize, const C: usize>(
-    layout: Layout,
+pub unsafe fn tile_b8_zmm<const R: usize, const C: usize>(
     w: [*const u8; R],
     step: usize,
     ds: [&[[f32; 2]]; C],
@@ -59,19 +62,18 @@ pub unsafe fn tile_zmm<const R: usize, const C: usize>(
 ) -> [[f32; C]; R] {
     let blocks = ds[0].len();
     debug_assert!((0..C).all(|j| ds[j].len() == blocks && q[j].len() >= blocks * BLOCK));
-    let pairs = blocks / 2;
-    let dsp = ds.map(|d| d.as_ptr().cast::<f32>());
-    let qp = q.map(<[i8]>::as_ptr);
-    let mut out = match layout {
-        Layout::B4 => tile_512::<B4, R, C>(w, step, pairs, dsp, qp),
-        Layout::B5 => tile_512::<B5, R, C>(w, step, pairs, dsp, qp),
-        Layout::B8 => tile_512::<B8, R, C>(w, step, pairs, dsp, qp),
-    };
+    let mut out = tile_b8_512::<R, C>(
+        w,
+        step,
+        blocks / 2,
+        ds.map(|d| d.as_ptr().cast::<f32>()),
+        q.map(<[i8]>::as_ptr),
+    );
     if blocks % 2 == 1 {
         let last = blocks - 1;
         let tail = tile::<R, C>(
             true,
-            layout,
+            Layout::B8,
             w.map(|p| p.add(last * step)),
             step,
             std::array::from_fn(|j| &ds[j][last..]),
@@ -89,91 +91,53 @@ pub unsafe fn tile_zmm<const R: usize, const C: usize>(
 /// The 512-bit loop over `pairs` block pairs. Lanes 0..8 of a register hold block `2p`'s
 /// eight 32-bit sums, lanes 8..16 block `2p + 1`'s; the scales are laid out alike.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_512<const L: u8, const R: usize, const C: usize>(
+unsafe fn tile_b8_512<const R: usize, const C: usize>(
     w: [*const u8; R],
     step: usize,
     pairs: usize,
     ds: [*const f32; C],
     q: [*const i8; C],
 ) -> [[f32; C]; R] {
-    // Lane i of a permute takes element `index[i]` of a 4-float vector.
-    let halves = |a: i32, b: i32| _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a);
-    let (first, second) = (halves(0, 2), halves(1, 3));
+    // Lane i of a permute takes element `index[i]` of a 4-float vector: the inputs' d_x
+    // (elements 0 and 2 of [d, sum, d, sum]) by halves, the weights' [d0, d1] of each
+    // block by quarters (d0 for values 0..16, d1 for 16..32).
+    let halves = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     let quarters = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    let low = _mm512_set1_epi8(0x0F);
-    let fifth = _mm512_set1_epi8(0x10);
-    let eighth = _mm512_set1_ps(0.125);
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     for p in 0..pairs {
         let b = 2 * p;
         let x: [__m512i; C] =
             std::array::from_fn(|j| _mm512_loadu_si512(q[j].add(b * BLOCK).cast()));
-        // [d_x, sum_x] of both blocks: d_x by halves, the sums likewise (the offsets' terms).
-        let xs: [__m512; C] =
-            std::array::from_fn(|j| _mm512_castps128_ps512(_mm_loadu_ps(ds[j].add(2 * b))));
-        let dx: [__m512; C] = std::array::from_fn(|j| _mm512_permutexvar_ps(first, xs[j]));
-        let sx: [__m512; C] = std::array::from_fn(|j| {
-            if L == B8 {
-                _mm512_setzero_ps()
-            } else {
-                _mm512_permutexvar_ps(second, xs[j])
-            }
+        let dx: [__m512; C] = std::array::from_fn(|j| {
+            _mm512_permutexvar_ps(
+                halves,
+                _mm512_castps128_ps512(_mm_loadu_ps(ds[j].add(2 * b))),
+            )
         });
         for i in 0..R {
             let (b0, b1) = (w[i].add(b * step), w[i].add((b + 1) * step));
-            // Both blocks' two f16 scales: [s0(b), s1(b), s0(b + 1), s1(b + 1)].
+            // Both blocks' f16 scales: [d0(b), d1(b), d0(b + 1), d1(b + 1)].
             let scales = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_unpacklo_epi32(
                 _mm_cvtsi32_si128(b0.cast::<i32>().read_unaligned()),
                 _mm_cvtsi32_si128(b1.cast::<i32>().read_unaligned()),
             )));
-            if L == B8 {
-                let wq = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(4).cast())),
-                    _mm256_loadu_si256(b1.add(4).cast()),
-                    1,
+            let dw = _mm512_permutexvar_ps(quarters, scales);
+            let wq = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(4).cast())),
+                _mm256_loadu_si256(b1.add(4).cast()),
+                1,
+            );
+            // |w| times x with w's sign, as dpbusd (unsigned times signed) needs.
+            let negative = _mm512_movepi8_mask(wq);
+            let aw = _mm512_abs_epi8(wq);
+            for j in 0..C {
+                let signed = _mm512_mask_sub_epi8(x[j], negative, _mm512_setzero_si512(), x[j]);
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, signed);
+                acc[i][j] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(dw, dx[j]),
+                    _mm512_cvtepi32_ps(sums),
+                    acc[i][j],
                 );
-                // |w| times x with w's sign, as dpbusd (unsigned times signed) needs.
-                let negative = _mm512_movepi8_mask(wq);
-                let aw = _mm512_abs_epi8(wq);
-                // d0 for values 0..16 and d1 for 16..32, of each block.
-                let dw = _mm512_permutexvar_ps(quarters, scales);
-                for j in 0..C {
-                    let signed = _mm512_mask_sub_epi8(x[j], negative, _mm512_setzero_si512(), x[j]);
-                    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, signed);
-                    acc[i][j] = _mm512_fmadd_ps(
-                        _mm512_mul_ps(dw, dx[j]),
-                        _mm512_cvtepi32_ps(sums),
-                        acc[i][j],
-                    );
-                }
-            } else {
-                let at = if L == B4 { 4 } else { 8 };
-                // [nibbles(b), nibbles(b + 1)], then their high halves beside: lanes of
-                // 128 bits reordered to [low(b), high(b), low(b + 1), high(b + 1)].
-                let both = _mm256_set_m128i(
-                    _mm_loadu_si128(b1.add(at).cast()),
-                    _mm_loadu_si128(b0.add(at).cast()),
-                );
-                let spread =
-                    _mm512_inserti64x4(_mm512_castsi256_si512(both), _mm256_srli_epi16(both, 4), 1);
-                let mut u =
-                    _mm512_and_si512(_mm512_shuffle_i64x2(spread, spread, 0b11_01_10_00), low);
-                if L == B5 {
-                    let bits = |p: *const u8| u64::from(p.add(4).cast::<u32>().read_unaligned());
-                    u = _mm512_mask_add_epi8(u, bits(b0) | (bits(b1) << 32), u, fifth);
-                }
-                let dw = _mm512_permutexvar_ps(first, scales);
-                // m / 8 in each of a block's 8 lanes times the block's sum: m * sum.
-                let mw = _mm512_mul_ps(_mm512_permutexvar_ps(second, scales), eighth);
-                for j in 0..C {
-                    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x[j]);
-                    acc[i][j] = _mm512_fmadd_ps(
-                        _mm512_mul_ps(dw, dx[j]),
-                        _mm512_cvtepi32_ps(sums),
-                        acc[i][j],
-                    );
-                    acc[i][j] = _mm512_fmadd_ps(mw, sx[j], acc[i][j]);
-                }
             }
         }
     }
