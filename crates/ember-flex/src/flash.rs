@@ -271,7 +271,7 @@ impl Problem<'_> {
                 }
             }
             // The columns past the last whole chunk (a head_dim not a multiple of CHUNK).
-            for t in 0..n {
+            for t in (0..n).filter(|_| whole < dim) {
                 let at = v0 + t * vt;
                 let values = &vs[at + whole..at + dim];
                 for r in 0..rows {
