@@ -23,7 +23,7 @@ const PANEL: usize = 16;
 const BLOCK: usize = 64;
 /// Output columns accumulated at a time.
 const CHUNK: usize = 16;
-/// Query rows per part of the pool (a multiple of [`ROWS`]).
+/// Query rows per part of the pool at most (a multiple of [`ROWS`]).
 const TILE: usize = 4 * ROWS;
 
 /// A 4-d f32 operand read in place: element `[a, b, c, d]` at `offset + a * strides[0] + ..`
@@ -68,9 +68,10 @@ pub(crate) struct Problem<'a> {
 }
 
 impl Problem<'_> {
-    /// The output, `[batch, heads, queries, dim]`, computed with `isa`'s instructions
-    /// (AVX2+FMA for any but [`Isa::Scalar`] where the CPU has them) over the kernels' pool.
-    /// A query that sees no key gets zeros.
+    /// The output laid out `[batch, queries, heads, dim]` (the layout the output projection
+    /// reads, so that a model's `swap_dims(1, 2).reshape(..)` after attention copies
+    /// nothing), computed with `isa`'s instructions (AVX2+FMA for any but [`Isa::Scalar`]
+    /// where the CPU has them) over the kernels' pool. A query that sees no key gets zeros.
     pub fn run(&self, isa: Isa) -> Vec<f32> {
         let Problem {
             batch,
@@ -95,27 +96,30 @@ impl Problem<'_> {
                 self.pack(bk / kv_heads, bk % kv_heads, &mut part);
             });
         }
-        let mut out = vec![0f32; batch * heads * queries * dim];
-        let tiles = queries.div_ceil(TILE);
+        // A part is a tile of queries of one batch row, every head: one run of the output.
+        // Tiles of at most TILE rows, smaller when that leaves the pool's threads fewer than
+        // about four parts each.
+        let tile = (queries * batch)
+            .div_ceil(4 * pool.threads())
+            .next_multiple_of(ROWS)
+            .clamp(ROWS, TILE);
+        let tiles = queries.div_ceil(tile);
+        let mut out = vec![0f32; batch * queries * heads * dim];
         let parts: Vec<Mutex<&mut [f32]>> = out
-            .chunks_mut((queries * dim).max(1))
-            .flat_map(|head| head.chunks_mut(TILE * dim))
+            .chunks_mut(queries * heads * dim)
+            .flat_map(|row| row.chunks_mut(tile * heads * dim))
             .map(Mutex::new)
             .collect();
         let simd = simd_here(isa);
-        let heads_all = batch * heads;
         // The last tiles (the most keys, when causal) first, so that the pool's threads end
         // together.
         pool.run(parts.len(), &|i| {
-            let (tile, bh) = (tiles - 1 - i / heads_all, i % heads_all);
-            let mut part = parts[bh * tiles + tile]
+            let (t, b) = (tiles - 1 - i / batch, i % batch);
+            let mut part = parts[b * tiles + t]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let (b, h) = (bh / heads, bh % heads);
-            let kv = h / (heads / kv_heads);
-            let packed =
-                &packed[(b * kv_heads + kv) * panels * PANEL * dim..][..panels * PANEL * dim];
-            self.tile(simd, b, h, packed, tile * TILE, &mut part);
+            let packed = &packed[b * kv_heads * panels * PANEL * dim..];
+            self.tile(simd, b, packed, t * tile, &mut part);
         });
         out
     }
@@ -132,47 +136,47 @@ impl Problem<'_> {
         }
     }
 
-    /// Queries `first..` of head `h` of batch row `b`, as many as `out` holds rows.
-    fn tile(&self, simd: bool, b: usize, h: usize, packed: &[f32], first: usize, out: &mut [f32]) {
+    /// Queries `first..` of every head of batch row `b`, as many as `out` (`[rows, heads,
+    /// dim]`) holds; `packed` starts at the row's packed K.
+    fn tile(&self, simd: bool, b: usize, packed: &[f32], first: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd_here` found AVX2 and FMA on this CPU.
-            return unsafe { self.tile_avx2(b, h, packed, first, out) };
+            return unsafe { self.tile_avx2(b, packed, first, out) };
         }
         let _ = simd;
-        self.tile_on::<false>(b, h, packed, first, out);
+        self.tile_on::<false>(b, packed, first, out);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_avx2(&self, b: usize, h: usize, packed: &[f32], first: usize, out: &mut [f32]) {
-        self.tile_on::<true>(b, h, packed, first, out);
+    unsafe fn tile_avx2(&self, b: usize, packed: &[f32], first: usize, out: &mut [f32]) {
+        self.tile_on::<true>(b, packed, first, out);
     }
 
     /// [`Problem::tile`] in blocks of [`ROWS`] queries. `FMA`: products and sums as fused
     /// multiply-adds (only where the CPU has them: `mul_add` is a library call elsewhere).
     #[inline(always)]
-    fn tile_on<const FMA: bool>(
-        &self,
-        b: usize,
-        h: usize,
-        packed: &[f32],
-        first: usize,
-        out: &mut [f32],
-    ) {
-        let dim = self.dim;
+    fn tile_on<const FMA: bool>(&self, b: usize, packed: &[f32], first: usize, out: &mut [f32]) {
+        let (heads, dim) = (self.heads, self.dim);
+        let per_kv = self.keys.div_ceil(PANEL) * PANEL * dim;
+        let count = out.len() / (heads * dim);
         let mut block = Block::new(dim);
-        for (r0, out) in out.chunks_mut(ROWS * dim).enumerate() {
-            let i0 = first + r0 * ROWS;
-            let rows = out.len() / dim;
-            block.start(self, b, h, i0, rows);
-            self.block_on::<FMA>(&mut block, b, h, packed, i0, rows);
-            for (r, out) in out.chunks_exact_mut(dim).enumerate() {
-                let total = block.sum[r];
-                if total > 0.0 {
-                    let o = &block.out[r * dim..(r + 1) * dim];
-                    for (y, &x) in out.iter_mut().zip(o) {
-                        *y = x / total;
+        for h in 0..heads {
+            let kv = h / (heads / self.kv_heads);
+            let packed = &packed[kv * per_kv..(kv + 1) * per_kv];
+            for r0 in (0..count).step_by(ROWS) {
+                let (i0, rows) = (first + r0, ROWS.min(count - r0));
+                block.start(self, b, h, i0, rows);
+                self.block_on::<FMA>(&mut block, b, h, packed, i0, rows);
+                for r in 0..rows {
+                    let total = block.sum[r];
+                    if total > 0.0 {
+                        let at = ((r0 + r) * heads + h) * dim;
+                        let o = &block.out[r * dim..(r + 1) * dim];
+                        for (y, &x) in out[at..at + dim].iter_mut().zip(o) {
+                            *y = x / total;
+                        }
                     }
                 }
             }

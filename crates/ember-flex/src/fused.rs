@@ -460,7 +460,9 @@ fn flash(
         scale: (dim as f32).powf(-0.5),
         causal,
     };
-    Some(tensor(problem.run(isa), [batch, heads, queries, dim]))
+    // Computed as [batch, queries, heads, dim], the layout the output projection reads.
+    let out = tensor(problem.run(isa), [batch, queries, heads, dim]);
+    Some(out.swap_dims(1, 2))
 }
 
 /// A flex f32 tensor whose values are one contiguous run (any start).
