@@ -10,7 +10,8 @@
 //! loaded key (packed [`PANEL`] keys wide, transposed, once per head) and each loaded value
 //! row. The code is plain Rust compiled twice, for baseline x86-64 (and every other CPU) and
 //! with AVX2+FMA where the CPU has them (runtime detection), whose vectorizer turns the
-//! fixed-width loops into 8-wide fused multiply-adds.
+//! fixed-width loops into 8-wide fused multiply-adds. The kernels' pool runs (batch row, tile
+//! of query rows) parts, every head in each, the tiles with the most keys first.
 
 use ember_kernels::{Isa, Pool};
 use std::sync::Mutex;
