@@ -1,7 +1,8 @@
 //! What flex runs beyond burn's ops: products with quantized weights on `ember-kernels`'
 //! block layouts (`[model] weights = "keep"`), instead of dequantizing the weight with
 //! burn ops at every use (docs/performance.md, change 14), KV cache writes in place
-//! (change 15), and a decoded token's attention read straight from the cache (change 19).
+//! (change 15), a decoded token's attention read straight from the cache (change 19), and
+//! prefill attention computed block by block ([`crate::flash`], change 25).
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -14,17 +15,29 @@ use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::{FusedOps, Gate};
 use ember_kernels::{Groups, Inputs, Isa, QuantMatrix, QUAD};
 
-/// Flex's fused ops: quantized weights, in-place cache writes and decode attention (its
-/// norms, prefill attention and f32 projections are burn's ops).
+/// Flex's fused ops: quantized weights, in-place cache writes, norms, RoPE, gated
+/// activations and attention on host memory (its f32 projections are burn's ops).
 #[derive(Debug, Clone, Copy)]
 pub struct FlexFused {
     inputs: Inputs,
+    isa: Isa,
 }
 
 impl FlexFused {
-    /// Products taking their inputs as `inputs` says (`backend.kernel_inputs`).
+    /// Products taking their inputs as `inputs` says (`backend.kernel_inputs`); attention on
+    /// the best instruction set of this CPU ([`Isa::detect`]).
     pub fn new(inputs: Inputs) -> Self {
-        Self { inputs }
+        Self {
+            inputs,
+            isa: Isa::detect(),
+        }
+    }
+
+    /// The same ops with attention computed on `isa` (AVX2+FMA for any but
+    /// [`Isa::Scalar`], where the CPU has them; the portable loops otherwise), so that
+    /// tests run both paths on one machine.
+    pub fn with_attention_isa(self, isa: Isa) -> Self {
+        Self { isa, ..self }
     }
 }
 
@@ -37,20 +50,24 @@ impl Default for FlexFused {
 
 type B = crate::Backend;
 
-/// Queries per (batch, head) up to which [`FlexFused`]'s attention runs: a decoded token's
-/// query heads grouped on their KV head (Gemma 3's 4, SmolLM2-1.7B's 1), or a few tokens.
-/// Longer prefills keep burn's attention, whose matrix products are blocked.
+/// Queries per (batch, head) up to which [`FlexFused`]'s attention reads K and V row by row
+/// in place: a decoded token's query heads grouped on their KV head (Gemma 3's 4,
+/// SmolLM2-1.7B's 1), or a few tokens. Longer prefills take [`crate::flash`]'s blocked
+/// kernel, which first packs K.
 const ATTENTION_QUERIES: usize = 16;
 
 impl FusedOps<B> for FlexFused {
-    /// burn's attention, one (batch, head) per part of the kernels' pool (change 22).
+    /// [`crate::flash`]'s kernel for f32 with contiguous rows (K and V may also have fewer
+    /// heads than q, query head `h` reading KV head `h / groups`, though the callers repeat
+    /// them); burn's attention one (batch, head) per part of the kernels' pool otherwise
+    /// (change 22).
     fn causal_attention(
         &self,
         q: &Tensor<B, 4>,
         k: &Tensor<B, 4>,
         v: &Tensor<B, 4>,
     ) -> Option<Tensor<B, 4>> {
-        per_head(q, k, v, None, true)
+        flash(self.isa, q, k, v, None, true).or_else(|| per_head(q, k, v, None, true))
     }
 
     /// One pass per row, f32 (burn-flex 0.21 broadcasts the weight through a strided
@@ -140,7 +157,9 @@ impl FusedOps<B> for FlexFused {
 
     /// Reads K and V where they lie in the cache (burn-flex 0.21's attention first copies
     /// the attended positions of both out of the cache's strided view: 9 % of a decoded
-    /// token of SmolLM2 at 128 positions, docs/performance.md change 19). f32 only.
+    /// token of SmolLM2 at 128 positions, docs/performance.md change 19). f32 only. Past
+    /// [`ATTENTION_QUERIES`] queries, [`crate::flash`]'s kernel (the keys the bias hides at
+    /// either end of a row skipped), else burn's attention per head.
     fn attention(
         &self,
         q: &Tensor<B, 4>,
@@ -151,7 +170,8 @@ impl FusedOps<B> for FlexFused {
         let [batch, heads, queries, dim] = q.dims();
         let keys = k.dims()[2];
         if queries > ATTENTION_QUERIES {
-            return per_head(q, k, v, bias, false);
+            return flash(self.isa, q, k, v, bias, false)
+                .or_else(|| per_head(q, k, v, bias, false));
         }
         if k.dims() != [batch, heads, keys, dim]
             || v.dims() != [batch, heads, keys, dim]
@@ -180,9 +200,10 @@ impl FusedOps<B> for FlexFused {
             keys,
             scale,
         };
+        let simd = crate::flash::simd_here(self.isa);
         ember_kernels::Pool::global().run(batch * heads, &|bh| {
             let mut out = parts[bh].lock().unwrap_or_else(|e| e.into_inner());
-            views.attend(bh / heads, bh % heads, &mut out);
+            views.attend(simd, bh / heads, bh % heads, &mut out);
         });
         Some(tensor(out, [batch, heads, queries, dim]))
     }
@@ -385,6 +406,65 @@ fn per_head(
     Some(Tensor::cat(rows, 0))
 }
 
+/// [`crate::flash`]'s attention of f32 `q: [batch, heads, queries, dim]` over `k, v: [batch,
+/// kv_heads, keys, dim]` (`kv_heads` dividing `heads`), rows of stride 1, with a `bias`
+/// broadcastable to `[batch, heads, queries, keys]` (any strides), causal or not; `None`
+/// for any other operands (and for no keys, whose softmax burn's op defines).
+fn flash(
+    isa: Isa,
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 4>>,
+    causal: bool,
+) -> Option<Tensor<B, 4>> {
+    let [batch, heads, queries, dim] = q.dims();
+    let [kb, kv_heads, keys, kd] = k.dims();
+    let broadcast =
+        |have: [usize; 4], want: [usize; 4]| have.iter().zip(want).all(|(&h, w)| h == w || h == 1);
+    if (kb, kd) != (batch, dim)
+        || v.dims() != k.dims()
+        || kv_heads == 0
+        || heads % kv_heads != 0
+        || queries == 0
+        || dim == 0
+        || keys == 0
+        || (causal && keys < queries)
+        || [q, k, v].iter().any(|t| t.dtype() != DType::F32)
+        || bias.is_some_and(|b| {
+            b.dtype() != DType::F32 || !broadcast(b.dims(), [batch, heads, queries, keys])
+        })
+    {
+        return None;
+    }
+    let (qs, ks, vs) = (Strided::rows(q)?, Strided::rows(k)?, Strided::rows(v)?);
+    let bs = match bias {
+        Some(b) => Some((Strided::of(b)?, b.dims())),
+        None => None,
+    };
+    let problem = crate::flash::Problem {
+        q: qs.operand(),
+        k: ks.operand(),
+        v: vs.operand(),
+        // A dimension of size 1 is read at index 0 whatever the index asked.
+        bias: bs.as_ref().map(|(s, dims)| crate::flash::Operand {
+            strides: std::array::from_fn(|d| if dims[d] == 1 { 0 } else { s.strides[d] }),
+            ..s.operand()
+        }),
+        batch,
+        heads,
+        kv_heads,
+        queries,
+        keys,
+        dim,
+        scale: (dim as f32).powf(-0.5),
+        causal,
+    };
+    // Computed as [batch, queries, heads, dim], the layout the output projection reads.
+    let out = tensor(problem.run(isa), [batch, queries, heads, dim]);
+    Some(out.swap_dims(1, 2))
+}
+
 /// A flex f32 tensor whose values are one contiguous run (any start).
 struct Rows {
     tensor: FlexTensor,
@@ -464,6 +544,15 @@ impl Strided {
         self.tensor.storage::<f32>()
     }
 
+    /// The view as [`crate::flash`] reads it.
+    fn operand(&self) -> crate::flash::Operand<'_> {
+        crate::flash::Operand {
+            values: self.values(),
+            offset: self.offset,
+            strides: self.strides,
+        }
+    }
+
     /// `[a, b, c, ..dim]`, one slice (a view made by [`Strided::rows`]).
     fn row(&self, a: usize, b: usize, c: usize, dim: usize) -> &[f32] {
         let at = self.index(a, b, c, 0);
@@ -484,15 +573,15 @@ struct Views {
 
 impl Views {
     /// Head `h` of batch row `b`: `out` holds its queries' outputs, zeroed. On AVX2 with FMA
-    /// where the CPU has them (the crate is built for baseline x86-64, whose 4-wide SSE made
-    /// this a third slower than burn's attention it replaces).
-    fn attend(&self, b: usize, h: usize, out: &mut [f32]) {
+    /// where `simd` (the crate is built for baseline x86-64, whose 4-wide SSE made this a
+    /// third slower than burn's attention it replaces).
+    fn attend(&self, simd: bool, b: usize, h: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
+        if simd {
+            // SAFETY: `simd_here` found AVX2 and FMA on this CPU.
             return unsafe { self.attend_avx2(b, h, out) };
         }
+        let _ = simd;
         self.attend_on::<false>(b, h, out);
     }
 

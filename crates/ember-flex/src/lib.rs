@@ -2,6 +2,7 @@
 // Bad input (a file, a config, a user's text) must come back as an error, never a panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod flash;
 pub mod fused;
 
 use burn::backend::flex::FlexDevice;

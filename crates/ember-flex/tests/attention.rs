@@ -2,16 +2,25 @@
 //! against the portable matmul-softmax reference (`attend_all` with
 //! `AttentionImpl::Plain`), f32, on the shapes the models hand it: K and V as views of a
 //! longer cache (strided), query heads grouped on their KV head, a bias that hides
-//! positions and is broadcast (stride 0) over heads; prefills (burn's op run per head on the
-//! kernels' pool), causal or with a bias; and the shapes it declines.
+//! positions and is broadcast (stride 0) over heads; prefills (the blocked kernel of
+//! `ember_flex`'s `flash` module), causal, with a sliding-window bias or none, on every
+//! instruction set this CPU runs, the portable loops included; and the shapes it declines.
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use ember::config::AttentionImpl;
-use ember::nn::attention::{attend_all, causal_attention, causal_attention_with};
+use ember::nn::attention::{
+    attend_all, causal_attention, causal_attention_with, position_bias, repeat_kv,
+};
 use ember::nn::FusedOps;
 use ember_flex::fused::FlexFused;
 use ember_flex::Backend as Flex;
+use ember_kernels::Isa;
+
+/// Largest difference allowed from the reference for f32 prefills: the kernel sums the
+/// products and the softmax in another order than the matmul-softmax reference (and its
+/// `exp` is a polynomial within 4e-7 of libm's); outputs are averages of values of size ~1.
+const PREFILL_TOLERANCE: f32 = 1e-5;
 
 fn random(shape: [usize; 4]) -> Tensor<Flex, 4> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
@@ -107,6 +116,101 @@ fn prefills_run_per_head_and_equal_the_reference() {
     let reference = attend_all(q, k, v, Some(&bias), AttentionImpl::Plain);
     let err = max_error(ours, reference);
     assert!(err <= 1e-5, "prefill with a bias: max error {err}");
+}
+
+/// Every instruction set the kernels run here: the portable loops (`Isa::Scalar`) and, on
+/// x86-64 with AVX2 and FMA, the vectorized ones.
+fn isas() -> Vec<Isa> {
+    let isas = Isa::available();
+    assert_eq!(isas[0], Isa::Scalar);
+    isas
+}
+
+/// q, k and v of a prefill as the models hand them over: views of one `[batch, seq,
+/// heads + 2 * kv_heads, dim]` projection output, heads swapped before positions (strided).
+fn projected(
+    batch: usize,
+    kv_heads: usize,
+    groups: usize,
+    seq: usize,
+    dim: usize,
+) -> [Tensor<Flex, 4>; 3] {
+    let heads = kv_heads * groups;
+    let qkv = random([batch, seq, heads + 2 * kv_heads, dim]).swap_dims(1, 2);
+    [
+        qkv.clone().narrow(1, 0, heads),
+        qkv.clone().narrow(1, heads, kv_heads),
+        qkv.narrow(1, heads + kv_heads, kv_heads),
+    ]
+}
+
+/// The causal prefill hook against the matmul-softmax reference with a causal bias, K and
+/// V repeated to the query heads as the models pass them, and not repeated (the kernel
+/// reads KV head `h / groups`).
+fn causal_case(batch: usize, kv_heads: usize, groups: usize, dim: usize, seq: usize) {
+    let [q, k, v] = projected(batch, kv_heads, groups, seq, dim);
+    let (kr, vr) = (repeat_kv(k.clone(), groups), repeat_kv(v.clone(), groups));
+    let reference = causal_attention(q.clone(), kr.clone(), vr.clone(), AttentionImpl::Plain);
+    for isa in isas() {
+        let ops = FlexFused::default().with_attention_isa(isa);
+        for (repeated, k, v) in [(true, &kr, &vr), (false, &k, &v)] {
+            let ours = ops
+                .causal_attention(&q, k, v)
+                .expect("flex runs f32 causal prefills");
+            let err = max_error(ours, reference.clone());
+            assert!(
+                err <= PREFILL_TOLERANCE,
+                "{isa:?}, batch {batch}, kv heads {kv_heads}, groups {groups}, dim {dim}, \
+                 seq {seq}, K/V repeated {repeated}: max error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn causal_prefills_equal_the_reference_on_every_isa() {
+    // SmolLM2's head_dim 64 and Gemma 3's 256, KV heads shared by 1 and 3 query heads; one
+    // token, fewer rows than a block, a block and a bit, several key blocks.
+    for dim in [64, 256] {
+        for groups in [1, 3] {
+            for seq in [1, 7, 33, 300] {
+                causal_case(2, 2, groups, dim, seq);
+            }
+        }
+    }
+    // A head_dim that is not a multiple of the kernel's 16 columns.
+    causal_case(1, 1, 2, 40, 29);
+}
+
+#[test]
+fn prefills_with_a_bias_equal_the_reference_on_every_isa() {
+    // Gemma 3's prefill: a sliding window's position bias, [1, 1, queries, keys] expanded,
+    // here for 70 queries appended to 30 cached positions (q_len < k_len); and no bias (an
+    // encoder's attention, every key seen).
+    let (batch, kv_heads, groups, dim) = (2, 1, 4, 256);
+    let [q, _, _] = projected(batch, kv_heads, groups, 70, dim);
+    let [_, k, v] = projected(batch, kv_heads, groups, 100, dim);
+    let heads = kv_heads * groups;
+    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+    let bias = position_bias::<Flex>(30, 70, 100, Some(40), DType::F32, &Default::default())
+        .expand([batch, heads, 70, 100]);
+    let reference = attend_all(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        Some(&bias),
+        AttentionImpl::Plain,
+    );
+    let plain = attend_all(q.clone(), k.clone(), v.clone(), None, AttentionImpl::Plain);
+    for isa in isas() {
+        let ops = FlexFused::default().with_attention_isa(isa);
+        let ours = ops.attention(&q, &k, &v, Some(&bias)).expect("f32 prefill");
+        let err = max_error(ours, reference.clone());
+        assert!(err <= PREFILL_TOLERANCE, "{isa:?}, sliding window: {err}");
+        let ours = ops.attention(&q, &k, &v, None).expect("f32 prefill");
+        let err = max_error(ours, plain.clone());
+        assert!(err <= PREFILL_TOLERANCE, "{isa:?}, no bias: {err}");
+    }
 }
 
 #[test]
