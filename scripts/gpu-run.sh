@@ -22,6 +22,7 @@
 #   graphs-bench  benches/nvidia-graphs.toml (the real SmolLM2: carry .m1 and .m2 in two calls)
 #   ab-graphs tch-CUDA graph replay before/after the model registry (.gpu/ember-before), f16
 #   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
+#   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -219,6 +220,19 @@ for stage in "$@"; do
     reap
     EMBER_CUBECL=off bench kernels-off "${LIMIT:-200}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n')" \
       -p 128 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 180
+    ;;
+  cubecl-diag)
+    # Ember's CubeCL kernels on CubeCL cuda (a 1-layer model, 4 tokens, f16 and f32) with
+    # CubeCL's compilation log: what fails where the same kernels run on wgpu.
+    for dtype in f16 f32; do
+      printf '[compilation.logger]\nlevel = "full"\nfile = "%s"\n' "$work/diag-$dtype-compile.log" > "$work/cubecl.toml"
+      (cd "$work" && RUST_BACKTRACE=1 timeout 150 "$ember" --model preset:smollm2-135m,layers=1 --backend cuda \
+        --device cuda:0 --dtype $dtype --raw --prompt "The quick brown fox" -n 4 > "$work/diag-$dtype.out" 2>&1)
+      echo "== cubecl-diag $dtype: rc $?"
+      grep -v INFO "$work/diag-$dtype.out" | grep -i -E "error|fail|panick|nvrtc" | head -8
+      grep -i -E -B2 -A12 "error|fail" "$work/diag-$dtype-compile.log" | head -60
+    done
+    rm -f "$work/cubecl.toml"
     ;;
   attn)
     # Decode with burn's attention op (`fused`) against Ember's matmul-softmax (`plain`):

@@ -34,7 +34,9 @@ class Server:
             stderr=subprocess.PIPE, text=True)
         self.log = []
         self.port = None
-        deadline = time.time() + 120
+        # A hang guard, not a timing: a fresh debug binary linking every backend, on a
+        # loaded 2-core machine, once took over 120 s to load both models.
+        deadline = time.time() + 300
         while self.port is None:
             line = self.proc.stderr.readline()
             if not line:
@@ -44,7 +46,7 @@ class Server:
             if m:
                 self.port = int(m.group(1))
             if time.time() > deadline:
-                raise RuntimeError("ember serve did not start")
+                raise RuntimeError("ember serve did not start:\n" + "".join(self.log))
         threading.Thread(target=self._drain, daemon=True).start()
         while True:
             status, _ = self.get("/health")
@@ -54,7 +56,7 @@ class Server:
             if check_alive is not None:
                 raise RuntimeError(f"ember serve exited with {check_alive}:\n" + "".join(self.log))
             if time.time() > deadline:
-                raise RuntimeError("the models did not load")
+                raise RuntimeError("the models did not load in 300 s:\n" + "".join(self.log))
             time.sleep(0.2)
 
     def _drain(self):
