@@ -166,9 +166,10 @@ pub fn attention<F: Float>(
 
     let mut chunk = start;
     while chunk < end {
-        // This unit's key: its score, or -inf past the end.
+        // This unit's key: its score, or the floor past the end (no infinity literal: CubeCL's
+        // CUDA source prints it as `inf`, which NVRTC rejects; its weight is set to 0 below).
         let key = chunk + unit;
-        let mut score = f32::new(f32::NEG_INFINITY);
+        let mut score = neg;
         if key < end {
             let mut dot = 0.0f32;
             let at = k_at + key * k_step;
@@ -183,7 +184,10 @@ pub fn attention<F: Float>(
         scratch[unit] = score;
         let chunk_max = block_max(&mut scratch);
         let new_max = f32::max(running_max, chunk_max);
-        let p = f32::exp(score - new_max);
+        let mut p = 0.0f32;
+        if key < end {
+            p = f32::exp(score - new_max);
+        }
         weights[unit] = p;
         scratch[unit] = p;
         let chunk_sum = block_sum(&mut scratch);
