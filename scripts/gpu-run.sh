@@ -199,7 +199,7 @@ for stage in "$@"; do
     # alternated before/after/after/before in one call.
     printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true]\n' > "$work/abg.toml"
     round=0
-    for build in before after after before; do
+    for build in ${AB_ORDER:-before after after before}; do
       round=$((round + 1))
       bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
       start=$(date +%s)
