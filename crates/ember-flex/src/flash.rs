@@ -404,7 +404,7 @@ fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// `expf` (range reduction by `ln 2` in two parts, a degree-6 polynomial; relative error
 /// about 1e-7), 0 below -87 (where `e^x` leaves f32's normal range).
 #[inline(always)]
-fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // 1.5 * 2^23: adding it rounds to an integer, which its low mantissa bits then hold.
     const ROUND: f32 = 12_582_912.0;

@@ -33,9 +33,9 @@ impl FlexFused {
         }
     }
 
-    /// The same ops with attention computed on `isa` (AVX2+FMA for any but
-    /// [`Isa::Scalar`], where the CPU has them; the portable loops otherwise), so that
-    /// tests run both paths on one machine.
+    /// The same ops with attention and the gated activation computed on `isa` (AVX2+FMA
+    /// for any but [`Isa::Scalar`], where the CPU has them; the portable loops otherwise), so
+    /// that tests run both paths on one machine.
     pub fn with_attention_isa(self, isa: Isa) -> Self {
         Self { isa, ..self }
     }
@@ -102,19 +102,17 @@ impl FusedOps<B> for FlexFused {
         let x = rows_of(gate_up)?;
         let x = x.values();
         let mut out = vec![0f32; batch * seq * inter];
+        let simd = crate::flash::simd_here(self.isa);
         by_rows(&mut out, inter, &|r, out| {
             let (gate, up) = x[r * double..(r + 1) * double].split_at(inter);
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                let a = match act {
-                    Gate::Silu => g / (1.0 + (-g).exp()),
-                    Gate::GeluTanh => {
-                        let inner =
-                            (2.0 / std::f32::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
-                        0.5 * g * (1.0 + inner.tanh())
-                    }
-                };
-                *o = a * u;
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd_here` checked AVX2 and FMA.
+                unsafe { gate_rows_avx2(act, gate, up, out) };
+                return;
             }
+            let _ = simd;
+            gate_rows::<false>(act, gate, up, out);
         });
         Some(tensor(out, [batch, seq, inter]))
     }
@@ -486,6 +484,47 @@ fn rows_of<const D: usize>(t: &Tensor<B, D>) -> Option<Rows> {
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), (&FlexDevice, DType::F32))
+}
+
+/// `out = act(gate) * up`, with the activations as logistic functions of one exponential
+/// each (`silu(g) = g * s(g)`, `gelu_tanh(g) = g * s(2 * inner)`, since `(1 + tanh(u)) / 2 =
+/// s(2u)`), that exponential taken on a non-positive argument by the branch-free
+/// [`crate::flash::exp_nonpositive`]: the loop vectorizes (libm's `tanhf` and `expf`, one
+/// call per value, were 17 % of a Gemma 3 prefill). Relative error ~1e-7 (tested against
+/// the portable ops).
+#[inline(always)]
+fn gate_rows<const FMA: bool>(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    // The logistic function s(t) = 1 / (1 + e^-t) from e = e^-|t|: 1 / (1 + e) for t >= 0,
+    // e / (1 + e) below.
+    let logistic = |t: f32| {
+        let e = crate::flash::exp_nonpositive::<FMA>(-t.abs());
+        let top = if t >= 0.0 { 1.0 } else { e };
+        top / (1.0 + e)
+    };
+    let c = (2.0 / std::f32::consts::PI).sqrt();
+    match act {
+        Gate::Silu => {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g * logistic(g) * u;
+            }
+        }
+        Gate::GeluTanh => {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                let inner = c * (g + 0.044715 * g * g * g);
+                *o = g * logistic(2.0 * inner) * u;
+            }
+        }
+    }
+}
+
+/// [`gate_rows`] compiled for AVX2 with FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gate_rows_avx2(act: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    gate_rows::<true>(act, gate, up, out);
 }
 
 /// Fills `out`'s rows of `width` values with `fill(row, values)`, the rows split over the

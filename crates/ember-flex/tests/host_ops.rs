@@ -47,19 +47,24 @@ fn rms_norm_equals_the_portable_one() {
 
 #[test]
 fn gated_activations_equal_the_portable_ones() {
-    let fused = FlexFused::default();
-    for act in [Gate::Silu, Gate::GeluTanh] {
-        for [batch, seq, inter] in [[1, 1, 1536], [2, 33, 40]] {
-            let gate_up = random([batch, seq, 2 * inter]);
-            let ours = gated(gate_up.clone(), act, Some(&fused));
-            let reference = gated(gate_up, act, None);
-            let err = max_error(ours, reference);
-            assert!(
-                err <= 1e-5,
-                "{act:?} [{batch}, {seq}, {inter}]: relative error {err}"
-            );
+    // The vectorized loop (AVX2+FMA where the CPU has them) and the portable one.
+    for isa in [ember_kernels::Isa::detect(), ember_kernels::Isa::Scalar] {
+        let fused = FlexFused::default().with_attention_isa(isa);
+        for act in [Gate::Silu, Gate::GeluTanh] {
+            for [batch, seq, inter] in [[1, 1, 1536], [2, 33, 40]] {
+                // Past the exponential's range too (|g| up to ~100: e^-2u underflows).
+                let gate_up = random([batch, seq, 2 * inter]) * 8.0;
+                let ours = gated(gate_up.clone(), act, Some(&fused));
+                let reference = gated(gate_up, act, None);
+                let err = max_error(ours, reference);
+                assert!(
+                    err <= 1e-5,
+                    "{isa:?} {act:?} [{batch}, {seq}, {inter}]: relative error {err}"
+                );
+            }
         }
     }
+    let fused = FlexFused::default();
     // The up half must not be read as the gate (a swapped split fails here).
     let gate_up = Tensor::<Flex, 3>::from_floats([[[1.0, 2.0, 3.0, 4.0]]], &Default::default());
     let got: Vec<f32> = gated(gate_up, Gate::Silu, Some(&fused))
