@@ -21,6 +21,7 @@
 #             shapes, past a decode-window edge), then speed with and without, PyTorch beside
 #   graphs-bench  benches/nvidia-graphs.toml (the real SmolLM2: carry .m1 and .m2 in two calls)
 #   ab-graphs tch-CUDA graph replay before/after the model registry (.gpu/ember-before), f16
+#             (ab, ab-graphs: AB_ORDER="before after ..." sets the rounds)
 #   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
 #   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
@@ -56,6 +57,22 @@ bench() { # NAME SECONDS MATRIX-TOML [bench flags...]
     > "$work/$name.log" 2>&1
   echo "== $name: rc $? in $(( $(date +%s) - start )) s"
   grep -F ' | ' "$work/$name.log" | tail -40
+}
+alternate() { # NAME LIMIT RUN-TIMEOUT MATRIX-TOML: one bench per round, .gpu/ember-before and
+  # .gpu/ember in the order of AB_ORDER (default before after after before)
+  local name=$1 limit=$2 run_timeout=$3 round=0 build bin start
+  printf '%s\n' "$4" > "$work/$name.toml"
+  for build in ${AB_ORDER:-before after after before}; do
+    round=$((round + 1))
+    bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
+    start=$(date +%s)
+    timeout "$limit" "$bin" bench --matrix "$work/$name.toml" --out-dir "$work/$name-$round-$build" \
+      -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout "$run_timeout" \
+      > "$work/$name-$round-$build.log" 2>&1
+    echo "== $name round $round, $build: rc $? in $(( $(date +%s) - start )) s"
+    reap
+    grep -F ' | ' "$work/$name-$round-$build.log" | grep -v '^| '
+  done
 }
 for stage in "$@"; do
   case $stage in
@@ -180,35 +197,13 @@ for stage in "$@"; do
     # (.gpu/ember-before) and one with it (.gpu/ember), f16 on the SmolLM2-135M shape,
     # alternated before/after/after/before (docs/performance.md, changes 4 and 6).
     use_cubecl_cache
-    printf 'models = ["preset:smollm2-135m"]\ntargets = ["tch@cuda:0", "candle@cuda:0", "cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n' > "$work/ab.toml"
-    round=0
-    for build in before after after before; do
-      round=$((round + 1))
-      bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
-      start=$(date +%s)
-      timeout "${LIMIT:-130}" "$bin" bench --matrix "$work/ab.toml" --out-dir "$work/ab-$round-$build" \
-        -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 300 > "$work/ab-$round-$build.log" 2>&1
-      echo "== ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
-      reap
-      grep -F ' | ' "$work/ab-$round-$build.log" | grep -v '^| '
-    done
+    alternate ab "${LIMIT:-130}" 300 "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["tch@cuda:0", "candle@cuda:0", "cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n')"
     ;;
   ab-graphs)
     # Issue 14's A/B: tch-CUDA with graph replay, a build of the commit before the model
     # registry (.gpu/ember-before) against this one (.gpu/ember), f16, both SmolLM2 shapes,
     # alternated before/after/after/before in one call.
-    printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true]\n' > "$work/abg.toml"
-    round=0
-    for build in ${AB_ORDER:-before after after before}; do
-      round=$((round + 1))
-      bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
-      start=$(date +%s)
-      timeout "${LIMIT:-120}" "$bin" bench --matrix "$work/abg.toml" --out-dir "$work/abg-$round-$build" \
-        -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 100 > "$work/abg-$round-$build.log" 2>&1
-      echo "== ab-graphs round $round, $build: rc $? in $(( $(date +%s) - start )) s"
-      reap
-      grep -F ' | ' "$work/abg-$round-$build.log" | grep -v '^| '
-    done
+    alternate abg "${LIMIT:-120}" 100 "$(printf 'models = ["preset:smollm2-135m", "preset:smollm2-1.7b"]\ntargets = ["tch@cuda:0"]\ndtypes = ["f16"]\ngraphs = [true]\n')"
     ;;
   kernels)
     # Issue 16: decode and prefill of the SmolLM2-135M shape in f16 on CubeCL cuda, wgpu
