@@ -48,6 +48,9 @@ pub use pool::Pool;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
+/// Room for a tile's rows' B4 offsets as f32 (4 rows of 16,384 columns), on the stack.
+const MINS: usize = 2048;
+
 /// Rows whose blocks are stored interleaved (see the crate docs).
 pub const QUAD: usize = 4;
 
@@ -506,16 +509,38 @@ impl QuantMatrix {
         r: usize,
         out: &Shared,
     ) {
+        // B4 on 512-bit registers adds the offsets after its loop, from each row's offsets
+        // as f32, converted once here for every input of these rows (`x86::tile_b4_zmm`).
+        // (Left uninitialized: zeroing 8 KiB per tile row cost a third of a decoded token.)
+        let mut buffer = [std::mem::MaybeUninit::<f32>::uninit(); MINS];
+        let blocks = self.blocks();
+        let mins: &[f32] = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if self.layout == Layout::B4 && n > 1 && R * blocks <= MINS => {
+                let w: [*const u8; R] = std::array::from_fn(|i| self.row(r + i).0);
+                let values = buffer.as_mut_ptr().cast::<f32>();
+                // SAFETY: `isa` runs here (`matmul_with`); the rows hold `blocks` B4 blocks
+                // `QUAD * 20` bytes apart; `buffer` holds `R * blocks` values, all written
+                // by `mins` before they are read.
+                unsafe {
+                    x86::mins(&w, QUAD * Layout::B4.block_bytes(), blocks, values);
+                    std::slice::from_raw_parts(values, R * blocks)
+                }
+            }
+            _ => &[],
+        };
         let whole = (n / C) * C;
         for j in (0..whole).step_by(C) {
-            self.tile::<R, C>(isa, xq, r, j, out);
+            self.tile::<R, C>(isa, xq, r, j, mins, out);
         }
         for j in whole..n {
-            self.tile::<R, 1>(isa, xq, r, j, out);
+            self.tile::<R, 1>(isa, xq, r, j, mins, out);
         }
     }
 
-    /// Rows `r..r + R` dotted with inputs `j..j + C`, written to `out[j..][r..]`.
+    /// Rows `r..r + R` dotted with inputs `j..j + C`, written to `out[j..][r..]`; `mins`:
+    /// the rows' offsets as f32 where `tile_row` made them for the B4 512-bit loop (else
+    /// empty).
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         &self,
@@ -523,6 +548,7 @@ impl QuantMatrix {
         xq: &Activations,
         r: usize,
         j: usize,
+        mins: &[f32],
         out: &Shared,
     ) {
         let w: [(*const u8, usize); R] = std::array::from_fn(|i| self.row(r + i));
@@ -534,6 +560,14 @@ impl QuantMatrix {
             // blocks of this layout (the lengths asserted in `matmul_with`).
             Isa::Avx512 if self.layout == Layout::B8 => {
                 x86::tile_b8_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; `mins` holds `R` rows of `blocks` offsets (`tile_row`).
+            Isa::Avx512 if !mins.is_empty() => {
+                let blocks = self.blocks();
+                let mins: [&[f32]; R] =
+                    std::array::from_fn(|i| &mins[i * blocks..(i + 1) * blocks]);
+                x86::tile_b4_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q, mins)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
@@ -941,10 +975,22 @@ mod tests {
     #[test]
     fn products_match_the_dequantized_weight_on_every_isa() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let (rows, cols, n) = (37, 288, 6); // 9 blocks: an odd one after the pairs
+        // 9 blocks: an odd one after the pairs; 35: the 512-bit loops' offsets in two
+        // chunks of 16 blocks and a third, partial one.
+        for (rows, cols, n) in [(37, 288, 6), (9, 35 * BLOCK, 5)] {
+            products_match_on_every_isa(&mut rng, rows, cols, n);
+        }
+    }
+
+    fn products_match_on_every_isa(
+        rng: &mut rand::rngs::StdRng,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    ) {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
         for (bits, group, symmetric, layout) in cases() {
-            let (u, scale, min) = groups(&mut rng, bits, group, rows * cols, symmetric);
+            let (u, scale, min) = groups(rng, bits, group, rows * cols, symmetric);
             let g = Groups {
                 bits,
                 group,
@@ -1002,7 +1048,7 @@ mod tests {
                 }
                 // One input at a time gives the same rows (up to the order of the f32 sums:
                 // four inputs at once accumulate each in one register, one input in two).
-                for j in [1, 5] {
+                for j in [1, n - 1] {
                     let mut one = vec![0f32; rows];
                     m.matmul_with(isa, Inputs::Q8, &x[j * cols..(j + 1) * cols], 1, &mut one);
                     for (a, b) in one.iter().zip(&out[j * rows..(j + 1) * rows]) {
