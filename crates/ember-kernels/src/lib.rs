@@ -48,6 +48,9 @@ pub use pool::Pool;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
+/// How far ahead of the tile row being computed `tile_row` asks for the weights: two quads.
+const PREFETCH_ROWS: usize = 2 * QUAD;
+
 /// Room for a tile's rows' B4 offsets as f32 (4 rows of 16,384 columns), on the stack.
 const MINS: usize = 2048;
 
@@ -529,12 +532,36 @@ impl QuantMatrix {
             }
             _ => &[],
         };
+        if n > 1 {
+            self.prefetch(r + PREFETCH_ROWS);
+        }
         let whole = (n / C) * C;
         for j in (0..whole).step_by(C) {
             self.tile::<R, C>(isa, xq, r, j, mins, out);
         }
         for j in whole..n {
             self.tile::<R, 1>(isa, xq, r, j, mins, out);
+        }
+    }
+
+    /// Asks the cache for the quad of rows holding row `r` (if any): a few inputs (the
+    /// server's batched decode) spend too little time per quad for the hardware prefetcher
+    /// alone to keep the weights' stream ahead of the arithmetic.
+    #[inline(always)]
+    fn prefetch(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if r < self.rows {
+            let bytes = self.layout.block_bytes();
+            let start = block_offset(r - r % QUAD, 0, self.blocks(), bytes);
+            let end = (start + self.blocks() * QUAD * bytes).min(self.data.len());
+            for at in (start..end).step_by(64) {
+                // SAFETY: `at` is inside `data`; a prefetch reads nothing into the program.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        self.data.as_ptr().add(at).cast(),
+                    )
+                };
+            }
         }
     }
 

@@ -192,19 +192,33 @@ pub unsafe fn tile_b4_zmm<const R: usize, const C: usize>(
     out
 }
 
-/// Each of `rows` rows' B4 offsets `m` (blocks `step` bytes apart from `w[i]`, `blocks` of
-/// them) as f32 into `out[i * blocks..]`, for [`tile_b4_zmm`].
+/// Each of `w.len()` rows' B4 offsets `m` (blocks `step` bytes apart from `w[i]`, `blocks`
+/// of them) as f32 into `out[i * blocks..]`, for [`tile_b4_zmm`]: sixteen blocks' f16 at a
+/// time by one gather (a scalar loop was 18 % of a batched decode step).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; every `w[i]` starts `blocks` B4 blocks `step`
-/// bytes apart; `out` has room for `w.len() * blocks` values (which may be uninitialized).
-#[target_feature(enable = "avx2,fma,f16c")]
+/// The CPU must support AVX-512 F (and F16C); every `w[i]` starts `blocks` B4 blocks `step`
+/// bytes apart, `step * 16` fits an `i32`; `out` has room for `w.len() * blocks` values
+/// (which may be uninitialized).
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
 pub unsafe fn mins(w: &[*const u8], step: usize, blocks: usize, out: *mut f32) {
+    let offsets = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(step as i32),
+    );
     for (i, &row) in w.iter().enumerate() {
-        for b in 0..blocks {
-            let bits = row.add(b * step + 2).cast::<u16>().read_unaligned();
-            let m = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
-            out.add(i * blocks + b).write(m);
+        for start in (0..blocks).step_by(16) {
+            let len = (blocks - start).min(16);
+            let mask = ((1u32 << len) - 1) as __mmask16;
+            // Each lane reads a block's [m, first nibbles]: m in the low 16 bits.
+            let words = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                mask,
+                offsets,
+                row.add(start * step + 2).cast(),
+            );
+            let m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+            _mm512_mask_storeu_ps(out.add(i * blocks + start), mask, m);
         }
     }
 }
