@@ -735,7 +735,9 @@ impl Activations {
         if x.len() < 2 * piece {
             fill(x, &mut ds, &mut q);
         } else {
-            let parts: Vec<std::sync::Mutex<(&[f32], &mut [[f32; 2]], &mut [i8])>> = x
+            /// A piece of the inputs, its scales and its values.
+            type Piece<'a> = std::sync::Mutex<(&'a [f32], &'a mut [[f32; 2]], &'a mut [i8])>;
+            let parts: Vec<Piece<'_>> = x
                 .chunks(piece)
                 .zip(ds.chunks_mut(piece / BLOCK))
                 .zip(q.chunks_mut(piece))
