@@ -57,10 +57,10 @@ type B = crate::Backend;
 const ATTENTION_QUERIES: usize = 16;
 
 impl FusedOps<B> for FlexFused {
-    /// [`crate::flash`]'s kernel for f32 with contiguous rows (K and V may also have fewer
-    /// heads than q, query head `h` reading KV head `h / groups`, though the callers repeat
-    /// them); burn's attention one (batch, head) per part of the kernels' pool otherwise
-    /// (change 22).
+    /// [`crate::flash`]'s kernel for f32 with contiguous rows (K and V may have fewer heads
+    /// than q, query head `h` reading KV head `h / groups`: the models no longer repeat
+    /// them, change 30); burn's attention one (batch, head) per part of the kernels' pool
+    /// otherwise (change 22; with K and V repeated: `per_head` declines fewer heads).
     fn causal_attention(
         &self,
         q: &Tensor<B, 4>,

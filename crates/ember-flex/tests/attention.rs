@@ -103,6 +103,29 @@ fn without_a_bias_every_key_is_attended() {
     assert!(max_error(fused, reference) <= 1e-5);
 }
 
+/// `causal_attention_with` given K and V with fewer heads than q (as the models now pass
+/// them): through flex's kernel, through burn's ops where there is no hook (it repeats
+/// them), and for one query, all equal to the reference on repeated K and V.
+#[test]
+fn grouped_kv_heads_are_repeated_only_where_needed() {
+    let ops = FlexFused::default();
+    for seq in [1, 40] {
+        let [q, k, v] = projected(2, 2, 3, seq, 64);
+        let (kr, vr) = (repeat_kv(k.clone(), 3), repeat_kv(v.clone(), 3));
+        let reference = causal_attention(q.clone(), kr, vr, AttentionImpl::Plain);
+        for (name, fused) in [("flex", Some(&ops as &dyn FusedOps<Flex>)), ("burn", None)] {
+            for imp in [AttentionImpl::Fused, AttentionImpl::Plain] {
+                let out = causal_attention_with(q.clone(), k.clone(), v.clone(), imp, fused);
+                let err = max_error(out, reference.clone());
+                assert!(
+                    err <= PREFILL_TOLERANCE,
+                    "{name} {imp:?}, {seq} positions: max error {err}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn prefills_run_per_head_and_equal_the_reference() {
     let ops = FlexFused::default();
