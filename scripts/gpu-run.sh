@@ -334,7 +334,7 @@ PY
     echo "== llama-cuda: files ready at $(( $(date +%s) - start )) s"
     wait
     echo "== llama-cuda: CubeCL caches filled at $(( $(date +%s) - start )) s"
-    grep -h -F ' | ' "$work"/lc-warm-*.log | grep -v '^| '
+    grep -h -F ' | ' "$work"/lc-warm-*.log 2>/dev/null | grep -v '^| '
     reap
     list=$(printf '"%s", ' $targets)
     for model in "$small" "$big"; do
@@ -343,6 +343,7 @@ PY
       bench "$name" "${LIMIT:-240}" "$(printf 'models = ["%s"]\ntargets = [%s]\ndtypes = ["f16"]\ngraphs = [true]\n' "$model" "${list%, }")" \
         --llama-cpp -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 200
       reap; pkill -x llama-bench 2>/dev/null
+      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
     done
     for q in ${LLAMA_QUANTS:-}; do
       qf=${big%.F16.gguf}.$q.gguf
