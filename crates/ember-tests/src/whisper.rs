@@ -560,9 +560,10 @@ pub fn whisper_multilingual_matches_faster_whisper<B: Backend>(ctx: &Ctx<B>) {
                 &runs.translate,
             ),
         ] {
-            // CI time: the French clip runs the detected and the translated transcript; the
-            // German one every case.
-            if clip == "fr" && (!timestamps || language.is_some()) {
+            // CI time (the lead, at the merge: CI runs at ~57 of its 60 minutes): German runs
+            // detected, given and translated, French detected; without timestamps is
+            // covered by tiny.en's JFK goldens (the fixtures keep every case).
+            if !timestamps || (clip == "fr" && name != "detected") {
                 continue;
             }
             let options = TranscribeOptions {
