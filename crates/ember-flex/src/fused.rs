@@ -637,7 +637,7 @@ impl Views {
             q,
             k,
             v,
-            bias,
+            bias: _,
             dim,
             keys,
             scale,
@@ -655,16 +655,7 @@ impl Views {
         let mut scores = vec![0f32; keys.next_multiple_of(8)];
         for (i, out) in out.chunks_exact_mut(dim).enumerate() {
             let query = q.row(b, h, i, dim);
-            match bias {
-                Some(bias) => {
-                    let (values, at, step) =
-                        (bias.values(), bias.index(b, h, i, 0), bias.strides[3]);
-                    for (t, s) in scores[..keys].iter_mut().enumerate() {
-                        *s = values[at + t * step];
-                    }
-                }
-                None => scores[..keys].fill(0.0),
-            }
+            self.bias_row(b, h, i, &mut scores[..keys]);
             // Products, four keys at a time (a group whose keys the bias all hides skipped).
             let key = |t: usize| ks.as_ptr().add(k0 + t.min(keys - 1) * kt);
             for t in (0..keys).step_by(4) {
@@ -731,6 +722,20 @@ impl Views {
         }
     }
 
+    /// Query `i` of head `h` of batch row `b`: its bias over the keys into `scores` (zeros
+    /// without a bias).
+    fn bias_row(&self, b: usize, h: usize, i: usize, scores: &mut [f32]) {
+        match &self.bias {
+            Some(bias) => {
+                let (values, at, step) = (bias.values(), bias.index(b, h, i, 0), bias.strides[3]);
+                for (t, s) in scores.iter_mut().enumerate() {
+                    *s = values[at + t * step];
+                }
+            }
+            None => scores.fill(0.0),
+        }
+    }
+
     /// `FMA`: products and sums as fused multiply-adds (only where the CPU has them:
     /// `mul_add` is a library call elsewhere).
     #[inline(always)]
@@ -739,7 +744,7 @@ impl Views {
             q,
             k,
             v,
-            bias,
+            bias: _,
             dim,
             keys,
             scale,
@@ -753,16 +758,7 @@ impl Views {
             let query = q.row(b, h, i, dim);
             // The bias first: a hidden key (the decode window's positions past the sequence,
             // a serving row's padding) costs no product.
-            match bias {
-                Some(bias) => {
-                    let (values, at, step) =
-                        (bias.values(), bias.index(b, h, i, 0), bias.strides[3]);
-                    for (t, s) in scores.iter_mut().enumerate() {
-                        *s = values[at + t * step];
-                    }
-                }
-                None => scores.fill(0.0),
-            }
+            self.bias_row(b, h, i, &mut scores);
             for (t, s) in scores.iter_mut().enumerate() {
                 if *s != f32::NEG_INFINITY {
                     let at = k0 + t * kt;

@@ -515,7 +515,7 @@ impl QuantMatrix {
         r: usize,
         out: &Shared,
     ) {
-        // B4 on 512-bit registers adds the offsets after its loop, from each row's offsets
+        // B4 on 512-bit registers adds the offsets in a loop of their own, from each row's offsets
         // as f32, converted once here for every input of these rows (`x86::tile_b4_zmm`).
         // (Left uninitialized: zeroing 8 KiB per tile row cost a third of a decoded token.)
         let mut buffer = [std::mem::MaybeUninit::<f32>::uninit(); MINS];

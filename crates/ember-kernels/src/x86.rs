@@ -69,22 +69,7 @@ pub unsafe fn tile_b8_zmm<const R: usize, const C: usize>(
         ds.map(|d| d.as_ptr().cast::<f32>()),
         q.map(<[i8]>::as_ptr),
     );
-    if blocks % 2 == 1 {
-        let last = blocks - 1;
-        let tail = tile::<R, C>(
-            true,
-            Layout::B8,
-            w.map(|p| p.add(last * step)),
-            step,
-            std::array::from_fn(|j| &ds[j][last..]),
-            std::array::from_fn(|j| &q[j][last * BLOCK..]),
-        );
-        for (row, tail) in out.iter_mut().zip(tail) {
-            for (v, t) in row.iter_mut().zip(tail) {
-                *v += t;
-            }
-        }
-    }
+    add_odd_block(Layout::B8, &mut out, w, step, ds, q);
     out
 }
 
@@ -173,23 +158,41 @@ pub unsafe fn tile_b4_zmm<const R: usize, const C: usize>(
         q.map(<[i8]>::as_ptr),
         mins.map(<[f32]>::as_ptr),
     );
-    if blocks % 2 == 1 {
-        let last = blocks - 1;
-        let tail = tile::<R, C>(
-            true,
-            Layout::B4,
-            w.map(|p| p.add(last * step)),
-            step,
-            std::array::from_fn(|j| &ds[j][last..]),
-            std::array::from_fn(|j| &q[j][last * BLOCK..]),
-        );
-        for (row, tail) in out.iter_mut().zip(tail) {
-            for (v, t) in row.iter_mut().zip(tail) {
-                *v += t;
-            }
+    add_odd_block(Layout::B4, &mut out, w, step, ds, q);
+    out
+}
+
+/// Adds to `out` the last block's products where a row has an odd number of blocks (the
+/// 512-bit loops take blocks in pairs), by [`tile`]'s 256-bit loop.
+///
+/// # Safety
+/// As [`tile`] with `vnni`.
+unsafe fn add_odd_block<const R: usize, const C: usize>(
+    layout: Layout,
+    out: &mut [[f32; C]; R],
+    w: [*const u8; R],
+    step: usize,
+    ds: [&[[f32; 2]]; C],
+    q: [&[i8]; C],
+) {
+    let blocks = ds[0].len();
+    if blocks.is_multiple_of(2) {
+        return;
+    }
+    let last = blocks - 1;
+    let tail = tile::<R, C>(
+        true,
+        layout,
+        w.map(|p| p.add(last * step)),
+        step,
+        std::array::from_fn(|j| &ds[j][last..]),
+        std::array::from_fn(|j| &q[j][last * BLOCK..]),
+    );
+    for (row, tail) in out.iter_mut().zip(tail) {
+        for (v, t) in row.iter_mut().zip(tail) {
+            *v += t;
         }
     }
-    out
 }
 
 /// Each of `w.len()` rows' B4 offsets `m` (blocks `step` bytes apart from `w[i]`, `blocks`
