@@ -420,20 +420,34 @@ impl<B: Backend> Llama<B> {
         let fused = self.fused.as_ref().map(Fused::ops);
         let rotate = |x, rope| rotate_with(x, rope, fused);
         let (q, k) = match &a.qk_norm {
+            None => (
+                qkv.clone().narrow(1, 0, heads),
+                qkv.clone().narrow(1, heads, kv_heads),
+            ),
+            Some((q_norm, k_norm)) => (
+                self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm),
+                self.head_norm(qkv.clone().narrow(1, heads, kv_heads), k_norm),
+            ),
+        };
+        // RoPE and the cache write as one op where the backend has it; else q's and k's
+        // heads rotated (together when they are adjacent views of the projection).
+        let (q, k, v) = match cache.rope_write(step, index, &q, &k, &v, rope) {
+            Some(qkv) => qkv,
             None => {
-                let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
-                (
-                    qk.clone().narrow(1, 0, heads),
-                    qk.narrow(1, heads, kv_heads),
-                )
-            }
-            Some((q_norm, k_norm)) => {
-                let q = self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm);
-                let k = self.head_norm(qkv.narrow(1, heads, kv_heads), k_norm);
-                (rotate(q, rope), rotate(k, rope))
+                let (q, k) = match &a.qk_norm {
+                    None => {
+                        let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
+                        (
+                            qk.clone().narrow(1, 0, heads),
+                            qk.narrow(1, heads, kv_heads),
+                        )
+                    }
+                    Some(_) => (rotate(q, rope), rotate(k, rope)),
+                };
+                let (k, v) = cache.update_and_fetch(step, index, k, v)?;
+                (q, k, v)
             }
         };
-        let (k, v) = cache.update_and_fetch(step, index, k, v)?;
         let visible = step.visible();
         if attention == AttentionImpl::Fused && bias.is_some() {
             // One token at a host position: the backend's kernel over the real length.

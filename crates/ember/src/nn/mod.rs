@@ -139,6 +139,31 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         Err(dst)
     }
 
+    /// RoPE of a step's queries and keys with the keys' and values' write into the KV cache,
+    /// as one op: `q: [b, heads, seq, d]`, `k, v: [b, kv_heads, seq, d]` (any strides: views
+    /// of a projection's output), rotated by `cos, sin: [1 or b, 1, seq, d]` as
+    /// [`rope::rotate`] does (rotate-half, its sign folded into `sin`'s first half); the
+    /// rotated `k` and `v` written into `cache = (keys, values)`, each `[slots, kv_heads, n,
+    /// d]`, at `cache[row_i, .., start_i..start_i + seq, ..]` for batch row `i` (`rows[i] =
+    /// (row_i, start_i)`), in place where the cache is not shared. Returns the rotated `q`
+    /// (`[b, heads, seq, d]`, contiguous) and the written cache; `Err(cache)` where the
+    /// backend cannot, untouched, and the caller rotates with [`rope::rotate`] and writes
+    /// with `slice_assign` (the portable path this op is tested against).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: (Tensor<B, 4>, Tensor<B, 4>),
+        rows: &[(usize, usize)],
+    ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)> {
+        let _ = (q, k, v, cos, sin, rows);
+        Err(cache)
+    }
+
     /// `dst[row_i, .., start_i..start_i + seq, ..] = src[i]` for each `(row_i, start_i)` of
     /// `rows` (one per row of `src: [rows, heads, seq, dim]`), in place: a slotted KV
     /// cache's rows written at each sequence's own position. `Err(dst)` where the backend
@@ -152,6 +177,18 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         let _ = (rows, src);
         Err(dst)
     }
+}
+
+/// What [`FusedOps::rope_write`] returns: the rotated queries `[b, heads, seq, d]`, and the
+/// cache's keys and values with the step's rotated keys and values written.
+#[derive(Debug, Clone)]
+pub struct RopeWritten<B: Backend> {
+    /// The rotated queries, contiguous.
+    pub q: Tensor<B, 4>,
+    /// The cache's keys, `[slots, kv_heads, n, d]`.
+    pub keys: Tensor<B, 4>,
+    /// The cache's values, `[slots, kv_heads, n, d]`.
+    pub values: Tensor<B, 4>,
 }
 
 /// A backend's fused ops as a model holds them.
