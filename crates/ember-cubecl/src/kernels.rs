@@ -297,3 +297,57 @@ pub fn rope_write<F: Float>(
         }
     }
 }
+
+/// A residual add folded into the RMSNorm that reads it: for each row of `x, y: [batch, seq,
+/// hidden]` (any strides), `sum = x + y` (rounded to the element type, as an add of two
+/// tensors is) into the contiguous `sum`, and RMSNorm of that sum into the contiguous `out`
+/// (as [`rms_norm`]). One cube per row; each unit computes its elements' sums twice (for the
+/// sum of squares, then for the output) instead of reading back what it wrote.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm<F: Float>(
+    x: &Tensor<F>,
+    y: &Tensor<F>,
+    weight: &Tensor<F>,
+    sum: &mut Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize;
+    let unit = UNIT_POS as usize;
+    let seq = x.shape(1);
+    let hidden = x.shape(2);
+    let x_row = (row / seq) * x.stride(0) + (row % seq) * x.stride(1);
+    let y_row = (row / seq) * y.stride(0) + (row % seq) * y.stride(1);
+    let (x_step, y_step) = (x.stride(2), y.stride(2));
+    let out_row = row * hidden;
+
+    let mut partial = SharedMemory::<f32>::new(block);
+    let mut squares = 0.0f32;
+    let mut i = unit;
+    while i < hidden {
+        let s = F::cast_from(
+            f32::cast_from(x[x_row + i * x_step]) + f32::cast_from(y[y_row + i * y_step]),
+        );
+        sum[out_row + i] = s;
+        let v = f32::cast_from(s);
+        squares += v * v;
+        i += block;
+    }
+    partial[unit] = squares;
+    let total = block_sum(&mut partial);
+    let inv = f32::inverse_sqrt(total / f32::cast_from(hidden) + eps);
+
+    let w_step = weight.stride(0);
+    let mut i = unit;
+    while i < hidden {
+        let s = F::cast_from(
+            f32::cast_from(x[x_row + i * x_step]) + f32::cast_from(y[y_row + i * y_step]),
+        );
+        let v = f32::cast_from(s) * inv;
+        out[out_row + i] = F::cast_from(v * f32::cast_from(weight[i * w_step]));
+        i += block;
+    }
+}

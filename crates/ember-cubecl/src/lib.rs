@@ -12,10 +12,12 @@
 //! backend's `F` type parameter. Every kernel accumulates in f32.
 //!
 //! Ops: [`FusedOps::rms_norm`] (one kernel instead of the portable cast, square, mean,
-//! divide, cast, multiply), [`FusedOps::decode_attention`] (one token's query heads over the
-//! cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the short query
-//! rows of a step that has a bias (one kernel instead of matmul, softmax and matmul), each
-//! compared with the portable path by this crate's tests on wgpu.
+//! divide, cast, multiply), [`FusedOps::add_rms_norm`] (a residual add and the norm that
+//! reads it), [`FusedOps::rope_write`] (RoPE of a step's q and k with the cache write of k
+//! and v: one kernel instead of ~5), [`FusedOps::decode_attention`] (one token's query heads
+//! over the cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the
+//! short query rows of a step that has a bias (one kernel instead of matmul, softmax and
+//! matmul), each compared with the portable path by this crate's tests on wgpu.
 
 #![warn(missing_docs)]
 // Bad input must come back as `None` (the portable path), never a panic.
@@ -472,6 +474,67 @@ where
             },
         );
         Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        y: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        eps: f64,
+    ) -> Option<(
+        Tensor<FusedCube<R, F, I, BT>, 3>,
+        Tensor<FusedCube<R, F, I, BT>, 3>,
+    )> {
+        let [batch, seq, hidden] = x.dims();
+        let dtype = x.dtype();
+        let same = y.dtype() == dtype && weight.dtype() == dtype && float_dtype(dtype);
+        if !same || y.dims() != x.dims() || weight.dims()[0] != hidden {
+            return None;
+        }
+        if batch * seq == 0 || hidden == 0 {
+            return None;
+        }
+        let (xf, yf, wf) = (fusion(x)?, fusion(y)?, fusion(weight)?);
+        let rows = u32::try_from(batch * seq).ok()?;
+        let eps = eps as f32;
+        let shape = vec![batch, seq, hidden];
+        let [sum, out] = register_outputs::<R, F, I, BT, 3, 2>(
+            "ember.add_rms_norm",
+            [xf, yf, wf],
+            [(shape.clone(), dtype), (shape.clone(), dtype)],
+            move |[x, y, w]| {
+                let sum = output(&x, shape.clone());
+                let out = output(&x, shape.clone());
+                let dtype = x.dtype;
+                let client = x.client.clone();
+                // SAFETY: one cube per row of `sum` and `out` ([batch * seq, hidden], allocated
+                // here); each unit reads and writes indices below `hidden` of its row, inside
+                // `x`'s, `y`'s (checked the same shape) and `weight`'s shapes and strides.
+                unsafe {
+                    kernels::add_rms_norm::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(rows, 1, 1),
+                        CubeDim::new_1d(BLOCK as u32),
+                        x.into_tensor_arg(),
+                        y.into_tensor_arg(),
+                        w.into_tensor_arg(),
+                        sum.clone().into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        eps,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                [sum, out]
+            },
+        );
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        Some((float(sum), float(out)))
+    }
+
+    fn fuses_add_rms_norm(&self) -> bool {
+        true
     }
 
     fn decode_attention(

@@ -119,6 +119,54 @@ fn rms_norm_equals_portable_f16() {
     rms_norm_shapes(DType::F16);
 }
 
+fn check_add_rms_norm(x: Tensor<B, 3>, dtype: DType, seed: u64) {
+    let dims = x.dims();
+    let y = tensor(dims, seed, dtype);
+    let w = tensor([dims[2]], seed + 1, dtype);
+    let (sum, normed) = FusedOps::<B>::add_rms_norm(&ops(), &x, &y, &w, 1e-5)
+        .unwrap_or_else(|| panic!("the kernel declined {dims:?} {dtype:?}"));
+    assert_eq!((sum.dims(), normed.dims()), (dims, dims));
+    assert_eq!((sum.dtype(), normed.dtype()), (dtype, dtype));
+    let sum_ref = x.add(y);
+    let normed_ref = rms_norm(sum_ref.clone(), &w, 1e-5);
+    // The sum is one rounding of the exact sum on both paths.
+    let ds = max_diff(&host(sum), &host(sum_ref));
+    assert_eq!(ds, 0.0, "{dtype:?} {dims:?}: the sums differ");
+    let dn = max_diff(&host(normed), &host(normed_ref));
+    let tol = tolerance(dtype, 1e-5);
+    assert!(dn <= tol, "{dtype:?} {dims:?}: max diff {dn} > {tol}");
+}
+
+fn add_rms_norm_shapes(dtype: DType) {
+    // As for RMSNorm: SmolLM2's hidden size, sizes that are not multiples of a vector width
+    // or of the cube, more than one element per unit; a prompt's rows.
+    for (i, shape) in [
+        [1, 1, 576],
+        [2, 5, 96],
+        [1, 3, 100],
+        [1, 1, 2048],
+        [1, 7, 576],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_add_rms_norm(tensor(shape, 40 + i as u64, dtype), dtype, 50 + i as u64);
+    }
+    // A strided view (the last position of a prompt's rows, as the final norm reads).
+    let x = tensor([1, 6, 576], 60, dtype).narrow(1, 5, 1);
+    check_add_rms_norm(x, dtype, 61);
+}
+
+#[test]
+fn add_rms_norm_equals_portable_f32() {
+    add_rms_norm_shapes(DType::F32);
+}
+
+#[test]
+fn add_rms_norm_equals_portable_f16() {
+    add_rms_norm_shapes(DType::F16);
+}
+
 /// One decode step's attention as Llama lays it out: the query heads of one token grouped
 /// onto their KV head, over the first `visible` positions of a cache of `capacity` (a strided
 /// view), with the step's bias: keys after `pos` hidden and, with `sliding`, keys `sliding` or
@@ -237,6 +285,14 @@ fn declines_what_it_does_not_take() {
     let x = tensor([1, 1, 8], 3, DType::F32);
     let w = tensor([8], 4, DType::F16);
     assert!(FusedOps::<B>::rms_norm(&ops(), &x, &w, 1e-5).is_none());
+    assert!(FusedOps::<B>::add_rms_norm(&ops(), &x, &x, &w, 1e-5).is_none());
+    // Summands of different shapes.
+    let (a, b, w) = (
+        tensor([1, 2, 8], 5, dtype),
+        tensor([1, 1, 8], 6, dtype),
+        tensor([8], 7, dtype),
+    );
+    assert!(FusedOps::<B>::add_rms_norm(&ops(), &a, &b, &w, 1e-5).is_none());
 }
 
 /// RoPE with the cache write ([`FusedOps::rope_write`]) against [`rotate`] and burn's

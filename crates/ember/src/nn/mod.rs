@@ -35,6 +35,27 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// `x + y` and the [`rms_norm`] of that sum (`x, y: [batch, seq, hidden]`, one dtype) as
+    /// one op: a residual add folded into the norm that reads it ([`add_rms_norm_with`]'s
+    /// reference). `None` where the backend cannot.
+    fn add_rms_norm(
+        &self,
+        x: &Tensor<B, 3>,
+        y: &Tensor<B, 3>,
+        weight: &Tensor<B, 1>,
+        eps: f64,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let _ = (x, y, weight, eps);
+        None
+    }
+
+    /// Whether the backend has [`FusedOps::add_rms_norm`]: a model then keeps a sublayer's
+    /// output apart from the residual until the next norm adds it, instead of adding it with
+    /// the projection ([`FusedOps::linear_add`], which such a backend does not fuse).
+    fn fuses_add_rms_norm(&self) -> bool {
+        false
+    }
+
     /// Scaled dot-product attention (scale `1/sqrt(head_dim)`, no causal mask) of `q: [b, h,
     /// q_len, d]` over `k, v: [b, h, k_len, d]` with an additive `bias` broadcastable to
     /// `[b, h, q_len, k_len]`, as one op, or `None` ([`attention::attend_all`]'s reference).
@@ -249,6 +270,27 @@ pub fn rms_norm_with<B: Backend>(
         Some(y) => y,
         None => rms_norm(x, weight, eps),
     }
+}
+
+/// `x + y` and its [`rms_norm`]: through `fused` as one op where it can, else the add and
+/// [`rms_norm_with`].
+pub fn add_rms_norm_with<B: Backend>(
+    x: Tensor<B, 3>,
+    y: Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+    fused: Option<&dyn FusedOps<B>>,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let same = x.dtype() == y.dtype() && x.dtype() == weight.dtype();
+    if let Some(out) = fused
+        .filter(|_| same)
+        .and_then(|f| f.add_rms_norm(&x, &y, weight, eps))
+    {
+        return out;
+    }
+    let sum = x.add(y);
+    let normed = rms_norm_with(sum.clone(), weight, eps, fused);
+    (sum, normed)
 }
 
 /// `residual + x.matmul(w)` ([`linear_add`]) through `fused` where it can.
