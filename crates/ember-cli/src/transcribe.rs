@@ -15,7 +15,8 @@ pub enum OutputFormat {
     /// The text, one line per file.
     #[default]
     Txt,
-    /// One JSON object per file and line: file, language, duration, text, segments.
+    /// One JSON object per file and line: file, language (and its probability), duration,
+    /// text, segments.
     Json,
     /// SubRip subtitles (one file only).
     Srt,
@@ -57,6 +58,7 @@ pub fn render(transcript: &Transcript, format: OutputFormat, file: &Path) -> Str
             let json = serde_json::json!({
                 "file": file.display().to_string(),
                 "language": transcript.language,
+                "language_probability": transcript.language_probability,
                 "duration": transcript.stats.audio_seconds,
                 "text": transcript.text(),
                 "segments": segments,
@@ -171,8 +173,16 @@ impl BackendJob for TranscribeJob<'_> {
                 other => other?,
             }
             let s = &transcript.stats;
+            let language = match &self.config.transcribe.language {
+                Some(_) => format!("language {}", transcript.language),
+                None if transcriber.model().is_multilingual() => format!(
+                    "language {} (detected, probability {:.2})",
+                    transcript.language, transcript.language_probability
+                ),
+                None => format!("language {} (English-only model)", transcript.language),
+            };
             eprintln!(
-                "{}: {:.1} s of audio in {:.2} s, real-time factor {:.3} | {} windows, encoder {:.0} ms/window | decoder {} tokens, {:.1} t/s | log-mel {:.0} ms",
+                "{}: {language} | {:.1} s of audio in {:.2} s, real-time factor {:.3} | {} windows, encoder {:.0} ms/window | decoder {} tokens, {:.1} t/s | log-mel {:.0} ms",
                 file.display(),
                 s.audio_seconds,
                 s.total.as_secs_f64(),

@@ -457,3 +457,39 @@ fn bench_has_speech_rows() {
         }
     }
 }
+
+/// Whisper base (multilingual, `configs/whisper-base-cpu-f32.toml`) on the French espeak-ng
+/// clip with `--translate`: the detected language and its probability in the JSON and in the
+/// stderr summary, and the English text, equal to faster-whisper's
+/// (crates/ember-tests/fixtures/whisper/multilingual/fr.json; the probability within 1e-4, as
+/// in the shared suite's test, which checks the other cases on flex).
+#[test]
+fn multilingual_language_detection_and_translation_match_faster_whisper() {
+    let fixtures = workspace().join("crates/ember-tests/fixtures/whisper/multilingual");
+    let fr: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("fr.json")).unwrap()).unwrap();
+    let want = &fr["faster_whisper"]["translate"];
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .current_dir(workspace())
+        .args([
+            "transcribe",
+            "--config",
+            "configs/whisper-base-cpu-f32.toml",
+        ])
+        .args(["--translate", "--format", "json"])
+        .arg(fixtures.join("fr.flac"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["language"], "fr");
+    assert_eq!(json["text"], want["text"]);
+    let p = json["language_probability"].as_f64().unwrap();
+    let want_p = want["language_probability"].as_f64().unwrap();
+    assert!((p - want_p).abs() < 1e-4, "{p} vs {want_p}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("language fr (detected, probability {want_p:.2})")),
+        "{stderr}"
+    );
+}

@@ -48,6 +48,15 @@ pub use pool::Pool;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
+/// Fewest inputs values [`Activations`] quantizes on one thread of the pool (64 KiB of f32).
+const QUANTIZE_PIECE: usize = 16384;
+
+/// How far ahead of the tile row being computed `tile_row` asks for the weights: two quads.
+const PREFETCH_ROWS: usize = 2 * QUAD;
+
+/// Room for a tile's rows' B4 offsets as f32 (4 rows of 16,384 columns), on the stack.
+const MINS: usize = 2048;
+
 /// Rows whose blocks are stored interleaved (see the crate docs).
 pub const QUAD: usize = 4;
 
@@ -506,16 +515,62 @@ impl QuantMatrix {
         r: usize,
         out: &Shared,
     ) {
+        // B4 on 512-bit registers adds the offsets after its loop, from each row's offsets
+        // as f32, converted once here for every input of these rows (`x86::tile_b4_zmm`).
+        // (Left uninitialized: zeroing 8 KiB per tile row cost a third of a decoded token.)
+        let mut buffer = [std::mem::MaybeUninit::<f32>::uninit(); MINS];
+        let blocks = self.blocks();
+        let mins: &[f32] = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if self.layout == Layout::B4 && n > 1 && R * blocks <= MINS => {
+                let w: [*const u8; R] = std::array::from_fn(|i| self.row(r + i).0);
+                let values = buffer.as_mut_ptr().cast::<f32>();
+                // SAFETY: `isa` runs here (`matmul_with`); the rows hold `blocks` B4 blocks
+                // `QUAD * 20` bytes apart; `buffer` holds `R * blocks` values, all written
+                // by `mins` before they are read.
+                unsafe {
+                    x86::mins(&w, QUAD * Layout::B4.block_bytes(), blocks, values);
+                    std::slice::from_raw_parts(values, R * blocks)
+                }
+            }
+            _ => &[],
+        };
+        if n > 1 {
+            self.prefetch(r + PREFETCH_ROWS);
+        }
         let whole = (n / C) * C;
         for j in (0..whole).step_by(C) {
-            self.tile::<R, C>(isa, xq, r, j, out);
+            self.tile::<R, C>(isa, xq, r, j, mins, out);
         }
         for j in whole..n {
-            self.tile::<R, 1>(isa, xq, r, j, out);
+            self.tile::<R, 1>(isa, xq, r, j, mins, out);
         }
     }
 
-    /// Rows `r..r + R` dotted with inputs `j..j + C`, written to `out[j..][r..]`.
+    /// Asks the cache for the quad of rows holding row `r` (if any): a few inputs (the
+    /// server's batched decode) spend too little time per quad for the hardware prefetcher
+    /// alone to keep the weights' stream ahead of the arithmetic.
+    #[inline(always)]
+    fn prefetch(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if r < self.rows {
+            let bytes = self.layout.block_bytes();
+            let start = block_offset(r - r % QUAD, 0, self.blocks(), bytes);
+            let end = (start + self.blocks() * QUAD * bytes).min(self.data.len());
+            for at in (start..end).step_by(64) {
+                // SAFETY: `at` is inside `data`; a prefetch reads nothing into the program.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        self.data.as_ptr().add(at).cast(),
+                    )
+                };
+            }
+        }
+    }
+
+    /// Rows `r..r + R` dotted with inputs `j..j + C`, written to `out[j..][r..]`; `mins`:
+    /// the rows' offsets as f32 where `tile_row` made them for the B4 512-bit loop (else
+    /// empty).
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         &self,
@@ -523,6 +578,7 @@ impl QuantMatrix {
         xq: &Activations,
         r: usize,
         j: usize,
+        mins: &[f32],
         out: &Shared,
     ) {
         let w: [(*const u8, usize); R] = std::array::from_fn(|i| self.row(r + i));
@@ -534,6 +590,14 @@ impl QuantMatrix {
             // blocks of this layout (the lengths asserted in `matmul_with`).
             Isa::Avx512 if self.layout == Layout::B8 => {
                 x86::tile_b8_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; `mins` holds `R` rows of `blocks` offsets (`tile_row`).
+            Isa::Avx512 if !mins.is_empty() => {
+                let blocks = self.blocks();
+                let mins: [&[f32]; R] =
+                    std::array::from_fn(|i| &mins[i * blocks..(i + 1) * blocks]);
+                x86::tile_b4_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q, mins)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
@@ -642,24 +706,48 @@ impl Activations {
     /// Each block of 32 as `d = max|x| / 127` and `round(x / d)` (ties away from zero), with
     /// its exact sum: on AVX2 where `isa` has it (the scalar path's `round` is a library
     /// call on baseline x86-64: 5 % of a prefill), the same values either way (tested).
+    ///
+    /// A prefill's inputs are split over the pool's threads in pieces of at least
+    /// [`QUANTIZE_PIECE`] values (on the calling thread alone, the 120 quantizations of a
+    /// SmolLM2 pp512 were ~8 % of its two-thread time, change 29).
     fn quantize_on(isa: Isa, x: &[f32], n: usize, cols: usize) -> Self {
         let blocks = n * cols / BLOCK;
         let mut ds = vec![[0f32; 2]; blocks];
         let mut q = vec![0i8; n * cols];
-        for ((block, ds), q) in x
-            .chunks_exact(BLOCK)
-            .zip(ds.iter_mut())
-            .zip(q.chunks_exact_mut(BLOCK))
-        {
-            *ds = match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `isa` runs here (callers pass `Isa::detect()` or an available one);
-                // the block and `q` hold 32 values.
-                Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 if isa.runs_here() => unsafe {
-                    x86::quantize_block(block.as_ptr(), q.as_mut_ptr())
-                },
-                _ => quantize_block(block, q),
-            };
+        let fill = |x: &[f32], ds: &mut [[f32; 2]], q: &mut [i8]| {
+            for ((block, ds), q) in x
+                .chunks_exact(BLOCK)
+                .zip(ds.iter_mut())
+                .zip(q.chunks_exact_mut(BLOCK))
+            {
+                *ds = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `isa` runs here (callers pass `Isa::detect()` or an available
+                    // one); the block and `q` hold 32 values.
+                    Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 if isa.runs_here() => unsafe {
+                        x86::quantize_block(block.as_ptr(), q.as_mut_ptr())
+                    },
+                    _ => quantize_block(block, q),
+                };
+            }
+        };
+        let piece = QUANTIZE_PIECE.next_multiple_of(BLOCK);
+        if x.len() < 2 * piece {
+            fill(x, &mut ds, &mut q);
+        } else {
+            /// A piece of the inputs, its scales and its values.
+            type Piece<'a> = std::sync::Mutex<(&'a [f32], &'a mut [[f32; 2]], &'a mut [i8])>;
+            let parts: Vec<Piece<'_>> = x
+                .chunks(piece)
+                .zip(ds.chunks_mut(piece / BLOCK))
+                .zip(q.chunks_mut(piece))
+                .map(|((x, ds), q)| std::sync::Mutex::new((x, ds, q)))
+                .collect();
+            Pool::global().run(parts.len(), &|c| {
+                let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+                let (x, ds, q) = &mut *part;
+                fill(x, ds, q);
+            });
         }
         Self { ds, q, cols }
     }
@@ -883,6 +971,25 @@ mod tests {
 
     /// Every ISA quantizes the activations to the same integers and scales as the portable
     /// path (sums to f32 rounding), ties and zero blocks included.
+    /// A prefill's inputs, quantized in pieces over the pool's threads, equal each input
+    /// quantized alone (on the calling thread): 40 x 1024 values, two whole pieces and a
+    /// partial one.
+    #[test]
+    fn activations_quantize_alike_in_pieces() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let (n, cols) = (40, 1024);
+        assert!(n * cols > 2 * QUANTIZE_PIECE && (n * cols) % QUANTIZE_PIECE != 0);
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-3.0..3.0)).collect();
+        for isa in Isa::available() {
+            let all = Activations::quantize_on(isa, &x, n, cols);
+            for j in 0..n {
+                let one = Activations::quantize_on(isa, &x[j * cols..(j + 1) * cols], 1, cols);
+                assert_eq!(all.values(j), one.values(0), "{isa:?} input {j}");
+                assert_eq!(all.scales(j), one.scales(0), "{isa:?} input {j}");
+            }
+        }
+    }
+
     #[test]
     fn activations_quantize_alike_on_every_isa() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -941,10 +1048,22 @@ mod tests {
     #[test]
     fn products_match_the_dequantized_weight_on_every_isa() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let (rows, cols, n) = (37, 288, 6); // 9 blocks: an odd one after the pairs
+        // 9 blocks: an odd one after the pairs; 35: the 512-bit loops' offsets in two
+        // chunks of 16 blocks and a third, partial one.
+        for (rows, cols, n) in [(37, 288, 6), (9, 35 * BLOCK, 5)] {
+            products_match_on_every_isa(&mut rng, rows, cols, n);
+        }
+    }
+
+    fn products_match_on_every_isa(
+        rng: &mut rand::rngs::StdRng,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    ) {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
         for (bits, group, symmetric, layout) in cases() {
-            let (u, scale, min) = groups(&mut rng, bits, group, rows * cols, symmetric);
+            let (u, scale, min) = groups(rng, bits, group, rows * cols, symmetric);
             let g = Groups {
                 bits,
                 group,
@@ -1002,7 +1121,7 @@ mod tests {
                 }
                 // One input at a time gives the same rows (up to the order of the f32 sums:
                 // four inputs at once accumulate each in one register, one input in two).
-                for j in [1, 5] {
+                for j in [1, n - 1] {
                     let mut one = vec![0f32; rows];
                     m.matmul_with(isa, Inputs::Q8, &x[j * cols..(j + 1) * cols], 1, &mut one);
                     for (a, b) in one.iter().zip(&out[j * rows..(j + 1) * rows]) {

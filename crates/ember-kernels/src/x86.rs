@@ -144,6 +144,180 @@ unsafe fn tile_b8_512<const R: usize, const C: usize>(
     std::array::from_fn(|i| std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j])))
 }
 
+/// [`tile`] for [`Layout::B4`] on 512-bit registers, two blocks per register, like
+/// [`tile_b8_zmm`]: a block pair takes one `dpbusd`, one conversion, a scale product and a
+/// multiply-add for a row and an input. The offsets `m * sum(x)` do not share the pair
+/// loop's lanes block by block (change 24 measured that worse in f16): before the loop they
+/// are put in the accumulators as `mins[i] . sums(x[j])`, sixteen blocks per multiply-add,
+/// from `mins` (each row's offsets as f32, [`mins`]); the products' lanes are summed once
+/// at the end as before. An odd last block goes through [`tile`]'s 256-bit loop.
+///
+/// # Safety
+/// As [`tile`], and the CPU must support AVX-512 F, BW, VL and VNNI; `mins[i]` holds at
+/// least `ds[0].len()` values.
+pub unsafe fn tile_b4_zmm<const R: usize, const C: usize>(
+    w: [*const u8; R],
+    step: usize,
+    ds: [&[[f32; 2]]; C],
+    q: [&[i8]; C],
+    mins: [&[f32]; R],
+) -> [[f32; C]; R] {
+    let blocks = ds[0].len();
+    debug_assert!((0..C).all(|j| ds[j].len() == blocks && q[j].len() >= blocks * BLOCK));
+    debug_assert!((0..R).all(|i| mins[i].len() >= blocks));
+    let mut out = tile_b4_512::<R, C>(
+        w,
+        step,
+        blocks / 2,
+        ds.map(|d| d.as_ptr().cast::<f32>()),
+        q.map(<[i8]>::as_ptr),
+        mins.map(<[f32]>::as_ptr),
+    );
+    if blocks % 2 == 1 {
+        let last = blocks - 1;
+        let tail = tile::<R, C>(
+            true,
+            Layout::B4,
+            w.map(|p| p.add(last * step)),
+            step,
+            std::array::from_fn(|j| &ds[j][last..]),
+            std::array::from_fn(|j| &q[j][last * BLOCK..]),
+        );
+        for (row, tail) in out.iter_mut().zip(tail) {
+            for (v, t) in row.iter_mut().zip(tail) {
+                *v += t;
+            }
+        }
+    }
+    out
+}
+
+/// Each of `w.len()` rows' B4 offsets `m` (blocks `step` bytes apart from `w[i]`, `blocks`
+/// of them) as f32 into `out[i * blocks..]`, for [`tile_b4_zmm`]: sixteen blocks' f16 at a
+/// time by one gather (a scalar loop was 18 % of a batched decode step).
+///
+/// # Safety
+/// The CPU must support AVX-512 F (and F16C); every `w[i]` starts `blocks` B4 blocks `step`
+/// bytes apart, `step * 16` fits an `i32`; `out` has room for `w.len() * blocks` values
+/// (which may be uninitialized).
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn mins(w: &[*const u8], step: usize, blocks: usize, out: *mut f32) {
+    let offsets = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(step as i32),
+    );
+    for (i, &row) in w.iter().enumerate() {
+        for start in (0..blocks).step_by(16) {
+            let len = (blocks - start).min(16);
+            let mask = ((1u32 << len) - 1) as __mmask16;
+            // Each lane reads a block's [m, first nibbles]: m in the low 16 bits.
+            let words = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                mask,
+                offsets,
+                row.add(start * step + 2).cast(),
+            );
+            let m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+            _mm512_mask_storeu_ps(out.add(i * blocks + start), mask, m);
+        }
+    }
+}
+
+/// The 512-bit loop of [`tile_b4_zmm`] over `pairs` block pairs, and the offsets of those
+/// `2 * pairs` blocks (first: change 27). A row's pair of blocks is unpacked as the 128-bit lanes `[lo(b),
+/// lo(b + 1), hi(b), hi(b + 1)]` (low nibbles, values 0..16; high, 16..32) and an input's
+/// pair is shuffled to the same order, once per input for the tile's `R` rows; lanes 0..4
+/// and 8..12 of a sum then belong to block `b`, 4..8 and 12..16 to block `b + 1`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_b4_512<const R: usize, const C: usize>(
+    w: [*const u8; R],
+    step: usize,
+    pairs: usize,
+    ds: [*const f32; C],
+    q: [*const i8; C],
+    mins: [*const f32; R],
+) -> [[f32; C]; R] {
+    // Lane k of a permute takes element `index[k]` of [s_b, _, s_b1, _] (a scale pair):
+    // block b's scale in lanes 0..4 and 8..12, block b + 1's in 4..8 and 12..16.
+    let blocks = _mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0);
+    let low = _mm512_set1_epi8(0x0F);
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    // The offsets, sixteen blocks at a time: an input's sums are every second value of
+    // its [d, sum] pairs.
+    let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    let n = 2 * pairs;
+    for start in (0..n).step_by(16) {
+        let len = (n - start).min(16);
+        let mask = (1u32 << len).wrapping_sub(1) as __mmask16;
+        let (lo, hi) = (mask_pairs(len), mask_pairs(len.saturating_sub(8)));
+        let sums: [__m512; C] = std::array::from_fn(|j| {
+            let at = ds[j].add(2 * start);
+            _mm512_permutex2var_ps(
+                _mm512_maskz_loadu_ps(lo, at),
+                odd,
+                _mm512_maskz_loadu_ps(hi, at.add(16)),
+            )
+        });
+        for i in 0..R {
+            let m = _mm512_maskz_loadu_ps(mask, mins[i].add(start));
+            for j in 0..C {
+                acc[i][j] = _mm512_fmadd_ps(m, sums[j], acc[i][j]);
+            }
+        }
+    }
+    for p in 0..pairs {
+        let b = 2 * p;
+        // [lo(b), hi(b), lo(b + 1), hi(b + 1)] -> [lo(b), lo(b + 1), hi(b), hi(b + 1)].
+        let x: [__m512i; C] = std::array::from_fn(|j| {
+            let v = _mm512_loadu_si512(q[j].add(b * BLOCK).cast());
+            _mm512_shuffle_i64x2(v, v, 0b11_01_10_00)
+        });
+        let dx: [__m512; C] = std::array::from_fn(|j| {
+            _mm512_permutexvar_ps(
+                blocks,
+                _mm512_castps128_ps512(_mm_loadu_ps(ds[j].add(2 * b))),
+            )
+        });
+        for i in 0..R {
+            let (b0, b1) = (w[i].add(b * step), w[i].add((b + 1) * step));
+            // Both blocks' f16 [d, m]: [d(b), m(b), d(b + 1), m(b + 1)].
+            let scales = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_unpacklo_epi32(
+                _mm_cvtsi32_si128(b0.cast::<i32>().read_unaligned()),
+                _mm_cvtsi32_si128(b1.cast::<i32>().read_unaligned()),
+            )));
+            let dw = _mm512_permutexvar_ps(blocks, scales);
+            let packed = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(b0.add(4).cast())),
+                _mm_loadu_si128(b1.add(4).cast()),
+                1,
+            );
+            let u = _mm512_and_si512(
+                _mm512_inserti64x4(
+                    _mm512_castsi256_si512(packed),
+                    _mm256_srli_epi16(packed, 4),
+                    1,
+                ),
+                low,
+            );
+            for j in 0..C {
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x[j]);
+                acc[i][j] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(dw, dx[j]),
+                    _mm512_cvtepi32_ps(sums),
+                    acc[i][j],
+                );
+            }
+        }
+    }
+    std::array::from_fn(|i| std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j])))
+}
+
+/// The load mask of `blocks` (at most 8) blocks' `[d, sum]` pairs: two lanes each.
+#[inline(always)]
+fn mask_pairs(blocks: usize) -> __mmask16 {
+    ((1u32 << (2 * blocks.min(8))) - 1) as __mmask16
+}
+
 /// [`Layout`]s as const parameters (one loop per layout, no branch inside it).
 const B4: u8 = 0;
 const B5: u8 = 1;

@@ -19,7 +19,8 @@ use serde::Deserialize;
 pub mod whisper;
 pub use whisper::{
     whisper_front_end_and_encoder_match_references, whisper_long_form_matches_faster_whisper,
-    whisper_streamed_front_end_equals_whole, whisper_tiny_hf_matches_transformers,
+    whisper_multilingual_matches_faster_whisper, whisper_streamed_front_end_equals_whole,
+    whisper_tiny_hf_matches_transformers, whisper_tokenizer_of_another_model_is_an_error,
     whisper_transcribes_jfk_like_faster_whisper,
 };
 
@@ -858,6 +859,8 @@ macro_rules! backend_suite {
             whisper_transcribes_jfk_like_faster_whisper,
             whisper_long_form_matches_faster_whisper,
             whisper_tiny_hf_matches_transformers,
+            whisper_multilingual_matches_faster_whisper,
+            whisper_tokenizer_of_another_model_is_an_error,
             );
         }
     };

@@ -168,15 +168,27 @@ impl Ranked {
     }
 }
 
-/// Index of the largest value (the first one on ties, as PyTorch's `argmax`).
+/// Index of the largest value (the first one on ties, as PyTorch's `argmax`); NaNs are
+/// passed over (all NaN: the last index). The maximum first, in eight independent lanes
+/// that vectorize, then its first position: a loop carrying the best index through a
+/// branch was 5 % of a batched decode step over SmolLM2's 49,152 logits.
 pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] || values[best].is_nan() {
-            best = i;
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(v);
         }
     }
-    best as u32
+    let max = lanes.iter().fold(tail, |m, &v| m.max(v));
+    values
+        .iter()
+        .position(|&v| v == max)
+        .unwrap_or(values.len().saturating_sub(1)) as u32
 }
 
 #[cfg(test)]
@@ -193,6 +205,39 @@ mod tests {
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(&GenerationConfig::default());
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0], &[]), 1);
+    }
+
+    /// `argmax` against the plain loop it replaced (the first maximum, NaNs passed over,
+    /// all NaN: the last index) on lengths around its eight lanes, ties, infinities, NaNs.
+    #[test]
+    fn argmax_equals_the_plain_loop() {
+        fn plain(values: &[f32]) -> u32 {
+            let mut best = 0;
+            for (i, &v) in values.iter().enumerate() {
+                if v > values[best] || values[best].is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        }
+        let mut rng = StdRng::seed_from_u64(5);
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, 3.0];
+        for len in [1usize, 7, 8, 9, 16, 23, 100, 1001] {
+            for trial in 0..50 {
+                let values: Vec<f32> = (0..len)
+                    .map(|_| match rng.random_range(0..10) {
+                        0 if trial % 2 == 0 => specials[rng.random_range(0..specials.len())],
+                        1 => 3.0,
+                        _ => rng.random_range(-4.0..4.0f32).round(),
+                    })
+                    .collect();
+                assert_eq!(argmax(&values), plain(&values), "{values:?}");
+            }
+            let nans = vec![f32::NAN; len];
+            assert_eq!(argmax(&nans), plain(&nans));
+            let lows = vec![f32::NEG_INFINITY; len];
+            assert_eq!(argmax(&lows), plain(&lows));
+        }
     }
 
     #[test]

@@ -169,6 +169,10 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
     /// The language (`en`, ...).
     pub language: String,
+    /// The probability of the detected language (a softmax over the language tokens after
+    /// `<|startoftranscript|>`, as faster-whisper reports it); 1 when the language was given
+    /// or the model is English-only.
+    pub language_probability: f64,
     /// Timings.
     pub stats: TranscribeStats,
 }
@@ -227,7 +231,43 @@ impl Specials {
             languages,
         })
     }
+
+    /// Checks that these ids fit a model of `vocab` tokens: Whisper's vocabulary ends with
+    /// the 1501 timestamp tokens (0 to 30 s by 0.02 s) right after `<|notimestamps|>`, and a
+    /// multilingual one (51865 tokens or more) has language tokens. A `tokenizer.json` of
+    /// another Whisper model (English-only for multilingual or the reverse: every special id
+    /// shifted by one) fails here instead of decoding wrong tokens.
+    fn check(&self, vocab: usize, path: &Path) -> Result<()> {
+        let end = self.timestamp_begin as usize + TIMESTAMP_TOKENS;
+        if end != vocab {
+            return Err(Error::model(
+                path,
+                format!(
+                    "its special tokens do not fit the model: <|notimestamps|> is {}, so the \
+                     {TIMESTAMP_TOKENS} timestamp tokens end at {end}, but the model's \
+                     vocabulary has {vocab} tokens (a tokenizer.json of another Whisper model?)",
+                    self.no_timestamps
+                ),
+            ));
+        }
+        if vocab >= MULTILINGUAL_VOCAB && (self.languages.is_empty() || self.transcribe.is_none()) {
+            return Err(Error::model(
+                path,
+                format!(
+                    "the model is multilingual ({vocab} tokens) but tokenizer.json has no \
+                     language tokens between <|startoftranscript|> and <|translate|>, or no \
+                     <|transcribe|>"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// Whisper's timestamp tokens: 0 to 30 s by 0.02 s.
+const TIMESTAMP_TOKENS: usize = 1501;
+/// The smallest multilingual vocabulary (English-only Whisper has 51864 tokens).
+const MULTILINGUAL_VOCAB: usize = 51865;
 
 /// Token suppression lists: CTranslate2's `config.json` (`suppress_ids`,
 /// `suppress_ids_begin`) or Hugging Face's `generation_config.json` (`suppress_tokens`,
@@ -349,15 +389,7 @@ impl<B: Backend> Transcriber<B> {
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = crate::tokenizer::read_tokenizer_json(&tokenizer_path)?;
         let specials = Specials::read(&tokenizer, &tokenizer_path)?;
-        if specials.timestamp_begin as usize >= whisper_config.vocab_size {
-            return Err(Error::model(
-                &tokenizer_path,
-                format!(
-                    "the timestamp tokens start at {}, outside the model's vocabulary of {}",
-                    specials.timestamp_begin, whisper_config.vocab_size
-                ),
-            ));
-        }
+        specials.check(whisper_config.vocab_size, &tokenizer_path)?;
         let suppress = Suppress::read(&dir)?;
         let mut progress = |_: usize, _: usize| {};
         let loader = Loader::<B>::new(store.as_ref(), device, dtype, &mut progress)
@@ -559,8 +591,26 @@ impl<B: Backend> Transcriber<B> {
         let mut prompt_reset_since = 0;
         let mut seek = 0;
         let mut cache = self.model.new_cache(&self.device);
-        let mut language = options.language.clone();
-        let mut sot_sequence = None;
+        let (language, language_probability, sot) = if content_frames == 0 {
+            (options.language.clone(), 1.0, Vec::new())
+        } else {
+            let t = Instant::now();
+            // faster-whisper detects the language on the first 30 s of the features as
+            // they come from the front end, the padding frame that decoding drops included
+            // (WhisperModel.detect_language on features[..., :3000]).
+            let mut detect = || -> Result<CrossAttention<B>> {
+                let encoded = self.model.encode(window(0, frames.min(WINDOW_FRAMES))?);
+                Ok(self.model.cross_attention(&encoded))
+            };
+            let (code, probability, tokens) = self.sot_sequence(
+                options.language.as_deref(),
+                options.task,
+                &mut detect,
+                &mut cache,
+            )?;
+            stats.encode += t.elapsed();
+            (Some(code), probability, tokens)
+        };
         while seek < content_frames {
             let time_offset = seek as f64 * FRAME_SECONDS;
             let segment_size = WINDOW_FRAMES.min(content_frames - seek);
@@ -574,15 +624,6 @@ impl<B: Backend> Transcriber<B> {
             stats.encode += t.elapsed();
             stats.windows += 1;
             let t = Instant::now();
-            let sot = match &sot_sequence {
-                Some(s) => s,
-                None => {
-                    let (code, tokens) =
-                        self.sot_sequence(language.as_deref(), options.task, &cross, &mut cache)?;
-                    language = Some(code);
-                    sot_sequence.insert(tokens)
-                }
-            };
             let mut prompt = Vec::new();
             let previous = &all_tokens[prompt_reset_since..];
             if !previous.is_empty() {
@@ -590,7 +631,7 @@ impl<B: Backend> Transcriber<B> {
                 prompt.push(self.specials.sot_prev);
                 prompt.extend(&previous[previous.len().saturating_sub(keep)..]);
             }
-            prompt.extend(sot);
+            prompt.extend(&sot);
             if !options.timestamps {
                 prompt.push(self.specials.no_timestamps);
             }
@@ -639,6 +680,7 @@ impl<B: Backend> Transcriber<B> {
         Ok(Transcript {
             segments,
             language: language.unwrap_or_else(|| "en".into()),
+            language_probability,
             stats,
         })
     }
@@ -656,15 +698,16 @@ impl<B: Backend> Transcriber<B> {
     }
 
     /// `<|startoftranscript|>` and, on multilingual models, the language (given, or
-    /// detected from the first window: the most likely language token after
-    /// `<|startoftranscript|>`) and the task.
+    /// detected on the cross-attention `detect` gives: the most likely language token after
+    /// `<|startoftranscript|>`, its probability a softmax over the language tokens, as
+    /// CTranslate2's `detect_language`) and the task; with the language and its probability.
     fn sot_sequence(
         &self,
         language: Option<&str>,
         task: SpeechTask,
-        cross: &CrossAttention<B>,
+        detect: &mut dyn FnMut() -> Result<CrossAttention<B>>,
         cache: &mut crate::nn::kv_cache::KvCache<B>,
-    ) -> Result<(String, Vec<u32>)> {
+    ) -> Result<(String, f64, Vec<u32>)> {
         let s = &self.specials;
         if !self.model.is_multilingual() || s.languages.is_empty() {
             if language.is_some_and(|l| l != "en") || task == SpeechTask::Translate {
@@ -675,19 +718,24 @@ impl<B: Backend> Transcriber<B> {
                         .into(),
                 });
             }
-            return Ok(("en".into(), vec![s.sot]));
+            return Ok(("en".into(), 1.0, vec![s.sot]));
         }
-        let code = match language {
-            Some(code) => code.to_string(),
+        let (code, probability) = match language {
+            Some(code) => (code.to_string(), 1.0),
             None => {
+                let cross = detect()?;
                 cache.clear();
-                let logits = self.model.decode(&[s.sot], cross, cache, Logits::Last)?;
+                let logits = self.model.decode(&[s.sot], &cross, cache, Logits::Last)?;
                 let logits = host_row(logits)?;
-                s.languages
+                let language_logits: Vec<f32> = s
+                    .languages
                     .iter()
-                    .max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]))
-                    .map(|(c, _)| c.clone())
-                    .unwrap_or_else(|| "en".into())
+                    .map(|&(_, id)| logits[id as usize])
+                    .collect();
+                // The first of equal maxima, as CTranslate2's sort by probability keeps.
+                let best = argmax_first(&language_logits);
+                let probability = log_softmax(&language_logits)[best].exp();
+                (s.languages[best].0.clone(), probability)
             }
         };
         let id = s
@@ -712,7 +760,7 @@ impl<B: Backend> Transcriber<B> {
         };
         let mut tokens = vec![s.sot, id];
         tokens.extend(task_token);
-        Ok((code, tokens))
+        Ok((code, probability, tokens))
     }
 
     /// Greedy decoding of one window after `prompt` ([module docs](self) for the rules).

@@ -374,12 +374,36 @@ fn llama_bench(
                 .unwrap_or("")
         ));
     }
-    let rows: Vec<LlamaBenchRow> = serde_json::from_slice(&out.stdout)
+    let mut run = llama_bench_result(&out.stdout, path)?;
+    run.peak_mem = out.peak_rss;
+    Ok((run, None))
+}
+
+/// The run llama-bench's JSON (`-o json`) describes. Its device is the GPU llama-bench names
+/// (`gpu_info`), `cpu` for a CPU build; a GPU build that names no GPU (a CUDA build on a
+/// machine where CUDA did not start) has run on the CPU while still calling its backend
+/// `CUDA`, and is refused: a ratio to it would read as one to llama.cpp on the GPU.
+fn llama_bench_result(json: &[u8], path: &Path) -> Result<RunResult, String> {
+    let rows: Vec<LlamaBenchRow> = serde_json::from_slice(json)
         .map_err(|e| format!("failed: unreadable llama-bench JSON: {e}"))?;
     let first = rows.first().ok_or("failed: llama-bench printed no rows")?;
-    let run = RunResult {
+    let cpu_only = first
+        .backends
+        .split(',')
+        .all(|b| matches!(b.trim(), "" | "CPU" | "BLAS"));
+    let device = match first.gpu_info.trim() {
+        "" if cpu_only => "cpu".to_string(),
+        "" => {
+            let build = &first.backends;
+            return Err(format!(
+                "failed: llama-bench's {build} build found no GPU and ran on the CPU"
+            ));
+        }
+        gpu => gpu.to_string(),
+    };
+    Ok(RunResult {
         backend: format!("llama.cpp {}", first.backends),
-        device: first.gpu_info.clone(),
+        device,
         dtype: "gguf".into(),
         model_filename: path
             .file_name()
@@ -399,11 +423,9 @@ fn llama_bench(
                 speech: None,
             })
             .collect(),
-        peak_mem: out.peak_rss,
         peak_mem_kind: "process RSS".into(),
         ..RunResult::default()
-    };
-    Ok((run, None))
+    })
 }
 
 /// What [`run_measured`] returns.
@@ -510,6 +532,59 @@ mod tests {
                 "true's peak {small} against python's {big}: not its own"
             );
         }
+    }
+
+    /// llama-bench's JSON for one pp8 test, as the CUDA build of scripts/build-llama-cpp-cuda.sh
+    /// printed it on a machine without a GPU (CUDA did not start; it ran on the CPU), cut to
+    /// the fields Ember reads and a few beside them.
+    const CUDA_BUILD_WITHOUT_GPU: &str = r#"[
+  {
+    "build_commit": "0c1e570",
+    "cpu_info": "AMD EPYC",
+    "gpu_info": "",
+    "backends": "CUDA",
+    "model_filename": "/work/t-h1/gguf/s135-l2.gguf",
+    "model_type": "llama ?B F16",
+    "model_size": 70790400,
+    "model_n_params": 35392320,
+    "n_threads": 2,
+    "n_gpu_layers": -1,
+    "flash_attn": -1,
+    "n_prompt": 8,
+    "n_gen": 0,
+    "avg_ts": 25.000114,
+    "samples_ns": [ 319998544 ],
+    "samples_ts": [ 25.0001 ]
+  }
+]"#;
+
+    #[test]
+    fn llama_bench_on_the_gpu_names_it_and_a_gpu_build_on_the_cpu_is_refused() {
+        let path = Path::new("/x/s135-l2.gguf");
+        let err = llama_bench_result(CUDA_BUILD_WITHOUT_GPU.as_bytes(), path).unwrap_err();
+        assert!(
+            err.starts_with("failed: llama-bench's CUDA build found no GPU"),
+            "{err}"
+        );
+        // The same JSON as a CPU build prints it (`backends` CPU) and as the CUDA build prints
+        // it with a GPU (`gpu_info` names it; this value edited in, not measured here).
+        let cpu = CUDA_BUILD_WITHOUT_GPU.replace(r#""backends": "CUDA""#, r#""backends": "CPU""#);
+        let run = llama_bench_result(cpu.as_bytes(), path).unwrap();
+        assert_eq!(
+            (run.backend.as_str(), run.device.as_str()),
+            ("llama.cpp CPU", "cpu")
+        );
+        let gpu =
+            CUDA_BUILD_WITHOUT_GPU.replace(r#""gpu_info": """#, r#""gpu_info": "NVIDIA H200""#);
+        let run = llama_bench_result(gpu.as_bytes(), path).unwrap();
+        assert_eq!(run.device, "NVIDIA H200");
+        assert_eq!(run.model_filename, "s135-l2.gguf");
+        assert_eq!(run.model_n_params, 35_392_320);
+        assert_eq!(run.tests.len(), 1);
+        assert_eq!((run.tests[0].n_prompt, run.tests[0].n_gen), (8, 0));
+        assert_eq!(run.tests[0].samples_ns, vec![319_998_544]);
+        assert!(llama_bench_result(b"[]", path).is_err());
+        assert!(llama_bench_result(b"not json", path).is_err());
     }
 
     #[test]

@@ -189,6 +189,39 @@ pub fn reference_rows(records: &[Record]) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// The llama.cpp row of each Ember row's model and test, by index, where it is not already
+/// the row [`reference_rows`] compares it with (a PyTorch baseline of the same dtype comes
+/// first there): issue 16 asks every Ember row's ratio to llama.cpp beside its ratio to
+/// PyTorch eager, from one run.
+pub fn llama_cpp_rows(records: &[Record], refs: &[Option<usize>]) -> Vec<Option<usize>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.status != "ok" || r.engine != "ember" {
+                return None;
+            }
+            records
+                .iter()
+                .position(|c| {
+                    c.status == "ok"
+                        && c.engine == "llama.cpp"
+                        && c.model_filename == r.model_filename
+                        && c.test() == r.test()
+                })
+                .filter(|&j| refs[i] != Some(j))
+        })
+        .collect()
+}
+
+/// `2.50x vs NAME`: `records[i]`'s rate over `records[j]`'s.
+fn ratio(records: &[Record], i: usize, j: usize) -> String {
+    let x = records[i].avg_ts / records[j].avg_ts.max(1e-12);
+    // Two significant digits below 0.1x: a kept-weights decode is at 0.003x.
+    let digits = if x < 0.1 { 3 } else { 2 };
+    format!("{x:.digits$}x vs {}", short_name(&records[j]))
+}
+
 /// Index of the fastest row of each model and test (highest mean rate), all engines.
 pub fn best_rows(records: &[Record]) -> Vec<usize> {
     let mut best: Vec<usize> = Vec::new();
@@ -227,14 +260,16 @@ fn backend_label(r: &Record) -> String {
 
 /// The table printed at the end of a bench, in Markdown. `model` names the file and what it
 /// stores (`llama 135M Q4_1`); `dtype` is the run's. `speedup` is the row's rate over the
-/// row it is compared with ([`reference_rows`]); the fastest row of each model and test has
-/// its rate in bold.
+/// row it is compared with ([`reference_rows`]), then over llama.cpp's row of the same model
+/// and test when that is another ([`llama_cpp_rows`]); the fastest row of each model and
+/// test has its rate in bold.
 pub fn markdown(records: &[Record]) -> String {
     let mut out = String::from(
         "| model | engine | backend | device | dtype | threads | fa | test | t/s | speedup | 1st run s | ttft ms | peak mem | load s (cold/warm) | top-1 vs f32 | max logit err | ppl | check |\n\
          |---|---|---|---|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     let refs = reference_rows(records);
+    let llama = llama_cpp_rows(records, &refs);
     let best = best_rows(records);
     for (i, r) in records.iter().enumerate() {
         let ts = if r.status == "ok" && best.contains(&i) {
@@ -244,14 +279,10 @@ pub fn markdown(records: &[Record]) -> String {
         } else {
             format!("{}: {}", r.status, r.reason.replace('|', "/"))
         };
-        let speedup = match refs[i] {
-            Some(j) => {
-                let x = r.avg_ts / records[j].avg_ts.max(1e-12);
-                // Two significant digits below 0.1x: a kept-weights decode is at 0.003x.
-                let digits = if x < 0.1 { 3 } else { 2 };
-                format!("{x:.digits$}x vs {}", short_name(&records[j]))
-            }
-            None => "-".into(),
+        let speedup = match (refs[i], llama[i]) {
+            (Some(j), Some(k)) => format!("{}, {}", ratio(records, i, j), ratio(records, i, k)),
+            (Some(j), None) | (None, Some(j)) => ratio(records, i, j),
+            (None, None) => "-".into(),
         };
         let load = match (r.load_s_cold, r.load_s_warm) {
             (Some(c), Some(w)) => format!("{c:.2} / {w:.2}"),
@@ -702,6 +733,31 @@ mod tests {
             rate("llama.cpp", "llama-bench", "gguf", 60.0),
         ];
         assert!(markdown(&llama).contains("| 0.50x vs llama.cpp |"));
+        // With PyTorch and llama.cpp both: the ratio to each, PyTorch's first; llama.cpp's
+        // row of another test is not taken.
+        let mut tg = rate("llama.cpp", "llama-bench", "gguf", 999.0);
+        tg.n_gen = 128;
+        let both = [
+            rate("ember", "cuda", "f16", 50.0),
+            rate("pytorch", "torch eager", "f16", 25.0),
+            tg,
+            rate("llama.cpp", "llama-bench", "gguf", 200.0),
+        ];
+        assert_eq!(reference_rows(&both)[0], Some(1));
+        assert_eq!(
+            llama_cpp_rows(&both, &reference_rows(&both)),
+            vec![Some(3), None, None, None]
+        );
+        assert!(
+            markdown(&both).contains("| 2.00x vs pytorch f16, 0.25x vs llama.cpp |"),
+            "{}",
+            markdown(&both)
+        );
+        // Where llama.cpp is the reference already, it is named once.
+        assert_eq!(
+            llama_cpp_rows(&llama, &reference_rows(&llama)),
+            vec![None, None]
+        );
         // Other tests and models are not compared.
         let mut other = rate("pytorch", "torch eager", "f32", 1.0);
         other.n_prompt = 128;

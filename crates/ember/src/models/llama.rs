@@ -518,13 +518,8 @@ impl<B: Backend> Llama<B> {
                 let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
                 attend_all_with(q, k, v, Some(&bias), attention, fused)
             }
-            None => causal_attention_with(
-                q,
-                repeat_kv(k, groups),
-                repeat_kv(v, groups),
-                attention,
-                fused,
-            ),
+            // K and V not repeated: the hook reads KV head h / groups (change 30).
+            None => causal_attention_with(q, k, v, attention, fused),
         };
         // [batch, heads, seq, hd] -> [batch, seq, heads * hd]
         Ok(out.swap_dims(1, 2).reshape([batch, seq, heads * hd]))

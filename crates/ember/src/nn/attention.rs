@@ -19,8 +19,10 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         .reshape([batch, kv_heads * groups, seq, dim])
 }
 
-/// Causal attention of `q: [batch, heads, q_len, d]` over `k, v: [batch, heads, k_len, d]`,
-/// where the queries are the last `q_len` of the `k_len` positions.
+/// Causal attention of `q: [batch, heads, q_len, d]` over `k, v: [batch, kv_heads, k_len,
+/// d]`, where the queries are the last `q_len` of the `k_len` positions; `heads` is a
+/// multiple of `kv_heads` (grouped-query attention: query head `h` reads KV head
+/// `h / (heads / kv_heads)`, as [`repeat_kv`] orders them).
 pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -32,7 +34,9 @@ pub fn causal_attention<B: Backend>(
 
 /// [`causal_attention`], a square prefill through `fused`'s
 /// ([`FusedOps::causal_attention`]) where it has one and `imp` is
-/// [`AttentionImpl::Fused`].
+/// [`AttentionImpl::Fused`]: K and V as they are (fewer heads than q for grouped-query
+/// attention: flex's kernel reads them so, change 30); repeated to q's heads for the hook
+/// again and for burn's ops otherwise.
 pub fn causal_attention_with<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -41,11 +45,19 @@ pub fn causal_attention_with<B: Backend>(
     fused: Option<&dyn FusedOps<B>>,
 ) -> Tensor<B, 4> {
     let [batch, heads, q_len, _] = q.dims();
-    let k_len = k.dims()[2];
+    let [_, kv_heads, k_len, _] = k.dims();
+    let square = imp == AttentionImpl::Fused && q_len == k_len && q_len > 1;
+    if square && kv_heads < heads {
+        if let Some(out) = fused.and_then(|f| f.causal_attention(&q, &k, &v)) {
+            return out;
+        }
+    }
+    let groups = heads / kv_heads.max(1);
+    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
     if q_len == 1 {
         return attend_all(q, k, v, None, imp);
     }
-    if imp == AttentionImpl::Fused && q_len == k_len {
+    if square {
         if let Some(out) = fused.and_then(|f| f.causal_attention(&q, &k, &v)) {
             return out;
         }

@@ -108,8 +108,11 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
-    /// Causal attention of a square prefill (`q, k, v: [b, h, seq, d]`, query `i` sees keys
-    /// `0..=i`), or `None` ([`attention::causal_attention`]'s burn op).
+    /// Causal attention of a square prefill (`q: [b, h, seq, d]`, query `i` sees keys
+    /// `0..=i`), or `None` ([`attention::causal_attention`]'s burn op). `k, v: [b, kv_heads,
+    /// seq, d]` may have fewer heads than `q` (grouped-query attention, query head `h`
+    /// reading KV head `h / (h_total / kv_heads)`): an implementation that needs them
+    /// repeated returns `None` and is asked again with them repeated.
     fn causal_attention(
         &self,
         q: &Tensor<B, 4>,
