@@ -215,3 +215,139 @@ pub fn attention<F: Float>(
         out[o] = F::cast_from(value);
     }
 }
+
+/// RoPE of one step's queries and keys with the keys' and values' write into the KV cache.
+///
+/// `q: [b, heads, seq, d]`, `k, v: [b, kv, seq, d]` (any strides), rotated by `cos, sin: [1
+/// or b, 1, seq, d]` (rotate-half with its sign in `sin`'s first half: `x[i] cos[i] +
+/// x[(i + d/2) % d] sin[i]`, in f32, rounded once). The rotated q goes to the contiguous
+/// `q_out: [b, heads, seq, d]`; the rotated k and the values to `keys, values: [slots, kv, n,
+/// d]` (any strides) at row `row`, position `start + s` of batch row `b`: `row = row0 + b`,
+/// `start = start0` or, with `per_row`, `rows[2 b]` and `rows[2 b + 1]`.
+///
+/// One unit per element of a token's `heads + 2 kv` heads (cube position x: the element's
+/// block of `block`, y: the token, z: the batch row); no shared memory, no barrier.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn rope_write<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    rows: &Tensor<u32>,
+    q_out: &mut Tensor<F>,
+    keys: &mut Tensor<F>,
+    values: &mut Tensor<F>,
+    row0: u32,
+    start0: u32,
+    #[comptime] per_row: bool,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let batch = CUBE_POS_Z as usize;
+    let s = CUBE_POS_Y as usize;
+    let e = CUBE_POS_X as usize * block + UNIT_POS as usize;
+    let heads = q.shape(1);
+    let seq = q.shape(2);
+    let dim = q.shape(3);
+    let kv = k.shape(1);
+    if e < (heads + 2 * kv) * dim {
+        let h = e / dim;
+        let i = e % dim;
+        let mut row = row0 as usize + batch;
+        let mut start = start0 as usize;
+        if per_row {
+            row = rows[2 * batch] as usize;
+            start = rows[2 * batch + 1] as usize;
+        }
+        if h < heads + kv {
+            let half = dim / 2;
+            let mut partner = i + half;
+            if i >= half {
+                partner = i - half;
+            }
+            let t = batch % cos.shape(0);
+            let c = f32::cast_from(cos[t * cos.stride(0) + s * cos.stride(2) + i * cos.stride(3)]);
+            let sn = f32::cast_from(sin[t * sin.stride(0) + s * sin.stride(2) + i * sin.stride(3)]);
+            if h < heads {
+                let at = batch * q.stride(0) + h * q.stride(1) + s * q.stride(2);
+                let x = f32::cast_from(q[at + i * q.stride(3)]);
+                let y = f32::cast_from(q[at + partner * q.stride(3)]);
+                q_out[((batch * heads + h) * seq + s) * dim + i] = F::cast_from(x * c + y * sn);
+            } else {
+                let kh = h - heads;
+                let at = batch * k.stride(0) + kh * k.stride(1) + s * k.stride(2);
+                let x = f32::cast_from(k[at + i * k.stride(3)]);
+                let y = f32::cast_from(k[at + partner * k.stride(3)]);
+                let to = row * keys.stride(0)
+                    + kh * keys.stride(1)
+                    + (start + s) * keys.stride(2)
+                    + i * keys.stride(3);
+                keys[to] = F::cast_from(x * c + y * sn);
+            }
+        } else {
+            let vh = h - heads - kv;
+            let at = batch * v.stride(0) + vh * v.stride(1) + s * v.stride(2) + i * v.stride(3);
+            let to = row * values.stride(0)
+                + vh * values.stride(1)
+                + (start + s) * values.stride(2)
+                + i * values.stride(3);
+            values[to] = v[at];
+        }
+    }
+}
+
+/// A residual add folded into the RMSNorm that reads it: for each row of `x, y: [batch, seq,
+/// hidden]` (any strides), `sum = x + y` (rounded to the element type, as an add of two
+/// tensors is) into the contiguous `sum`, and RMSNorm of that sum into the contiguous `out`
+/// (as [`rms_norm`]). One cube per row; each unit computes its elements' sums twice (for the
+/// sum of squares, then for the output) instead of reading back what it wrote.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm<F: Float>(
+    x: &Tensor<F>,
+    y: &Tensor<F>,
+    weight: &Tensor<F>,
+    sum: &mut Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize;
+    let unit = UNIT_POS as usize;
+    let seq = x.shape(1);
+    let hidden = x.shape(2);
+    let x_row = (row / seq) * x.stride(0) + (row % seq) * x.stride(1);
+    let y_row = (row / seq) * y.stride(0) + (row % seq) * y.stride(1);
+    let (x_step, y_step) = (x.stride(2), y.stride(2));
+    let out_row = row * hidden;
+
+    let mut partial = SharedMemory::<f32>::new(block);
+    let mut squares = 0.0f32;
+    let mut i = unit;
+    while i < hidden {
+        let s = F::cast_from(
+            f32::cast_from(x[x_row + i * x_step]) + f32::cast_from(y[y_row + i * y_step]),
+        );
+        sum[out_row + i] = s;
+        let v = f32::cast_from(s);
+        squares += v * v;
+        i += block;
+    }
+    partial[unit] = squares;
+    let total = block_sum(&mut partial);
+    let inv = f32::inverse_sqrt(total / f32::cast_from(hidden) + eps);
+
+    let w_step = weight.stride(0);
+    let mut i = unit;
+    while i < hidden {
+        let s = F::cast_from(
+            f32::cast_from(x[x_row + i * x_step]) + f32::cast_from(y[y_row + i * y_step]),
+        );
+        let v = f32::cast_from(s) * inv;
+        out[out_row + i] = F::cast_from(v * f32::cast_from(weight[i * w_step]));
+        i += block;
+    }
+}

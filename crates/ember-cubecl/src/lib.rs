@@ -12,10 +12,12 @@
 //! backend's `F` type parameter. Every kernel accumulates in f32.
 //!
 //! Ops: [`FusedOps::rms_norm`] (one kernel instead of the portable cast, square, mean,
-//! divide, cast, multiply), [`FusedOps::decode_attention`] (one token's query heads over the
-//! cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the short query
-//! rows of a step that has a bias (one kernel instead of matmul, softmax and matmul), each
-//! compared with the portable path by this crate's tests on wgpu.
+//! divide, cast, multiply), [`FusedOps::add_rms_norm`] (a residual add and the norm that
+//! reads it), [`FusedOps::rope_write`] (RoPE of a step's q and k with the cache write of k
+//! and v: one kernel instead of ~5), [`FusedOps::decode_attention`] (one token's query heads
+//! over the cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the
+//! short query rows of a step that has a bias (one kernel instead of matmul, softmax and
+//! matmul), each compared with the portable path by this crate's tests on wgpu.
 
 #![warn(missing_docs)]
 // Bad input must come back as `None` (the portable path), never a panic.
@@ -37,7 +39,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::zspace::metadata::Metadata;
 use cubecl::zspace::Strides;
-use ember::nn::FusedOps;
+use ember::nn::{FusedOps, RopeWritten};
 
 use kernels::{BLOCK, MAX_HEAD_DIM};
 
@@ -127,37 +129,69 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    let [out] =
+        register_outputs::<R, F, I, BT, N, 1>(name, inputs, [(shape, dtype)], move |inputs| {
+            [run(inputs)]
+        });
+    out
+}
+
+/// Registers a custom op named `name` with `inputs` and `M` outputs of the given shapes and
+/// dtypes in the inputs' fusion stream; `run` launches it when the stream gets there and
+/// returns the outputs in that order.
+fn register_outputs<R, F, I, BT, const N: usize, const M: usize>(
+    name: &'static str,
+    inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
+    outputs: [(Vec<usize>, DType); M],
+    run: impl Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync + 'static,
+) -> [FusionTensor<FusionCubeRuntime<R>>; M]
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
     let client = inputs[0].client.clone();
     let streams = OperationStreams::with_inputs(inputs.iter());
-    let out = TensorIr::uninit(
-        client.create_empty_handle(),
-        burn::tensor::Shape::from(shape),
-        dtype,
-    );
+    let outputs = outputs.map(|(shape, dtype)| {
+        TensorIr::uninit(
+            client.create_empty_handle(),
+            burn::tensor::Shape::from(shape),
+            dtype,
+        )
+    });
     let inputs = inputs.map(FusionTensor::into_ir);
-    let desc = CustomOpIr::new(name, &inputs, &[out]);
-    let op = CustomOp::<R, F, I, BT, N> {
+    let desc = CustomOpIr::new(name, &inputs, &outputs);
+    let op = CustomOp::<R, F, I, BT, N, M> {
         desc: desc.clone(),
         run: Box::new(run),
         _backend: PhantomData,
     };
-    let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
-    outputs.remove(0)
+    let outputs = client.register(streams, OperationIr::Custom(desc), op);
+    let mut outputs = outputs.into_iter();
+    // `register` returns one tensor per output of the description, in its order.
+    std::array::from_fn(|_| match outputs.next() {
+        Some(t) => t,
+        None => unreachable!("burn-fusion returned fewer outputs than registered"),
+    })
 }
 
-type Launch<R, const N: usize> = Box<dyn Fn([CubeTensor<R>; N]) -> CubeTensor<R> + Send + Sync>;
+type Launch<R, const N: usize, const M: usize> =
+    Box<dyn Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync>;
 
 /// The backend's element types, which the op names when it fetches its tensors.
 type Elements<F, I, BT> = PhantomData<fn() -> (F, I, BT)>;
 
-/// A custom op in a fusion stream: `N` float inputs, one float output made by `run`.
-struct CustomOp<R: CubeRuntime, F, I, BT, const N: usize> {
+/// A custom op in a fusion stream: `N` float inputs, `M` float outputs made by `run`.
+struct CustomOp<R: CubeRuntime, F, I, BT, const N: usize, const M: usize> {
     desc: CustomOpIr,
-    run: Launch<R, N>,
+    run: Launch<R, N, M>,
     _backend: Elements<F, I, BT>,
 }
 
-impl<R: CubeRuntime, F, I, BT, const N: usize> std::fmt::Debug for CustomOp<R, F, I, BT, N> {
+impl<R: CubeRuntime, F, I, BT, const N: usize, const M: usize> std::fmt::Debug
+    for CustomOp<R, F, I, BT, N, M>
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CustomOp")
             .field("id", &self.desc.id)
@@ -165,7 +199,8 @@ impl<R: CubeRuntime, F, I, BT, const N: usize> std::fmt::Debug for CustomOp<R, F
     }
 }
 
-impl<R, F, I, BT, const N: usize> Operation<FusionCubeRuntime<R>> for CustomOp<R, F, I, BT, N>
+impl<R, F, I, BT, const N: usize, const M: usize> Operation<FusionCubeRuntime<R>>
+    for CustomOp<R, F, I, BT, N, M>
 where
     R: CubeRuntime,
     F: FloatElement,
@@ -178,12 +213,201 @@ where
             <FusionCubeRuntime<R> as burn_fusion::FusionRuntime>::FusionHandle,
         >,
     ) {
-        let (inputs, [out]) = self.desc.as_fixed::<N, 1>();
+        let (inputs, outputs) = self.desc.as_fixed::<N, M>();
         let tensors = std::array::from_fn(|i| {
             handles.get_float_tensor::<CubeBackend<R, F, I, BT>>(&inputs[i])
         });
-        let y = (self.run)(tensors);
-        handles.register_float_tensor::<CubeBackend<R, F, I, BT>>(&out.id, y);
+        let ys = (self.run)(tensors);
+        for (out, y) in outputs.iter().zip(ys) {
+            handles.register_float_tensor::<CubeBackend<R, F, I, BT>>(&out.id, y);
+        }
+    }
+}
+
+/// A KV cache's keys and values.
+type CachePair<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// The fusion tensors behind several float tensors, or `None` if one is quantized.
+trait TryMapFusion<R: CubeRuntime, const N: usize> {
+    fn try_map_fusion(self) -> Option<[FusionTensor<FusionCubeRuntime<R>>; N]>;
+}
+
+impl<R, B, const N: usize> TryMapFusion<R, N> for [&Tensor<B, 4>; N]
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = FusionTensor<FusionCubeRuntime<R>>>,
+{
+    fn try_map_fusion(self) -> Option<[FusionTensor<FusionCubeRuntime<R>>; N]> {
+        let all: Vec<_> = self.iter().map(|t| fusion(*t)).collect::<Option<_>>()?;
+        all.try_into().ok()
+    }
+}
+
+/// A checked [`FusedOps::rope_write`]: the shapes agree, every index the kernel computes is
+/// inside its tensor, and the grid fits.
+#[derive(Debug, Clone)]
+struct RopeWrite {
+    dtype: DType,
+    /// `[b, heads, seq, d]`, the rotated queries' shape.
+    q_shape: Vec<usize>,
+    /// Cubes per token, tokens, batch rows.
+    grid: (u32, u32, u32),
+    /// Each batch row's (cache row, start), when they are not `(row0 + b, start0)`.
+    per_row: Option<Vec<u32>>,
+    row0: u32,
+    start0: u32,
+}
+
+impl RopeWrite {
+    /// The cube's width: each unit one element of a token's heads.
+    const BLOCK: usize = 256;
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan<B: Backend>(
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &CachePair<B>,
+        rows: &[(usize, usize)],
+    ) -> Option<Self> {
+        let [batch, heads, seq, dim] = q.dims();
+        let [kb, kv, ks, kd] = k.dims();
+        let [slots, ckv, n, cd] = cache.0.dims();
+        let dtype = q.dtype();
+        let dtypes = [k, v, cos, sin, &cache.0, &cache.1]
+            .iter()
+            .all(|t| t.dtype() == dtype);
+        if !dtypes || !float_dtype(dtype) {
+            return None;
+        }
+        let table = |t: &Tensor<B, 4>| {
+            let [tb, one, ts, td] = t.dims();
+            (tb == 1 || tb == batch) && one == 1 && (ts, td) == (seq, dim)
+        };
+        let shapes = (kb, ks, kd) == (batch, seq, dim)
+            && v.dims() == k.dims()
+            && cache.1.dims() == cache.0.dims()
+            && (ckv, cd) == (kv, dim)
+            && table(cos)
+            && table(sin)
+            && rows.len() == batch
+            && batch * heads * seq * kv > 0
+            && dim > 0
+            && dim.is_multiple_of(2);
+        let fits = rows
+            .iter()
+            .all(|&(row, start)| row < slots && start.checked_add(seq).is_some_and(|end| end <= n));
+        if !shapes || !fits {
+            return None;
+        }
+        let elements = (heads + 2 * kv).checked_mul(dim)?;
+        // Cube counts past 65535 per dimension are not portable.
+        let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
+        let grid = (
+            limit(elements.div_ceil(Self::BLOCK))?,
+            limit(seq)?,
+            limit(batch)?,
+        );
+        let (row0, start0) = rows[0];
+        let uniform = rows
+            .iter()
+            .enumerate()
+            .all(|(b, &r)| r == (row0 + b, start0));
+        let per_row = if uniform {
+            None
+        } else {
+            let flat: Option<Vec<u32>> = rows
+                .iter()
+                .flat_map(|&(r, s)| [r, s])
+                .map(|x| u32::try_from(x).ok())
+                .collect();
+            Some(flat?)
+        };
+        Some(Self {
+            dtype,
+            q_shape: vec![batch, heads, seq, dim],
+            grid,
+            per_row,
+            row0: u32::try_from(row0).ok()?,
+            start0: u32::try_from(start0).ok()?,
+        })
+    }
+
+    /// Launches the kernel (when the stream reaches the op): the rotated q, and the cache's
+    /// keys and values written (in place unless shared, as burn's `slice_assign`).
+    #[allow(clippy::too_many_arguments)]
+    fn launch<R: CubeRuntime>(
+        &self,
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        cos: CubeTensor<R>,
+        sin: CubeTensor<R>,
+        keys: CubeTensor<R>,
+        values: CubeTensor<R>,
+    ) -> [CubeTensor<R>; 3] {
+        let writable = |t: CubeTensor<R>| {
+            if t.can_mut() && t.is_nonoverlapping() {
+                t
+            } else {
+                t.copy()
+            }
+        };
+        let (keys, values) = (writable(keys), writable(values));
+        let q_out = output(&q, self.q_shape.clone());
+        let client = q.client.clone();
+        // The per-row positions, or a placeholder the kernel does not read.
+        let rows = match &self.per_row {
+            Some(flat) => {
+                let bytes: Vec<u8> = flat.iter().flat_map(|x| x.to_ne_bytes()).collect();
+                let handle = client.create_from_slice(&bytes);
+                CubeTensor::new_contiguous(
+                    client.clone(),
+                    q.device.clone(),
+                    burn::tensor::Shape::from(vec![flat.len()]),
+                    handle,
+                    DType::U32,
+                )
+            }
+            None => CubeTensor::new_contiguous(
+                client.clone(),
+                q.device.clone(),
+                burn::tensor::Shape::from(vec![1]),
+                client.empty(4),
+                DType::U32,
+            ),
+        };
+        let dtype = q.dtype;
+        // SAFETY: `plan` checked the shapes: q `[b, heads, seq, d]`, k and v `[b, kv, seq, d]`,
+        // cos and sin `[1 or b, 1, seq, d]`, keys and values `[slots, kv, n, d]` with every
+        // batch row's cache row below `slots` and `start + seq <= n`, `d` even; the grid is
+        // (elements of a token's heads / block, seq, b) and units past the elements do
+        // nothing; `rows` holds 2 b values when the kernel reads it; `q_out` is allocated here
+        // with q's shape.
+        unsafe {
+            kernels::rope_write::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(self.grid.0, self.grid.1, self.grid.2),
+                CubeDim::new_1d(Self::BLOCK as u32),
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                cos.into_tensor_arg(),
+                sin.into_tensor_arg(),
+                rows.into_tensor_arg(),
+                q_out.clone().into_tensor_arg(),
+                keys.clone().into_tensor_arg(),
+                values.clone().into_tensor_arg(),
+                self.row0,
+                self.start0,
+                self.per_row.is_some(),
+                Self::BLOCK,
+                dtype.into(),
+            );
+        }
+        [q_out, keys, values]
     }
 }
 
@@ -250,6 +474,67 @@ where
             },
         );
         Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        y: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        eps: f64,
+    ) -> Option<(
+        Tensor<FusedCube<R, F, I, BT>, 3>,
+        Tensor<FusedCube<R, F, I, BT>, 3>,
+    )> {
+        let [batch, seq, hidden] = x.dims();
+        let dtype = x.dtype();
+        let same = y.dtype() == dtype && weight.dtype() == dtype && float_dtype(dtype);
+        if !same || y.dims() != x.dims() || weight.dims()[0] != hidden {
+            return None;
+        }
+        if batch * seq == 0 || hidden == 0 {
+            return None;
+        }
+        let (xf, yf, wf) = (fusion(x)?, fusion(y)?, fusion(weight)?);
+        let rows = u32::try_from(batch * seq).ok()?;
+        let eps = eps as f32;
+        let shape = vec![batch, seq, hidden];
+        let [sum, out] = register_outputs::<R, F, I, BT, 3, 2>(
+            "ember.add_rms_norm",
+            [xf, yf, wf],
+            [(shape.clone(), dtype), (shape.clone(), dtype)],
+            move |[x, y, w]| {
+                let sum = output(&x, shape.clone());
+                let out = output(&x, shape.clone());
+                let dtype = x.dtype;
+                let client = x.client.clone();
+                // SAFETY: one cube per row of `sum` and `out` ([batch * seq, hidden], allocated
+                // here); each unit reads and writes indices below `hidden` of its row, inside
+                // `x`'s, `y`'s (checked the same shape) and `weight`'s shapes and strides.
+                unsafe {
+                    kernels::add_rms_norm::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(rows, 1, 1),
+                        CubeDim::new_1d(BLOCK as u32),
+                        x.into_tensor_arg(),
+                        y.into_tensor_arg(),
+                        w.into_tensor_arg(),
+                        sum.clone().into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        eps,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                [sum, out]
+            },
+        );
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        Some((float(sum), float(out)))
+    }
+
+    fn fuses_add_rms_norm(&self) -> bool {
+        true
     }
 
     fn decode_attention(
@@ -326,6 +611,46 @@ where
             },
         );
         Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn rope_write(
+        &self,
+        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        cos: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        sin: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        cache: (
+            Tensor<FusedCube<R, F, I, BT>, 4>,
+            Tensor<FusedCube<R, F, I, BT>, 4>,
+        ),
+        rows: &[(usize, usize)],
+    ) -> Result<RopeWritten<FusedCube<R, F, I, BT>>, CachePair<FusedCube<R, F, I, BT>>> {
+        let Some(plan) = RopeWrite::plan(q, k, v, cos, sin, &cache, rows) else {
+            return Err(cache);
+        };
+        let Some(inputs) = [q, k, v, cos, sin, &cache.0, &cache.1].try_map_fusion() else {
+            return Err(cache);
+        };
+        let outputs = [
+            (plan.q_shape.clone(), plan.dtype),
+            (cache.0.dims().to_vec(), plan.dtype),
+            (cache.1.dims().to_vec(), plan.dtype),
+        ];
+        // The cache's tensors go into the op: its outputs are the written cache.
+        drop(cache);
+        let [q, keys, values] = register_outputs::<R, F, I, BT, 7, 3>(
+            "ember.rope_write",
+            inputs,
+            outputs,
+            move |[q, k, v, cos, sin, keys, values]| plan.launch(q, k, v, cos, sin, keys, values),
+        );
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        Ok(RopeWritten {
+            q: float(q),
+            keys: float(keys),
+            values: float(values),
+        })
     }
 
     fn attention(

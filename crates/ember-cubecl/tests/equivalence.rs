@@ -5,11 +5,13 @@
 //! grouped-query ratios 1, 3 and 4 and one KV head, keys past a chunk of the cube and past a
 //! sliding window's edge.
 //!
-//! Tolerances (max absolute difference, values of order 1): f32 1e-5 for RMSNorm and 1e-4
-//! for attention (sums of up to 1000 products in another order); f16 1e-2 for both: the
+//! Tolerances (max absolute difference, values of order 1): f32 1e-5 for RMSNorm and RoPE
+//! and 1e-4 for attention (sums of up to 1000 products in another order); f16 1e-2: the
 //! kernels round once, the portable path after every op (RMSNorm's normed value is rounded to
 //! f16 before the weight multiplies it; attention's scores and probabilities are f16 between
-//! its two matmuls), which is up to a few f16 ulps (2^-10 relative) of each output.
+//! its two matmuls; RoPE's two products and their sum), which is up to a few f16 ulps
+//! (2^-10 relative) of each output. Values written to the KV cache unchanged (v) and the
+//! cache's other positions must be equal exactly.
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::Wgpu;
@@ -17,6 +19,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use ember::config::AttentionImpl;
 use ember::nn::attention::{attend_all, position_bias};
+use ember::nn::rope::{inv_freq, rotate, Rope};
 use ember::nn::{rms_norm, FusedOps};
 use ember_cubecl::CubeFused;
 
@@ -114,6 +117,54 @@ fn rms_norm_equals_portable_f32() {
 #[test]
 fn rms_norm_equals_portable_f16() {
     rms_norm_shapes(DType::F16);
+}
+
+fn check_add_rms_norm(x: Tensor<B, 3>, dtype: DType, seed: u64) {
+    let dims = x.dims();
+    let y = tensor(dims, seed, dtype);
+    let w = tensor([dims[2]], seed + 1, dtype);
+    let (sum, normed) = FusedOps::<B>::add_rms_norm(&ops(), &x, &y, &w, 1e-5)
+        .unwrap_or_else(|| panic!("the kernel declined {dims:?} {dtype:?}"));
+    assert_eq!((sum.dims(), normed.dims()), (dims, dims));
+    assert_eq!((sum.dtype(), normed.dtype()), (dtype, dtype));
+    let sum_ref = x.add(y);
+    let normed_ref = rms_norm(sum_ref.clone(), &w, 1e-5);
+    // The sum is one rounding of the exact sum on both paths.
+    let ds = max_diff(&host(sum), &host(sum_ref));
+    assert_eq!(ds, 0.0, "{dtype:?} {dims:?}: the sums differ");
+    let dn = max_diff(&host(normed), &host(normed_ref));
+    let tol = tolerance(dtype, 1e-5);
+    assert!(dn <= tol, "{dtype:?} {dims:?}: max diff {dn} > {tol}");
+}
+
+fn add_rms_norm_shapes(dtype: DType) {
+    // As for RMSNorm: SmolLM2's hidden size, sizes that are not multiples of a vector width
+    // or of the cube, more than one element per unit; a prompt's rows.
+    for (i, shape) in [
+        [1, 1, 576],
+        [2, 5, 96],
+        [1, 3, 100],
+        [1, 1, 2048],
+        [1, 7, 576],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_add_rms_norm(tensor(shape, 40 + i as u64, dtype), dtype, 50 + i as u64);
+    }
+    // A strided view (the last position of a prompt's rows, as the final norm reads).
+    let x = tensor([1, 6, 576], 60, dtype).narrow(1, 5, 1);
+    check_add_rms_norm(x, dtype, 61);
+}
+
+#[test]
+fn add_rms_norm_equals_portable_f32() {
+    add_rms_norm_shapes(DType::F32);
+}
+
+#[test]
+fn add_rms_norm_equals_portable_f16() {
+    add_rms_norm_shapes(DType::F16);
 }
 
 /// One decode step's attention as Llama lays it out: the query heads of one token grouped
@@ -234,4 +285,167 @@ fn declines_what_it_does_not_take() {
     let x = tensor([1, 1, 8], 3, DType::F32);
     let w = tensor([8], 4, DType::F16);
     assert!(FusedOps::<B>::rms_norm(&ops(), &x, &w, 1e-5).is_none());
+    assert!(FusedOps::<B>::add_rms_norm(&ops(), &x, &x, &w, 1e-5).is_none());
+    // Summands of different shapes.
+    let (a, b, w) = (
+        tensor([1, 2, 8], 5, dtype),
+        tensor([1, 1, 8], 6, dtype),
+        tensor([8], 7, dtype),
+    );
+    assert!(FusedOps::<B>::add_rms_norm(&ops(), &a, &b, &w, 1e-5).is_none());
+}
+
+/// RoPE with the cache write ([`FusedOps::rope_write`]) against [`rotate`] and burn's
+/// `slice_assign`, for a step of `seq` tokens of each batch row `i` at `rows[i] = (cache row,
+/// start)` in a cache of `slots` rows and `n` positions holding earlier values. q, k and v
+/// are views of one projection's output, as Llama splits it; with `contiguous`, q and k are
+/// their own tensors (Gemma 3's and Qwen3's per-head norms' outputs). `per_row_tables`: each
+/// row's tables at its own positions (a server's batched decode), else one table for all.
+#[allow(clippy::too_many_arguments)]
+fn check_rope_write(
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    seq: usize,
+    rows: &[(usize, usize)],
+    (slots, n): (usize, usize),
+    contiguous: bool,
+    dtype: DType,
+) {
+    let batch = rows.len();
+    let seed = (heads * 100 + kv * 10 + hd + seq + rows[0].1) as u64;
+    let qkv = tensor([batch, seq, heads + 2 * kv, hd], seed, dtype).swap_dims(1, 2);
+    let mut q = qkv.clone().narrow(1, 0, heads);
+    let mut k = qkv.clone().narrow(1, heads, kv);
+    let v = qkv.narrow(1, heads + kv, kv);
+    if contiguous {
+        q = tensor([batch, heads, seq, hd], seed + 5, dtype);
+        k = tensor([batch, kv, seq, hd], seed + 6, dtype);
+    }
+    let rope = Rope::<B>::new(&inv_freq(hd, 10_000.0, None), n, &device(), dtype);
+    let uniform = rows.iter().all(|&(_, s)| s == rows[0].1);
+    let tables = if uniform {
+        rope.tables(rows[0].1, seq)
+    } else {
+        assert_eq!(seq, 1, "rows at different positions decode one token each");
+        rope.tables_rows(&rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    };
+    let keys = tensor([slots, kv, n, hd], seed + 1, dtype);
+    let values = tensor([slots, kv, n, hd], seed + 2, dtype);
+
+    // The portable path: rotate, then write each row with slice_assign.
+    let (q_ref, k_rot) = (rotate(q.clone(), &tables), rotate(k.clone(), &tables));
+    let mut keys_ref = keys.clone();
+    let mut values_ref = values.clone();
+    for (i, &(row, start)) in rows.iter().enumerate() {
+        let at = [row..row + 1, 0..kv, start..start + seq, 0..hd];
+        keys_ref = keys_ref.slice_assign(at.clone(), k_rot.clone().narrow(0, i, 1));
+        values_ref = values_ref.slice_assign(at, v.clone().narrow(0, i, 1));
+    }
+
+    // The kernel, once on a cache held elsewhere too (it must copy, and the other holder
+    // sees no change) and once on the only handle (written in place).
+    let before = (host(keys.clone()), host(values.clone()));
+    let shared = (keys.clone(), values.clone());
+    let written = FusedOps::<B>::rope_write(
+        &ops(),
+        &q,
+        &k,
+        &v,
+        tables.cos(),
+        tables.sin(),
+        shared.clone(),
+        rows,
+    )
+    .unwrap_or_else(|_| panic!("the kernel declined heads {heads} kv {kv} hd {hd} rows {rows:?}"));
+    let unchanged = max_diff(&host(shared.0), &before.0).max(max_diff(&host(shared.1), &before.1));
+    assert_eq!(unchanged, 0.0, "a shared cache was written in place");
+    let only = FusedOps::<B>::rope_write(
+        &ops(),
+        &q,
+        &k,
+        &v,
+        tables.cos(),
+        tables.sin(),
+        (keys, values),
+        rows,
+    )
+    .unwrap_or_else(|_| panic!("the kernel declined heads {heads} kv {kv} hd {hd} rows {rows:?}"));
+
+    let tol = tolerance(dtype, 1e-5);
+    let what = format!("{dtype:?} heads {heads} kv {kv} hd {hd} seq {seq} rows {rows:?}");
+    for w in [written, only] {
+        assert_eq!(w.q.dims(), [batch, heads, seq, hd]);
+        assert_eq!(w.keys.dims(), [slots, kv, n, hd]);
+        let dq = max_diff(&host(w.q), &host(q_ref.clone()));
+        let dk = max_diff(&host(w.keys), &host(keys_ref.clone()));
+        let dv = max_diff(&host(w.values), &host(values_ref.clone()));
+        assert!(dq <= tol && dk <= tol, "{what}: q {dq}, keys {dk} > {tol}");
+        assert_eq!(dv, 0.0, "{what}: values differ");
+    }
+}
+
+fn rope_write_shapes(dtype: DType) {
+    // SmolLM2-135M's decode step: 9 heads on 3 KV heads (GQA 3), hd 64.
+    check_rope_write(9, 3, 64, 1, &[(0, 37)], (1, 256), false, dtype);
+    // Gemma 3's shape (hd 256, GQA 4, normed q and k), at and past a 256-position window's
+    // edge, and at the cache's last position.
+    for start in [255, 256, 511] {
+        check_rope_write(8, 2, 256, 1, &[(0, start)], (1, 512), true, dtype);
+    }
+    // One KV head, two sequences at the same position (a batch of one prompt's copies).
+    check_rope_write(4, 1, 64, 1, &[(0, 5), (1, 5)], (2, 64), false, dtype);
+    // A server's slot: row 2 of 3, and a batched decode step, rows at different positions
+    // (one past a 256-position block's edge).
+    check_rope_write(9, 3, 64, 1, &[(2, 17)], (3, 320), false, dtype);
+    check_rope_write(
+        8,
+        2,
+        64,
+        1,
+        &[(0, 3), (1, 300), (2, 0)],
+        (4, 320),
+        false,
+        dtype,
+    );
+    // Prefill: 7 tokens from 0, and 5 across the 256 edge.
+    check_rope_write(9, 3, 64, 7, &[(0, 0)], (1, 256), false, dtype);
+    check_rope_write(4, 4, 256, 5, &[(0, 254)], (1, 300), true, dtype);
+}
+
+#[test]
+fn rope_write_equals_portable_f32() {
+    rope_write_shapes(DType::F32);
+}
+
+#[test]
+fn rope_write_equals_portable_f16() {
+    rope_write_shapes(DType::F16);
+}
+
+#[test]
+fn rope_write_declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    let q = tensor([1, 4, 1, 64], 1, dtype);
+    let k = tensor([1, 2, 1, 64], 2, dtype);
+    let rope = Rope::<B>::new(&inv_freq(64, 10_000.0, None), 16, &device(), dtype);
+    let t = rope.tables(3, 1);
+    let cache = || {
+        (
+            tensor([2, 2, 16, 64], 3, dtype),
+            tensor([2, 2, 16, 64], 4, dtype),
+        )
+    };
+    let call = |rows: &[(usize, usize)], k: &Tensor<B, 4>| {
+        FusedOps::<B>::rope_write(&ops(), &q, k, k, t.cos(), t.sin(), cache(), rows).is_err()
+    };
+    // A row outside the cache, a position past its end, a row count unlike the batch's.
+    assert!(call(&[(2, 3)], &k));
+    assert!(call(&[(0, 16)], &k));
+    assert!(call(&[(0, 3), (1, 3)], &k));
+    // Keys of another dtype or head_dim.
+    assert!(call(&[(0, 3)], &k.clone().cast(DType::F16)));
+    assert!(call(&[(0, 3)], &tensor([1, 2, 1, 32], 5, dtype)));
+    // And it takes the same call with a row inside.
+    assert!(!call(&[(1, 3)], &k));
 }

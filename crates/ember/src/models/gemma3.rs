@@ -444,9 +444,17 @@ impl<B: Backend> Gemma3<B> {
         let v = qkv.narrow(1, heads + kv_heads, kv_heads);
         // Attention scales by 1/sqrt(head_dim); Gemma by query_pre_attn_scalar^-0.5.
         let scale = (hd as f64 / c.query_pre_attn_scalar).sqrt();
-        let q = rotate_with(q, rope, self.fused());
+        // RoPE and the cache write as one op where the backend has it.
+        let (q, k, v) = match cache.rope_write(step, index, &q, &k, &v, rope) {
+            Some(qkv) => qkv,
+            None => {
+                let q = rotate_with(q, rope, self.fused());
+                let k = rotate_with(k, rope, self.fused());
+                let (k, v) = cache.update_and_fetch(step, index, k, v)?;
+                (q, k, v)
+            }
+        };
         let q = if scale == 1.0 { q } else { q.mul_scalar(scale) };
-        let (k, v) = cache.update_and_fetch(step, index, rotate_with(k, rope, self.fused()), v)?;
         let fused = self.fused();
         // One token at a host position: the backend's kernel over the real length (and the
         // sliding window's start), with no bias.

@@ -20,7 +20,7 @@ use crate::nn::attention::{attend_all_with, causal_attention_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate_with, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{gated, rms_norm_with, Fused, Gate};
+use crate::nn::{add_rms_norm_with, gated, rms_norm_with, Fused, Gate};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder};
@@ -308,10 +308,52 @@ pub struct Llama<B: Backend> {
     fused: Option<Fused<B>>,
 }
 
+/// The residual stream between two sublayers: `x`, and a sublayer's output not added yet
+/// (on a backend whose next norm adds it: [`crate::nn::FusedOps::add_rms_norm`]).
+struct Residual<B: Backend> {
+    x: Tensor<B, 3>,
+    pending: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Residual<B> {
+    /// The positions `start..start + len` of the sequence.
+    fn narrow(self, start: usize, len: usize) -> Self {
+        Self {
+            x: self.x.narrow(1, start, len),
+            pending: self.pending.map(|y| y.narrow(1, start, len)),
+        }
+    }
+}
+
 impl<B: Backend> Llama<B> {
-    /// `residual + x.matmul(w)`, one op where the backend can.
-    fn linear_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Tensor<B, 3> {
-        w.forward_add(residual, x, self.fused.as_ref().map(Fused::ops))
+    /// `residual + x.matmul(w)`: one op where the backend can, or the projection left for
+    /// the next norm to add where that is the backend's fused op.
+    fn residual_add(&self, residual: Tensor<B, 3>, x: Tensor<B, 3>, w: &Weight<B>) -> Residual<B> {
+        let fused = self.fused.as_ref().map(Fused::ops);
+        if fused.is_some_and(|f| f.fuses_add_rms_norm()) {
+            return Residual {
+                x: residual,
+                pending: Some(w.forward(x)),
+            };
+        }
+        Residual {
+            x: w.forward_add(residual, x, fused),
+            pending: None,
+        }
+    }
+
+    /// The residual stream with its pending output added, and its RMSNorm by `weight`.
+    fn add_norm(&self, r: Residual<B>, weight: &Tensor<B, 1>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        match r.pending {
+            Some(y) => {
+                let fused = self.fused.as_ref().map(Fused::ops);
+                add_rms_norm_with(r.x, y, weight, self.config.rms_norm_eps, fused)
+            }
+            None => {
+                let h = self.norm(r.x.clone(), weight);
+                (r.x, h)
+            }
+        }
     }
 
     /// RMSNorm with the model's epsilon, fused where the backend can.
@@ -358,10 +400,9 @@ impl<B: Backend> Llama<B> {
         out
     }
 
-    /// q, k and v of `x: [batch, seq, hidden]` side by side, `[batch, seq, (heads + 2 kv)
-    /// * head_dim]`.
-    fn qkv(&self, layer: &DecoderLayer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.norm(x, &layer.input_layernorm);
+    /// q, k and v of the normed input `h: [batch, seq, hidden]` side by side, `[batch, seq,
+    /// (heads + 2 kv) * head_dim]`.
+    fn qkv(&self, layer: &DecoderLayer<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let a = &layer.self_attn;
         // One projection for q, k and v.
         let qkv = a.qkv_proj.forward(h);
@@ -371,22 +412,24 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// One decoder layer on `x: [batch, seq, hidden]`: its new keys and values go to the
-    /// cache at the step's positions; `bias` (`[1, 1, seq, visible]`) hides what the step's
-    /// queries must not see (`None`: a square causal prefill, which attention masks itself).
+    /// One decoder layer on the residual stream `x: [batch, seq, hidden]`: its new keys and
+    /// values go to the cache at the step's positions; `bias` (`[1, 1, seq, visible]`) hides
+    /// what the step's queries must not see (`None`: a square causal prefill, which
+    /// attention masks itself).
     #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         layer: &DecoderLayer<B>,
         index: usize,
-        x: Tensor<B, 3>,
+        x: Residual<B>,
         cache: &mut KvCache<B>,
         step: &Step<B>,
         rope: &RopeTables<B>,
         bias: Option<&Tensor<B, 4>>,
         attention: AttentionImpl,
-    ) -> Result<Tensor<B, 3>> {
-        let qkv = self.qkv(layer, x.clone());
+    ) -> Result<Residual<B>> {
+        let (x, h) = self.add_norm(x, &layer.input_layernorm);
+        let qkv = self.qkv(layer, h);
         let out = self.attend(layer, index, qkv, cache, step, rope, bias, attention)?;
         Ok(self.after_attention(layer, x, out))
     }
@@ -420,20 +463,34 @@ impl<B: Backend> Llama<B> {
         let fused = self.fused.as_ref().map(Fused::ops);
         let rotate = |x, rope| rotate_with(x, rope, fused);
         let (q, k) = match &a.qk_norm {
+            None => (
+                qkv.clone().narrow(1, 0, heads),
+                qkv.clone().narrow(1, heads, kv_heads),
+            ),
+            Some((q_norm, k_norm)) => (
+                self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm),
+                self.head_norm(qkv.clone().narrow(1, heads, kv_heads), k_norm),
+            ),
+        };
+        // RoPE and the cache write as one op where the backend has it; else q's and k's
+        // heads rotated (together when they are adjacent views of the projection).
+        let (q, k, v) = match cache.rope_write(step, index, &q, &k, &v, rope) {
+            Some(qkv) => qkv,
             None => {
-                let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
-                (
-                    qk.clone().narrow(1, 0, heads),
-                    qk.narrow(1, heads, kv_heads),
-                )
-            }
-            Some((q_norm, k_norm)) => {
-                let q = self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm);
-                let k = self.head_norm(qkv.narrow(1, heads, kv_heads), k_norm);
-                (rotate(q, rope), rotate(k, rope))
+                let (q, k) = match &a.qk_norm {
+                    None => {
+                        let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
+                        (
+                            qk.clone().narrow(1, 0, heads),
+                            qk.narrow(1, heads, kv_heads),
+                        )
+                    }
+                    Some(_) => (rotate(q, rope), rotate(k, rope)),
+                };
+                let (k, v) = cache.update_and_fetch(step, index, k, v)?;
+                (q, k, v)
             }
         };
-        let (k, v) = cache.update_and_fetch(step, index, k, v)?;
         let visible = step.visible();
         if attention == AttentionImpl::Fused && bias.is_some() {
             // One token at a host position: the backend's kernel over the real length.
@@ -475,13 +532,13 @@ impl<B: Backend> Llama<B> {
         layer: &DecoderLayer<B>,
         x: Tensor<B, 3>,
         out: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
-        let x = self.linear_add(x, out, &layer.self_attn.o_proj);
-        let h = self.norm(x.clone(), &layer.post_attention_layernorm);
+    ) -> Residual<B> {
+        let x = self.residual_add(x, out, &layer.self_attn.o_proj);
+        let (x, h) = self.add_norm(x, &layer.post_attention_layernorm);
         let m = &layer.mlp;
         let gate_up = m.gate_up_proj.forward(h);
         let gated = gated(gate_up, Gate::Silu, self.fused.as_ref().map(Fused::ops));
-        self.linear_add(x, gated, &m.down_proj)
+        self.residual_add(x, gated, &m.down_proj)
     }
 }
 
@@ -566,7 +623,7 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
         let [batch, seq] = tokens.dims();
         let step = cache.begin(seq)?;
         let c = &self.config;
-        let mut x = self
+        let x = self
             .embed_tokens
             .lookup(tokens.reshape([batch * seq]))
             .reshape([batch, seq, c.hidden_size]);
@@ -575,15 +632,16 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
         // step does.
         let bias = (!step.is_square_causal(None)).then(|| step.bias(None, x.dtype(), &x.device()));
         let rope = step.rope(&self.rope);
+        let mut x = Residual { x, pending: None };
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer(layer, i, x, cache, &step, &rope, bias.as_ref(), attention)?;
         }
         cache.finish(&step);
         let x = match logits {
             Logits::All => x,
-            Logits::Last => x.narrow(1, seq - 1, 1),
+            Logits::Last => x.narrow(seq - 1, 1),
         };
-        let x = self.norm(x, &self.norm);
+        let (_, x) = self.add_norm(x, &self.norm);
         Ok(self.lm_head.forward(x))
     }
 }

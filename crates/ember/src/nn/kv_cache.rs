@@ -494,15 +494,68 @@ impl<B: Backend> KvCache<B> {
                 );
             }
         }
+        Ok(self.fetch(step, layer, batch))
+    }
+
+    /// The keys and values layer `layer`'s step attends to, `[batch, kv_heads, visible,
+    /// head_dim]` (views of the cache).
+    fn fetch(&self, step: &Step<B>, layer: usize, batch: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let slot = &self.layers[layer];
+        let [_, heads, _, dim] = slot.0.dims();
         let batch_rows = match &step.positions {
             Positions::Row { row, .. } => *row..row + 1,
             _ => 0..batch,
         };
         let upto = [batch_rows, 0..heads, 0..step.visible, 0..dim];
-        Ok((
+        (
             slot.0.clone().slice(upto.clone()),
             slot.1.clone().slice(upto),
-        ))
+        )
+    }
+
+    /// Rotates layer `layer`'s new queries and keys by `rope` and writes the keys and values
+    /// at the step's positions in one op of the backend ([`crate::nn::FusedOps::rope_write`]):
+    /// the rotated `q` (`[batch, heads, seq, head_dim]`) and the keys and values the step
+    /// attends to, as [`KvCache::update_and_fetch`] returns them. `q: [batch, heads, seq,
+    /// head_dim]`, `k, v: [batch, kv_heads, seq, head_dim]`, not rotated. `None` where the
+    /// backend has no such op, or declines it, or the step's position is on the device; the
+    /// cache is then untouched and the caller rotates and calls
+    /// [`KvCache::update_and_fetch`].
+    #[allow(clippy::type_complexity)]
+    pub fn rope_write(
+        &mut self,
+        step: &Step<B>,
+        layer: usize,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        rope: &RopeTables<B>,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        let fused = self.fused.clone()?;
+        let batch = k.dims()[0];
+        let rows: Vec<(usize, usize)> = match &step.positions {
+            Positions::Host { start } => (0..batch).map(|b| (b, *start)).collect(),
+            Positions::Row { row, start } => vec![(*row, *start)],
+            Positions::Rows { positions } => positions.iter().copied().enumerate().collect(),
+            Positions::Device { .. } => return None,
+        };
+        let slot = self.layers.get_mut(layer)?;
+        // Taken out of the slot (the new k/v hold it meanwhile) so that the op owns the only
+        // handle and can write in place (see `update_and_fetch`).
+        let cache = std::mem::replace(slot, (k.clone(), v.clone()));
+        let written = match fused
+            .ops()
+            .rope_write(q, k, v, rope.cos(), rope.sin(), cache, &rows)
+        {
+            Ok(w) => w,
+            Err(cache) => {
+                *slot = cache;
+                return None;
+            }
+        };
+        *slot = (written.keys, written.values);
+        let (k, v) = self.fetch(step, layer, batch);
+        Some((written.q, k, v))
     }
 
     /// Ends a step: its positions count as filled. A step at a device position leaves the

@@ -35,6 +35,27 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// `x + y` and the [`rms_norm`] of that sum (`x, y: [batch, seq, hidden]`, one dtype) as
+    /// one op: a residual add folded into the norm that reads it ([`add_rms_norm_with`]'s
+    /// reference). `None` where the backend cannot.
+    fn add_rms_norm(
+        &self,
+        x: &Tensor<B, 3>,
+        y: &Tensor<B, 3>,
+        weight: &Tensor<B, 1>,
+        eps: f64,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let _ = (x, y, weight, eps);
+        None
+    }
+
+    /// Whether the backend has [`FusedOps::add_rms_norm`]: a model then keeps a sublayer's
+    /// output apart from the residual until the next norm adds it, instead of adding it with
+    /// the projection ([`FusedOps::linear_add`], which such a backend does not fuse).
+    fn fuses_add_rms_norm(&self) -> bool {
+        false
+    }
+
     /// Scaled dot-product attention (scale `1/sqrt(head_dim)`, no causal mask) of `q: [b, h,
     /// q_len, d]` over `k, v: [b, h, k_len, d]` with an additive `bias` broadcastable to
     /// `[b, h, q_len, k_len]`, as one op, or `None` ([`attention::attend_all`]'s reference).
@@ -142,6 +163,31 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         Err(dst)
     }
 
+    /// RoPE of a step's queries and keys with the keys' and values' write into the KV cache,
+    /// as one op: `q: [b, heads, seq, d]`, `k, v: [b, kv_heads, seq, d]` (any strides: views
+    /// of a projection's output), rotated by `cos, sin: [1 or b, 1, seq, d]` as
+    /// [`rope::rotate`] does (rotate-half, its sign folded into `sin`'s first half); the
+    /// rotated `k` and `v` written into `cache = (keys, values)`, each `[slots, kv_heads, n,
+    /// d]`, at `cache[row_i, .., start_i..start_i + seq, ..]` for batch row `i` (`rows[i] =
+    /// (row_i, start_i)`), in place where the cache is not shared. Returns the rotated `q`
+    /// (`[b, heads, seq, d]`, contiguous) and the written cache; `Err(cache)` where the
+    /// backend cannot, untouched, and the caller rotates with [`rope::rotate`] and writes
+    /// with `slice_assign` (the portable path this op is tested against).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: (Tensor<B, 4>, Tensor<B, 4>),
+        rows: &[(usize, usize)],
+    ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)> {
+        let _ = (q, k, v, cos, sin, rows);
+        Err(cache)
+    }
+
     /// `dst[row_i, .., start_i..start_i + seq, ..] = src[i]` for each `(row_i, start_i)` of
     /// `rows` (one per row of `src: [rows, heads, seq, dim]`), in place: a slotted KV
     /// cache's rows written at each sequence's own position. `Err(dst)` where the backend
@@ -155,6 +201,18 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         let _ = (rows, src);
         Err(dst)
     }
+}
+
+/// What [`FusedOps::rope_write`] returns: the rotated queries `[b, heads, seq, d]`, and the
+/// cache's keys and values with the step's rotated keys and values written.
+#[derive(Debug, Clone)]
+pub struct RopeWritten<B: Backend> {
+    /// The rotated queries, contiguous.
+    pub q: Tensor<B, 4>,
+    /// The cache's keys, `[slots, kv_heads, n, d]`.
+    pub keys: Tensor<B, 4>,
+    /// The cache's values, `[slots, kv_heads, n, d]`.
+    pub values: Tensor<B, 4>,
 }
 
 /// A backend's fused ops as a model holds them.
@@ -215,6 +273,27 @@ pub fn rms_norm_with<B: Backend>(
         Some(y) => y,
         None => rms_norm(x, weight, eps),
     }
+}
+
+/// `x + y` and its [`rms_norm`]: through `fused` as one op where it can, else the add and
+/// [`rms_norm_with`].
+pub fn add_rms_norm_with<B: Backend>(
+    x: Tensor<B, 3>,
+    y: Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+    fused: Option<&dyn FusedOps<B>>,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let same = x.dtype() == y.dtype() && x.dtype() == weight.dtype();
+    if let Some(out) = fused
+        .filter(|_| same)
+        .and_then(|f| f.add_rms_norm(&x, &y, weight, eps))
+    {
+        return out;
+    }
+    let sum = x.add(y);
+    let normed = rms_norm_with(sum.clone(), weight, eps, fused);
+    (sum, normed)
 }
 
 /// `residual + x.matmul(w)` ([`linear_add`]) through `fused` where it can.

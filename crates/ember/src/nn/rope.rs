@@ -54,6 +54,19 @@ pub struct RopeTables<B: Backend> {
     sin: Tensor<B, 4>,
 }
 
+impl<B: Backend> RopeTables<B> {
+    /// cos of the angles, `[1 or rows, 1, seq, head_dim]`.
+    pub fn cos(&self) -> &Tensor<B, 4> {
+        &self.cos
+    }
+
+    /// sin of the angles, `[1 or rows, 1, seq, head_dim]`, negated in the first half
+    /// (rotate-half's sign; see [`rotate`]).
+    pub fn sin(&self) -> &Tensor<B, 4> {
+        &self.sin
+    }
+}
+
 /// [`rotate`] through `fused` where it can.
 pub fn rotate_with<B: Backend>(
     x: Tensor<B, 4>,
