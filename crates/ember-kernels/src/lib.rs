@@ -515,21 +515,22 @@ impl QuantMatrix {
         r: usize,
         out: &Shared,
     ) {
-        // B4 on 512-bit registers adds the offsets in a loop of their own, from each row's offsets
-        // as f32, converted once here for every input of these rows (`x86::tile_b4_zmm`).
+        // B4 and B5 on 512-bit registers add the offsets in a loop of their own, from each
+        // row's offsets as f32, converted once here for every input of these rows
+        // (`x86::tile_b45_zmm`).
         // (Left uninitialized: zeroing 8 KiB per tile row cost a third of a decoded token.)
         let mut buffer = [std::mem::MaybeUninit::<f32>::uninit(); MINS];
         let blocks = self.blocks();
         let mins: &[f32] = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if self.layout == Layout::B4 && n > 1 && R * blocks <= MINS => {
+            Isa::Avx512 if self.layout != Layout::B8 && n > 1 && R * blocks <= MINS => {
                 let w: [*const u8; R] = std::array::from_fn(|i| self.row(r + i).0);
                 let values = buffer.as_mut_ptr().cast::<f32>();
-                // SAFETY: `isa` runs here (`matmul_with`); the rows hold `blocks` B4 blocks
-                // `QUAD * 20` bytes apart; `buffer` holds `R * blocks` values, all written
-                // by `mins` before they are read.
+                // SAFETY: `isa` runs here (`matmul_with`); the rows hold `blocks` B4 or B5
+                // blocks `QUAD * block_bytes` apart; `buffer` holds `R * blocks` values, all
+                // written by `mins` before they are read.
                 unsafe {
-                    x86::mins(&w, QUAD * Layout::B4.block_bytes(), blocks, values);
+                    x86::mins(&w, QUAD * self.layout.block_bytes(), blocks, values);
                     std::slice::from_raw_parts(values, R * blocks)
                 }
             }
@@ -569,7 +570,7 @@ impl QuantMatrix {
     }
 
     /// Rows `r..r + R` dotted with inputs `j..j + C`, written to `out[j..][r..]`; `mins`:
-    /// the rows' offsets as f32 where `tile_row` made them for the B4 512-bit loop (else
+    /// the rows' offsets as f32 where `tile_row` made them for the B4/B5 512-bit loop (else
     /// empty).
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
@@ -597,7 +598,7 @@ impl QuantMatrix {
                 let blocks = self.blocks();
                 let mins: [&[f32]; R] =
                     std::array::from_fn(|i| &mins[i * blocks..(i + 1) * blocks]);
-                x86::tile_b4_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q, mins)
+                x86::tile_b45_zmm::<R, C>(self.layout, w.map(|(p, _)| p), w[0].1, ds, q, mins)
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

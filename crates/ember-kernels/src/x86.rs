@@ -48,9 +48,9 @@ pub unsafe fn tile<const R: usize, const C: usize>(
 /// input, where 256-bit registers take that for each block (docs/performance.md, change 24).
 /// An odd last block goes through [`tile`]'s 256-bit loop.
 ///
-/// B4 and B5 stay on [`tile`]: their offsets (`m * sum(x)`) accumulated in the same lanes as
-/// the products cost no instruction but moved SmolLM2's f16 logits 2.5x further from the
-/// dequantized run's (change 24), and accumulators of their own spill a 4 x 4 tile.
+/// B4 and B5 take [`tile_b45_zmm`]: their offsets (`m * sum(x)`) accumulated in the same
+/// lanes as the products cost no instruction but moved SmolLM2's f16 logits 2.5x further
+/// from the dequantized run's (change 24).
 ///
 /// # Safety
 /// As [`tile`], and the CPU must support AVX-512 F, BW, VL and VNNI.
@@ -129,18 +129,19 @@ unsafe fn tile_b8_512<const R: usize, const C: usize>(
     std::array::from_fn(|i| std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j])))
 }
 
-/// [`tile`] for [`Layout::B4`] on 512-bit registers, two blocks per register, like
-/// [`tile_b8_zmm`]: a block pair takes one `dpbusd`, one conversion, a scale product and a
-/// multiply-add for a row and an input. The offsets `m * sum(x)` do not share the pair
-/// loop's lanes block by block (change 24 measured that worse in f16): before the loop they
-/// are put in the accumulators as `mins[i] . sums(x[j])`, sixteen blocks per multiply-add,
-/// from `mins` (each row's offsets as f32, [`mins`]); the products' lanes are summed once
-/// at the end as before. An odd last block goes through [`tile`]'s 256-bit loop.
+/// [`tile`] for [`Layout::B4`] and [`Layout::B5`] on 512-bit registers, two blocks per
+/// register, like [`tile_b8_zmm`]: a block pair takes one `dpbusd`, one conversion, a scale
+/// product and a multiply-add for a row and an input. The offsets `m * sum(x)` do not share
+/// the pair loop's lanes block by block (change 24 measured that worse in f16): before the
+/// loop they are put in the accumulators as `mins[i] . sums(x[j])`, sixteen blocks per
+/// multiply-add, from `mins` (each row's offsets as f32, [`mins`]); the products' lanes are
+/// summed once at the end as before. An odd last block goes through [`tile`]'s 256-bit loop.
 ///
 /// # Safety
-/// As [`tile`], and the CPU must support AVX-512 F, BW, VL and VNNI; `mins[i]` holds at
-/// least `ds[0].len()` values.
-pub unsafe fn tile_b4_zmm<const R: usize, const C: usize>(
+/// As [`tile`], and the CPU must support AVX-512 F, BW, VL and VNNI; `layout` is B4 or B5;
+/// `mins[i]` holds at least `ds[0].len()` values.
+pub unsafe fn tile_b45_zmm<const R: usize, const C: usize>(
+    layout: Layout,
     w: [*const u8; R],
     step: usize,
     ds: [&[[f32; 2]]; C],
@@ -150,15 +151,18 @@ pub unsafe fn tile_b4_zmm<const R: usize, const C: usize>(
     let blocks = ds[0].len();
     debug_assert!((0..C).all(|j| ds[j].len() == blocks && q[j].len() >= blocks * BLOCK));
     debug_assert!((0..R).all(|i| mins[i].len() >= blocks));
-    let mut out = tile_b4_512::<R, C>(
-        w,
-        step,
-        blocks / 2,
+    debug_assert!(layout != Layout::B8);
+    let (ds_at, q_at, mins_at) = (
         ds.map(|d| d.as_ptr().cast::<f32>()),
         q.map(<[i8]>::as_ptr),
         mins.map(<[f32]>::as_ptr),
     );
-    add_odd_block(Layout::B4, &mut out, w, step, ds, q);
+    let mut out = if layout == Layout::B5 {
+        tile_b45_512::<B5, R, C>(w, step, blocks / 2, ds_at, q_at, mins_at)
+    } else {
+        tile_b45_512::<B4, R, C>(w, step, blocks / 2, ds_at, q_at, mins_at)
+    };
+    add_odd_block(layout, &mut out, w, step, ds, q);
     out
 }
 
@@ -195,8 +199,9 @@ unsafe fn add_odd_block<const R: usize, const C: usize>(
     }
 }
 
-/// Each of `w.len()` rows' B4 offsets `m` (blocks `step` bytes apart from `w[i]`, `blocks`
-/// of them) as f32 into `out[i * blocks..]`, for [`tile_b4_zmm`]: sixteen blocks' f16 at a
+/// Each of `w.len()` rows' B4 or B5 offsets `m` (blocks `step` bytes apart from `w[i]`,
+/// `blocks` of them; both layouts start `d: f16, m: f16`) as f32 into `out[i * blocks..]`,
+/// for [`tile_b45_zmm`]: sixteen blocks' f16 at a
 /// time by one gather (a scalar loop was 18 % of a batched decode step).
 ///
 /// # Safety
@@ -226,13 +231,14 @@ pub unsafe fn mins(w: &[*const u8], step: usize, blocks: usize, out: *mut f32) {
     }
 }
 
-/// The 512-bit loop of [`tile_b4_zmm`] over `pairs` block pairs, and the offsets of those
-/// `2 * pairs` blocks (first: change 27). A row's pair of blocks is unpacked as the 128-bit lanes `[lo(b),
-/// lo(b + 1), hi(b), hi(b + 1)]` (low nibbles, values 0..16; high, 16..32) and an input's
-/// pair is shuffled to the same order, once per input for the tile's `R` rows; lanes 0..4
-/// and 8..12 of a sum then belong to block `b`, 4..8 and 12..16 to block `b + 1`.
+/// The 512-bit loop of [`tile_b45_zmm`] over `pairs` block pairs, and the offsets of those
+/// `2 * pairs` blocks (first: change 27). A row's pair of blocks is unpacked as the 128-bit
+/// lanes `[lo(b), lo(b + 1), hi(b), hi(b + 1)]` (low nibbles, values 0..16; high, 16..32),
+/// B5's fifth bits added by a mask in the same order (change 33), and an input's pair is
+/// shuffled to that order, once per input for the tile's `R` rows; lanes 0..4 and 8..12 of
+/// a sum then belong to block `b`, 4..8 and 12..16 to block `b + 1`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_b4_512<const R: usize, const C: usize>(
+unsafe fn tile_b45_512<const L: u8, const R: usize, const C: usize>(
     w: [*const u8; R],
     step: usize,
     pairs: usize,
@@ -244,6 +250,7 @@ unsafe fn tile_b4_512<const R: usize, const C: usize>(
     // block b's scale in lanes 0..4 and 8..12, block b + 1's in 4..8 and 12..16.
     let blocks = _mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0);
     let low = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     // The offsets, sixteen blocks at a time: an input's sums are every second value of
     // its [d, sum] pairs.
@@ -289,12 +296,13 @@ unsafe fn tile_b4_512<const R: usize, const C: usize>(
                 _mm_cvtsi32_si128(b1.cast::<i32>().read_unaligned()),
             )));
             let dw = _mm512_permutexvar_ps(blocks, scales);
+            let nibbles_at = if L == B5 { 8 } else { 4 };
             let packed = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128(b0.add(4).cast())),
-                _mm_loadu_si128(b1.add(4).cast()),
+                _mm256_castsi128_si256(_mm_loadu_si128(b0.add(nibbles_at).cast())),
+                _mm_loadu_si128(b1.add(nibbles_at).cast()),
                 1,
             );
-            let u = _mm512_and_si512(
+            let mut u = _mm512_and_si512(
                 _mm512_inserti64x4(
                     _mm512_castsi256_si512(packed),
                     _mm256_srli_epi16(packed, 4),
@@ -302,6 +310,19 @@ unsafe fn tile_b4_512<const R: usize, const C: usize>(
                 ),
                 low,
             );
+            if L == B5 {
+                // Bit k of a block's word is value k's fifth bit: values 0..16 of b, of
+                // b + 1, then 16..32 of b, of b + 1, as the lanes above.
+                let (f0, f1) = (
+                    u64::from(b0.add(4).cast::<u32>().read_unaligned()),
+                    u64::from(b1.add(4).cast::<u32>().read_unaligned()),
+                );
+                let fifth = (f0 & 0xFFFF)
+                    | (f1 & 0xFFFF) << 16
+                    | (f0 >> 16) << 32
+                    | (f1 >> 16) << 48;
+                u = _mm512_mask_add_epi8(u, fifth, u, sixteen);
+            }
             for j in 0..C {
                 let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x[j]);
                 acc[i][j] = _mm512_fmadd_ps(
