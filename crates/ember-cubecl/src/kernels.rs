@@ -351,3 +351,42 @@ pub fn add_rms_norm<F: Float>(
         i += block;
     }
 }
+
+/// A gated MLP's activation of one gate value `x`, in f32: SiLU `x sigmoid(x)`, or with
+/// `gelu` tanh-GELU `0.5 x (1 + tanh(u))`, `u = sqrt(2/pi) (x + 0.044715 x³)`, written as
+/// `x sigmoid(2 u)` (1.5957691 is `2 sqrt(2/pi)`). Both as `x / (1 + exp(-t))`, which has no tanh to overflow: a large
+/// `-t` makes the exponential infinite and the result a signed zero, never a NaN.
+#[cube]
+fn activation(x: f32, #[comptime] gelu: bool) -> f32 {
+    let mut t = x;
+    if gelu {
+        t = 1.595_769_1f32 * (x + 0.044715f32 * x * x * x);
+    }
+    x / (1.0f32 + f32::exp(0.0f32 - t))
+}
+
+/// A gated MLP's activation: for each row of `gate_up: [batch, seq, 2 inter]` (any strides;
+/// the gate's `inter` features, then the up projection's), `out[row, i] = act(gate[i]) *
+/// up[i]` into the contiguous `out: [batch, seq, inter]`, in f32, rounded once ([`activation`]:
+/// SiLU, or tanh-GELU with `gelu`). One unit per output element (cube position x: the
+/// element's block of `block`, y: the row); no shared memory, no barrier.
+#[cube(launch_unchecked)]
+pub fn gated<F: Float>(
+    gate_up: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] gelu: bool,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_Y as usize;
+    let i = CUBE_POS_X as usize * block + UNIT_POS as usize;
+    let seq = gate_up.shape(1);
+    let inter = gate_up.shape(2) / 2;
+    if i < inter {
+        let at = (row / seq) * gate_up.stride(0) + (row % seq) * gate_up.stride(1);
+        let step = gate_up.stride(2);
+        let gate = f32::cast_from(gate_up[at + i * step]);
+        let up = f32::cast_from(gate_up[at + (inter + i) * step]);
+        out[row * inter + i] = F::cast_from(activation(gate, gelu) * up);
+    }
+}

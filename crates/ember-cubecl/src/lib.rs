@@ -13,7 +13,8 @@
 //!
 //! Ops: [`FusedOps::rms_norm`] (one kernel instead of the portable cast, square, mean,
 //! divide, cast, multiply), [`FusedOps::add_rms_norm`] (a residual add and the norm that
-//! reads it), [`FusedOps::rope_write`] (RoPE of a step's q and k with the cache write of k
+//! reads it), [`FusedOps::gated`] (a gated MLP's activation and product: one kernel instead of
+//! an element-wise block and a product), [`FusedOps::rope_write`] (RoPE of a step's q and k with the cache write of k
 //! and v: one kernel instead of ~5), [`FusedOps::decode_attention`] (one token's query heads
 //! over the cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the
 //! short query rows of a step that has a bias (one kernel instead of matmul, softmax and
@@ -39,7 +40,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::zspace::metadata::Metadata;
 use cubecl::zspace::Strides;
-use ember::nn::{FusedOps, RopeWritten};
+use ember::nn::{FusedOps, Gate, RopeWritten};
 
 use kernels::{BLOCK, MAX_HEAD_DIM};
 
@@ -535,6 +536,53 @@ where
 
     fn fuses_add_rms_norm(&self) -> bool {
         true
+    }
+
+    fn gated(
+        &self,
+        gate_up: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        act: Gate,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        let [batch, seq, features] = gate_up.dims();
+        let dtype = gate_up.dtype();
+        let inter = features / 2;
+        if !float_dtype(dtype) || !features.is_multiple_of(2) || batch * seq * inter == 0 {
+            return None;
+        }
+        // Cube counts past 65535 per dimension are not portable.
+        let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
+        let grid = (limit(inter.div_ceil(BLOCK))?, limit(batch * seq)?);
+        let gelu = act == Gate::GeluTanh;
+        let shape = vec![batch, seq, inter];
+        let out = register::<R, F, I, BT, 1>(
+            "ember.gated",
+            [fusion(gate_up)?],
+            shape.clone(),
+            dtype,
+            move |[gate_up]| {
+                let out = output(&gate_up, shape.clone());
+                let dtype = gate_up.dtype;
+                let client = gate_up.client.clone();
+                // SAFETY: the grid is (inter / block rounded up, batch * seq); units at or
+                // past `inter` do nothing, the others read features `i` and `inter + i` of
+                // their row, inside `gate_up`'s shape and strides, and write `out` (allocated
+                // here, [batch, seq, inter]) at `row * inter + i`.
+                unsafe {
+                    kernels::gated::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(grid.0, grid.1, 1),
+                        CubeDim::new_1d(BLOCK as u32),
+                        gate_up.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        gelu,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                out
+            },
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
     fn decode_attention(

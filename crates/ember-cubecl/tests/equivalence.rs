@@ -5,11 +5,13 @@
 //! grouped-query ratios 1, 3 and 4 and one KV head, keys past a chunk of the cube and past a
 //! sliding window's edge.
 //!
-//! Tolerances (max absolute difference, values of order 1): f32 1e-5 for RMSNorm and RoPE
-//! and 1e-4 for attention (sums of up to 1000 products in another order); f16 1e-2: the
+//! Tolerances (max absolute difference, values of order 1; relative to values above 1 for the
+//! gated activation, whose products reach 10^4 in its wide-range case): f32 1e-5 for RMSNorm,
+//! RoPE and the gated activation and 1e-4 for attention (sums of up to 1000 products in another order); f16 1e-2: the
 //! kernels round once, the portable path after every op (RMSNorm's normed value is rounded to
 //! f16 before the weight multiplies it; attention's scores and probabilities are f16 between
-//! its two matmuls; RoPE's two products and their sum), which is up to a few f16 ulps
+//! its two matmuls; RoPE's two products and their sum; the activation's sigmoid, its product
+//! with the gate and the product with up), which is up to a few f16 ulps
 //! (2^-10 relative) of each output. Values written to the KV cache unchanged (v) and the
 //! cache's other positions must be equal exactly.
 
@@ -20,7 +22,7 @@ use burn::tensor::{DType, TensorData};
 use ember::config::AttentionImpl;
 use ember::nn::attention::{attend_all, position_bias};
 use ember::nn::rope::{inv_freq, rotate, Rope};
-use ember::nn::{rms_norm, FusedOps};
+use ember::nn::{gated, rms_norm, FusedOps, Gate};
 use ember_cubecl::CubeFused;
 
 type B = Wgpu;
@@ -448,4 +450,85 @@ fn rope_write_declines_what_it_does_not_take() {
     assert!(call(&[(0, 3)], &tensor([1, 2, 1, 32], 5, dtype)));
     // And it takes the same call with a row inside.
     assert!(!call(&[(1, 3)], &k));
+}
+
+/// Largest difference relative to the reference where it is above 1 (absolute below);
+/// panics on a NaN or a length mismatch.
+fn max_rel_diff(a: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(a.len(), reference.len());
+    a.iter().zip(reference).fold(0f32, |m, (x, y)| {
+        let d = (x - y).abs() / y.abs().max(1.0);
+        assert!(!d.is_nan(), "NaN: {x} vs {y}");
+        m.max(d)
+    })
+}
+
+/// [`FusedOps::gated`] against [`gated`]'s burn ops, for both activations: in the tensors'
+/// dtype, and (what a wide range is checked against) in f32 from the same inputs, rounded
+/// once to the dtype. In f16 the burn ops round after each op, and tanh-GELU's `1 + tanh(u)`
+/// cancels for gates below -2: a 2^-11 error of tanh is 4 % of the result at -2.5, which
+/// times an up value of 80 exceeds any absolute tolerance; the kernel computes in f32.
+fn check_gated(gate_up: Tensor<B, 3>, dtype: DType, wide: bool) {
+    let [batch, seq, features] = gate_up.dims();
+    for act in [Gate::Silu, Gate::GeluTanh] {
+        let fused = FusedOps::<B>::gated(&ops(), &gate_up, act)
+            .unwrap_or_else(|| panic!("the kernel declined {:?} {dtype:?}", gate_up.dims()));
+        assert_eq!(fused.dims(), [batch, seq, features / 2]);
+        assert_eq!(fused.dtype(), dtype);
+        let fused = host(fused);
+        let wide_ref = gated(gate_up.clone().cast(DType::F32), act, None).cast(dtype);
+        let mut diffs = vec![("f32, rounded once", max_rel_diff(&fused, &host(wide_ref)))];
+        if !wide {
+            let portable = gated(gate_up.clone(), act, None);
+            diffs.push(("the dtype", max_rel_diff(&fused, &host(portable))));
+        }
+        let tol = tolerance(dtype, 1e-5);
+        for (what, diff) in diffs {
+            assert!(
+                diff <= tol,
+                "{act:?} {dtype:?} {:?} against burn's ops in {what}: max diff {diff} > {tol}",
+                gate_up.dims()
+            );
+        }
+    }
+}
+
+fn gated_shapes(dtype: DType) {
+    // 2 x 1536: SmolLM2's gate_up; 2 x 6912: Gemma 3 1B's; 2 x 100 and 2 x 300: not
+    // multiples of a vector width or of the cube; a prompt's rows and two sequences.
+    for (i, shape) in [[1, 1, 3072], [1, 1, 13824], [2, 5, 200], [1, 7, 600]]
+        .into_iter()
+        .enumerate()
+    {
+        check_gated(tensor(shape, 70 + i as u64, dtype), dtype, false);
+    }
+    // A strided view: the last position of a prompt's rows, its features an inner range (a
+    // row stride that is not the feature count, an offset).
+    let x = tensor([1, 6, 2 * 96 + 6], 80, dtype)
+        .narrow(1, 5, 1)
+        .narrow(2, 3, 2 * 96);
+    check_gated(x, dtype, false);
+    // Wide values (gates of magnitude 100: SiLU's and GELU's exponential overflows f32 on
+    // the negative side, which must give 0, not a NaN); f16 holds them too (up to 60000).
+    let wide = tensor([1, 2, 2 * 64], 81, dtype).mul_scalar(50.0);
+    check_gated(wide, dtype, true);
+}
+
+#[test]
+fn gated_equals_portable_f32() {
+    gated_shapes(DType::F32);
+}
+
+#[test]
+fn gated_equals_portable_f16() {
+    gated_shapes(DType::F16);
+}
+
+#[test]
+fn gated_declines_what_it_does_not_take() {
+    // An odd number of features has no halves; no rows.
+    let odd = tensor([1, 1, 7], 1, DType::F32);
+    assert!(FusedOps::<B>::gated(&ops(), &odd, Gate::Silu).is_none());
+    let empty = tensor([1, 0, 8], 2, DType::F32);
+    assert!(FusedOps::<B>::gated(&ops(), &empty, Gate::Silu).is_none());
 }
