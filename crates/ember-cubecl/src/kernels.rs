@@ -390,3 +390,78 @@ pub fn gated<F: Float>(
         out[row * inter + i] = F::cast_from(activation(gate, gelu) * up);
     }
 }
+
+/// A gated MLP's activation as the prologue of its down projection, for the few rows of a
+/// decode step: `out[row, j] = sum_i g[row, i] w[i, j]` with `g = act(gate) * up` of
+/// `gate_up: [batch, seq, 2 inter]` (as [`gated`] computes it, rounded to the element type
+/// as its output is) and `w: [inter, out]` (any strides), into the contiguous `out: [batch,
+/// seq, out]`.
+///
+/// Cube position x: a tile of `cols` output columns, y: the row. The input features go by
+/// chunks of `block`: each unit computes one activation of the chunk into shared memory, then
+/// unit `(part, col)` of the cube's `parts x cols` adds the products of features `part, part
+/// + parts, ..` of the chunk with its column's weights (neighbouring units read neighbouring
+/// weights of one row of `w`), in f32; the `parts` partial sums of a column are added at the
+/// end. `parts * cols = block`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn gated_matvec<F: Float>(
+    gate_up: &Tensor<F>,
+    w: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] gelu: bool,
+    #[comptime] cols: usize,
+    #[comptime] parts: usize,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let col = unit % cols;
+    let part = unit / cols;
+    let j = CUBE_POS_X as usize * cols + col;
+    let seq = gate_up.shape(1);
+    let inter = gate_up.shape(2) / 2;
+    let outputs = w.shape(1);
+    let at = (row / seq) * gate_up.stride(0) + (row % seq) * gate_up.stride(1);
+    let step = gate_up.stride(2);
+    let (w_in, w_out) = (w.stride(0), w.stride(1));
+
+    let mut acts = SharedMemory::<f32>::new(block);
+    let mut acc = 0.0f32;
+    let mut chunk = 0usize;
+    while chunk < inter {
+        let i = chunk + unit;
+        let mut g = 0.0f32;
+        if i < inter {
+            let gate = f32::cast_from(gate_up[at + i * step]);
+            let up = f32::cast_from(gate_up[at + (inter + i) * step]);
+            g = f32::cast_from(F::cast_from(activation(gate, gelu) * up));
+        }
+        acts[unit] = g;
+        sync_cube();
+        if j < outputs {
+            let features = u32::min(block as u32, (inter - chunk) as u32) as usize;
+            let mut k = part;
+            while k < features {
+                acc += acts[k] * f32::cast_from(w[(chunk + k) * w_in + j * w_out]);
+                k += parts;
+            }
+        }
+        sync_cube();
+        chunk += block;
+    }
+
+    let mut partial = SharedMemory::<f32>::new(block);
+    partial[unit] = acc;
+    sync_cube();
+    if part == 0 && j < outputs {
+        let mut total = 0.0f32;
+        let mut p = 0usize;
+        while p < parts {
+            total += partial[p * cols + col];
+            p += 1;
+        }
+        out[row * outputs + j] = F::cast_from(total);
+    }
+}

@@ -14,7 +14,9 @@
 //! Ops: [`FusedOps::rms_norm`] (one kernel instead of the portable cast, square, mean,
 //! divide, cast, multiply), [`FusedOps::add_rms_norm`] (a residual add and the norm that
 //! reads it), [`FusedOps::gated`] (a gated MLP's activation and product: one kernel instead of
-//! an element-wise block and a product), [`FusedOps::rope_write`] (RoPE of a step's q and k with the cache write of k
+//! an element-wise block and a product), [`FusedOps::gated_linear`] (the same activation as
+//! the prologue of a decode step's down projection: one matrix-vector kernel instead of the
+//! activation and a matmul), [`FusedOps::rope_write`] (RoPE of a step's q and k with the cache write of k
 //! and v: one kernel instead of ~5), [`FusedOps::decode_attention`] (one token's query heads
 //! over the cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the
 //! short query rows of a step that has a bias (one kernel instead of matmul, softmax and
@@ -51,6 +53,16 @@ pub type FusedCube<R, F, I, BT> = Fusion<CubeBackend<R, F, I, BT>>;
 /// is written for decode (one token's query heads, grouped per KV head); a prompt's rows go
 /// to burn's flash attention.
 pub const MAX_QUERY_ROWS: usize = 32;
+
+/// Rows (`batch * seq`) above which [`FusedOps::gated_linear`] declines: its kernel reads
+/// the weight once per row, which suits a decode step; a prompt's rows go to the gated
+/// kernel and burn's autotuned matmul.
+pub const MAX_MATVEC_ROWS: usize = 4;
+
+/// Output columns per cube of the matrix-vector kernel ([`kernels::gated_matvec`]): 64
+/// neighbouring weights of a row per read, and 4 parts of each chunk of input features per
+/// cube of [`BLOCK`] units.
+const MATVEC_COLS: usize = 64;
 
 /// The CubeCL fused ops of one backend (`R`: its CubeCL runtime).
 pub struct CubeFused<R> {
@@ -575,6 +587,62 @@ where
                         gate_up.into_tensor_arg(),
                         out.clone().into_tensor_arg(),
                         gelu,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                out
+            },
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn gated_linear(
+        &self,
+        gate_up: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        act: Gate,
+        w: &Tensor<FusedCube<R, F, I, BT>, 2>,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        let [batch, seq, features] = gate_up.dims();
+        let [inter, outputs] = w.dims();
+        let dtype = gate_up.dtype();
+        if dtype != w.dtype() || !float_dtype(dtype) || features != 2 * inter {
+            return None;
+        }
+        let rows = batch * seq;
+        if rows == 0 || rows > MAX_MATVEC_ROWS || inter == 0 || outputs == 0 {
+            return None;
+        }
+        let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
+        let grid = (limit(outputs.div_ceil(MATVEC_COLS))?, limit(rows)?);
+        let gelu = act == Gate::GeluTanh;
+        let shape = vec![batch, seq, outputs];
+        let out = register::<R, F, I, BT, 2>(
+            "ember.gated_matvec",
+            [fusion(gate_up)?, fusion(w)?],
+            shape.clone(),
+            dtype,
+            move |[gate_up, w]| {
+                let out = output(&gate_up, shape.clone());
+                let dtype = gate_up.dtype;
+                let client = gate_up.client.clone();
+                // SAFETY: the grid is (outputs / cols rounded up, batch * seq); each unit
+                // reads features below `inter` of its row of `gate_up` and of `inter + i`,
+                // inside its shape and strides (checked `2 * inter` features), weights
+                // `[i, j]` with `i < inter`, `j < outputs` (w's shape), and writes `out`
+                // (allocated here, [batch, seq, outputs]) at `row * outputs + j`, `j <
+                // outputs`; cols x parts is the cube's width.
+                unsafe {
+                    kernels::gated_matvec::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(grid.0, grid.1, 1),
+                        CubeDim::new_1d(BLOCK as u32),
+                        gate_up.into_tensor_arg(),
+                        w.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        gelu,
+                        MATVEC_COLS,
+                        BLOCK / MATVEC_COLS,
                         BLOCK,
                         dtype.into(),
                     );

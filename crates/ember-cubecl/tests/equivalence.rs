@@ -21,8 +21,9 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use ember::config::AttentionImpl;
 use ember::nn::attention::{attend_all, position_bias};
+use ember::nn::linear::Weight;
 use ember::nn::rope::{inv_freq, rotate, Rope};
-use ember::nn::{gated, rms_norm, FusedOps, Gate};
+use ember::nn::{gated, gated_linear, linear, rms_norm, FusedOps, Gate};
 use ember_cubecl::CubeFused;
 
 type B = Wgpu;
@@ -531,4 +532,96 @@ fn gated_declines_what_it_does_not_take() {
     assert!(FusedOps::<B>::gated(&ops(), &odd, Gate::Silu).is_none());
     let empty = tensor([1, 0, 8], 2, DType::F32);
     assert!(FusedOps::<B>::gated(&ops(), &empty, Gate::Silu).is_none());
+}
+
+/// [`FusedOps::gated_linear`] (the decode matrix-vector kernel with the gated activation as
+/// its prologue) against [`gated_linear`]'s burn ops (the activation, then a matmul), for
+/// both activations, run in f32 from the same inputs with the activation rounded to the
+/// dtype (as both paths round it): relative to outputs above 1, f32 1e-5, f16 1e-2 (one
+/// rounding of an f32 sum, a few f16 ulps where an activation's rounding differs). In f16,
+/// burn's ops on the dtype itself are also compared, and the kernel must be at least as
+/// close to the f32 reference as they are (their matmul rounds partial sums to f16).
+fn check_gated_linear(gate_up: Tensor<B, 3>, w: Tensor<B, 2>, dtype: DType) {
+    let [batch, seq, _] = gate_up.dims();
+    let [_, outputs] = w.dims();
+    for act in [Gate::Silu, Gate::GeluTanh] {
+        let fused = FusedOps::<B>::gated_linear(&ops(), &gate_up, act, &w).unwrap_or_else(|| {
+            panic!(
+                "the kernel declined {:?} {:?} {dtype:?}",
+                gate_up.dims(),
+                w.dims()
+            )
+        });
+        assert_eq!(fused.dims(), [batch, seq, outputs]);
+        assert_eq!(fused.dtype(), dtype);
+        let fused = host(fused);
+        let acts = gated(gate_up.clone().cast(DType::F32), act, None)
+            .cast(dtype)
+            .cast(DType::F32);
+        let reference = host(linear(acts, &w.clone().cast(DType::F32)).cast(dtype));
+        let what = format!("{act:?} {dtype:?} {:?} x {:?}", gate_up.dims(), w.dims());
+        let diff = max_rel_diff(&fused, &reference);
+        let tol = tolerance(dtype, 1e-5);
+        assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
+        if dtype != DType::F32 {
+            let portable = gated_linear(gate_up.clone(), act, &Weight::Dense(w.clone()), None);
+            let burn = max_rel_diff(&host(portable), &reference);
+            assert!(
+                diff <= burn.max(2e-3),
+                "{what}: the kernel is {diff} from the f32 reference, burn's ops {burn}"
+            );
+        }
+    }
+}
+
+fn gated_linear_shapes(dtype: DType) {
+    // SmolLM2's down projection (1536 -> 576: six chunks of the cube; Gemma 3 1B's 6912 ->
+    // 1152 is left out for the time lavapipe takes); sizes that are not multiples of the
+    // cube or of the 64 columns of a cube (300 -> 100, 96 -> 130); two rows (a batch of two
+    // sequences) and four (the most it takes).
+    for (i, (rows, inter, outputs)) in [
+        ([1, 1], 1536, 576),
+        ([1, 1], 300, 100),
+        ([2, 1], 96, 130),
+        ([1, 4], 257, 64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 90 + 2 * i as u64;
+        let gate_up = tensor([rows[0], rows[1], 2 * inter], seed, dtype);
+        // Weights of a trained model's scale (outputs of order 1).
+        let w = tensor([inter, outputs], seed + 1, dtype).div_scalar((inter as f32).sqrt());
+        check_gated_linear(gate_up, w, dtype);
+    }
+    // A transposed weight (a strided view), and a gate_up that is a view.
+    let w = tensor([100, 300], 110, dtype).div_scalar(10.0).transpose();
+    let gate_up = tensor([1, 3, 2 * 300], 111, dtype).narrow(1, 2, 1);
+    check_gated_linear(gate_up, w, dtype);
+}
+
+#[test]
+fn gated_linear_equals_portable_f32() {
+    gated_linear_shapes(DType::F32);
+}
+
+#[test]
+fn gated_linear_equals_portable_f16() {
+    gated_linear_shapes(DType::F16);
+}
+
+#[test]
+fn gated_linear_declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    let w = tensor([8, 4], 1, dtype);
+    // A prompt's rows (burn's matmul), features unlike the weight's rows, mixed dtypes.
+    let prompt = tensor([1, 5, 16], 2, dtype);
+    assert!(FusedOps::<B>::gated_linear(&ops(), &prompt, Gate::Silu, &w).is_none());
+    let other = tensor([1, 1, 18], 3, dtype);
+    assert!(FusedOps::<B>::gated_linear(&ops(), &other, Gate::Silu, &w).is_none());
+    let half = tensor([1, 1, 16], 4, DType::F16);
+    assert!(FusedOps::<B>::gated_linear(&ops(), &half, Gate::Silu, &w).is_none());
+    // And it takes the same call with one row.
+    let one = tensor([1, 1, 16], 5, dtype);
+    assert!(FusedOps::<B>::gated_linear(&ops(), &one, Gate::Silu, &w).is_some());
 }

@@ -25,7 +25,7 @@ use crate::nn::attention::{attend_all_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate_with, Rope, RopeTables};
-use crate::nn::{gated, rms_norm_with, Fused, FusedOps, Gate};
+use crate::nn::{gated_linear, rms_norm_with, Fused, FusedOps, Gate};
 
 /// A Gemma 3 text checkpoint's `config.json`, in Hugging Face's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -489,10 +489,7 @@ impl<B: Backend> Gemma3<B> {
 
         let h = self.norm(x.clone(), &layer.pre_feedforward_layernorm);
         let gate_up = layer.mlp.gate_up_proj.forward(h);
-        let down = layer
-            .mlp
-            .down_proj
-            .forward(gated(gate_up, Gate::GeluTanh, self.fused()));
+        let down = gated_linear(gate_up, Gate::GeluTanh, &layer.mlp.down_proj, self.fused());
         Ok(Self::residual_add(
             x,
             self.norm(down, &layer.post_feedforward_layernorm),

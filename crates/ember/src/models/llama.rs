@@ -20,7 +20,7 @@ use crate::nn::attention::{attend_all_with, causal_attention_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate_with, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{add_rms_norm_with, gated, rms_norm_with, Fused, Gate};
+use crate::nn::{add_rms_norm_with, gated, gated_linear, rms_norm_with, Fused, Gate};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder};
@@ -537,7 +537,17 @@ impl<B: Backend> Llama<B> {
         let (x, h) = self.add_norm(x, &layer.post_attention_layernorm);
         let m = &layer.mlp;
         let gate_up = m.gate_up_proj.forward(h);
-        let gated = gated(gate_up, Gate::Silu, self.fused.as_ref().map(Fused::ops));
+        let fused = self.fused.as_ref().map(Fused::ops);
+        if fused.is_some_and(|f| f.fuses_add_rms_norm()) {
+            // The down projection's output stays pending for the next norm (as
+            // `residual_add` keeps it), the activation its matrix-vector kernel's prologue
+            // where the backend has one.
+            return Residual {
+                x,
+                pending: Some(gated_linear(gate_up, Gate::Silu, &m.down_proj, fused)),
+            };
+        }
+        let gated = gated(gate_up, Gate::Silu, fused);
         self.residual_add(x, gated, &m.down_proj)
     }
 }

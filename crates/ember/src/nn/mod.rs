@@ -95,6 +95,20 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// `gated(gate_up, act)` times a dense `w: [inter, out]` (a gated MLP's down projection,
+    /// `gate_up: [batch, seq, 2 * inter]`; [`gated_linear`]'s reference) as one op: `[batch,
+    /// seq, out]`, or `None` where the backend cannot or where the two ops are faster (a
+    /// matrix-vector kernel declines a prompt's rows).
+    fn gated_linear(
+        &self,
+        gate_up: &Tensor<B, 3>,
+        act: Gate,
+        w: &Tensor<B, 2>,
+    ) -> Option<Tensor<B, 3>> {
+        let _ = (gate_up, act, w);
+        None
+    }
+
     /// [`rope::rotate`] of `x: [batch, heads, seq, head_dim]` by `cos`, `sin` (`[1 or batch,
     /// 1, seq, head_dim]`, the sign of rotate-half folded into `sin`'s first half) as one op,
     /// or `None`.
@@ -258,6 +272,23 @@ pub fn gated<B: Backend>(
         Gate::GeluTanh => burn::tensor::activation::gelu_approximate(gate),
     };
     gate.mul(gate_up.narrow(2, inter, inter))
+}
+
+/// `gated(gate_up, act)` through the projection `w` (a gated MLP's down projection):
+/// through `fused` as one op where it can (dense weights), else [`gated`] and
+/// [`linear::Weight::forward`].
+pub fn gated_linear<B: Backend>(
+    gate_up: Tensor<B, 3>,
+    act: Gate,
+    w: &linear::Weight<B>,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 3> {
+    if let (Some(f), linear::Weight::Dense(dense)) = (fused, w) {
+        if let Some(y) = f.gated_linear(&gate_up, act, dense) {
+            return y;
+        }
+    }
+    w.forward(gated(gate_up, act, fused))
 }
 
 /// [`rms_norm`] through `fused` where it can, else the portable composition.
