@@ -354,13 +354,14 @@ pub fn add_rms_norm<F: Float>(
 
 /// A gated MLP's activation of one gate value `x`, in f32: SiLU `x sigmoid(x)`, or with
 /// `gelu` tanh-GELU `0.5 x (1 + tanh(u))`, `u = sqrt(2/pi) (x + 0.044715 x³)`, written as
-/// `x sigmoid(2 u)` (1.5957691 is `2 sqrt(2/pi)`). Both as `x / (1 + exp(-t))`, which has no tanh to overflow: a large
-/// `-t` makes the exponential infinite and the result a signed zero, never a NaN.
+/// `x sigmoid(2 u)` (1.595769 is `2 sqrt(2/pi)` to f32 precision). Both as `x / (1 +
+/// exp(-t))`, which has no tanh to overflow: a large `-t` makes the exponential infinite and
+/// the result a signed zero, never a NaN.
 #[cube]
 fn activation(x: f32, #[comptime] gelu: bool) -> f32 {
     let mut t = x;
     if gelu {
-        t = 1.595_769_1f32 * (x + 0.044715f32 * x * x * x);
+        t = 1.595_769_f32 * (x + 0.044715f32 * x * x * x);
     }
     x / (1.0f32 + f32::exp(0.0f32 - t))
 }
