@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use burn::backend::flex::{FlexDevice, FlexTensor};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
-use ember::format::QuantizedRows;
+use ember::format::{QuantizedRows, StoredFloat};
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::{FusedOps, Gate};
 use ember_kernels::{Groups, Inputs, Isa, QuantMatrix, QUAD};
@@ -204,6 +204,25 @@ impl FusedOps<B> for FlexFused {
             views.attend(simd, bh / heads, bh % heads, &mut out);
         });
         Some(tensor(out, [batch, heads, queries, dim]))
+    }
+
+    fn takes_dense(&self) -> bool {
+        true
+    }
+
+    fn dense(
+        &self,
+        values: StoredFloat,
+        [rows, cols]: [usize; 2],
+        device: &FlexDevice,
+        dtype: DType,
+    ) -> ember::Result<Option<Native<B>>> {
+        let (data, stored) = match values {
+            StoredFloat::F32(v) => (TensorData::new(v, [rows, cols]), DType::F32),
+            StoredFloat::F16(v) => (TensorData::new(v, [rows, cols]), DType::F16),
+        };
+        let weight = Tensor::<B, 2>::from_data(data, (device, stored));
+        Ok(Some(Native(Arc::new(HostDense { weight, dtype }))))
     }
 
     fn quantized(
@@ -927,6 +946,116 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
             inputs: self.inputs,
             dtype: self.dtype,
             device: self.device.clone(),
+        })))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Inputs up to which [`HostDense`] multiplies with `ember_kernels::dense` (a decoded token,
+/// a server's batched step); more (a prefill) take burn's matmul, whose blocked kernel
+/// reuses each weight for many inputs.
+const DENSE_INPUTS: usize = 16;
+
+/// A float weight as the checkpoint stores it (`[out, in]`, f32 or f16, a flex tensor in
+/// host memory; `[model] weights = "keep"`): a few inputs are multiplied by
+/// `ember_kernels::dense` straight from its rows, more by burn's matmul on its transpose
+/// (a view: gemm reads strides), rows looked up in place (docs/performance.md, change 34).
+pub struct HostDense {
+    /// `[out, in]`, in the stored dtype.
+    weight: Tensor<B, 2>,
+    /// The run's dtype (what `forward` and `rows` return).
+    dtype: DType,
+}
+
+impl NativeQuantized<B> for HostDense {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [n, cols] = x.dims();
+        let [rows, _] = self.weight.dims();
+        if n > DENSE_INPUTS {
+            let w = self.weight.clone().cast(x.dtype()).transpose();
+            return x.matmul(w).cast(self.dtype);
+        }
+        let data = x.cast(DType::F32).into_data();
+        let x: std::borrow::Cow<'_, [f32]> = match data.as_slice::<f32>() {
+            Ok(values) => values.into(),
+            Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
+        };
+        let tensor = self.weight.clone().into_primitive().tensor();
+        let at = tensor.layout().start_offset();
+        let weights = match tensor.dtype() {
+            DType::F16 => ember_kernels::dense::FloatRows::F16(
+                &tensor.storage::<half::f16>()[at..at + rows * cols],
+            ),
+            _ => {
+                ember_kernels::dense::FloatRows::F32(&tensor.storage::<f32>()[at..at + rows * cols])
+            }
+        };
+        let mut out = vec![0f32; n * rows];
+        ember_kernels::dense::matmul(Isa::detect(), weights, rows, cols, &x, n, &mut out);
+        Tensor::<B, 2>::from_data(
+            TensorData::new(out, [n, rows]),
+            (&self.weight.device(), DType::F32),
+        )
+        .cast(self.dtype)
+    }
+
+    fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
+        let [rows, cols] = self.weight.dims();
+        let tensor = self.weight.clone().into_primitive().tensor();
+        let at = tensor.layout().start_offset();
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            let Some(r) = usize::try_from(id).ok().filter(|&r| r < rows) else {
+                continue;
+            };
+            let start = at + r * cols;
+            match tensor.dtype() {
+                DType::F16 => {
+                    let values = &tensor.storage::<half::f16>()[start..start + cols];
+                    row.iter_mut()
+                        .zip(values)
+                        .for_each(|(o, v)| *o = v.to_f32());
+                }
+                _ => row.copy_from_slice(&tensor.storage::<f32>()[start..start + cols]),
+            }
+        }
+        Tensor::<B, 2>::from_data(
+            TensorData::new(out, [ids.len(), cols]),
+            (&self.weight.device(), DType::F32),
+        )
+        .cast(self.dtype)
+    }
+
+    fn shape(&self) -> [usize; 2] {
+        self.weight.dims()
+    }
+
+    fn bytes(&self) -> usize {
+        self.weight.dims().iter().product::<usize>() * self.weight.dtype().size()
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
+        let mut parts = vec![self.weight.clone()];
+        for other in others {
+            let other = other.0.as_any().downcast_ref::<HostDense>()?;
+            if other.weight.dtype() != self.weight.dtype()
+                || other.weight.dims()[1] != self.weight.dims()[1]
+            {
+                return None;
+            }
+            parts.push(other.weight.clone());
+        }
+        Some(Native(Arc::new(HostDense {
+            weight: Tensor::cat(parts, 0),
+            dtype: self.dtype,
         })))
     }
 
