@@ -970,13 +970,48 @@ pub struct HostDense {
     dtype: DType,
 }
 
+/// Rows of an f16 weight widened to f32 at a time for burn's matmul (9.4 MB of f32 at
+/// SmolLM2's 576 columns): the whole weight widened at once would add its f32 size to the
+/// peak (113 MB for SmolLM2's tied embedding), and burn's element-wise cast converts one
+/// value at a time (a third of an F16 pp512, change 34).
+const WIDEN_ROWS: usize = 4096;
+
+impl HostDense {
+    /// `x: [n, in]` times the weight's transpose by burn's matmul: the stored f32 rows read
+    /// in place as a transposed view, f16 ones widened [`WIDEN_ROWS`] at a time (F16C).
+    fn matmul(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = x.cast(DType::F32);
+        if self.weight.dtype() != DType::F16 {
+            return x.matmul(self.weight.clone().transpose()).cast(self.dtype);
+        }
+        use half::slice::HalfFloatSliceExt;
+        let [rows, cols] = self.weight.dims();
+        let tensor = self.weight.clone().into_primitive().tensor();
+        let at = tensor.layout().start_offset();
+        let values = &tensor.storage::<half::f16>()[at..at + rows * cols];
+        let parts: Vec<Tensor<B, 2>> = (0..rows)
+            .step_by(WIDEN_ROWS)
+            .map(|start| {
+                let end = (start + WIDEN_ROWS).min(rows);
+                let mut wide = vec![0f32; (end - start) * cols];
+                values[start * cols..end * cols].convert_to_f32_slice(&mut wide);
+                let block = Tensor::<B, 2>::from_data(
+                    TensorData::new(wide, [end - start, cols]),
+                    (&self.weight.device(), DType::F32),
+                );
+                x.clone().matmul(block.transpose())
+            })
+            .collect();
+        Tensor::cat(parts, 1).cast(self.dtype)
+    }
+}
+
 impl NativeQuantized<B> for HostDense {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let [n, cols] = x.dims();
         let [rows, _] = self.weight.dims();
         if n > DENSE_INPUTS {
-            let w = self.weight.clone().cast(x.dtype()).transpose();
-            return x.matmul(w).cast(self.dtype);
+            return self.matmul(x);
         }
         let data = x.cast(DType::F32).into_data();
         let x: std::borrow::Cow<'_, [f32]> = match data.as_slice::<f32>() {
