@@ -13,6 +13,7 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 use ember::format::{QuantizedRows, StoredFloat};
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::{FusedOps, Gate};
+use ember_kernels::dense::{DenseMatrix, FloatRows};
 use ember_kernels::{Groups, Inputs, Isa, QuantMatrix, QUAD};
 
 /// Flex's fused ops: quantized weights, in-place cache writes, norms, RoPE, gated
@@ -217,12 +218,15 @@ impl FusedOps<B> for FlexFused {
         device: &FlexDevice,
         dtype: DType,
     ) -> ember::Result<Option<Native<B>>> {
-        let (data, stored) = match values {
-            StoredFloat::F32(v) => (TensorData::new(v, [rows, cols]), DType::F32),
-            StoredFloat::F16(v) => (TensorData::new(v, [rows, cols]), DType::F16),
+        let matrix = match &values {
+            StoredFloat::F32(v) => DenseMatrix::new(FloatRows::F32(v), rows, cols),
+            StoredFloat::F16(v) => DenseMatrix::new(FloatRows::F16(v), rows, cols),
         };
-        let weight = Tensor::<B, 2>::from_data(data, (device, stored));
-        Ok(Some(Native(Arc::new(HostDense { weight, dtype }))))
+        Ok(Some(Native(Arc::new(HostDense {
+            matrix,
+            dtype,
+            device: *device,
+        }))))
     }
 
     fn quantized(
@@ -954,123 +958,55 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
     }
 }
 
-/// Inputs up to which [`HostDense`] multiplies with `ember_kernels::dense` (a decoded token,
-/// a server's batched step); more (a prefill) take burn's matmul, whose blocked kernel
-/// reuses each weight for many inputs.
-const DENSE_INPUTS: usize = 16;
-
-/// A float weight as the checkpoint stores it (`[out, in]`, f32 or f16, a flex tensor in
-/// host memory; `[model] weights = "keep"`): a few inputs are multiplied by
-/// `ember_kernels::dense` straight from its rows, more by burn's matmul on its transpose
-/// (a view: gemm reads strides), rows looked up in place (docs/performance.md, change 34).
+/// A float weight kept as the checkpoint stores it (f32 or f16; `[model] weights =
+/// "keep"`), in `ember_kernels::dense`'s panels, which multiply every input count (a
+/// decoded token, a server's batched step, a prefill) and look rows up in place
+/// (docs/performance.md, changes 34 and 35).
 pub struct HostDense {
-    /// `[out, in]`, in the stored dtype.
-    weight: Tensor<B, 2>,
+    matrix: DenseMatrix,
     /// The run's dtype (what `forward` and `rows` return).
     dtype: DType,
+    device: FlexDevice,
 }
 
-/// Rows of an f16 weight widened to f32 at a time for burn's matmul (9.4 MB of f32 at
-/// SmolLM2's 576 columns): the whole weight widened at once would add its f32 size to the
-/// peak (113 MB for SmolLM2's tied embedding), and burn's element-wise cast converts one
-/// value at a time (a third of an F16 pp512, change 34).
-const WIDEN_ROWS: usize = 4096;
-
 impl HostDense {
-    /// `x: [n, in]` times the weight's transpose by burn's matmul: the stored f32 rows read
-    /// in place as a transposed view, f16 ones widened [`WIDEN_ROWS`] at a time (F16C).
-    fn matmul(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = x.cast(DType::F32);
-        if self.weight.dtype() != DType::F16 {
-            return x.matmul(self.weight.clone().transpose()).cast(self.dtype);
-        }
-        use half::slice::HalfFloatSliceExt;
-        let [rows, cols] = self.weight.dims();
-        let tensor = self.weight.clone().into_primitive().tensor();
-        let at = tensor.layout().start_offset();
-        let values = &tensor.storage::<half::f16>()[at..at + rows * cols];
-        let parts: Vec<Tensor<B, 2>> = (0..rows)
-            .step_by(WIDEN_ROWS)
-            .map(|start| {
-                let end = (start + WIDEN_ROWS).min(rows);
-                let mut wide = vec![0f32; (end - start) * cols];
-                values[start * cols..end * cols].convert_to_f32_slice(&mut wide);
-                let block = Tensor::<B, 2>::from_data(
-                    TensorData::new(wide, [end - start, cols]),
-                    (&self.weight.device(), DType::F32),
-                );
-                x.clone().matmul(block.transpose())
-            })
-            .collect();
-        Tensor::cat(parts, 1).cast(self.dtype)
+    fn tensor(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::<B, 2>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
+            .cast(self.dtype)
     }
 }
 
 impl NativeQuantized<B> for HostDense {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let [n, cols] = x.dims();
-        let [rows, _] = self.weight.dims();
-        if n > DENSE_INPUTS {
-            return self.matmul(x);
-        }
+        let [n, _] = x.dims();
         let data = x.cast(DType::F32).into_data();
         let x: std::borrow::Cow<'_, [f32]> = match data.as_slice::<f32>() {
             Ok(values) => values.into(),
             Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
         };
-        let tensor = self.weight.clone().into_primitive().tensor();
-        let at = tensor.layout().start_offset();
-        let weights = match tensor.dtype() {
-            DType::F16 => ember_kernels::dense::FloatRows::F16(
-                &tensor.storage::<half::f16>()[at..at + rows * cols],
-            ),
-            _ => {
-                ember_kernels::dense::FloatRows::F32(&tensor.storage::<f32>()[at..at + rows * cols])
-            }
-        };
-        let mut out = vec![0f32; n * rows];
-        ember_kernels::dense::matmul(Isa::detect(), weights, rows, cols, &x, n, &mut out);
-        Tensor::<B, 2>::from_data(
-            TensorData::new(out, [n, rows]),
-            (&self.weight.device(), DType::F32),
-        )
-        .cast(self.dtype)
+        let mut out = vec![0f32; n * self.matrix.rows()];
+        self.matrix.matmul_with(Isa::detect(), &x, n, &mut out);
+        self.tensor(out, [n, self.matrix.rows()])
     }
 
     fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
         let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
-        let [rows, cols] = self.weight.dims();
-        let tensor = self.weight.clone().into_primitive().tensor();
-        let at = tensor.layout().start_offset();
+        let cols = self.matrix.cols();
         let mut out = vec![0f32; ids.len() * cols];
         for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
-            let Some(r) = usize::try_from(id).ok().filter(|&r| r < rows) else {
-                continue;
-            };
-            let start = at + r * cols;
-            match tensor.dtype() {
-                DType::F16 => {
-                    let values = &tensor.storage::<half::f16>()[start..start + cols];
-                    row.iter_mut()
-                        .zip(values)
-                        .for_each(|(o, v)| *o = v.to_f32());
-                }
-                _ => row.copy_from_slice(&tensor.storage::<f32>()[start..start + cols]),
+            if let Some(r) = usize::try_from(id).ok().filter(|&r| r < self.matrix.rows()) {
+                self.matrix.row(r, row);
             }
         }
-        Tensor::<B, 2>::from_data(
-            TensorData::new(out, [ids.len(), cols]),
-            (&self.weight.device(), DType::F32),
-        )
-        .cast(self.dtype)
+        self.tensor(out, [ids.len(), cols])
     }
 
     fn shape(&self) -> [usize; 2] {
-        self.weight.dims()
+        [self.matrix.rows(), self.matrix.cols()]
     }
 
     fn bytes(&self) -> usize {
-        self.weight.dims().iter().product::<usize>() * self.weight.dtype().size()
+        self.matrix.bytes()
     }
 
     fn dtype(&self) -> DType {
@@ -1078,19 +1014,14 @@ impl NativeQuantized<B> for HostDense {
     }
 
     fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
-        let mut parts = vec![self.weight.clone()];
-        for other in others {
-            let other = other.0.as_any().downcast_ref::<HostDense>()?;
-            if other.weight.dtype() != self.weight.dtype()
-                || other.weight.dims()[1] != self.weight.dims()[1]
-            {
-                return None;
-            }
-            parts.push(other.weight.clone());
-        }
+        let others = others
+            .iter()
+            .map(|o| Some(&o.0.as_any().downcast_ref::<HostDense>()?.matrix))
+            .collect::<Option<Vec<_>>>()?;
         Some(Native(Arc::new(HostDense {
-            weight: Tensor::cat(parts, 0),
+            matrix: self.matrix.stack(&others)?,
             dtype: self.dtype,
+            device: self.device,
         })))
     }
 
