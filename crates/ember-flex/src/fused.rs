@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use burn::backend::flex::{FlexDevice, FlexTensor};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
-use ember::format::QuantizedRows;
+use ember::format::{QuantizedRows, StoredFloat};
 use ember::nn::linear::{Native, NativeQuantized};
 use ember::nn::{FusedOps, Gate};
+use ember_kernels::dense::{DenseMatrix, FloatRows};
 use ember_kernels::{Groups, Inputs, Isa, QuantMatrix, QUAD};
 
 /// Flex's fused ops: quantized weights, in-place cache writes, norms, RoPE, gated
@@ -204,6 +205,28 @@ impl FusedOps<B> for FlexFused {
             views.attend(simd, bh / heads, bh % heads, &mut out);
         });
         Some(tensor(out, [batch, heads, queries, dim]))
+    }
+
+    fn takes_dense(&self) -> bool {
+        true
+    }
+
+    fn dense(
+        &self,
+        values: StoredFloat,
+        [rows, cols]: [usize; 2],
+        device: &FlexDevice,
+        dtype: DType,
+    ) -> ember::Result<Option<Native<B>>> {
+        let matrix = match &values {
+            StoredFloat::F32(v) => DenseMatrix::new(FloatRows::F32(v), rows, cols),
+            StoredFloat::F16(v) => DenseMatrix::new(FloatRows::F16(v), rows, cols),
+        };
+        Ok(Some(Native(Arc::new(HostDense {
+            matrix,
+            dtype,
+            device: *device,
+        }))))
     }
 
     fn quantized(
@@ -927,6 +950,78 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
             inputs: self.inputs,
             dtype: self.dtype,
             device: self.device.clone(),
+        })))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A float weight kept as the checkpoint stores it (f32 or f16; `[model] weights =
+/// "keep"`), in `ember_kernels::dense`'s panels, which multiply every input count (a
+/// decoded token, a server's batched step, a prefill) and look rows up in place
+/// (docs/performance.md, changes 34 and 35).
+pub struct HostDense {
+    matrix: DenseMatrix,
+    /// The run's dtype (what `forward` and `rows` return).
+    dtype: DType,
+    device: FlexDevice,
+}
+
+impl HostDense {
+    fn tensor(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::<B, 2>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
+            .cast(self.dtype)
+    }
+}
+
+impl NativeQuantized<B> for HostDense {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [n, _] = x.dims();
+        let data = x.cast(DType::F32).into_data();
+        let x: std::borrow::Cow<'_, [f32]> = match data.as_slice::<f32>() {
+            Ok(values) => values.into(),
+            Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
+        };
+        let mut out = vec![0f32; n * self.matrix.rows()];
+        self.matrix.matmul_with(Isa::detect(), &x, n, &mut out);
+        self.tensor(out, [n, self.matrix.rows()])
+    }
+
+    fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
+        let cols = self.matrix.cols();
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            if let Some(r) = usize::try_from(id).ok().filter(|&r| r < self.matrix.rows()) {
+                self.matrix.row(r, row);
+            }
+        }
+        self.tensor(out, [ids.len(), cols])
+    }
+
+    fn shape(&self) -> [usize; 2] {
+        [self.matrix.rows(), self.matrix.cols()]
+    }
+
+    fn bytes(&self) -> usize {
+        self.matrix.bytes()
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
+        let others = others
+            .iter()
+            .map(|o| Some(&o.0.as_any().downcast_ref::<HostDense>()?.matrix))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Native(Arc::new(HostDense {
+            matrix: self.matrix.stack(&others)?,
+            dtype: self.dtype,
+            device: self.device,
         })))
     }
 

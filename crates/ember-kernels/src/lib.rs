@@ -39,6 +39,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+pub mod dense;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod x86;

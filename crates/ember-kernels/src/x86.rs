@@ -317,10 +317,8 @@ unsafe fn tile_b45_512<const L: u8, const R: usize, const C: usize>(
                     u64::from(b0.add(4).cast::<u32>().read_unaligned()),
                     u64::from(b1.add(4).cast::<u32>().read_unaligned()),
                 );
-                let fifth = (f0 & 0xFFFF)
-                    | (f1 & 0xFFFF) << 16
-                    | (f0 >> 16) << 32
-                    | (f1 >> 16) << 48;
+                let fifth =
+                    (f0 & 0xFFFF) | (f1 & 0xFFFF) << 16 | (f0 >> 16) << 32 | (f1 >> 16) << 48;
                 u = _mm512_mask_add_epi8(u, fifth, u, sixteen);
             }
             for j in 0..C {

@@ -255,6 +255,58 @@ pub fn tiny_gguf_equals_hf<B: Backend>(ctx: &Ctx<B>) {
     }
 }
 
+/// Float GGUF weights kept as stored (`weights = "keep"`: on flex the backend's own form,
+/// `FusedOps::dense`, in panels its kernel multiplies) give the logits of the same file widened to f32 at load, for every tiny family's
+/// F32 file and the F16 copies (`tests/reference/make_tiny_f16_gguf.py`: Llama with its
+/// permuted Q/K rows, a tied embedding, Gemma 3): a few tokens and more than sixteen (a
+/// decode tile and prefill tiles), and one decoded token after them. Run where the backend takes
+/// float weights (`FusedOps::takes_dense`: flex); elsewhere both configs load the same
+/// dense tensors, and the test would only cost CI time (about a minute on lavapipe).
+pub fn tiny_gguf_kept_float_equals_dequantized<B: Backend>(ctx: &Ctx<B>) {
+    let takes = ctx
+        .capabilities
+        .fused
+        .as_ref()
+        .is_some_and(|f| f.ops().takes_dense());
+    if !takes {
+        eprintln!(
+            "kept float weights not compared on {} {}: its fused ops keep no float weights \
+             (kept and widened load the same tensors)",
+            ctx.runtime.backend, ctx.runtime.dtype
+        );
+        return;
+    }
+    let files = TINY_VARIANTS
+        .iter()
+        .map(|v| (*v, "model.gguf"))
+        .chain(["gqa-untied", "mha-tied", "gemma3"].map(|v| (v, "model-f16.gguf")));
+    for (variant, file) in files {
+        let source = fixtures().join("tiny").join(variant).join(file);
+        let widened = load(ctx, &config_for(source.clone(), AttentionImpl::Fused));
+        let mut config = config_for(source, AttentionImpl::Fused);
+        config.model.weights = ember::WeightsMode::Keep;
+        let kept = load(ctx, &config);
+        assert_eq!(kept.model().num_params(), widened.model().num_params());
+        let prompt = tiny_expected(variant).prompt_ids;
+        let long: Vec<u32> = prompt.iter().cycle().take(20).copied().collect();
+        for ids in [&prompt[..prompt.len().min(4)], &long[..]] {
+            let mut want_session = widened.session();
+            let mut want = want_session.forward(ids, true).unwrap();
+            want.extend(want_session.forward(&ids[..1], true).unwrap());
+            let mut got_session = kept.session();
+            let mut got = got_session.forward(ids, true).unwrap();
+            got.extend(got_session.forward(&ids[..1], true).unwrap());
+            let err = max_abs_diff(&got, &want);
+            assert!(
+                err <= ctx.logits_tol,
+                "{variant}/{file}, {} tokens: kept vs widened max logit error {err} (tolerance {})",
+                ids.len(),
+                ctx.logits_tol
+            );
+        }
+    }
+}
+
 /// Prefill then token-by-token decode gives the logits of one full forward pass.
 pub fn cached_decode_equals_full_recompute<B: Backend>(ctx: &Ctx<B>) {
     // The default decode window pads the keys to 256 positions (masked); 1 uses exactly the
@@ -843,6 +895,7 @@ macro_rules! backend_suite {
             $crate::backend_suite!(@tests $backend, $ctx,
             tiny_matches_transformers,
             tiny_gguf_equals_hf,
+            tiny_gguf_kept_float_equals_dequantized,
             cached_decode_equals_full_recompute,
             device_position_decode_equals_full_recompute,
             fused_attention_equals_plain,

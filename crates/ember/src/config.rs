@@ -72,7 +72,8 @@ pub enum WeightsMode {
     #[default]
     Dequantize,
     /// Kept quantized on the device and dequantized when used: the memory of the file's
-    /// blocks (about 1.3x the file), slower until the backend computes on the blocks.
+    /// blocks (about 1.3x the file), slower until the backend computes on the blocks (flex
+    /// does, and keeps F32 and F16 weights as stored too: `FusedOps::dense`).
     Keep,
 }
 

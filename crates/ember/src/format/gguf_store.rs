@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use super::gguf::{GgufFile, TensorInfo};
+use super::gguf::{GgmlType, GgufFile, TensorInfo};
 use super::quant::Unpacked;
-use super::TensorStore;
+use super::{StoredFloat, TensorStore};
 use crate::error::{Error, Result};
 
 /// Hugging Face name -> llama.cpp name pairs.
@@ -140,6 +140,34 @@ impl TensorStore for GgufStore<'_> {
             unpacked.min.iter_mut().for_each(|m| *m -= offset);
         }
         Ok(Some(unpacked))
+    }
+
+    fn read_float(&self, name: &str) -> Result<Option<StoredFloat>> {
+        let Some(info) = self.to_gguf(name).and_then(|g| self.file.tensor(&g)) else {
+            return Ok(None);
+        };
+        match info.ty {
+            GgmlType::F32 => Ok(self.read(name)?.map(StoredFloat::F32)),
+            // An offset (a norm's `1 +`) is applied in f32: such tensors are read widened.
+            GgmlType::F16 if (self.fixes.offset)(name) == 0.0 => {
+                let bytes = self.file.tensor_bytes(info);
+                let mut values: Vec<half::f16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                self.file.release(info);
+                let shape = info.shape();
+                if let Some(order) = (self.fixes.rows)(name, &shape) {
+                    let cols = shape.iter().skip(1).product::<usize>();
+                    values = order
+                        .iter()
+                        .flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied())
+                        .collect();
+                }
+                Ok(Some(StoredFloat::F16(values)))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn quantized_by_rows(&self, name: &str) -> bool {

@@ -36,6 +36,14 @@ pub trait TensorStore {
         let _ = name;
         Ok(None)
     }
+    /// A tensor stored as floats (f32 or f16) in the store's own type, unconverted and
+    /// row-major (with the family's row order applied); `None` when absent, stored
+    /// quantized, or in another float type (those are read widened, by
+    /// [`TensorStore::read`]).
+    fn read_float(&self, name: &str) -> Result<Option<StoredFloat>> {
+        let _ = name;
+        Ok(None)
+    }
     /// Whether [`TensorStore::read_quantized_rows`] reads tensor `name` (stored quantized)
     /// in parts of rows.
     fn quantized_by_rows(&self, name: &str) -> bool {
@@ -51,6 +59,30 @@ pub trait TensorStore {
     ) -> Result<Option<Unpacked>> {
         let _ = (name, rows);
         Ok(None)
+    }
+}
+
+/// A float tensor's values as the checkpoint stores them ([`TensorStore::read_float`]).
+#[derive(Debug, Clone)]
+pub enum StoredFloat {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// f16 values.
+    F16(Vec<half::f16>),
+}
+
+impl StoredFloat {
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            StoredFloat::F32(v) => v.len(),
+            StoredFloat::F16(v) => v.len(),
+        }
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -197,6 +229,9 @@ impl<'a, B: Backend> Loader<'a, B> {
             return Ok(None);
         }
         self.check(name, &[rows, cols])?;
+        if let Some(native) = self.dense(name, [rows, cols])? {
+            return Ok(Some(Kept::Native(native)));
+        }
         let tensor = if self.store.quantized_by_rows(name) {
             QuantizedRows {
                 source: RowSource::Store {
@@ -232,6 +267,38 @@ impl<'a, B: Backend> Loader<'a, B> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(Kept::Portable(parts)))
+    }
+
+    /// Tensor `name` (`[rows, cols]`) in the backend's own form of float weights
+    /// ([`FusedOps::dense`]) where the store has it as floats and the backend takes them;
+    /// `None` otherwise (it is then read as any tensor is).
+    ///
+    /// [`FusedOps::dense`]: crate::nn::FusedOps::dense
+    fn dense(&self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<Native<B>>> {
+        let Some(fused) = &self.fused else {
+            return Ok(None);
+        };
+        if !fused.ops().takes_dense() {
+            return Ok(None);
+        }
+        let Some(values) = self.store.read_float(name)? else {
+            return Ok(None);
+        };
+        if values.len() != rows * cols {
+            return Err(Error::TensorShape {
+                path: self.store.path().into(),
+                name: name.into(),
+                expected: vec![rows, cols],
+                found: vec![values.len()],
+            });
+        }
+        let native = fused
+            .ops()
+            .dense(values, [rows, cols], &self.device, self.dtype)?;
+        if native.is_some() {
+            self.mark_used(name);
+        }
+        Ok(native)
     }
 
     /// A `[out, in]` projection weight: kept quantized where the checkpoint stores it so and

@@ -10,7 +10,9 @@
 //! in the run's dtype. It saves memory, not time. A backend with kernels of its own for
 //! quantized blocks offers them through [`FusedOps::quantized`]: the weight is then a
 //! [`Native`] one, which its kernels multiply without dequantizing it (flex on x86-64:
-//! `ember-kernels`).
+//! `ember-kernels`). Float weights (GGUF F32 and F16) kept as stored go the same way where
+//! the backend takes them ([`FusedOps::dense`]; flex: `ember_kernels::dense` for a few
+//! inputs).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -258,8 +260,9 @@ impl<B: Backend> Embedding<B> {
 }
 
 /// A backend's own form of a quantized `[out, in]` weight, made by
-/// [`FusedOps::quantized`]: its kernels multiply by it and look its rows up without
-/// dequantizing the whole weight.
+/// [`FusedOps::quantized`], or of a float one kept in its stored type, made by
+/// [`FusedOps::dense`]: its kernels multiply by it and look its rows up without
+/// dequantizing or widening the whole weight.
 pub trait NativeQuantized<B: Backend>: Send + Sync + 'static {
     /// `x: [n, in]` in the run's dtype times the weight's transpose: `[n, out]`.
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2>;

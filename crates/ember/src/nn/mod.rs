@@ -162,6 +162,26 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         Ok(None)
     }
 
+    /// Whether the backend keeps float weights in their stored type ([`FusedOps::dense`]):
+    /// the loader then reads them unconverted (`[model] weights = "keep"`).
+    fn takes_dense(&self) -> bool {
+        false
+    }
+
+    /// The backend's own form of a float `[out, in]` weight stored as `values` (f32 or
+    /// f16, row-major), computing in `dtype`; `None` keeps the portable form (a dense
+    /// tensor in the run's dtype, transposed). Asked only where [`FusedOps::takes_dense`].
+    fn dense(
+        &self,
+        values: crate::format::StoredFloat,
+        shape: [usize; 2],
+        device: &B::Device,
+        dtype: burn::tensor::DType,
+    ) -> crate::Result<Option<linear::Native<B>>> {
+        let _ = (values, shape, device, dtype);
+        Ok(None)
+    }
+
     /// `dst[.., start..start + seq, ..] = src` along dim 2 (a KV cache's positions) in
     /// place, returning `dst`; `Err(dst)` where the backend cannot, and the caller runs
     /// burn's `slice_assign`. (burn-flex 0.21's `slice_assign` copies the whole destination
