@@ -958,6 +958,34 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
     }
 }
 
+/// A product's inputs (`[n, in]`) as f32 in host memory: the flex tensor's own buffer where
+/// it is f32 and contiguous (a decoded token's ~120 products each copied theirs out with
+/// `into_data` before), else a converted copy.
+struct HostInputs {
+    tensor: FlexTensor,
+    copy: Option<Vec<f32>>,
+}
+
+impl HostInputs {
+    fn of(x: Tensor<B, 2>) -> Self {
+        let x = x.cast(DType::F32);
+        let tensor = x.clone().into_primitive().tensor();
+        let copy = (!tensor.is_contiguous()).then(|| x.into_data().iter::<f32>().collect());
+        Self { tensor, copy }
+    }
+
+    fn values(&self) -> &[f32] {
+        match &self.copy {
+            Some(values) => values,
+            None => {
+                let at = self.tensor.layout().start_offset();
+                let len = self.tensor.layout().shape().num_elements();
+                &self.tensor.storage::<f32>()[at..at + len]
+            }
+        }
+    }
+}
+
 /// A float weight kept as the checkpoint stores it (f32 or f16; `[model] weights =
 /// "keep"`), in `ember_kernels::dense`'s panels, which multiply every input count (a
 /// decoded token, a server's batched step, a prefill) and look rows up in place
@@ -979,11 +1007,8 @@ impl HostDense {
 impl NativeQuantized<B> for HostDense {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let [n, _] = x.dims();
-        let data = x.cast(DType::F32).into_data();
-        let x: std::borrow::Cow<'_, [f32]> = match data.as_slice::<f32>() {
-            Ok(values) => values.into(),
-            Err(_) => data.iter::<f32>().collect::<Vec<_>>().into(),
-        };
+        let inputs = HostInputs::of(x);
+        let x = inputs.values();
         let mut out = vec![0f32; n * self.matrix.rows()];
         self.matrix.matmul_with(Isa::detect(), &x, n, &mut out);
         self.tensor(out, [n, self.matrix.rows()])
