@@ -1010,7 +1010,7 @@ impl NativeQuantized<B> for HostDense {
         let inputs = HostInputs::of(x);
         let x = inputs.values();
         let mut out = vec![0f32; n * self.matrix.rows()];
-        self.matrix.matmul_with(Isa::detect(), &x, n, &mut out);
+        self.matrix.matmul_with(Isa::detect(), x, n, &mut out);
         self.tensor(out, [n, self.matrix.rows()])
     }
 
