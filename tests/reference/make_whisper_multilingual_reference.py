@@ -23,7 +23,6 @@ temperature 0, no VAD, condition_on_previous_text True), on the checked-in FLAC:
   - transcribe(task="translate") with the language detected, with timestamps (English text).
 Writes one JSON per clip (CLIP.json) beside its FLAC (CLIP.flac).
 """
-import hashlib
 import json
 import os
 import subprocess
@@ -32,6 +31,8 @@ import tempfile
 import wave
 
 import numpy as np
+
+from make_whisper_reference import sha256  # this directory: the tiny.en script's pin check
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "../.."))
 MODEL_DIR = os.path.join(
@@ -49,14 +50,6 @@ CLIPS = [
      "nous irons au marché pour acheter des légumes."),
 ]
 ESPEAK = ["espeak-ng", "-s", "150"]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def transcript(segments, info):

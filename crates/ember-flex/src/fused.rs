@@ -897,8 +897,7 @@ pub struct HostQuantized<B: Backend> {
 
 impl<B: Backend> HostQuantized<B> {
     fn tensor(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
-        Tensor::<B, 2>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
-            .cast(self.dtype)
+        host_tensor(values, shape, &self.device, self.dtype)
     }
 }
 
@@ -917,15 +916,9 @@ impl<B: Backend> NativeQuantized<B> for HostQuantized<B> {
     }
 
     fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
-        let cols = self.matrix.cols();
-        let mut out = vec![0f32; ids.len() * cols];
-        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
-            if let Some(r) = usize::try_from(id).ok().filter(|&r| r < self.matrix.rows()) {
-                self.matrix.dequantize_row(r, row);
-            }
-        }
-        self.tensor(out, [ids.len(), cols])
+        let (rows, cols) = (self.matrix.rows(), self.matrix.cols());
+        let (out, n) = rows_by_id(ids, rows, cols, |r, row| self.matrix.dequantize_row(r, row));
+        self.tensor(out, [n, cols])
     }
 
     fn shape(&self) -> [usize; 2] {
@@ -999,9 +992,37 @@ pub struct HostDense {
 
 impl HostDense {
     fn tensor(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
-        Tensor::<B, 2>::from_data(TensorData::new(values, shape), (&self.device, DType::F32))
-            .cast(self.dtype)
+        host_tensor(values, shape, &self.device, self.dtype)
     }
+}
+
+/// `values` (`shape`, f32) as a tensor on `device` in `dtype`.
+fn host_tensor<B1: Backend>(
+    values: Vec<f32>,
+    shape: [usize; 2],
+    device: &B1::Device,
+    dtype: DType,
+) -> Tensor<B1, 2> {
+    Tensor::<B1, 2>::from_data(TensorData::new(values, shape), (device, DType::F32)).cast(dtype)
+}
+
+/// The rows `ids` of a `[rows, cols]` weight, each written by `fill(row, out)`, and how many
+/// ids there were: an id past the last row gives a row of zeros (as `Embedding::Parts`
+/// needs).
+fn rows_by_id<B1: Backend>(
+    ids: Tensor<B1, 1, Int>,
+    rows: usize,
+    cols: usize,
+    fill: impl Fn(usize, &mut [f32]),
+) -> (Vec<f32>, usize) {
+    let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
+    let mut out = vec![0f32; ids.len() * cols];
+    for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols.max(1))) {
+        if let Some(r) = usize::try_from(id).ok().filter(|&r| r < rows) {
+            fill(r, row);
+        }
+    }
+    (out, ids.len())
 }
 
 impl NativeQuantized<B> for HostDense {
@@ -1015,15 +1036,9 @@ impl NativeQuantized<B> for HostDense {
     }
 
     fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
-        let cols = self.matrix.cols();
-        let mut out = vec![0f32; ids.len() * cols];
-        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
-            if let Some(r) = usize::try_from(id).ok().filter(|&r| r < self.matrix.rows()) {
-                self.matrix.row(r, row);
-            }
-        }
-        self.tensor(out, [ids.len(), cols])
+        let (rows, cols) = (self.matrix.rows(), self.matrix.cols());
+        let (out, n) = rows_by_id(ids, rows, cols, |r, row| self.matrix.row(r, row));
+        self.tensor(out, [n, cols])
     }
 
     fn shape(&self) -> [usize; 2] {

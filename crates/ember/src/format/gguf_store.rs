@@ -103,19 +103,12 @@ impl TensorStore for GgufStore<'_> {
         let Some(info) = self.to_gguf(name).and_then(|g| self.file.tensor(&g)) else {
             return Ok(None);
         };
-        let mut values = self.file.dequantize(info).map_err(|e| Error::Gguf {
+        let values = self.file.dequantize(info).map_err(|e| Error::Gguf {
             path: self.file.path().into(),
             error: e,
         })?;
         self.file.release(info);
-        let shape = info.shape();
-        if let Some(order) = (self.fixes.rows)(name, &shape) {
-            let cols = shape.iter().skip(1).product::<usize>();
-            values = order
-                .iter()
-                .flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied())
-                .collect();
-        }
+        let mut values = self.in_family_order(name, &info.shape(), values);
         let offset = (self.fixes.offset)(name);
         if offset != 0.0 {
             values.iter_mut().for_each(|v| *v -= offset);
@@ -151,19 +144,12 @@ impl TensorStore for GgufStore<'_> {
             // An offset (a norm's `1 +`) is applied in f32: such tensors are read widened.
             GgmlType::F16 if (self.fixes.offset)(name) == 0.0 => {
                 let bytes = self.file.tensor_bytes(info);
-                let mut values: Vec<half::f16> = bytes
+                let values: Vec<half::f16> = bytes
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
                     .collect();
                 self.file.release(info);
-                let shape = info.shape();
-                if let Some(order) = (self.fixes.rows)(name, &shape) {
-                    let cols = shape.iter().skip(1).product::<usize>();
-                    values = order
-                        .iter()
-                        .flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied())
-                        .collect();
-                }
+                let values = self.in_family_order(name, &info.shape(), values);
                 Ok(Some(StoredFloat::F16(values)))
             }
             _ => Ok(None),
@@ -207,6 +193,19 @@ impl TensorStore for GgufStore<'_> {
 }
 
 impl GgufStore<'_> {
+    /// `values` (tensor `name`, row-major `shape`) with its rows in the order the family
+    /// reads them, where its fixes reorder them (Llama's Q/K rows); as they are otherwise.
+    fn in_family_order<T: Copy>(&self, name: &str, shape: &[usize], values: Vec<T>) -> Vec<T> {
+        let Some(order) = (self.fixes.rows)(name, shape) else {
+            return values;
+        };
+        let cols = shape.iter().skip(1).product::<usize>();
+        order
+            .iter()
+            .flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied())
+            .collect()
+    }
+
     /// Tensor `name`, its columns and bytes per row, when it is a quantized `[rows, cols]`
     /// matrix whose rows are whole blocks and whose rows the family keeps in order: then
     /// parts of its rows unpack on their own.
