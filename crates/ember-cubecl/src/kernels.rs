@@ -218,7 +218,8 @@ pub fn attention<F: Float>(
 
 /// RoPE of one step's queries and keys with the keys' and values' write into the KV cache.
 ///
-/// `q: [b, heads, seq, d]`, `k, v: [b, kv, seq, d]` (any strides), rotated by `cos, sin: [1
+/// `q: [b, heads, seq, d]`, `k, v: [b, kv, seq, d]` (any strides; `k`'s elements start at
+/// `k_at`, `v`'s at `v_at`: views of one projection's output), rotated by `cos, sin: [1
 /// or b, 1, seq, d]` (rotate-half with its sign in `sin`'s first half: `x[i] cos[i] +
 /// x[(i + d/2) % d] sin[i]`, in f32, rounded once). The rotated q goes to the contiguous
 /// `q_out: [b, heads, seq, d]`; the rotated k and the values to `keys, values: [slots, kv, n,
@@ -241,6 +242,8 @@ pub fn rope_write<F: Float>(
     values: &mut Tensor<F>,
     row0: u32,
     start0: u32,
+    k_at: usize,
+    v_at: usize,
     #[comptime] per_row: bool,
     #[comptime] block: usize,
     #[define(F)] _dtype: StorageType,
@@ -277,7 +280,7 @@ pub fn rope_write<F: Float>(
                 q_out[((batch * heads + h) * seq + s) * dim + i] = F::cast_from(x * c + y * sn);
             } else {
                 let kh = h - heads;
-                let at = batch * k.stride(0) + kh * k.stride(1) + s * k.stride(2);
+                let at = k_at + batch * k.stride(0) + kh * k.stride(1) + s * k.stride(2);
                 let x = f32::cast_from(k[at + i * k.stride(3)]);
                 let y = f32::cast_from(k[at + partner * k.stride(3)]);
                 let to = row * keys.stride(0)
@@ -288,7 +291,8 @@ pub fn rope_write<F: Float>(
             }
         } else {
             let vh = h - heads - kv;
-            let at = batch * v.stride(0) + vh * v.stride(1) + s * v.stride(2) + i * v.stride(3);
+            let at =
+                v_at + batch * v.stride(0) + vh * v.stride(1) + s * v.stride(2) + i * v.stride(3);
             let to = row * values.stride(0)
                 + vh * values.stride(1)
                 + (start + s) * values.stride(2)
@@ -392,77 +396,81 @@ pub fn gated<F: Float>(
     }
 }
 
-/// A gated MLP's activation as the prologue of its down projection, for the few rows of a
-/// decode step: `out[row, j] = sum_i g[row, i] w[i, j]` with `g = act(gate) * up` of
-/// `gate_up: [batch, seq, 2 inter]` (as [`gated`] computes it, rounded to the element type
-/// as its output is) and `w: [inter, out]` (any strides), into the contiguous `out: [batch,
-/// seq, out]`.
+/// A decode step's matrix-vector product: `out[row, j] = sum_i a[row, i] w[i, j]` for the
+/// few rows of `x: [batch, seq, ..]` (any strides) and `w: [in, out]` with contiguous rows,
+/// into the contiguous `out: [batch, seq, out]`. Plain (`gated` false): `a = x[.., i]`, `in`
+/// features. Gated: `x` is a gated MLP's `gate_up: [batch, seq, 2 in]` and `a = act(gate[i])
+/// * up[i]` (as [`gated`] computes it, rounded to the element type as its output is), the
+/// activation as the down projection's prologue.
 ///
-/// Cube position x: a tile of `cols` output columns, y: the row. The input features go by
-/// chunks of `block`: each unit computes one activation of the chunk into shared memory, then
-/// unit `(part, col)` of the cube's `parts x cols` adds the products of features `part, part
-/// + parts, ..` of the chunk with its column's weights (neighbouring units read neighbouring
-/// weights of one row of `w`), in f32; the `parts` partial sums of a column are added at the
-/// end. `parts * cols = block`.
+/// `w` and `out` are read and written as vectors of `N` neighbouring columns (one load of 8
+/// or 16 bytes per weight vector). Cube position x: a tile of `lanes` vectors of columns, y:
+/// the row. Unit `(part, lane)` of the cube's `parts x lanes` adds the products of features
+/// `part, part + parts, ..` with its vector's weights in f32, two features per turn (two
+/// loads in flight), so that neighbouring units read neighbouring weights of one row of `w`
+/// and every feature is read once per cube; the `parts` partial sums of a vector are added at
+/// the end through shared memory. `lanes * parts` is the cube's width.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn gated_matvec<F: Float>(
-    gate_up: &Tensor<F>,
-    w: &Tensor<F>,
-    out: &mut Tensor<F>,
+pub fn matvec<F: Float, N: Size>(
+    x: &Tensor<F>,
+    w: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    #[comptime] gated: bool,
     #[comptime] gelu: bool,
-    #[comptime] cols: usize,
+    #[comptime] lanes: usize,
     #[comptime] parts: usize,
-    #[comptime] block: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS_Y as usize;
     let unit = UNIT_POS as usize;
-    let col = unit % cols;
-    let part = unit / cols;
-    let j = CUBE_POS_X as usize * cols + col;
-    let seq = gate_up.shape(1);
-    let inter = gate_up.shape(2) / 2;
-    let outputs = w.shape(1);
-    let at = (row / seq) * gate_up.stride(0) + (row % seq) * gate_up.stride(1);
-    let step = gate_up.stride(2);
-    let (w_in, w_out) = (w.stride(0), w.stride(1));
+    let lane = unit % lanes;
+    let part = unit / lanes;
+    let width = w.vector_size();
+    let c = CUBE_POS_X as usize * lanes + lane;
+    let columns = w.shape(1) / width;
+    let inputs = w.shape(0);
+    let w_row = w.stride(0) / width;
+    let seq = x.shape(1);
+    let at = (row / seq) * x.stride(0) + (row % seq) * x.stride(1);
+    let step = x.stride(2);
 
-    let mut acts = SharedMemory::<f32>::new(block);
-    let mut acc = 0.0f32;
-    let mut chunk = 0usize;
-    while chunk < inter {
-        let i = chunk + unit;
-        let mut g = 0.0f32;
-        if i < inter {
-            let gate = f32::cast_from(gate_up[at + i * step]);
-            let up = f32::cast_from(gate_up[at + (inter + i) * step]);
-            g = f32::cast_from(F::cast_from(activation(gate, gelu) * up));
-        }
-        acts[unit] = g;
-        sync_cube();
-        if j < outputs {
-            let features = u32::min(block as u32, (inter - chunk) as u32) as usize;
-            let mut k = part;
-            while k < features {
-                acc += acts[k] * f32::cast_from(w[(chunk + k) * w_in + j * w_out]);
-                k += parts;
+    let mut acc = Vector::<f32, N>::new(0.0f32);
+    let mut acc2 = Vector::<f32, N>::new(0.0f32);
+    if c < columns {
+        let mut i = part;
+        while i < inputs {
+            let mut a = f32::cast_from(x[at + i * step]);
+            if gated {
+                let up = f32::cast_from(x[at + (inputs + i) * step]);
+                a = f32::cast_from(F::cast_from(activation(a, gelu) * up));
             }
+            let wi = w[i * w_row + c];
+            let k = i + parts;
+            if k < inputs {
+                let mut b = f32::cast_from(x[at + k * step]);
+                if gated {
+                    let up = f32::cast_from(x[at + (inputs + k) * step]);
+                    b = f32::cast_from(F::cast_from(activation(b, gelu) * up));
+                }
+                let wk = w[k * w_row + c];
+                acc2 += Vector::cast_from(wk) * Vector::new(b);
+            }
+            acc += Vector::cast_from(wi) * Vector::new(a);
+            i += 2 * parts;
         }
-        sync_cube();
-        chunk += block;
     }
 
-    let mut partial = SharedMemory::<f32>::new(block);
-    partial[unit] = acc;
+    let mut partial = SharedMemory::<Vector<f32, N>>::new(lanes * parts);
+    partial[unit] = acc + acc2;
     sync_cube();
-    if part == 0 && j < outputs {
-        let mut total = 0.0f32;
-        let mut p = 0usize;
+    if part == 0 && c < columns {
+        let mut total = partial[lane];
+        let mut p = 1usize;
         while p < parts {
-            total += partial[p * cols + col];
+            total += partial[p * lanes + lane];
             p += 1;
         }
-        out[row * outputs + j] = F::cast_from(total);
+        out[row * columns + c] = Vector::cast_from(total);
     }
 }

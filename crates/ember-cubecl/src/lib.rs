@@ -59,10 +59,14 @@ pub const MAX_QUERY_ROWS: usize = 32;
 /// kernel and burn's autotuned matmul.
 pub const MAX_MATVEC_ROWS: usize = 4;
 
-/// Output columns per cube of the matrix-vector kernel ([`kernels::gated_matvec`]): 64
-/// neighbouring weights of a row per read, and 4 parts of each chunk of input features per
-/// cube of [`BLOCK`] units.
-const MATVEC_COLS: usize = 64;
+/// Vectors of output columns per cube of the matrix-vector kernel ([`kernels::matvec`]):
+/// 4 vectors of 4 columns (32 bytes of a row of f16 weights per read of a plane's units
+/// that share a feature), and [`BLOCK`] / 4 parts of the input features per cube.
+const MATVEC_LANES: usize = 4;
+
+/// Columns per vector of [`kernels::matvec`] where the output width allows: 8 (f16) or 16
+/// (f32) bytes per weight load, a width every CubeCL target vectorizes.
+const MATVEC_WIDTH: usize = 4;
 
 /// The CubeCL fused ops of one backend (`R`: its CubeCL runtime).
 pub struct CubeFused<R> {
@@ -285,11 +289,29 @@ impl RopeWrite {
         cache: &CachePair<B>,
         rows: &[(usize, usize)],
     ) -> Option<Self> {
-        let [batch, heads, seq, dim] = q.dims();
+        let [batch, _, seq, dim] = q.dims();
         let [kb, kv, ks, kd] = k.dims();
+        let same = [k, v].iter().all(|t| t.dtype() == q.dtype());
+        if !same || (kb, ks, kd) != (batch, seq, dim) || v.dims() != k.dims() {
+            return None;
+        }
+        Self::plan_shape(q.dims(), kv, q.dtype(), cos, sin, cache, rows)
+    }
+
+    /// [`RopeWrite::plan`] for queries of shape `q: [b, heads, seq, d]` and keys and values
+    /// of `kv` heads, all of `dtype`.
+    fn plan_shape<B: Backend>(
+        q: [usize; 4],
+        kv: usize,
+        dtype: DType,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &CachePair<B>,
+        rows: &[(usize, usize)],
+    ) -> Option<Self> {
+        let [batch, heads, seq, dim] = q;
         let [slots, ckv, n, cd] = cache.0.dims();
-        let dtype = q.dtype();
-        let dtypes = [k, v, cos, sin, &cache.0, &cache.1]
+        let dtypes = [cos, sin, &cache.0, &cache.1]
             .iter()
             .all(|t| t.dtype() == dtype);
         if !dtypes || !float_dtype(dtype) {
@@ -299,9 +321,7 @@ impl RopeWrite {
             let [tb, one, ts, td] = t.dims();
             (tb == 1 || tb == batch) && one == 1 && (ts, td) == (seq, dim)
         };
-        let shapes = (kb, ks, kd) == (batch, seq, dim)
-            && v.dims() == k.dims()
-            && cache.1.dims() == cache.0.dims()
+        let shapes = cache.1.dims() == cache.0.dims()
             && (ckv, cd) == (kv, dim)
             && table(cos)
             && table(sin)
@@ -360,6 +380,7 @@ impl RopeWrite {
         sin: CubeTensor<R>,
         keys: CubeTensor<R>,
         values: CubeTensor<R>,
+        (k_at, v_at): (usize, usize),
     ) -> [CubeTensor<R>; 3] {
         let writable = |t: CubeTensor<R>| {
             if t.can_mut() && t.is_nonoverlapping() {
@@ -393,7 +414,8 @@ impl RopeWrite {
             ),
         };
         let dtype = q.dtype;
-        // SAFETY: `plan` checked the shapes: q `[b, heads, seq, d]`, k and v `[b, kv, seq, d]`,
+        // SAFETY: `plan` checked the shapes: q `[b, heads, seq, d]`, k and v `[b, kv, seq, d]`
+        // (from `k_at` and `v_at` on: the caller's views of one buffer, inside it),
         // cos and sin `[1 or b, 1, seq, d]`, keys and values `[slots, kv, n, d]` with every
         // batch row's cache row below `slots` and `start + seq <= n`, `d` even; the grid is
         // (elements of a token's heads / block, seq, b) and units past the elements do
@@ -415,6 +437,8 @@ impl RopeWrite {
                 values.clone().into_tensor_arg(),
                 self.row0,
                 self.start0,
+                k_at,
+                v_at,
                 self.per_row.is_some(),
                 Self::BLOCK,
                 dtype.into(),
@@ -603,54 +627,15 @@ where
         act: Gate,
         w: &Tensor<FusedCube<R, F, I, BT>, 2>,
     ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
-        let [batch, seq, features] = gate_up.dims();
-        let [inter, outputs] = w.dims();
-        let dtype = gate_up.dtype();
-        if dtype != w.dtype() || !float_dtype(dtype) || features != 2 * inter {
-            return None;
-        }
-        let rows = batch * seq;
-        if rows == 0 || rows > MAX_MATVEC_ROWS || inter == 0 || outputs == 0 {
-            return None;
-        }
-        let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
-        let grid = (limit(outputs.div_ceil(MATVEC_COLS))?, limit(rows)?);
-        let gelu = act == Gate::GeluTanh;
-        let shape = vec![batch, seq, outputs];
-        let out = register::<R, F, I, BT, 2>(
-            "ember.gated_matvec",
-            [fusion(gate_up)?, fusion(w)?],
-            shape.clone(),
-            dtype,
-            move |[gate_up, w]| {
-                let out = output(&gate_up, shape.clone());
-                let dtype = gate_up.dtype;
-                let client = gate_up.client.clone();
-                // SAFETY: the grid is (outputs / cols rounded up, batch * seq); each unit
-                // reads features below `inter` of its row of `gate_up` and of `inter + i`,
-                // inside its shape and strides (checked `2 * inter` features), weights
-                // `[i, j]` with `i < inter`, `j < outputs` (w's shape), and writes `out`
-                // (allocated here, [batch, seq, outputs]) at `row * outputs + j`, `j <
-                // outputs`; cols x parts is the cube's width.
-                unsafe {
-                    kernels::gated_matvec::launch_unchecked::<R>(
-                        &client,
-                        CubeCount::Static(grid.0, grid.1, 1),
-                        CubeDim::new_1d(BLOCK as u32),
-                        gate_up.into_tensor_arg(),
-                        w.into_tensor_arg(),
-                        out.clone().into_tensor_arg(),
-                        gelu,
-                        MATVEC_COLS,
-                        BLOCK / MATVEC_COLS,
-                        BLOCK,
-                        dtype.into(),
-                    );
-                }
-                out
-            },
-        );
-        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        matvec(gate_up, w, Some(act))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        w: &Tensor<FusedCube<R, F, I, BT>, 2>,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        matvec(x, w, None)
     }
 
     fn decode_attention(
@@ -759,7 +744,79 @@ where
             "ember.rope_write",
             inputs,
             outputs,
-            move |[q, k, v, cos, sin, keys, values]| plan.launch(q, k, v, cos, sin, keys, values),
+            move |[q, k, v, cos, sin, keys, values]| {
+                plan.launch(q, k, v, cos, sin, keys, values, (0, 0))
+            },
+        );
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        Ok(RopeWritten {
+            q: float(q),
+            keys: float(keys),
+            values: float(values),
+        })
+    }
+
+    fn rope_write_packed(
+        &self,
+        qkv: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        heads: usize,
+        cos: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        sin: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        cache: CachePair<FusedCube<R, F, I, BT>>,
+        rows: &[(usize, usize)],
+    ) -> Result<RopeWritten<FusedCube<R, F, I, BT>>, CachePair<FusedCube<R, F, I, BT>>> {
+        let [batch, seq, features] = qkv.dims();
+        let [_, kv, _, dim] = cache.0.dims();
+        let fits = (heads + 2 * kv).checked_mul(dim) == Some(features);
+        let plan = fits
+            .then(|| {
+                RopeWrite::plan_shape(
+                    [batch, heads, seq, dim],
+                    kv,
+                    qkv.dtype(),
+                    cos,
+                    sin,
+                    &cache,
+                    rows,
+                )
+            })
+            .flatten();
+        let Some(plan) = plan else {
+            return Err(cache);
+        };
+        let (Some(qkv), Some([cos, sin, keys, values])) =
+            (fusion(qkv), [cos, sin, &cache.0, &cache.1].try_map_fusion())
+        else {
+            return Err(cache);
+        };
+        let outputs = [
+            (plan.q_shape.clone(), plan.dtype),
+            (cache.0.dims().to_vec(), plan.dtype),
+            (cache.1.dims().to_vec(), plan.dtype),
+        ];
+        // The cache's tensors go into the op: its outputs are the written cache.
+        drop(cache);
+        let [q, keys, values] = register_outputs::<R, F, I, BT, 5, 3>(
+            "ember.rope_write",
+            [qkv, cos, sin, keys, values],
+            outputs,
+            move |[qkv, cos, sin, keys, values]| {
+                // q, k and v as views of the projection's heads: `[b, h, seq, d]` with the
+                // token's stride between positions, `d` elements between heads; k's and
+                // v's first elements passed as offsets (the three share one buffer).
+                let s = qkv.meta.strides().clone();
+                let view = |h: usize| {
+                    let mut t = qkv.clone();
+                    t.meta = Box::new(Metadata::new(
+                        [batch, h, seq, dim],
+                        Strides::new(&[s[0], dim * s[2], s[1], s[2]]),
+                    ));
+                    t
+                };
+                let (q, k, v) = (view(heads), view(kv), view(kv));
+                let at = (heads * dim * s[2], (heads + kv) * dim * s[2]);
+                plan.launch(q, k, v, cos, sin, keys, values, at)
+            },
         );
         let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
         Ok(RopeWritten {
@@ -861,4 +918,90 @@ where
         };
         Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
+}
+
+/// [`kernels::matvec`] as a registered op: `x.matmul(w)` (`gate` `None`, `x: [batch, seq,
+/// in]`) or `gated(x, gate).matmul(w)` (`x: [batch, seq, 2 in]`) for `w: [in, out]`, or
+/// `None` where the kernel does not apply (a prompt's rows, mixed dtypes, shapes that do not
+/// match, grids past the portable limits): burn's autotuned matmul then.
+fn matvec<R, F, I, BT>(
+    x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+    w: &Tensor<FusedCube<R, F, I, BT>, 2>,
+    gate: Option<Gate>,
+) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [batch, seq, features] = x.dims();
+    let [inputs, outputs] = w.dims();
+    let dtype = x.dtype();
+    let wanted = if gate.is_some() { 2 * inputs } else { inputs };
+    if dtype != w.dtype() || !float_dtype(dtype) || features != wanted {
+        return None;
+    }
+    let rows = batch * seq;
+    if rows == 0 || rows > MAX_MATVEC_ROWS || inputs == 0 || outputs == 0 {
+        return None;
+    }
+    let width = if outputs.is_multiple_of(MATVEC_WIDTH) {
+        MATVEC_WIDTH
+    } else {
+        1
+    };
+    let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
+    let grid = (
+        limit((outputs / width).div_ceil(MATVEC_LANES))?,
+        limit(rows)?,
+    );
+    let gelu = gate == Some(Gate::GeluTanh);
+    let name = match gate {
+        Some(_) => "ember.gated_matvec",
+        None => "ember.matvec",
+    };
+    let shape = vec![batch, seq, outputs];
+    let out = register::<R, F, I, BT, 2>(
+        name,
+        [fusion(x)?, fusion(w)?],
+        shape.clone(),
+        dtype,
+        move |[x, w]| {
+            // The kernel reads rows of `w` as vectors from its start: a view is copied first.
+            let w = if w.is_contiguous() {
+                w
+            } else {
+                burn_cubecl::kernel::into_contiguous(w)
+            };
+            let out = output(&x, shape.clone());
+            let dtype = x.dtype;
+            let client = x.client.clone();
+            // SAFETY: the grid is (vectors of `out`'s columns / lanes rounded up, batch *
+            // seq); each unit reads features below `inputs` (and `inputs + i` gated: `x` has
+            // `2 * inputs` features, checked) of its row of `x` inside its shape and
+            // strides, weight vectors `[i, c]` with `i < inputs`, `c` below the vectors of a
+            // row of the contiguous `w` (`outputs` is a multiple of the width), and writes
+            // `out` (allocated here, [batch, seq, outputs]) at vector `row * columns + c`;
+            // lanes x parts is the cube's width.
+            unsafe {
+                kernels::matvec::launch_unchecked::<R>(
+                    &client,
+                    CubeCount::Static(grid.0, grid.1, 1),
+                    CubeDim::new_1d(BLOCK as u32),
+                    width,
+                    x.into_tensor_arg(),
+                    w.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    gate.is_some(),
+                    gelu,
+                    MATVEC_LANES,
+                    BLOCK / MATVEC_LANES,
+                    dtype.into(),
+                );
+            }
+            out
+        },
+    );
+    Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }

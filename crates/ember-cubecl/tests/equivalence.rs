@@ -317,7 +317,8 @@ fn check_rope_write(
 ) {
     let batch = rows.len();
     let seed = (heads * 100 + kv * 10 + hd + seq + rows[0].1) as u64;
-    let qkv = tensor([batch, seq, heads + 2 * kv, hd], seed, dtype).swap_dims(1, 2);
+    let projection = tensor([batch, seq, heads + 2 * kv, hd], seed, dtype);
+    let qkv = projection.clone().swap_dims(1, 2);
     let mut q = qkv.clone().narrow(1, 0, heads);
     let mut k = qkv.clone().narrow(1, heads, kv);
     let v = qkv.narrow(1, heads + kv, kv);
@@ -363,6 +364,22 @@ fn check_rope_write(
     .unwrap_or_else(|_| panic!("the kernel declined heads {heads} kv {kv} hd {hd} rows {rows:?}"));
     let unchanged = max_diff(&host(shared.0), &before.0).max(max_diff(&host(shared.1), &before.1));
     assert_eq!(unchanged, 0.0, "a shared cache was written in place");
+    // The projection before its split into heads (q, k and v are its views), on a copy of
+    // the cache (the other holders see no change: checked above for the split form).
+    let packed = (!contiguous).then(|| {
+        let flat = projection.reshape([batch, seq, (heads + 2 * kv) * hd]);
+        let cache = (keys.clone(), values.clone());
+        FusedOps::<B>::rope_write_packed(
+            &ops(),
+            &flat,
+            heads,
+            tables.cos(),
+            tables.sin(),
+            cache,
+            rows,
+        )
+        .unwrap_or_else(|_| panic!("the packed kernel declined heads {heads} kv {kv} hd {hd}"))
+    });
     let only = FusedOps::<B>::rope_write(
         &ops(),
         &q,
@@ -377,7 +394,7 @@ fn check_rope_write(
 
     let tol = tolerance(dtype, 1e-5);
     let what = format!("{dtype:?} heads {heads} kv {kv} hd {hd} seq {seq} rows {rows:?}");
-    for w in [written, only] {
+    for w in [written, only].into_iter().chain(packed) {
         assert_eq!(w.q.dims(), [batch, heads, seq, hd]);
         assert_eq!(w.keys.dims(), [slots, kv, n, hd]);
         let dq = max_diff(&host(w.q), &host(q_ref.clone()));
@@ -424,6 +441,51 @@ fn rope_write_equals_portable_f32() {
 #[test]
 fn rope_write_equals_portable_f16() {
     rope_write_shapes(DType::F16);
+}
+
+#[test]
+fn rope_write_packed_declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    let rope = Rope::<B>::new(&inv_freq(64, 10_000.0, None), 16, &device(), dtype);
+    let tables = rope.tables(3, 1);
+    let cache = || {
+        (
+            tensor([1, 3, 16, 64], 1, dtype),
+            tensor([1, 3, 16, 64], 2, dtype),
+        )
+    };
+    // 9 query heads and 3 KV heads of 64 take 960 features: 959 and 1024 are declined,
+    // and so is a step past the cache's end; the cache comes back unchanged.
+    for (features, rows) in [(959, (0, 3)), (1024, (0, 3)), (960, (0, 16))] {
+        let qkv = tensor([1, 1, features], 3, dtype);
+        let before = cache();
+        let back = FusedOps::<B>::rope_write_packed(
+            &ops(),
+            &qkv,
+            9,
+            tables.cos(),
+            tables.sin(),
+            cache(),
+            &[rows],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{features} features at {rows:?} were taken"));
+        assert_eq!(max_diff(&host(back.0), &host(before.0)), 0.0);
+    }
+    let qkv = tensor([1, 1, 960], 3, dtype);
+    let taken = FusedOps::<B>::rope_write_packed(
+        &ops(),
+        &qkv,
+        9,
+        tables.cos(),
+        tables.sin(),
+        cache(),
+        &[(0, 3)],
+    );
+    assert!(
+        taken.is_ok(),
+        "the same call with 960 features was declined"
+    );
 }
 
 #[test]
@@ -624,4 +686,74 @@ fn gated_linear_declines_what_it_does_not_take() {
     // And it takes the same call with one row.
     let one = tensor([1, 1, 16], 5, dtype);
     assert!(FusedOps::<B>::gated_linear(&ops(), &one, Gate::Silu, &w).is_some());
+}
+
+fn check_linear(x: Tensor<B, 3>, w: Tensor<B, 2>, dtype: DType) {
+    let [batch, seq, _] = x.dims();
+    let [_, outputs] = w.dims();
+    let what = format!("{dtype:?} {:?} x {:?}", x.dims(), w.dims());
+    let fused = FusedOps::<B>::linear(&ops(), &x, &w)
+        .unwrap_or_else(|| panic!("the kernel declined {what}"));
+    assert_eq!(fused.dims(), [batch, seq, outputs]);
+    assert_eq!(fused.dtype(), dtype);
+    let fused = host(fused);
+    let reference =
+        host(linear(x.clone().cast(DType::F32), &w.clone().cast(DType::F32)).cast(dtype));
+    let diff = max_rel_diff(&fused, &reference);
+    let tol = tolerance(dtype, 1e-5);
+    assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
+    if dtype != DType::F32 {
+        let burn = max_rel_diff(&host(linear(x, &w)), &reference);
+        assert!(
+            diff <= burn.max(2e-3),
+            "{what}: the kernel is {diff} from the f32 reference, burn's matmul {burn}"
+        );
+    }
+}
+
+fn linear_shapes(dtype: DType) {
+    // SmolLM2-135M's q, k and v side by side (576 -> 960), its MLP's gate and up (576 ->
+    // 3072); outputs that are not a multiple of the kernel's 4-column vectors (6, 130: the
+    // scalar form) or of a cube's 16 columns (100); two rows and four (the most it takes).
+    for (i, (rows, inputs, outputs)) in [
+        ([1, 1], 576, 960),
+        ([1, 1], 576, 3072),
+        ([1, 1], 33, 6),
+        ([2, 1], 96, 130),
+        ([1, 4], 257, 100),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 130 + 2 * i as u64;
+        let x = tensor([rows[0], rows[1], inputs], seed, dtype);
+        let w = tensor([inputs, outputs], seed + 1, dtype).div_scalar((inputs as f32).sqrt());
+        check_linear(x, w, dtype);
+    }
+    // A transposed weight (a strided view: copied before the kernel reads it as vectors),
+    // and an input that is a view.
+    let w = tensor([100, 300], 150, dtype).div_scalar(10.0).transpose();
+    let x = tensor([1, 3, 300], 151, dtype).narrow(1, 2, 1);
+    check_linear(x, w, dtype);
+}
+
+#[test]
+fn linear_equals_portable_f32() {
+    linear_shapes(DType::F32);
+}
+
+#[test]
+fn linear_equals_portable_f16() {
+    linear_shapes(DType::F16);
+}
+
+#[test]
+fn linear_declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    let w = tensor([8, 4], 1, dtype);
+    // A prompt's rows (burn's matmul), features unlike the weight's rows, mixed dtypes.
+    assert!(FusedOps::<B>::linear(&ops(), &tensor([1, 5, 8], 2, dtype), &w).is_none());
+    assert!(FusedOps::<B>::linear(&ops(), &tensor([1, 1, 9], 3, dtype), &w).is_none());
+    assert!(FusedOps::<B>::linear(&ops(), &tensor([1, 1, 8], 4, DType::F16), &w).is_none());
+    assert!(FusedOps::<B>::linear(&ops(), &tensor([1, 1, 8], 5, dtype), &w).is_some());
 }

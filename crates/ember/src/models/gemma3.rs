@@ -436,7 +436,7 @@ impl<B: Backend> Gemma3<B> {
         // [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv, seq, hd]
         let qkv = a
             .qkv_proj
-            .forward(h)
+            .forward_with(h, self.fused())
             .reshape([batch, seq, heads + 2 * kv_heads, hd])
             .swap_dims(1, 2);
         let q = self.head_norm(qkv.clone().narrow(1, 0, heads), &a.q_norm);
@@ -484,11 +484,14 @@ impl<B: Backend> Gemma3<B> {
                 out.swap_dims(1, 2).reshape([batch, seq, heads * hd])
             }
         };
-        let out = self.norm(a.o_proj.forward(out), &layer.post_attention_layernorm);
+        let out = self.norm(
+            a.o_proj.forward_with(out, self.fused()),
+            &layer.post_attention_layernorm,
+        );
         let x = Self::residual_add(x, out);
 
         let h = self.norm(x.clone(), &layer.pre_feedforward_layernorm);
-        let gate_up = layer.mlp.gate_up_proj.forward(h);
+        let gate_up = layer.mlp.gate_up_proj.forward_with(h, self.fused());
         let down = gated_linear(gate_up, Gate::GeluTanh, &layer.mlp.down_proj, self.fused());
         Ok(Self::residual_add(
             x,
@@ -571,7 +574,7 @@ impl<B: Backend> DecoderModel<B> for Gemma3<B> {
             Logits::Last => x.narrow(1, seq - 1, 1),
         };
         let x = self.norm(x, &self.norm);
-        let logits = self.lm_head.forward(x);
+        let logits = self.lm_head.forward_with(x, self.fused());
         Ok(match c.final_logit_softcapping {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,

@@ -333,7 +333,7 @@ impl<B: Backend> Llama<B> {
         if fused.is_some_and(|f| f.fuses_add_rms_norm()) {
             return Residual {
                 x: residual,
-                pending: Some(w.forward(x)),
+                pending: Some(w.forward_with(x, fused)),
             };
         }
         Residual {
@@ -405,7 +405,8 @@ impl<B: Backend> Llama<B> {
     fn qkv(&self, layer: &DecoderLayer<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let a = &layer.self_attn;
         // One projection for q, k and v.
-        let qkv = a.qkv_proj.forward(h);
+        let fused = self.fused.as_ref().map(Fused::ops);
+        let qkv = a.qkv_proj.forward_with(h, fused);
         match &a.qkv_bias {
             Some(bias) => qkv.add(bias.clone().unsqueeze::<3>()),
             None => qkv,
@@ -453,43 +454,16 @@ impl<B: Backend> Llama<B> {
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let groups = heads / kv_heads;
         let a = &layer.self_attn;
-        // Split into heads once: [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv,
-        // seq, hd]; q's and k's heads are rotated together, then q, k and v are views of
-        // their heads.
-        let qkv = qkv
-            .reshape([batch, seq, heads + 2 * kv_heads, hd])
-            .swap_dims(1, 2);
-        let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
-        let fused = self.fused.as_ref().map(Fused::ops);
-        let rotate = |x, rope| rotate_with(x, rope, fused);
-        let (q, k) = match &a.qk_norm {
-            None => (
-                qkv.clone().narrow(1, 0, heads),
-                qkv.clone().narrow(1, heads, kv_heads),
-            ),
-            Some((q_norm, k_norm)) => (
-                self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm),
-                self.head_norm(qkv.clone().narrow(1, heads, kv_heads), k_norm),
-            ),
+        // RoPE and the cache write of the projection as it is, where the backend has the op
+        // (no split into heads: a backend may copy the views of a split).
+        let packed = match &a.qk_norm {
+            None => cache.rope_write_packed(step, index, &qkv, heads, rope),
+            Some(_) => None,
         };
-        // RoPE and the cache write as one op where the backend has it; else q's and k's
-        // heads rotated (together when they are adjacent views of the projection).
-        let (q, k, v) = match cache.rope_write(step, index, &q, &k, &v, rope) {
+        let fused = self.fused.as_ref().map(Fused::ops);
+        let (q, k, v) = match packed {
             Some(qkv) => qkv,
-            None => {
-                let (q, k) = match &a.qk_norm {
-                    None => {
-                        let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
-                        (
-                            qk.clone().narrow(1, 0, heads),
-                            qk.narrow(1, heads, kv_heads),
-                        )
-                    }
-                    Some(_) => (rotate(q, rope), rotate(k, rope)),
-                };
-                let (k, v) = cache.update_and_fetch(step, index, k, v)?;
-                (q, k, v)
-            }
+            None => self.split_rope_write(layer, index, qkv, cache, step, rope)?,
         };
         let visible = step.visible();
         if attention == AttentionImpl::Fused && bias.is_some() {
@@ -525,6 +499,62 @@ impl<B: Backend> Llama<B> {
         Ok(out.swap_dims(1, 2).reshape([batch, seq, heads * hd]))
     }
 
+    /// `qkv: [batch, seq, (heads + 2 kv) * head_dim]` split into q, k and v heads, q and k
+    /// rotated and k and v written into layer `index`'s cache: `(q, k, v)` with `k` and `v`
+    /// the cache's visible positions.
+    fn split_rope_write(
+        &self,
+        layer: &DecoderLayer<B>,
+        index: usize,
+        qkv: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+        step: &Step<B>,
+        rope: &RopeTables<B>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        let c = &self.config;
+        let [batch, seq, _] = qkv.dims();
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let a = &layer.self_attn;
+        // Split into heads once: [batch, seq, (heads + 2 kv) * hd] -> [batch, heads + 2 kv,
+        // seq, hd]; q's and k's heads are rotated together, then q, k and v are views of
+        // their heads.
+        let qkv = qkv
+            .reshape([batch, seq, heads + 2 * kv_heads, hd])
+            .swap_dims(1, 2);
+        let v = qkv.clone().narrow(1, heads + kv_heads, kv_heads);
+        let fused = self.fused.as_ref().map(Fused::ops);
+        let rotate = |x, rope| rotate_with(x, rope, fused);
+        let (q, k) = match &a.qk_norm {
+            None => (
+                qkv.clone().narrow(1, 0, heads),
+                qkv.clone().narrow(1, heads, kv_heads),
+            ),
+            Some((q_norm, k_norm)) => (
+                self.head_norm(qkv.clone().narrow(1, 0, heads), q_norm),
+                self.head_norm(qkv.clone().narrow(1, heads, kv_heads), k_norm),
+            ),
+        };
+        // RoPE and the cache write as one op where the backend has it; else q's and k's
+        // heads rotated (together when they are adjacent views of the projection).
+        Ok(match cache.rope_write(step, index, &q, &k, &v, rope) {
+            Some(qkv) => qkv,
+            None => {
+                let (q, k) = match &a.qk_norm {
+                    None => {
+                        let qk = rotate(qkv.narrow(1, 0, heads + kv_heads), rope);
+                        (
+                            qk.clone().narrow(1, 0, heads),
+                            qk.narrow(1, heads, kv_heads),
+                        )
+                    }
+                    Some(_) => (rotate(q, rope), rotate(k, rope)),
+                };
+                let (k, v) = cache.update_and_fetch(step, index, k, v)?;
+                (q, k, v)
+            }
+        })
+    }
+
     /// The rest of a layer after its attention `out`: the output projection added to `x`,
     /// then the MLP's.
     fn after_attention(
@@ -536,8 +566,8 @@ impl<B: Backend> Llama<B> {
         let x = self.residual_add(x, out, &layer.self_attn.o_proj);
         let (x, h) = self.add_norm(x, &layer.post_attention_layernorm);
         let m = &layer.mlp;
-        let gate_up = m.gate_up_proj.forward(h);
         let fused = self.fused.as_ref().map(Fused::ops);
+        let gate_up = m.gate_up_proj.forward_with(h, fused);
         if fused.is_some_and(|f| f.fuses_add_rms_norm()) {
             // The down projection's output stays pending for the next norm (as
             // `residual_add` keeps it), the activation its matrix-vector kernel's prologue
@@ -652,7 +682,9 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
             Logits::Last => x.narrow(seq - 1, 1),
         };
         let (_, x) = self.add_norm(x, &self.norm);
-        Ok(self.lm_head.forward(x))
+        Ok(self
+            .lm_head
+            .forward_with(x, self.fused.as_ref().map(Fused::ops)))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeviceGraphs;
 use crate::nn::attention::position_bias;
 use crate::nn::rope::{Rope, RopeTables};
+use crate::nn::{FusedOps, RopeWritten};
 
 /// Keys and values of every layer for positions `0..len`.
 ///
@@ -531,8 +532,53 @@ impl<B: Backend> KvCache<B> {
         v: &Tensor<B, 4>,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        let placeholder = (k.clone(), v.clone());
+        self.rope_write_with(step, layer, k.dims()[0], placeholder, |ops, cache, rows| {
+            ops.rope_write(q, k, v, rope.cos(), rope.sin(), cache, rows)
+        })
+    }
+
+    /// [`KvCache::rope_write`] of the projection `qkv: [batch, seq, (heads + 2 kv_heads) *
+    /// head_dim]` before it is split into heads ([`FusedOps::rope_write_packed`]); `None`
+    /// as there, the cache untouched.
+    pub fn rope_write_packed(
+        &mut self,
+        step: &Step<B>,
+        layer: usize,
+        qkv: &Tensor<B, 3>,
+        heads: usize,
+        rope: &RopeTables<B>,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        // Stands in the slot while the op holds the cache (never read).
+        let stand_in = qkv.clone().unsqueeze_dim::<4>(3);
+        let placeholder = (stand_in.clone(), stand_in);
+        self.rope_write_with(
+            step,
+            layer,
+            qkv.dims()[0],
+            placeholder,
+            |ops, cache, rows| {
+                ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
+            },
+        )
+    }
+
+    /// The cache rows of a step of `batch` rows handed to `write` (the backend's op) with
+    /// layer `layer`'s cache, which `placeholder` stands in for meanwhile.
+    #[allow(clippy::type_complexity)]
+    fn rope_write_with(
+        &mut self,
+        step: &Step<B>,
+        layer: usize,
+        batch: usize,
+        placeholder: (Tensor<B, 4>, Tensor<B, 4>),
+        write: impl FnOnce(
+            &dyn FusedOps<B>,
+            (Tensor<B, 4>, Tensor<B, 4>),
+            &[(usize, usize)],
+        ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
         let fused = self.fused.clone()?;
-        let batch = k.dims()[0];
         let rows: Vec<(usize, usize)> = match &step.positions {
             Positions::Host { start } => (0..batch).map(|b| (b, *start)).collect(),
             Positions::Row { row, start } => vec![(*row, *start)],
@@ -540,13 +586,10 @@ impl<B: Backend> KvCache<B> {
             Positions::Device { .. } => return None,
         };
         let slot = self.layers.get_mut(layer)?;
-        // Taken out of the slot (the new k/v hold it meanwhile) so that the op owns the only
-        // handle and can write in place (see `update_and_fetch`).
-        let cache = std::mem::replace(slot, (k.clone(), v.clone()));
-        let written = match fused
-            .ops()
-            .rope_write(q, k, v, rope.cos(), rope.sin(), cache, &rows)
-        {
+        // Taken out of the slot (the placeholder holds it meanwhile) so that the op owns the
+        // only handle and can write in place (see `update_and_fetch`).
+        let cache = std::mem::replace(slot, placeholder);
+        let written = match write(fused.ops(), cache, &rows) {
             Ok(w) => w,
             Err(cache) => {
                 *slot = cache;

@@ -21,7 +21,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
 use crate::format::quant::Unpacked;
-use crate::nn::{linear, linear_add_with, FusedOps};
+use crate::nn::{linear_add_with, linear_with, FusedOps};
 
 /// A `[in, out]` projection: `x.matmul(w)`.
 #[derive(Debug, Clone)]
@@ -76,8 +76,14 @@ impl<B: Backend> Weight<B> {
 
     /// `x.matmul(w)` for `x: [batch, seq, in]` -> `[batch, seq, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(x, None)
+    }
+
+    /// [`Weight::forward`] through `fused` where the backend has its own op for a dense
+    /// weight ([`FusedOps::linear`]: a decode step's matrix-vector kernel).
+    pub fn forward_with(&self, x: Tensor<B, 3>, fused: Option<&dyn FusedOps<B>>) -> Tensor<B, 3> {
         match self {
-            Weight::Dense(w) => linear(x, w),
+            Weight::Dense(w) => linear_with(x, w, fused),
             Weight::Quantized(q) => {
                 let [batch, seq, features] = x.dims();
                 x.reshape([batch * seq, features])
@@ -90,9 +96,13 @@ impl<B: Backend> Weight<B> {
                 n.0.forward(x.reshape([batch * seq, features]))
                     .reshape([batch, seq, out])
             }
-            Weight::Concat(parts) => {
-                Tensor::cat(parts.iter().map(|w| w.forward(x.clone())).collect(), 2)
-            }
+            Weight::Concat(parts) => Tensor::cat(
+                parts
+                    .iter()
+                    .map(|w| w.forward_with(x.clone(), fused))
+                    .collect(),
+                2,
+            ),
         }
     }
 

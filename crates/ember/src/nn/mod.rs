@@ -137,6 +137,14 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// `x.matmul(w)` for `x: [batch, seq, in]` and a dense `w: [in, out]` as the backend's
+    /// own op ([`linear`]'s reference), or `None` where it cannot or where burn's matmul is
+    /// faster (a matrix-vector kernel declines a prompt's rows).
+    fn linear(&self, x: &Tensor<B, 3>, w: &Tensor<B, 2>) -> Option<Tensor<B, 3>> {
+        let _ = (x, w);
+        None
+    }
+
     /// [`linear_add`] as one op (a matmul that accumulates into the residual), or `None`.
     fn linear_add(
         &self,
@@ -219,6 +227,25 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         rows: &[(usize, usize)],
     ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)> {
         let _ = (q, k, v, cos, sin, rows);
+        Err(cache)
+    }
+
+    /// [`FusedOps::rope_write`] of a step's projection `qkv: [b, seq, (heads + 2 kv_heads)
+    /// * d]` as it comes out of the matmul (each token's query heads, then its key heads, then
+    /// its value heads; `kv_heads` and `d` are the cache's), before it is split into heads:
+    /// one op without the views' copies a backend makes of a split. Same results and
+    /// `Err(cache)` as `rope_write`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write_packed(
+        &self,
+        qkv: &Tensor<B, 3>,
+        heads: usize,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: (Tensor<B, 4>, Tensor<B, 4>),
+        rows: &[(usize, usize)],
+    ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)> {
+        let _ = (qkv, heads, cos, sin, rows);
         Err(cache)
     }
 
@@ -308,7 +335,7 @@ pub fn gated_linear<B: Backend>(
             return y;
         }
     }
-    w.forward(gated(gate_up, act, fused))
+    w.forward_with(gated(gate_up, act, fused), fused)
 }
 
 /// [`rms_norm`] through `fused` where it can, else the portable composition.
@@ -392,6 +419,19 @@ fn f32_of<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Tensor<B, D> {
 
 /// `x.matmul(w)` for `x: [batch, seq, in]`, `w: [in, out]` -> `[batch, seq, out]`.
 pub fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
+    linear_with(x, w, None)
+}
+
+/// [`linear`] through `fused` where it can (a decode step's matrix-vector kernel), else
+/// burn's matmul.
+pub fn linear_with<B: Backend>(
+    x: Tensor<B, 3>,
+    w: &Tensor<B, 2>,
+    fused: Option<&dyn FusedOps<B>>,
+) -> Tensor<B, 3> {
+    if let Some(y) = fused.and_then(|f| f.linear(&x, w)) {
+        return y;
+    }
     let [batch, seq, features] = x.dims();
     let [_, out] = w.dims();
     x.reshape([batch * seq, features])
