@@ -218,6 +218,30 @@ for stage in "$@"; do
     EMBER_CUBECL=off bench kernels-off "${LIMIT:-200}" "$(printf 'models = ["preset:smollm2-135m"]\ntargets = ["cuda@cuda:0", "wgpu@vulkan:0"]\ndtypes = ["f16"]\n')" \
       -p 128 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 180
     ;;
+  matvec)
+    # Change 39 (the matrix-vector kernel for every dense projection of a decode step, RoPE
+    # of the unsplit projection): f16 on TARGET (default CubeCL cuda), both SmolLM2 shapes
+    # (the 1.7B decode only), with PyTorch eager beside the new build, then the build before
+    # it (.gpu/ember-before) on the same rows. SHAPES (default "135m 1.7b") picks the shapes.
+    use_cubecl_cache
+    target=${TARGET:-cuda@cuda:0}
+    for build in after before; do
+      bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
+      base=""; [ $build = after ] && base='[baselines]\npytorch = ["cuda"]\n'
+      ember_saved=$ember; ember=$bin
+      if [[ " ${SHAPES:-135m 1.7b} " == *" 135m "* ]]; then
+        bench "mv-135m-$build" "${LIMIT:-200}" "$(printf "models = [\"preset:smollm2-135m\"]\ntargets = [\"$target\"]\ndtypes = [\"f16\"]\n$base")" \
+          -p 128 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 180
+        reap
+      fi
+      if [[ " ${SHAPES:-135m 1.7b} " == *" 1.7b "* ]]; then
+        bench "mv-1.7b-$build" "${LIMIT:-200}" "$(printf "models = [\"preset:smollm2-1.7b\"]\ntargets = [\"$target\"]\ndtypes = [\"f16\"]\n$base")" \
+          -p 0 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 180
+        reap
+      fi
+      ember=$ember_saved
+    done
+    ;;
   ncu)
     # Where a decoded token's time goes on CubeCL cuda (f16, SmolLM2-135M shape, Ember's
     # kernels): wall time per token (one warm run of 16 and one of 144 tokens), then every

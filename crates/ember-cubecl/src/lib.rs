@@ -968,8 +968,13 @@ where
         shape.clone(),
         dtype,
         move |[x, w]| {
-            // The kernel reads rows of `w` as vectors from its start: a view is copied first.
-            let w = if w.is_contiguous() {
+            // The kernel reads each row of `w` as vectors: neighbouring columns, rows a whole
+            // number of vectors apart (burn-cubecl pads the rows of a 2D tensor to an aligned
+            // pitch: 576 f16 columns take 640, which is such a stride). Another view is
+            // copied first.
+            let strides = w.meta.strides();
+            let rows_of_vectors = strides[1] == 1 && strides[0].is_multiple_of(width);
+            let w = if rows_of_vectors {
                 w
             } else {
                 burn_cubecl::kernel::into_contiguous(w)

@@ -735,6 +735,14 @@ fn linear_shapes(dtype: DType) {
     let w = tensor([100, 300], 150, dtype).div_scalar(10.0).transpose();
     let x = tensor([1, 3, 300], 151, dtype).narrow(1, 2, 1);
     check_linear(x, w, dtype);
+    // Rows further apart than their width (as burn-cubecl pads a 2D tensor's rows on a GPU:
+    // read in place), and rows whose distance is not a whole number of vectors (copied).
+    for (pitch, seed) in [(584, 152), (578, 154)] {
+        let w = tensor([64, pitch], seed, dtype)
+            .div_scalar(8.0)
+            .narrow(1, 0, 576);
+        check_linear(tensor([1, 1, 64], seed + 1, dtype), w, dtype);
+    }
 }
 
 #[test]
