@@ -222,10 +222,11 @@ for stage in "$@"; do
     # Change 39 (the matrix-vector kernel for every dense projection of a decode step, RoPE
     # of the unsplit projection): f16 on TARGET (default CubeCL cuda), both SmolLM2 shapes
     # (the 1.7B decode only), with PyTorch eager beside the new build, then the build before
-    # it (.gpu/ember-before) on the same rows. SHAPES (default "135m 1.7b") picks the shapes.
+    # it (.gpu/ember-before) on the same rows. SHAPES (default "135m 1.7b") picks the shapes,
+    # BUILDS (default "after before") the builds.
     use_cubecl_cache
     target=${TARGET:-cuda@cuda:0}
-    for build in after before; do
+    for build in ${BUILDS:-after before}; do
       bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
       base=""; [ $build = after ] && base='[baselines]\npytorch = ["cuda"]\n'
       ember_saved=$ember; ember=$bin

@@ -397,11 +397,18 @@ pub fn gated<F: Float>(
 }
 
 /// A decode step's matrix-vector product: `out[row, j] = sum_i a[row, i] w[i, j]` for the
-/// few rows of `x: [batch, seq, ..]` (any strides) and `w: [in, out]` with contiguous rows,
-/// into the contiguous `out: [batch, seq, out]`. Plain (`gated` false): `a = x[.., i]`, `in`
-/// features. Gated: `x` is a gated MLP's `gate_up: [batch, seq, 2 in]` and `a = act(gate[i])
-/// * up[i]` (as [`gated`] computes it, rounded to the element type as its output is), the
-/// activation as the down projection's prologue.
+/// few rows of `x: [batch, seq, ..]` (any strides) and `w: [in, out]` with rows a whole
+/// number of vectors apart, into the contiguous `out: [batch, seq, out]`. The activations
+/// `a` by the comptime prologue:
+///
+/// - plain: `a = x[.., i]`, `in` features (`y`, `weight` and `sum` are not read: any
+///   tensor stands in);
+/// - `gated`: `x` is a gated MLP's `gate_up: [batch, seq, 2 in]` and `a = act(gate[i]) *
+///   up[i]` (as [`gated`] computes it, rounded to the element type as its output is);
+/// - `norm`: `a` is [`add_rms_norm`] of `x + y` by `weight` (`in` features, at most
+///   `max_in`), rounded as that kernel rounds its output; the cubes of column tile 0 also
+///   write the sum `x + y` into the contiguous `sum: [batch, seq, in]`. Each cube computes
+///   the row's norm into shared memory first.
 ///
 /// `w` and `out` are read and written as vectors of `N` neighbouring columns (one load of 8
 /// or 16 bytes per weight vector). Cube position x: a tile of `lanes` vectors of columns, y:
@@ -409,17 +416,24 @@ pub fn gated<F: Float>(
 /// `part, part + parts, ..` with its vector's weights in f32, two features per turn (two
 /// loads in flight), so that neighbouring units read neighbouring weights of one row of `w`
 /// and every feature is read once per cube; the `parts` partial sums of a vector are added at
-/// the end through shared memory. `lanes * parts` is the cube's width.
+/// the end through shared memory. `lanes * parts` is the cube's width, `block`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn matvec<F: Float, N: Size>(
     x: &Tensor<F>,
+    y: &Tensor<F>,
+    weight: &Tensor<F>,
     w: &Tensor<Vector<F, N>>,
+    sum: &mut Tensor<F>,
     out: &mut Tensor<Vector<F, N>>,
+    eps: f32,
     #[comptime] gated: bool,
     #[comptime] gelu: bool,
+    #[comptime] norm: bool,
     #[comptime] lanes: usize,
     #[comptime] parts: usize,
+    #[comptime] block: usize,
+    #[comptime] max_in: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS_Y as usize;
@@ -435,33 +449,59 @@ pub fn matvec<F: Float, N: Size>(
     let at = (row / seq) * x.stride(0) + (row % seq) * x.stride(1);
     let step = x.stride(2);
 
+    // The normed row (norm only; one element otherwise).
+    let mut normed = SharedMemory::<f32>::new(comptime![if norm { max_in } else { 1 }]);
+    if norm {
+        let y_at = (row / seq) * y.stride(0) + (row % seq) * y.stride(1);
+        let y_step = y.stride(2);
+        let writer = CUBE_POS_X == 0;
+        let mut squares = SharedMemory::<f32>::new(block);
+        let mut own = 0.0f32;
+        let mut i = unit;
+        while i < inputs {
+            let s = F::cast_from(
+                f32::cast_from(x[at + i * step]) + f32::cast_from(y[y_at + i * y_step]),
+            );
+            if writer {
+                sum[row * inputs + i] = s;
+            }
+            let v = f32::cast_from(s);
+            normed[i] = v;
+            own += v * v;
+            i += block;
+        }
+        squares[unit] = own;
+        let total = block_sum(&mut squares);
+        let inv = f32::inverse_sqrt(total / f32::cast_from(inputs) + eps);
+        let w_step = weight.stride(0);
+        let mut i = unit;
+        while i < inputs {
+            let v = normed[i] * inv;
+            normed[i] = f32::cast_from(F::cast_from(v * f32::cast_from(weight[i * w_step])));
+            i += block;
+        }
+        sync_cube();
+    }
+
     let mut acc = Vector::<f32, N>::new(0.0f32);
     let mut acc2 = Vector::<f32, N>::new(0.0f32);
     if c < columns {
         let mut i = part;
         while i < inputs {
-            let mut a = f32::cast_from(x[at + i * step]);
-            if gated {
-                let up = f32::cast_from(x[at + (inputs + i) * step]);
-                a = f32::cast_from(F::cast_from(activation(a, gelu) * up));
-            }
             let wi = w[i * w_row + c];
             let k = i + parts;
             if k < inputs {
-                let mut b = f32::cast_from(x[at + k * step]);
-                if gated {
-                    let up = f32::cast_from(x[at + (inputs + k) * step]);
-                    b = f32::cast_from(F::cast_from(activation(b, gelu) * up));
-                }
                 let wk = w[k * w_row + c];
-                acc2 += Vector::cast_from(wk) * Vector::new(b);
+                acc2 += Vector::cast_from(wk)
+                    * Vector::new(input(x, &normed, at, step, inputs, k, gated, gelu, norm));
             }
-            acc += Vector::cast_from(wi) * Vector::new(a);
+            acc += Vector::cast_from(wi)
+                * Vector::new(input(x, &normed, at, step, inputs, i, gated, gelu, norm));
             i += 2 * parts;
         }
     }
 
-    let mut partial = SharedMemory::<Vector<f32, N>>::new(lanes * parts);
+    let mut partial = SharedMemory::<Vector<f32, N>>::new(block);
     partial[unit] = acc + acc2;
     sync_cube();
     if part == 0 && c < columns {
@@ -472,5 +512,30 @@ pub fn matvec<F: Float, N: Size>(
             p += 1;
         }
         out[row * columns + c] = Vector::cast_from(total);
+    }
+}
+
+/// Activation `i` of [`matvec`]'s row at `at` (`step` apart) by its prologue.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn input<F: Float>(
+    x: &Tensor<F>,
+    normed: &SharedMemory<f32>,
+    at: usize,
+    step: usize,
+    inputs: usize,
+    i: usize,
+    #[comptime] gated: bool,
+    #[comptime] gelu: bool,
+    #[comptime] norm: bool,
+) -> f32 {
+    if norm {
+        normed[i]
+    } else if gated {
+        let gate = f32::cast_from(x[at + i * step]);
+        let up = f32::cast_from(x[at + (inputs + i) * step]);
+        f32::cast_from(F::cast_from(activation(gate, gelu) * up))
+    } else {
+        f32::cast_from(x[at + i * step])
     }
 }

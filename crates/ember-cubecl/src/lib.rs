@@ -574,6 +574,20 @@ where
         true
     }
 
+    fn add_rms_norm_linear(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        y: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        eps: f64,
+        w: &Tensor<FusedCube<R, F, I, BT>, 2>,
+    ) -> Option<(
+        Tensor<FusedCube<R, F, I, BT>, 3>,
+        Tensor<FusedCube<R, F, I, BT>, 3>,
+    )> {
+        norm_matvec(x, y, weight, eps, w)
+    }
+
     fn gated(
         &self,
         gate_up: &Tensor<FusedCube<R, F, I, BT>, 3>,
@@ -920,6 +934,114 @@ where
     }
 }
 
+/// Features of the normed rows [`FusedOps::add_rms_norm_linear`] takes: the kernel holds a
+/// row in shared memory (8 KiB of f32, within the 16 KiB every Vulkan device offers beside
+/// the partial sums' 4 KiB).
+pub const MAX_NORM_FEATURES: usize = 2048;
+
+/// The activations of [`kernels::matvec`]'s rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Prologue {
+    /// `x` itself.
+    Plain,
+    /// A gated MLP's activation of `x = gate_up`.
+    Gated(Gate),
+    /// RMSNorm of `x + y` (epsilon).
+    Norm(f32),
+}
+
+/// The grid and vector width of [`kernels::matvec`] for `rows` rows and `outputs` columns,
+/// or `None` past the portable limits.
+fn matvec_grid(rows: usize, outputs: usize) -> Option<((u32, u32), usize)> {
+    let width = if outputs.is_multiple_of(MATVEC_WIDTH) {
+        MATVEC_WIDTH
+    } else {
+        1
+    };
+    let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
+    let grid = (
+        limit((outputs / width).div_ceil(MATVEC_LANES))?,
+        limit(rows)?,
+    );
+    Some((grid, width))
+}
+
+/// Launches [`kernels::matvec`] (when the stream reaches the op) into `out` (and `sum` for
+/// the norm), allocated here; `y` and `weight` are read by the norm only.
+#[allow(clippy::too_many_arguments)]
+fn launch_matvec<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    y: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    w: CubeTensor<R>,
+    shape: Vec<usize>,
+    prologue: Prologue,
+    (grid, width): ((u32, u32), usize),
+) -> [CubeTensor<R>; 2] {
+    // The kernel reads each row of `w` as vectors: neighbouring columns, rows a whole number
+    // of vectors apart (burn-cubecl pads the rows of a 2D tensor to an aligned pitch: 576 f16
+    // columns take 640, which is such a stride). Another view is copied first.
+    let strides = w.meta.strides();
+    let rows_of_vectors = strides[1] == 1 && strides[0].is_multiple_of(width);
+    let w = if rows_of_vectors {
+        w
+    } else {
+        burn_cubecl::kernel::into_contiguous(w)
+    };
+    let out = output(&x, shape.clone());
+    let norm = matches!(prologue, Prologue::Norm(_));
+    // The sum of the norm's inputs, or a stand-in the kernel does not write.
+    let sum = if norm {
+        let mut like = shape;
+        if let Some(last) = like.last_mut() {
+            *last = w.meta.shape()[0];
+        }
+        output(&x, like)
+    } else {
+        out.clone()
+    };
+    let dtype = x.dtype;
+    let client = x.client.clone();
+    let (gated, gelu, eps) = match prologue {
+        Prologue::Plain => (false, false, 0.0),
+        Prologue::Gated(act) => (true, act == Gate::GeluTanh, 0.0),
+        Prologue::Norm(eps) => (false, false, eps),
+    };
+    // SAFETY: the grid is (vectors of `out`'s columns / lanes rounded up, batch * seq); each
+    // unit reads features below `inputs` (w's rows; and `inputs + i` gated: `x` has `2 *
+    // inputs` features, checked by the caller, as `y`'s and `weight`'s shapes for the norm,
+    // at most MAX_NORM_FEATURES, the shared row's length) of its row of `x` inside its shape
+    // and strides, weight vectors `[i, c]` with `i < inputs`, `c` below the vectors of a row
+    // of `w` (rows a whole number of vectors apart, `outputs` a multiple of the width), and
+    // writes `out` (allocated here, [batch, seq, outputs]) at vector `row * columns + c` and
+    // `sum` (allocated here, [batch, seq, inputs]) below `inputs` of its row; lanes x parts
+    // is the cube's width.
+    unsafe {
+        kernels::matvec::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(grid.0, grid.1, 1),
+            CubeDim::new_1d(BLOCK as u32),
+            width,
+            x.into_tensor_arg(),
+            y.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            w.into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            eps,
+            gated,
+            gelu,
+            norm,
+            MATVEC_LANES,
+            BLOCK / MATVEC_LANES,
+            BLOCK,
+            MAX_NORM_FEATURES,
+            dtype.into(),
+        );
+    }
+    [sum, out]
+}
+
 /// [`kernels::matvec`] as a registered op: `x.matmul(w)` (`gate` `None`, `x: [batch, seq,
 /// in]`) or `gated(x, gate).matmul(w)` (`x: [batch, seq, 2 in]`) for `w: [in, out]`, or
 /// `None` where the kernel does not apply (a prompt's rows, mixed dtypes, shapes that do not
@@ -946,20 +1068,10 @@ where
     if rows == 0 || rows > MAX_MATVEC_ROWS || inputs == 0 || outputs == 0 {
         return None;
     }
-    let width = if outputs.is_multiple_of(MATVEC_WIDTH) {
-        MATVEC_WIDTH
-    } else {
-        1
-    };
-    let limit = |x: usize| u32::try_from(x).ok().filter(|&x| x <= 65535);
-    let grid = (
-        limit((outputs / width).div_ceil(MATVEC_LANES))?,
-        limit(rows)?,
-    );
-    let gelu = gate == Some(Gate::GeluTanh);
-    let name = match gate {
-        Some(_) => "ember.gated_matvec",
-        None => "ember.matvec",
+    let plan = matvec_grid(rows, outputs)?;
+    let (name, prologue) = match gate {
+        Some(act) => ("ember.gated_matvec", Prologue::Gated(act)),
+        None => ("ember.matvec", Prologue::Plain),
     };
     let shape = vec![batch, seq, outputs];
     let out = register::<R, F, I, BT, 2>(
@@ -968,45 +1080,57 @@ where
         shape.clone(),
         dtype,
         move |[x, w]| {
-            // The kernel reads each row of `w` as vectors: neighbouring columns, rows a whole
-            // number of vectors apart (burn-cubecl pads the rows of a 2D tensor to an aligned
-            // pitch: 576 f16 columns take 640, which is such a stride). Another view is
-            // copied first.
-            let strides = w.meta.strides();
-            let rows_of_vectors = strides[1] == 1 && strides[0].is_multiple_of(width);
-            let w = if rows_of_vectors {
-                w
-            } else {
-                burn_cubecl::kernel::into_contiguous(w)
-            };
-            let out = output(&x, shape.clone());
-            let dtype = x.dtype;
-            let client = x.client.clone();
-            // SAFETY: the grid is (vectors of `out`'s columns / lanes rounded up, batch *
-            // seq); each unit reads features below `inputs` (and `inputs + i` gated: `x` has
-            // `2 * inputs` features, checked) of its row of `x` inside its shape and
-            // strides, weight vectors `[i, c]` with `i < inputs`, `c` below the vectors of a
-            // row of the contiguous `w` (`outputs` is a multiple of the width), and writes
-            // `out` (allocated here, [batch, seq, outputs]) at vector `row * columns + c`;
-            // lanes x parts is the cube's width.
-            unsafe {
-                kernels::matvec::launch_unchecked::<R>(
-                    &client,
-                    CubeCount::Static(grid.0, grid.1, 1),
-                    CubeDim::new_1d(BLOCK as u32),
-                    width,
-                    x.into_tensor_arg(),
-                    w.into_tensor_arg(),
-                    out.clone().into_tensor_arg(),
-                    gate.is_some(),
-                    gelu,
-                    MATVEC_LANES,
-                    BLOCK / MATVEC_LANES,
-                    dtype.into(),
-                );
-            }
+            // `x` stands in for the norm's inputs, which the kernel does not read here.
+            let [_, out] = launch_matvec(x.clone(), x.clone(), x, w, shape.clone(), prologue, plan);
             out
         },
     );
     Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+/// Two tensors of a CubeCL backend.
+type Pair<R, F, I, BT> = (
+    Tensor<FusedCube<R, F, I, BT>, 3>,
+    Tensor<FusedCube<R, F, I, BT>, 3>,
+);
+
+/// [`FusedOps::add_rms_norm_linear`] as one registered op on [`kernels::matvec`].
+fn norm_matvec<R, F, I, BT>(
+    x: &Tensor<FusedCube<R, F, I, BT>, 3>,
+    y: &Tensor<FusedCube<R, F, I, BT>, 3>,
+    weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+    eps: f64,
+    w: &Tensor<FusedCube<R, F, I, BT>, 2>,
+) -> Option<Pair<R, F, I, BT>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [batch, seq, hidden] = x.dims();
+    let [inputs, outputs] = w.dims();
+    let dtype = x.dtype();
+    let same = [y.dtype(), weight.dtype(), w.dtype()]
+        .iter()
+        .all(|&d| d == dtype);
+    let shapes = y.dims() == x.dims() && weight.dims() == [hidden] && inputs == hidden;
+    if !same || !float_dtype(dtype) || !shapes || hidden > MAX_NORM_FEATURES {
+        return None;
+    }
+    let rows = batch * seq;
+    if rows == 0 || rows > MAX_MATVEC_ROWS || hidden == 0 || outputs == 0 {
+        return None;
+    }
+    let plan = matvec_grid(rows, outputs)?;
+    let prologue = Prologue::Norm(eps as f32);
+    let shape = vec![batch, seq, outputs];
+    let [sum, out] = register_outputs::<R, F, I, BT, 4, 2>(
+        "ember.add_rms_norm_matvec",
+        [fusion(x)?, fusion(y)?, fusion(weight)?, fusion(w)?],
+        [(vec![batch, seq, hidden], dtype), (shape.clone(), dtype)],
+        move |[x, y, weight, w]| launch_matvec(x, y, weight, w, shape.clone(), prologue, plan),
+    );
+    let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+    Some((float(sum), float(out)))
 }

@@ -765,3 +765,104 @@ fn linear_declines_what_it_does_not_take() {
     assert!(FusedOps::<B>::linear(&ops(), &tensor([1, 1, 8], 4, DType::F16), &w).is_none());
     assert!(FusedOps::<B>::linear(&ops(), &tensor([1, 1, 8], 5, dtype), &w).is_some());
 }
+
+fn check_add_rms_norm_linear(x: Tensor<B, 3>, outputs: usize, dtype: DType, seed: u64) {
+    let dims = x.dims();
+    let y = tensor(dims, seed, dtype);
+    let weight = tensor([dims[2]], seed + 1, dtype);
+    let w = tensor([dims[2], outputs], seed + 2, dtype).div_scalar((dims[2] as f32).sqrt());
+    let what = format!("{dtype:?} {dims:?} x {outputs}");
+    let (sum, out) = FusedOps::<B>::add_rms_norm_linear(&ops(), &x, &y, &weight, 1e-5, &w)
+        .unwrap_or_else(|| panic!("the kernel declined {what}"));
+    assert_eq!(
+        (sum.dims(), out.dims()),
+        (dims, [dims[0], dims[1], outputs])
+    );
+    assert_eq!((sum.dtype(), out.dtype()), (dtype, dtype));
+    // The sum is one rounding of the exact sum on both paths.
+    let sum_ref = x.add(y);
+    assert_eq!(
+        max_diff(&host(sum), &host(sum_ref.clone())),
+        0.0,
+        "{what}: the sums differ"
+    );
+    // The normed rows rounded to the dtype (as the two ops hand them over), then the product
+    // in f32.
+    let normed = rms_norm(
+        sum_ref.clone().cast(DType::F32),
+        &weight.clone().cast(DType::F32),
+        1e-5,
+    )
+    .cast(dtype);
+    let reference =
+        host(linear(normed.clone().cast(DType::F32), &w.clone().cast(DType::F32)).cast(dtype));
+    let fused = host(out);
+    let diff = max_rel_diff(&fused, &reference);
+    let tol = tolerance(dtype, 1e-5);
+    assert!(diff <= tol, "{what}: max diff {diff} > {tol}");
+    if dtype != DType::F32 {
+        let burn = max_rel_diff(
+            &host(linear(rms_norm(sum_ref, &weight, 1e-5), &w)),
+            &reference,
+        );
+        assert!(
+            diff <= burn.max(2e-3),
+            "{what}: the kernel is {diff} from the f32 reference, burn's ops {burn}"
+        );
+    }
+}
+
+fn add_rms_norm_linear_shapes(dtype: DType) {
+    // SmolLM2-135M's qkv (576 -> 960) and gate_up (576 -> 3072), the most features the
+    // kernel holds (2048, SmolLM2-1.7B's hidden size), sizes that are not multiples of the
+    // cube or of the vectors (100 -> 6, 300 -> 130), two and four rows, and a strided x.
+    for (i, (rows, hidden, outputs)) in [
+        ([1, 1], 576, 960),
+        ([1, 1], 576, 3072),
+        ([1, 1], 2048, 64),
+        ([2, 1], 100, 6),
+        ([1, 4], 300, 130),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 170 + 3 * i as u64;
+        check_add_rms_norm_linear(
+            tensor([rows[0], rows[1], hidden], seed, dtype),
+            outputs,
+            dtype,
+            seed + 1,
+        );
+    }
+    let x = tensor([1, 3, 576], 190, dtype).narrow(1, 1, 1);
+    check_add_rms_norm_linear(x, 960, dtype, 191);
+}
+
+#[test]
+fn add_rms_norm_linear_equals_portable_f32() {
+    add_rms_norm_linear_shapes(DType::F32);
+}
+
+#[test]
+fn add_rms_norm_linear_equals_portable_f16() {
+    add_rms_norm_linear_shapes(DType::F16);
+}
+
+#[test]
+fn add_rms_norm_linear_declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    let take = |x: Tensor<B, 3>, w: Tensor<B, 2>| {
+        let hidden = x.dims()[2];
+        let y = x.clone();
+        let weight = tensor([hidden], 1, dtype);
+        FusedOps::<B>::add_rms_norm_linear(&ops(), &x, &y, &weight, 1e-5, &w).is_some()
+    };
+    // A prompt's rows, more features than the kernel holds, features unlike w's rows.
+    assert!(!take(tensor([1, 5, 8], 2, dtype), tensor([8, 4], 3, dtype)));
+    assert!(!take(
+        tensor([1, 1, 2049], 4, dtype),
+        tensor([2049, 4], 5, dtype)
+    ));
+    assert!(!take(tensor([1, 1, 8], 6, dtype), tensor([9, 4], 7, dtype)));
+    assert!(take(tensor([1, 1, 8], 8, dtype), tensor([8, 4], 9, dtype)));
+}

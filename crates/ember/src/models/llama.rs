@@ -20,7 +20,7 @@ use crate::nn::attention::{attend_all_with, causal_attention_with, repeat_kv};
 use crate::nn::kv_cache::{KvCache, Step};
 use crate::nn::linear::{Embedding, Weight};
 use crate::nn::rope::{inv_freq, rotate_with, Llama3Scaling, Rope, RopeTables};
-use crate::nn::{add_rms_norm_with, gated, gated_linear, rms_norm_with, Fused, Gate};
+use crate::nn::{add_rms_norm_linear_with, gated, gated_linear, rms_norm_with, Fused, Gate};
 
 pub use super::Logits;
 use super::{DecoderConfig, DecoderModel, GgufKeys, LoadDecoder};
@@ -342,16 +342,20 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// The residual stream with its pending output added, and its RMSNorm by `weight`.
-    fn add_norm(&self, r: Residual<B>, weight: &Tensor<B, 1>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    /// The residual stream with its pending output added, and its RMSNorm by `weight`
+    /// through the projection `w`: one op where the backend has it.
+    fn add_norm_linear(
+        &self,
+        r: Residual<B>,
+        weight: &Tensor<B, 1>,
+        w: &Weight<B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let fused = self.fused.as_ref().map(Fused::ops);
         match r.pending {
-            Some(y) => {
-                let fused = self.fused.as_ref().map(Fused::ops);
-                add_rms_norm_with(r.x, y, weight, self.config.rms_norm_eps, fused)
-            }
+            Some(y) => add_rms_norm_linear_with(r.x, y, weight, self.config.rms_norm_eps, w, fused),
             None => {
                 let h = self.norm(r.x.clone(), weight);
-                (r.x, h)
+                (r.x, w.forward_with(h, fused))
             }
         }
     }
@@ -400,17 +404,16 @@ impl<B: Backend> Llama<B> {
         out
     }
 
-    /// q, k and v of the normed input `h: [batch, seq, hidden]` side by side, `[batch, seq,
-    /// (heads + 2 kv) * head_dim]`.
-    fn qkv(&self, layer: &DecoderLayer<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// q, k and v side by side, `[batch, seq, (heads + 2 kv) * head_dim]`: the residual
+    /// stream `x` normed through the layer's one projection for the three, and its bias.
+    fn qkv(&self, layer: &DecoderLayer<B>, x: Residual<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let a = &layer.self_attn;
-        // One projection for q, k and v.
-        let fused = self.fused.as_ref().map(Fused::ops);
-        let qkv = a.qkv_proj.forward_with(h, fused);
-        match &a.qkv_bias {
+        let (x, qkv) = self.add_norm_linear(x, &layer.input_layernorm, &a.qkv_proj);
+        let qkv = match &a.qkv_bias {
             Some(bias) => qkv.add(bias.clone().unsqueeze::<3>()),
             None => qkv,
-        }
+        };
+        (x, qkv)
     }
 
     /// One decoder layer on the residual stream `x: [batch, seq, hidden]`: its new keys and
@@ -429,8 +432,7 @@ impl<B: Backend> Llama<B> {
         bias: Option<&Tensor<B, 4>>,
         attention: AttentionImpl,
     ) -> Result<Residual<B>> {
-        let (x, h) = self.add_norm(x, &layer.input_layernorm);
-        let qkv = self.qkv(layer, h);
+        let (x, qkv) = self.qkv(layer, x);
         let out = self.attend(layer, index, qkv, cache, step, rope, bias, attention)?;
         Ok(self.after_attention(layer, x, out))
     }
@@ -564,10 +566,10 @@ impl<B: Backend> Llama<B> {
         out: Tensor<B, 3>,
     ) -> Residual<B> {
         let x = self.residual_add(x, out, &layer.self_attn.o_proj);
-        let (x, h) = self.add_norm(x, &layer.post_attention_layernorm);
         let m = &layer.mlp;
+        let (x, gate_up) =
+            self.add_norm_linear(x, &layer.post_attention_layernorm, &m.gate_up_proj);
         let fused = self.fused.as_ref().map(Fused::ops);
-        let gate_up = m.gate_up_proj.forward_with(h, fused);
         if fused.is_some_and(|f| f.fuses_add_rms_norm()) {
             // The down projection's output stays pending for the next norm (as
             // `residual_add` keeps it), the activation its matrix-vector kernel's prologue
@@ -681,10 +683,7 @@ impl<B: Backend> DecoderModel<B> for Llama<B> {
             Logits::All => x,
             Logits::Last => x.narrow(seq - 1, 1),
         };
-        let (_, x) = self.add_norm(x, &self.norm);
-        Ok(self
-            .lm_head
-            .forward_with(x, self.fused.as_ref().map(Fused::ops)))
+        Ok(self.add_norm_linear(x, &self.norm, &self.lm_head).1)
     }
 }
 

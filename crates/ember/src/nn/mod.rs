@@ -137,6 +137,22 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         None
     }
 
+    /// [`FusedOps::add_rms_norm`] of `x + y` by `weight` through a dense `w: [hidden, out]`
+    /// as one op: `(x + y, rms_norm(x + y) * weight matmul w)`, equal to the two ops
+    /// (the normed rows rounded to the dtype before the product), or `None` where the
+    /// backend cannot or where the two ops are faster (a prompt's rows).
+    fn add_rms_norm_linear(
+        &self,
+        x: &Tensor<B, 3>,
+        y: &Tensor<B, 3>,
+        weight: &Tensor<B, 1>,
+        eps: f64,
+        w: &Tensor<B, 2>,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let _ = (x, y, weight, eps, w);
+        None
+    }
+
     /// `x.matmul(w)` for `x: [batch, seq, in]` and a dense `w: [in, out]` as the backend's
     /// own op ([`linear`]'s reference), or `None` where it cannot or where burn's matmul is
     /// faster (a matrix-vector kernel declines a prompt's rows).
@@ -372,6 +388,27 @@ pub fn add_rms_norm_with<B: Backend>(
     let sum = x.add(y);
     let normed = rms_norm_with(sum.clone(), weight, eps, fused);
     (sum, normed)
+}
+
+/// [`add_rms_norm_with`] and the normed rows through the projection `w`: `(x + y,
+/// rms_norm(x + y) * weight matmul w)`, one op through `fused` where it can (dense weights),
+/// else the two.
+pub fn add_rms_norm_linear_with<B: Backend>(
+    x: Tensor<B, 3>,
+    y: Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+    w: &linear::Weight<B>,
+    fused: Option<&dyn FusedOps<B>>,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let same = x.dtype() == y.dtype() && x.dtype() == weight.dtype();
+    if let (Some(f), linear::Weight::Dense(dense), true) = (fused, w, same) {
+        if let Some(out) = f.add_rms_norm_linear(&x, &y, weight, eps, dense) {
+            return out;
+        }
+    }
+    let (sum, normed) = add_rms_norm_with(x, y, weight, eps, fused);
+    (sum, w.forward_with(normed, fused))
 }
 
 /// `residual + x.matmul(w)` ([`linear_add`]) through `fused` where it can.
