@@ -223,11 +223,12 @@ for stage in "$@"; do
     # of the unsplit projection): f16 on TARGET (default CubeCL cuda), both SmolLM2 shapes
     # (the 1.7B decode only), with PyTorch eager beside the new build, then the build before
     # it (.gpu/ember-before) on the same rows. SHAPES (default "135m 1.7b") picks the shapes,
-    # BUILDS (default "after before") the builds.
+    # BUILDS (default "after before") the builds: `after` is .gpu/ember, any other NAME
+    # .gpu/ember-NAME.
     use_cubecl_cache
     target=${TARGET:-cuda@cuda:0}
     for build in ${BUILDS:-after before}; do
-      bin=$ember; [ $build = before ] && bin=$PWD/.gpu/ember-before
+      bin=$ember; [ $build != after ] && bin=$PWD/.gpu/ember-$build
       base=""; [ $build = after ] && base='[baselines]\npytorch = ["cuda"]\n'
       ember_saved=$ember; ember=$bin
       if [[ " ${SHAPES:-135m 1.7b} " == *" 135m "* ]]; then
