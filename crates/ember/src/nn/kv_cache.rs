@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeviceGraphs;
 use crate::nn::attention::position_bias;
 use crate::nn::rope::{Rope, RopeTables};
-use crate::nn::FusedOps;
+use crate::nn::{FusedOps, RopeWritten};
 
 /// Keys and values of every layer for positions `0..len`.
 ///
@@ -532,14 +532,10 @@ impl<B: Backend> KvCache<B> {
         v: &Tensor<B, 4>,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-        let batch = k.dims()[0];
         let placeholder = (k.clone(), v.clone());
-        let q = self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
+        self.rope_write_with(step, layer, k.dims()[0], placeholder, |ops, cache, rows| {
             ops.rope_write(q, k, v, rope.cos(), rope.sin(), cache, rows)
-                .map(|w| (w.q, (w.keys, w.values)))
-        })?;
-        let (k, v) = self.fetch(step, layer, batch);
-        Some((q, k, v))
+        })
     }
 
     /// [`KvCache::rope_write`] of the projection `qkv: [batch, seq, (heads + 2 kv_heads) *
@@ -553,50 +549,24 @@ impl<B: Backend> KvCache<B> {
         heads: usize,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-        let batch = qkv.dims()[0];
-        let placeholder = Self::stand_in(qkv);
-        let q = self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
-            ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
-                .map(|w| (w.q, (w.keys, w.values)))
-        })?;
-        let (k, v) = self.fetch(step, layer, batch);
-        Some((q, k, v))
-    }
-
-    /// A decode step's RoPE, cache write and attention of the projection `qkv: [batch, 1,
-    /// (heads + 2 kv_heads) * head_dim]` as one op of the backend
-    /// ([`FusedOps::rope_write_attend`]): the attention's output `[batch, 1, heads *
-    /// head_dim]` over every cached position and the new one (no sliding window), or
-    /// `None` (a prompt's step, rows at different positions, a backend without the op), the
-    /// cache untouched.
-    pub fn rope_write_attend(
-        &mut self,
-        step: &Step<B>,
-        layer: usize,
-        qkv: &Tensor<B, 3>,
-        heads: usize,
-        rope: &RopeTables<B>,
-    ) -> Option<Tensor<B, 3>> {
-        let keys = step.decode_keys(None)?;
-        let batch = qkv.dims()[0];
-        let placeholder = Self::stand_in(qkv);
-        self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
-            ops.rope_write_attend(qkv, heads, rope.cos(), rope.sin(), cache, rows, keys)
-        })
-    }
-
-    /// Stands in a layer's slot while an op holds its cache (never read).
-    fn stand_in(qkv: &Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let t = qkv.clone().unsqueeze_dim::<4>(3);
-        (t.clone(), t)
+        // Stands in the slot while the op holds the cache (never read).
+        let stand_in = qkv.clone().unsqueeze_dim::<4>(3);
+        let placeholder = (stand_in.clone(), stand_in);
+        self.rope_write_with(
+            step,
+            layer,
+            qkv.dims()[0],
+            placeholder,
+            |ops, cache, rows| {
+                ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
+            },
+        )
     }
 
     /// The cache rows of a step of `batch` rows handed to `write` (the backend's op) with
-    /// layer `layer`'s cache, which `placeholder` stands in for meanwhile; the written cache
-    /// back in the slot and the op's other result returned, or `None` with the cache as it
-    /// was.
+    /// layer `layer`'s cache, which `placeholder` stands in for meanwhile.
     #[allow(clippy::type_complexity)]
-    fn write_with<X>(
+    fn rope_write_with(
         &mut self,
         step: &Step<B>,
         layer: usize,
@@ -606,11 +576,8 @@ impl<B: Backend> KvCache<B> {
             &dyn FusedOps<B>,
             (Tensor<B, 4>, Tensor<B, 4>),
             &[(usize, usize)],
-        ) -> std::result::Result<
-            (X, (Tensor<B, 4>, Tensor<B, 4>)),
-            (Tensor<B, 4>, Tensor<B, 4>),
-        >,
-    ) -> Option<X> {
+        ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
         let fused = self.fused.clone()?;
         let rows: Vec<(usize, usize)> = match &step.positions {
             Positions::Host { start } => (0..batch).map(|b| (b, *start)).collect(),
@@ -622,16 +589,16 @@ impl<B: Backend> KvCache<B> {
         // Taken out of the slot (the placeholder holds it meanwhile) so that the op owns the
         // only handle and can write in place (see `update_and_fetch`).
         let cache = std::mem::replace(slot, placeholder);
-        match write(fused.ops(), cache, &rows) {
-            Ok((x, written)) => {
-                *slot = written;
-                Some(x)
-            }
+        let written = match write(fused.ops(), cache, &rows) {
+            Ok(w) => w,
             Err(cache) => {
                 *slot = cache;
-                None
+                return None;
             }
-        }
+        };
+        *slot = (written.keys, written.values);
+        let (k, v) = self.fetch(step, layer, batch);
+        Some((written.q, k, v))
     }
 
     /// Ends a step: its positions count as filled. A step at a device position leaves the
