@@ -368,6 +368,38 @@ impl RopeWrite {
         })
     }
 
+    /// Registers the op of `inputs` (the cache's keys and values among them: `cache` goes
+    /// into the op, its outputs are the written cache) that `run` launches.
+    fn register<R, F, I, BT, const N: usize>(
+        self,
+        inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
+        cache: CachePair<FusedCube<R, F, I, BT>>,
+        run: impl Fn(&Self, [CubeTensor<R>; N]) -> [CubeTensor<R>; 3] + Send + Sync + 'static,
+    ) -> RopeWritten<FusedCube<R, F, I, BT>>
+    where
+        R: CubeRuntime,
+        F: FloatElement,
+        I: IntElement,
+        BT: BoolElement,
+    {
+        let outputs = [
+            (self.q_shape.clone(), self.dtype),
+            (cache.0.dims().to_vec(), self.dtype),
+            (cache.1.dims().to_vec(), self.dtype),
+        ];
+        drop(cache);
+        let [q, keys, values] =
+            register_outputs::<R, F, I, BT, N, 3>("ember.rope_write", inputs, outputs, move |t| {
+                run(&self, t)
+            });
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        RopeWritten {
+            q: float(q),
+            keys: float(keys),
+            values: float(values),
+        }
+    }
+
     /// Launches the kernel (when the stream reaches the op): the rotated q, and the cache's
     /// keys and values written (in place unless shared, as burn's `slice_assign`).
     #[allow(clippy::too_many_arguments)]
@@ -747,27 +779,11 @@ where
         let Some(inputs) = [q, k, v, cos, sin, &cache.0, &cache.1].try_map_fusion() else {
             return Err(cache);
         };
-        let outputs = [
-            (plan.q_shape.clone(), plan.dtype),
-            (cache.0.dims().to_vec(), plan.dtype),
-            (cache.1.dims().to_vec(), plan.dtype),
-        ];
-        // The cache's tensors go into the op: its outputs are the written cache.
-        drop(cache);
-        let [q, keys, values] = register_outputs::<R, F, I, BT, 7, 3>(
-            "ember.rope_write",
-            inputs,
-            outputs,
-            move |[q, k, v, cos, sin, keys, values]| {
+        Ok(
+            plan.register(inputs, cache, |plan, [q, k, v, cos, sin, keys, values]| {
                 plan.launch(q, k, v, cos, sin, keys, values, (0, 0))
-            },
-        );
-        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
-        Ok(RopeWritten {
-            q: float(q),
-            keys: float(keys),
-            values: float(values),
-        })
+            }),
+        )
     }
 
     fn rope_write_packed(
@@ -803,18 +819,10 @@ where
         else {
             return Err(cache);
         };
-        let outputs = [
-            (plan.q_shape.clone(), plan.dtype),
-            (cache.0.dims().to_vec(), plan.dtype),
-            (cache.1.dims().to_vec(), plan.dtype),
-        ];
-        // The cache's tensors go into the op: its outputs are the written cache.
-        drop(cache);
-        let [q, keys, values] = register_outputs::<R, F, I, BT, 5, 3>(
-            "ember.rope_write",
+        Ok(plan.register(
             [qkv, cos, sin, keys, values],
-            outputs,
-            move |[qkv, cos, sin, keys, values]| {
+            cache,
+            move |plan, [qkv, cos, sin, keys, values]| {
                 // q, k and v as views of the projection's heads: `[b, h, seq, d]` with the
                 // token's stride between positions, `d` elements between heads; k's and
                 // v's first elements passed as offsets (the three share one buffer).
@@ -831,13 +839,7 @@ where
                 let at = (heads * dim * s[2], (heads + kv) * dim * s[2]);
                 plan.launch(q, k, v, cos, sin, keys, values, at)
             },
-        );
-        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
-        Ok(RopeWritten {
-            q: float(q),
-            keys: float(keys),
-            values: float(values),
-        })
+        ))
     }
 
     fn attention(
