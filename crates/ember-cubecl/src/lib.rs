@@ -20,7 +20,11 @@
 //! and v: one kernel instead of ~5), [`FusedOps::decode_attention`] (one token's query heads
 //! over the cache's real length, no bias, GQA by index) and [`FusedOps::attention`] for the
 //! short query rows of a step that has a bias (one kernel instead of matmul, softmax and
-//! matmul), each compared with the portable path by this crate's tests on wgpu.
+//! matmul), [`FusedOps::linear`] (a decode step's dense projection as one matrix-vector
+//! kernel instead of burn's matmul), [`FusedOps::add_rms_norm_linear`] (add + RMSNorm as
+//! that kernel's prologue) and [`FusedOps::rope_write_packed`] (RoPE-write of the projection
+//! before its split into heads), each compared with the portable path by this crate's tests
+//! on wgpu.
 
 #![warn(missing_docs)]
 // Bad input must come back as `None` (the portable path), never a panic.
