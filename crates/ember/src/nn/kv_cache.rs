@@ -549,9 +549,9 @@ impl<B: Backend> KvCache<B> {
         heads: usize,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-        // Stands in the slot while the op holds the cache (never read).
-        let stand_in = qkv.clone().unsqueeze_dim::<4>(3);
-        let placeholder = (stand_in.clone(), stand_in);
+        // The rope tables stand in the slot while the op holds the cache (never read; a
+        // clone of a handle, no op in a lazy backend's stream).
+        let placeholder = (rope.cos().clone(), rope.sin().clone());
         self.rope_write_with(
             step,
             layer,
