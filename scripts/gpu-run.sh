@@ -24,6 +24,7 @@
 #             (ab, ab-graphs: AB_ORDER="before after ..." sets the rounds)
 #   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
 #   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
+#   quant     issue 16: decode with weights kept as Q8_0/Q4_0 blocks against f16, both shapes
 #   llama-cuda  issue 16's yardstick: llama.cpp's CUDA build (.gpu/llama-cuda.tar.xz) beside
 #             Ember's GPU backends, f16, SmolLM2-135M and the 1.7B shape as GGUFs both read
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
@@ -242,6 +243,21 @@ for stage in "$@"; do
         reap
       fi
       ember=$ember_saved
+    done
+    ;;
+  quant)
+    # Issue 16's quantized matrix-vector kernels: both SmolLM2 shapes (SHAPES, default "1.7b
+    # 135m") with every matrix kept as Q8_0 and as Q4_0 blocks (`preset:NAME,quant=...`,
+    # `weights = "keep"`) beside the same shape's f16 weights, f16 runs, on TARGETS (default
+    # CubeCL cuda and wgpu), -p 512 -n 128. LIMIT (default 280) bounds each shape's bench.
+    use_cubecl_cache
+    targets=$(printf '"%s", ' ${TARGETS:-cuda@cuda:0 wgpu@vulkan:0})
+    for shape in ${SHAPES:-1.7b 135m}; do
+      p="preset:smollm2-$shape"
+      bench "quant-$shape" "${LIMIT:-280}" "$(printf 'models = ["%s", "%s,quant=q8_0", "%s,quant=q4_0"]\ntargets = [%s]\ndtypes = ["f16"]\nweights = ["keep"]\n' "$p" "$p" "$p" "${targets%, }")" \
+        -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 200
+      reap
+      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
     done
     ;;
   ncu)

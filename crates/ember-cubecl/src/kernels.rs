@@ -453,34 +453,22 @@ pub fn matvec<F: Float, N: Size>(
     let mut normed = SharedMemory::<f32>::new(comptime![if norm { max_in } else { 1 }]);
     if norm {
         let y_at = (row / seq) * y.stride(0) + (row % seq) * y.stride(1);
-        let y_step = y.stride(2);
-        let writer = CUBE_POS_X == 0;
-        let mut squares = SharedMemory::<f32>::new(block);
-        let mut own = 0.0f32;
-        let mut i = unit;
-        while i < inputs {
-            let s = F::cast_from(
-                f32::cast_from(x[at + i * step]) + f32::cast_from(y[y_at + i * y_step]),
-            );
-            if writer {
-                sum[row * inputs + i] = s;
-            }
-            let v = f32::cast_from(s);
-            normed[i] = v;
-            own += v * v;
-            i += block;
-        }
-        squares[unit] = own;
-        let total = block_sum(&mut squares);
-        let inv = f32::inverse_sqrt(total / f32::cast_from(inputs) + eps);
-        let w_step = weight.stride(0);
-        let mut i = unit;
-        while i < inputs {
-            let v = normed[i] * inv;
-            normed[i] = f32::cast_from(F::cast_from(v * f32::cast_from(weight[i * w_step])));
-            i += block;
-        }
-        sync_cube();
+        norm_row(
+            x,
+            y,
+            weight,
+            sum,
+            &mut normed,
+            row,
+            inputs,
+            eps,
+            at,
+            step,
+            y_at,
+            y.stride(2),
+            CUBE_POS_X == 0,
+            block,
+        );
     }
 
     let mut acc = Vector::<f32, N>::new(0.0f32);
@@ -515,6 +503,57 @@ pub fn matvec<F: Float, N: Size>(
     }
 }
 
+/// The RMSNorm of `x + y`'s row (`x` at `at`, `step` apart; `y` at `y_at`, `y_step` apart;
+/// `inputs` features) into `normed`, the sum rounded to the dtype as the add kernel rounds
+/// it and the normed value as the norm kernel rounds its output; `writer` (one cube per
+/// row) also writes the sum to the contiguous `sum` at `row * inputs`. Ends with the cube
+/// synchronized.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn norm_row<F: Float>(
+    x: &Tensor<F>,
+    y: &Tensor<F>,
+    weight: &Tensor<F>,
+    sum: &mut Tensor<F>,
+    normed: &mut SharedMemory<f32>,
+    row: usize,
+    inputs: usize,
+    eps: f32,
+    at: usize,
+    step: usize,
+    y_at: usize,
+    y_step: usize,
+    writer: bool,
+    #[comptime] block: usize,
+) {
+    let unit = UNIT_POS as usize;
+    let mut squares = SharedMemory::<f32>::new(block);
+    let mut own = 0.0f32;
+    let mut i = unit;
+    while i < inputs {
+        let s =
+            F::cast_from(f32::cast_from(x[at + i * step]) + f32::cast_from(y[y_at + i * y_step]));
+        if writer {
+            sum[row * inputs + i] = s;
+        }
+        let v = f32::cast_from(s);
+        normed[i] = v;
+        own += v * v;
+        i += block;
+    }
+    squares[unit] = own;
+    let total = block_sum(&mut squares);
+    let inv = f32::inverse_sqrt(total / f32::cast_from(inputs) + eps);
+    let w_step = weight.stride(0);
+    let mut i = unit;
+    while i < inputs {
+        let v = normed[i] * inv;
+        normed[i] = f32::cast_from(F::cast_from(v * f32::cast_from(weight[i * w_step])));
+        i += block;
+    }
+    sync_cube();
+}
+
 /// Activation `i` of [`matvec`]'s row at `at` (`step` apart) by its prologue.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -537,5 +576,166 @@ fn input<F: Float>(
         f32::cast_from(F::cast_from(activation(gate, gelu) * up))
     } else {
         f32::cast_from(x[at + i * step])
+    }
+}
+
+/// `out = x . dequantize(w)^T` for a weight kept quantized, `[outputs, inputs]` with
+/// `value = scale[g] * u + min[g]` per group `g` of `group` values along a row: the `u` of a
+/// row packed `32 / bits` per word, first in the low bits (`bits` 4 or 8), the words read as
+/// vectors of `N` (4: 16 bytes per load); `scale` and `min` are f32 `[outputs, groups]`;
+/// `x: [rows, inputs]` (`[rows, 2 inputs]` gated), `out: [rows, outputs]`. The prologues
+/// are [`matvec`]'s: `gated` (the activation of `x`'s first half times its second) and
+/// `norm` (the RMSNorm of `x + y` with `weight`, the sum written to `sum: [rows, inputs]`
+/// by the cubes of the first output tile).
+///
+/// Cube position x: `block / units` output rows, y: the row of `x`. The `units` units of an
+/// output row read its consecutive vectors of words (neighbouring units, neighbouring
+/// vectors) and add, per word, `scale * sum(u x) + min * sum(x)` in f32; their partial sums
+/// are added through shared memory.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn quantized_matvec<F: Float, N: Size>(
+    x: &Tensor<F>,
+    y: &Tensor<F>,
+    weight: &Tensor<F>,
+    packed: &Tensor<Vector<u32, N>>,
+    scale: &Tensor<f32>,
+    min: &Tensor<f32>,
+    sum: &mut Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] bits: u32,
+    #[comptime] group: usize,
+    #[comptime] gated: bool,
+    #[comptime] gelu: bool,
+    #[comptime] norm: bool,
+    #[comptime] units: usize,
+    #[comptime] block: usize,
+    #[comptime] max_in: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let lane = unit % units;
+    let o = CUBE_POS_X as usize * (block / units) + unit / units;
+    let outputs = packed.shape(0);
+    let width = packed.vector_size();
+    let vectors = packed.shape(1) / width;
+    let per_word = comptime![(32 / bits) as usize];
+    let mask = comptime![(1u32 << bits) - 1];
+    let inputs = vectors * width * per_word;
+    let at = row * x.stride(0);
+    let step = x.stride(1);
+
+    // The normed row (norm only; one element otherwise).
+    let mut normed = SharedMemory::<f32>::new(comptime![if norm { max_in } else { 1 }]);
+    if norm {
+        norm_row(
+            x,
+            y,
+            weight,
+            sum,
+            &mut normed,
+            row,
+            inputs,
+            eps,
+            at,
+            step,
+            row * y.stride(0),
+            y.stride(1),
+            CUBE_POS_X == 0,
+            block,
+        );
+    }
+
+    let mut acc = 0.0f32;
+    if o < outputs {
+        let w_at = o * (packed.stride(0) / width);
+        let s_at = o * scale.stride(0);
+        let mut j = lane;
+        while j < vectors {
+            let words = packed[w_at + j];
+            #[unroll]
+            for k in 0..width {
+                let word = words[k];
+                let first = (j * width + k) * per_word;
+                let g = s_at + first / group;
+                let mut su = 0.0f32;
+                let mut sx = 0.0f32;
+                #[unroll]
+                for t in 0..per_word {
+                    let u = (word >> (t as u32 * bits)) & mask;
+                    let xv = input(x, &normed, at, step, inputs, first + t, gated, gelu, norm);
+                    su += f32::cast_from(u) * xv;
+                    sx += xv;
+                }
+                acc += scale[g] * su + min[g] * sx;
+            }
+            j += units;
+        }
+    }
+
+    let mut partial = SharedMemory::<f32>::new(block);
+    partial[unit] = acc;
+    sync_cube();
+    // Halving within each output row's units (a run-time width, as in `block_sum`).
+    let mut half = CUBE_DIM_X as usize / (block / units) / 2;
+    while half > 0 {
+        if lane < half {
+            partial[unit] += partial[unit + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    if lane == 0 && o < outputs {
+        out[row * out.stride(0) + o * out.stride(1)] = F::cast_from(partial[unit]);
+    }
+}
+
+/// Rows of a weight kept quantized (the layout of [`quantized_matvec`]) in the run's dtype:
+/// row `r` of `out: [n, inputs]` is weight row `ids[r]` (`all`: row `r`; an id past the last
+/// row gives zeros). Each unit decodes one word; the cubes cover `n * words` units, counted
+/// along x then y.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_rows<F: Float>(
+    packed: &Tensor<u32>,
+    scale: &Tensor<f32>,
+    min: &Tensor<f32>,
+    ids: &Tensor<u32>,
+    out: &mut Tensor<F>,
+    #[comptime] bits: u32,
+    #[comptime] group: usize,
+    #[comptime] all: bool,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let index = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize) * block
+        + UNIT_POS as usize;
+    let words = packed.shape(1);
+    let n = out.shape(0);
+    let per_word = comptime![(32 / bits) as usize];
+    let mask = comptime![(1u32 << bits) - 1];
+    if index < n * words {
+        let r = index / words;
+        let w = index % words;
+        let source = if all { r } else { ids[r] as usize };
+        let first = w * per_word;
+        let o_at = r * out.stride(0);
+        if source < packed.shape(0) {
+            let word = packed[source * packed.stride(0) + w];
+            let g = source * scale.stride(0) + first / group;
+            let (s, m) = (scale[g], min[g]);
+            #[unroll]
+            for t in 0..per_word {
+                let u = (word >> (t as u32 * bits)) & mask;
+                out[o_at + (first + t) * out.stride(1)] = F::cast_from(s * f32::cast_from(u) + m);
+            }
+        } else {
+            #[unroll]
+            for t in 0..per_word {
+                out[o_at + (first + t) * out.stride(1)] = F::cast_from(0.0f32);
+            }
+        }
     }
 }

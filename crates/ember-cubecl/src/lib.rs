@@ -31,6 +31,9 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod kernels;
+mod quantized;
+
+pub use quantized::CubeQuantized;
 
 use std::marker::PhantomData;
 
@@ -686,6 +689,16 @@ where
         w: &Tensor<FusedCube<R, F, I, BT>, 2>,
     ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
         matvec(x, w, None)
+    }
+
+    fn quantized(
+        &self,
+        tensor: &ember::format::QuantizedRows<'_>,
+        device: &burn::tensor::Device<FusedCube<R, F, I, BT>>,
+        dtype: DType,
+    ) -> ember::Result<Option<ember::nn::linear::Native<FusedCube<R, F, I, BT>>>> {
+        Ok(CubeQuantized::<R, F, I, BT>::load(tensor, device, dtype)?
+            .map(|q| ember::nn::linear::Native(std::sync::Arc::new(q))))
     }
 
     fn decode_attention(

@@ -20,8 +20,10 @@ use burn::backend::Wgpu;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use ember::config::AttentionImpl;
+use ember::format::quant::Unpacked;
+use ember::format::QuantizedRows;
 use ember::nn::attention::{attend_all, position_bias};
-use ember::nn::linear::Weight;
+use ember::nn::linear::{Native, Weight};
 use ember::nn::rope::{inv_freq, rotate, Rope};
 use ember::nn::{gated, gated_linear, linear, rms_norm, FusedOps, Gate};
 use ember_cubecl::CubeFused;
@@ -865,4 +867,207 @@ fn add_rms_norm_linear_declines_what_it_does_not_take() {
     ));
     assert!(!take(tensor([1, 1, 8], 6, dtype), tensor([9, 4], 7, dtype)));
     assert!(take(tensor([1, 1, 8], 8, dtype), tensor([8, 4], 9, dtype)));
+}
+
+/// A `[rows, cols]` weight as `Unpacked` groups: integers of `bits` bits, scales of 16 /
+/// 2^bits times [0.005, 0.025) (weights within about +-0.2, as a model's), offsets of minus
+/// 2^(bits-1) steps give or take a bit (as Q8_0/Q4_0's and Q4_1/K-quants' do).
+fn unpacked(rows: usize, cols: usize, bits: u32, group: usize, seed: u64) -> Unpacked {
+    let n = rows * cols;
+    let groups = n / group;
+    let r = values(n + 2 * groups, seed);
+    let top = (1u32 << bits) as f32;
+    let u = r[..n]
+        .iter()
+        .map(|v| (((v + 2.0) / 4.0) * top).min(top - 1.0) as u8)
+        .collect();
+    let scale: Vec<f32> = r[n..n + groups]
+        .iter()
+        .map(|v| (0.015 + v / 200.0) * 16.0 / top)
+        .collect();
+    let min = scale
+        .iter()
+        .zip(&r[n + groups..])
+        .map(|(s, v)| -s * (top / 2.0 + v))
+        .collect();
+    Unpacked {
+        bits,
+        group,
+        u,
+        scale,
+        min,
+    }
+}
+
+fn native(q: &Unpacked, shape: [usize; 2], dtype: DType) -> Native<B> {
+    FusedOps::<B>::quantized(
+        &ops(),
+        &QuantizedRows::whole(q.clone(), shape),
+        &device(),
+        dtype,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|| panic!("the kernels declined {shape:?} of {} bits", q.bits))
+}
+
+/// The weight dequantized on the host, `[rows, cols]`, in f32.
+fn dense(q: &Unpacked, [rows, cols]: [usize; 2]) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(q.values(), [rows, cols]),
+        (&device(), DType::F32),
+    )
+}
+
+/// Kept-quantized weights of each GGUF integer width (Q2_K's 2 bits and Q4's 4 in nibbles;
+/// Q5's 5, Q6_K's 6 and Q8_0's 8 in bytes; groups of 16 and 32): products of 1, 3 and 4
+/// rows (the matrix-vector kernel) and of 7 (a prompt: dequantized, then burn's matmul)
+/// against the host-dequantized weight's f32 product, looked-up rows (one id past the last
+/// row: zeros) against the host's values, and q, k and v stacked.
+fn quantized_shapes(dtype: DType) {
+    for (i, (bits, group, rows, cols)) in [
+        (8, 32, 37, 576),
+        (4, 32, 40, 64),
+        (2, 16, 9, 96),
+        (5, 32, 17, 160),
+        (6, 16, 8, 48),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 300 + 10 * i as u64;
+        let q = unpacked(rows, cols, bits, group, seed);
+        let w = native(&q, [rows, cols], dtype);
+        assert_eq!(w.0.shape(), [rows, cols]);
+        assert_eq!(w.0.dtype(), dtype);
+        let reference = dense(&q, [rows, cols]);
+        let what = format!("{dtype:?} {bits} bits, groups of {group}, {rows}x{cols}");
+        for n in [1, 3, 4, 7] {
+            let x = tensor([n, cols], seed + n as u64, dtype);
+            let want = host(
+                x.clone()
+                    .cast(DType::F32)
+                    .matmul(reference.clone().transpose()),
+            );
+            let got = w.0.forward(x);
+            assert_eq!(got.dims(), [n, rows], "{what}");
+            assert_eq!(got.dtype(), dtype, "{what}");
+            let diff = max_rel_diff(&host(got), &want);
+            let tol = tolerance(dtype, 1e-5);
+            assert!(diff <= tol, "{what}, {n} rows: max diff {diff} > {tol}");
+        }
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(vec![2i32, 0, rows as i32, rows as i32 - 1], [4]),
+            &device(),
+        );
+        let got = host(w.0.rows(ids));
+        let mut want = Vec::new();
+        for id in [2, 0, rows, rows - 1] {
+            match q.values().get(id * cols..(id + 1) * cols) {
+                Some(row) => want.extend_from_slice(row),
+                None => want.extend(std::iter::repeat_n(0.0, cols)),
+            }
+        }
+        // The kernel may fuse `scale * u + min` into one multiply-add; f16 rounds once.
+        let diff = max_diff(&got, &want);
+        let tol = if dtype == DType::F32 { 1e-6 } else { 1e-3 };
+        assert!(diff <= tol, "{what}: rows differ by {diff}");
+        let past = &got[2 * cols..3 * cols];
+        assert!(
+            past.iter().all(|&v| v == 0.0),
+            "{what}: an id past the rows"
+        );
+    }
+    // The prologues: add + RMSNorm (the sum equal to the add's exactly) and the gated
+    // activation, against burn's ops and the host-dequantized product.
+    for (bits, seed) in [(8u32, 350u64), (4, 360)] {
+        let (rows, cols) = (24, 96);
+        let q = unpacked(rows, cols, bits, 32, seed);
+        let w = native(&q, [rows, cols], dtype);
+        let reference = dense(&q, [rows, cols]);
+        let tol = tolerance(dtype, 1e-5);
+        let n = 3;
+        let x = tensor([n, cols], seed + 1, dtype);
+        let y = tensor([n, cols], seed + 2, dtype);
+        let weight = tensor([cols], seed + 3, dtype);
+        let (sum, out) =
+            w.0.add_rms_norm_forward(&x, &y, &weight, 1e-5)
+                .unwrap_or_else(|| panic!("{bits} bits: the norm prologue declined"));
+        let want_sum = x.clone().add(y.clone());
+        assert_eq!(
+            host(sum),
+            host(want_sum.clone()),
+            "{dtype:?} {bits} bits: sum"
+        );
+        let normed = rms_norm(want_sum.reshape([1, n, cols]), &weight, 1e-5).reshape([n, cols]);
+        let want = host(
+            normed
+                .cast(DType::F32)
+                .matmul(reference.clone().transpose()),
+        );
+        let diff = max_rel_diff(&host(out), &want);
+        assert!(diff <= tol, "{dtype:?} {bits} bits, norm prologue: {diff}");
+        let gate_up = tensor([n, 2 * cols], seed + 4, dtype);
+        for act in [Gate::Silu, Gate::GeluTanh] {
+            let got =
+                w.0.gated_forward(&gate_up, act)
+                    .unwrap_or_else(|| panic!("{bits} bits: the gated prologue declined"));
+            let h = gated(gate_up.clone().reshape([1, n, 2 * cols]), act, None).reshape([n, cols]);
+            let want = host(h.cast(DType::F32).matmul(reference.clone().transpose()));
+            let diff = max_rel_diff(&host(got), &want);
+            assert!(
+                diff <= tol,
+                "{dtype:?} {bits} bits, {act:?} prologue: {diff}"
+            );
+        }
+    }
+    // q, k and v stacked into one weight.
+    let parts: Vec<Unpacked> = (0..3).map(|i| unpacked(16, 64, 4, 32, 400 + i)).collect();
+    let natives: Vec<Native<B>> = parts.iter().map(|q| native(q, [16, 64], dtype)).collect();
+    let stacked = natives[0]
+        .0
+        .stack(&[&natives[1], &natives[2]])
+        .unwrap_or_else(|| panic!("q, k and v did not stack"));
+    assert_eq!(stacked.0.shape(), [48, 64]);
+    let x = tensor([1, 64], 410, DType::F32);
+    let want: Vec<f32> = Tensor::cat(
+        parts
+            .iter()
+            .map(|q| x.clone().matmul(dense(q, [16, 64]).transpose()))
+            .collect(),
+        1,
+    )
+    .into_data()
+    .to_vec()
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let diff = max_rel_diff(&host(stacked.0.forward(x.cast(dtype))), &want);
+    assert!(diff <= tolerance(dtype, 1e-5), "stacked: {diff}");
+}
+
+#[test]
+fn quantized_equals_dequantized_f32() {
+    quantized_shapes(DType::F32);
+}
+
+#[test]
+fn quantized_equals_dequantized_f16() {
+    quantized_shapes(DType::F16);
+}
+
+#[test]
+fn quantized_declines_what_it_does_not_take() {
+    // Rows that are not whole vectors of four words (40 bytes), groups that split a word.
+    for (bits, group, cols) in [(8, 8, 40), (4, 4, 64)] {
+        let q = unpacked(4, cols, bits, group, 500);
+        let kept = FusedOps::<B>::quantized(
+            &ops(),
+            &QuantizedRows::whole(q, [4, cols]),
+            &device(),
+            DType::F32,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            kept.is_none(),
+            "{bits} bits, groups of {group}, {cols} columns"
+        );
+    }
 }

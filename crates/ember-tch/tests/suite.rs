@@ -10,5 +10,17 @@ fn ctx(dtype: DType, logits_tol: f32, min_top1: f32) -> Ctx<ember_tch::Backend> 
 }
 
 backend_suite!(f32, ember_tch::Backend, ctx(DType::F32, 1e-4, 1.0));
-backend_suite!(bf16, ember_tch::Backend, ctx(DType::Bf16, 0.5, 0.8));
-backend_suite!(f16, ember_tch::Backend, ctx(DType::F16, 1e-1, 0.9));
+// The reduced precisions run the real models' first case only: their long cases (Gemma 3's
+// 717-token prompt past the sliding window, Whisper's long form) run in f32 here and on
+// every CPU backend, and libtorch's CPU matmuls in bf16 and f16 are the slowest part of CI
+// (stop 27's CI took 3677 s of its 3600 s goal).
+backend_suite!(
+    bf16,
+    ember_tch::Backend,
+    ctx(DType::Bf16, 0.5, 0.8).short_cases()
+);
+backend_suite!(
+    f16,
+    ember_tch::Backend,
+    ctx(DType::F16, 1e-1, 0.9).short_cases()
+);

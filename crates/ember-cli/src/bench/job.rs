@@ -656,10 +656,21 @@ impl Stored {
                     params: None,
                 }
             }
-            Checkpoint::Synthetic(_) => Self {
-                file_type: "synthetic".into(),
-                params: None,
-            },
+            Checkpoint::Synthetic(path) => {
+                // `preset:NAME,quant=q8_0`: the blocks' type after the word.
+                let spec = path.to_string_lossy();
+                let quant = spec
+                    .strip_prefix("preset:")
+                    .and_then(|name| ember::models::presets::Preset::parse(name).ok())
+                    .and_then(|p| p.quant);
+                Self {
+                    file_type: match quant {
+                        Some(ty) => format!("synthetic {ty:?}"),
+                        None => "synthetic".into(),
+                    },
+                    params: None,
+                }
+            }
         }
     }
 }
@@ -789,6 +800,9 @@ mod tests {
         assert_eq!(hf.file_type, "F32", "its config.json says float32");
         let synthetic = Stored::of(&ember::source::Checkpoint::Synthetic("preset:x".into()));
         assert_eq!(synthetic.file_type, "synthetic");
+        let q8 = "preset:smollm2-135m,quant=q8_0";
+        let synthetic = Stored::of(&ember::source::Checkpoint::Synthetic(q8.into()));
+        assert_eq!(synthetic.file_type, "synthetic Q8_0");
     }
 
     #[test]

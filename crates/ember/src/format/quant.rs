@@ -243,6 +243,46 @@ pub fn unpack(ty: GgmlType, bytes: &[u8], elements: usize) -> Option<Unpacked> {
     (out.u.len() == elements).then_some(out)
 }
 
+/// `values` (whole blocks of 32) as ggml blocks of `ty`, the way ggml's reference quantizer
+/// makes them (`quantize_row_q8_0_ref`, `quantize_row_q4_0_ref` in `src/ggml-quants.c`);
+/// `None` for another type or a length that is not whole blocks. For synthetic models
+/// (`preset:NAME,quant=q8_0`): [`unpack`] reads the blocks back as it reads a file's.
+pub fn quantize_blocks(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
+    if !values.len().is_multiple_of(32) {
+        return None;
+    }
+    let blocks = values.chunks_exact(32);
+    match ty {
+        GgmlType::Q8_0 => Some(
+            blocks
+                .flat_map(|x| {
+                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let qs = x.iter().map(move |v| (v * id).round() as i8 as u8);
+                    f16::from_f32(d).to_le_bytes().into_iter().chain(qs)
+                })
+                .collect(),
+        ),
+        GgmlType::Q4_0 => Some(
+            blocks
+                .flat_map(|x| {
+                    // The value of largest magnitude, with its sign, maps to -8.
+                    let max = x
+                        .iter()
+                        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let d = max / -8.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let q = move |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+                    let qs = (0..16).map(move |j| q(x[j]) | (q(x[j + 16]) << 4));
+                    f16::from_f32(d).to_le_bytes().into_iter().chain(qs)
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 fn half_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }

@@ -699,8 +699,9 @@ impl<B: Backend> LoadDecoder<B> for Llama<B> {
         Box::new(gguf_store(file, config))
     }
     fn synthetic(name: &str) -> Result<(LlamaConfig, Box<dyn TensorStore>)> {
-        let config = super::presets::Preset::parse(name)?.config();
-        let store = super::presets::SyntheticStore::new(name, &config, 0);
+        let preset = super::presets::Preset::parse(name)?;
+        let config = preset.config();
+        let store = super::presets::SyntheticStore::new(name, &config, 0).quantized(preset.quant);
         Ok((config, Box::new(store)))
     }
     fn load(

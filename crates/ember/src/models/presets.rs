@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::format::gguf::GgmlType;
+use crate::format::quant::{quantize_blocks, unpack, Unpacked};
 use crate::format::TensorStore;
 use crate::models::llama::LlamaConfig;
 
@@ -25,6 +27,8 @@ pub struct Preset {
     vocab: usize,
     context: usize,
     rope_theta: f64,
+    /// How its matrices are stored (`quant=q8_0` or `q4_0`; f32 when `None`).
+    pub quant: Option<GgmlType>,
 }
 
 /// Every preset, with the shapes of the published `config.json` files.
@@ -40,6 +44,7 @@ pub const PRESETS: &[Preset] = &[
         vocab: 49152,
         context: 8192,
         rope_theta: 100_000.0,
+        quant: None,
     },
     Preset {
         name: "smollm2-360m",
@@ -52,6 +57,7 @@ pub const PRESETS: &[Preset] = &[
         vocab: 49152,
         context: 8192,
         rope_theta: 100_000.0,
+        quant: None,
     },
     Preset {
         name: "smollm2-1.7b",
@@ -64,6 +70,7 @@ pub const PRESETS: &[Preset] = &[
         vocab: 49152,
         context: 8192,
         rope_theta: 130_000.0,
+        quant: None,
     },
     Preset {
         name: "llama-3.2-1b",
@@ -76,12 +83,15 @@ pub const PRESETS: &[Preset] = &[
         vocab: 128_256,
         context: 131_072,
         rope_theta: 500_000.0,
+        quant: None,
     },
 ];
 
 impl Preset {
     /// `NAME` or `NAME,key=value,...` with keys hidden, intermediate, layers, heads,
-    /// kv_heads, vocab overriding the shape (for experiments at other sizes).
+    /// kv_heads, vocab overriding the shape (for experiments at other sizes), and `quant`
+    /// (`q8_0` or `q4_0`: every matrix stored in those ggml blocks, as a GGUF file of that
+    /// type holds it, so that `weights = "keep"` keeps them quantized).
     pub fn parse(spec: &str) -> Result<Preset> {
         let mut parts = spec.split(',');
         let mut preset = *Self::find(parts.next().unwrap_or_default())?;
@@ -90,11 +100,19 @@ impl Preset {
                 Error::Source {
                 source_spec: format!("preset:{spec}"),
                 message: format!(
-                    "bad override `{part}` (expected hidden, intermediate, layers, heads, kv_heads or vocab = a positive number)"
+                    "bad override `{part}` (expected hidden, intermediate, layers, heads, kv_heads or vocab = a positive number, or quant = q8_0 or q4_0)"
                 ),
             }
             };
             let (key, value) = part.split_once('=').ok_or_else(bad)?;
+            if key == "quant" {
+                preset.quant = Some(match value.to_ascii_lowercase().as_str() {
+                    "q8_0" => GgmlType::Q8_0,
+                    "q4_0" => GgmlType::Q4_0,
+                    _ => return Err(bad()),
+                });
+                continue;
+            }
             let value: usize = value.parse().ok().filter(|&v| v > 0).ok_or_else(bad)?;
             match key {
                 "hidden" => preset.hidden = value,
@@ -162,6 +180,7 @@ pub struct SyntheticStore {
     path: PathBuf,
     tensors: Vec<(String, Vec<usize>)>,
     seed: u64,
+    quant: Option<GgmlType>,
 }
 
 impl SyntheticStore {
@@ -199,7 +218,66 @@ impl SyntheticStore {
             path: PathBuf::from(format!("preset:{name}")),
             tensors,
             seed,
+            quant: None,
         }
+    }
+
+    /// The same weights with every matrix stored as ggml blocks of `quant` (values read
+    /// back through them).
+    pub fn quantized(mut self, quant: Option<GgmlType>) -> Self {
+        self.quant = quant;
+        self
+    }
+
+    /// The random values of tensor `name` (`len` of them).
+    fn values(&self, name: &str, len: usize) -> Vec<f32> {
+        let stream = self.seed
+            ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        // Sum of four uniforms on [-0.5, 0.5): variance 1/3, near-normal; scaled to std 0.02.
+        // Chunks have their own streams, so the values do not depend on the thread count.
+        let scale = 0.02 * 3f32.sqrt();
+        let mut values = vec![0f32; len];
+        values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let mut state = stream ^ (chunk as u64).wrapping_mul(0xA076_1D64_78BD_642F);
+                for v in out {
+                    let r = splitmix(&mut state);
+                    let sum: f32 = (0..4)
+                        .map(|k| ((r >> (16 * k)) & 0xFFFF) as f32 / 65536.0 - 0.5)
+                        .sum();
+                    *v = sum * scale;
+                }
+            });
+        values
+    }
+
+    /// Matrix `name` as blocks of the store's quantized type, when it has one.
+    fn blocks(&self, name: &str) -> Option<Unpacked> {
+        let quant = self.quant?;
+        let shape = self.shape(name)?;
+        // Whole blocks per row (a shape override may leave a row with a partial one).
+        if shape.len() != 2 || !shape[1].is_multiple_of(32) {
+            return None;
+        }
+        let len = shape.iter().product();
+        let values = self.values(name, len);
+        // Blocks of 32 per chunk of rows, on all cores; in row order.
+        let per = (CHUNK / 32) * 32;
+        let parts: Vec<Unpacked> = values
+            .par_chunks(per)
+            .map(|part| quantize_blocks(quant, part).and_then(|b| unpack(quant, &b, part.len())))
+            .collect::<Option<_>>()?;
+        let mut whole = parts.first()?.clone();
+        for part in &parts[1..] {
+            whole.u.extend_from_slice(&part.u);
+            whole.scale.extend_from_slice(&part.scale);
+            whole.min.extend_from_slice(&part.min);
+        }
+        Some(whole)
     }
 }
 
@@ -239,28 +317,14 @@ impl TensorStore for SyntheticStore {
         if name.ends_with("norm.weight") {
             return Ok(Some(vec![1.0; len]));
         }
-        let stream = self.seed
-            ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        // Sum of four uniforms on [-0.5, 0.5): variance 1/3, near-normal; scaled to std 0.02.
-        // Chunks have their own streams, so the values do not depend on the thread count.
-        let scale = 0.02 * 3f32.sqrt();
-        let mut values = vec![0f32; len];
-        values
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let mut state = stream ^ (chunk as u64).wrapping_mul(0xA076_1D64_78BD_642F);
-                for v in out {
-                    let r = splitmix(&mut state);
-                    let sum: f32 = (0..4)
-                        .map(|k| ((r >> (16 * k)) & 0xFFFF) as f32 / 65536.0 - 0.5)
-                        .sum();
-                    *v = sum * scale;
-                }
-            });
-        Ok(Some(values))
+        if let Some(blocks) = self.blocks(name) {
+            return Ok(Some(blocks.values()));
+        }
+        Ok(Some(self.values(name, len)))
+    }
+
+    fn read_quantized(&self, name: &str) -> Result<Option<Unpacked>> {
+        Ok(self.blocks(name))
     }
 }
 
@@ -291,5 +355,35 @@ mod tests {
             "mean {mean}, std {std}"
         );
         assert!(Preset::find("gpt-5").is_err());
+    }
+
+    /// `quant=`: the values read are those of the blocks `read_quantized` hands out, each
+    /// within its block's rounding of the f32 weights; the norms stay f32.
+    #[test]
+    fn quantized_presets_read_their_blocks() {
+        let name = "model.layers.0.mlp.down_proj.weight";
+        let plain = SyntheticStore::new("p", &Preset::parse("smollm2-135m").unwrap().config(), 3);
+        let want = plain.read(name).unwrap().unwrap();
+        for (spec, bits, steps) in [("q8_0", 8, 0.5f32), ("q4_0", 4, 1.0)] {
+            let preset = Preset::parse(&format!("smollm2-135m,layers=1,quant={spec}")).unwrap();
+            let store = SyntheticStore::new("p", &preset.config(), 3).quantized(preset.quant);
+            let got = store.read(name).unwrap().unwrap();
+            let blocks = store.read_quantized(name).unwrap().unwrap();
+            assert_eq!((blocks.bits, blocks.group), (bits, 32), "{spec}");
+            assert_eq!(blocks.values(), got, "{spec}");
+            assert_ne!(got, want, "{spec}: rounded");
+            for ((x, y), d) in want.chunks(32).zip(got.chunks(32)).zip(&blocks.scale) {
+                for (a, b) in x.iter().zip(y) {
+                    // Half a step (Q4_0: a whole one at the clamped top), plus the scale's
+                    // f16 rounding over at most 128 steps.
+                    let bound = d.abs() * (steps + 128.0 / 1024.0);
+                    assert!((a - b).abs() <= bound, "{spec}: {a} vs {b}, step {d}");
+                }
+            }
+            let norm = store.read("model.layers.0.input_layernorm.weight").unwrap();
+            assert!(norm.unwrap().iter().all(|&v| v == 1.0));
+            assert!(store.read_quantized("model.norm.weight").unwrap().is_none());
+        }
+        assert!(Preset::parse("smollm2-135m,quant=q5_9").is_err());
     }
 }

@@ -285,6 +285,25 @@ pub trait NativeQuantized<B: Backend>: Send + Sync + 'static {
     fn bytes(&self) -> usize;
     /// The run's dtype (what `forward` and `rows` return).
     fn dtype(&self) -> DType;
+    /// `x + y` (both `[n, in]`) and the product of its RMSNorm (with `weight`, `eps`) by
+    /// the weight as one op: `(x + y, product)`; `None` where the kernels have no such op
+    /// (then [`crate::nn::add_rms_norm_with`] and [`NativeQuantized::forward`]).
+    fn add_rms_norm_forward(
+        &self,
+        x: &Tensor<B, 2>,
+        y: &Tensor<B, 2>,
+        weight: &Tensor<B, 1>,
+        eps: f64,
+    ) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
+        let _ = (x, y, weight, eps);
+        None
+    }
+    /// [`crate::nn::gated`] of `gate_up: [n, 2 in]` times the weight's transpose as one op;
+    /// `None` where the kernels have no such op.
+    fn gated_forward(&self, gate_up: &Tensor<B, 2>, act: crate::nn::Gate) -> Option<Tensor<B, 2>> {
+        let _ = (gate_up, act);
+        None
+    }
     /// This weight with `others` below it (q, k and v as one), when the kernels can.
     fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
         let _ = others;

@@ -338,7 +338,8 @@ pub fn gated<B: Backend>(
 }
 
 /// `gated(gate_up, act)` through the projection `w` (a gated MLP's down projection):
-/// through `fused` as one op where it can (dense weights), else [`gated`] and
+/// through `fused` as one op where it can (dense weights) or through the kernels of a weight
+/// in the backend's own form ([`linear::NativeQuantized::gated_forward`]), else [`gated`] and
 /// [`linear::Weight::forward`].
 pub fn gated_linear<B: Backend>(
     gate_up: Tensor<B, 3>,
@@ -346,10 +347,21 @@ pub fn gated_linear<B: Backend>(
     w: &linear::Weight<B>,
     fused: Option<&dyn FusedOps<B>>,
 ) -> Tensor<B, 3> {
-    if let (Some(f), linear::Weight::Dense(dense)) = (fused, w) {
-        if let Some(y) = f.gated_linear(&gate_up, act, dense) {
-            return y;
+    match (fused, w) {
+        (Some(f), linear::Weight::Dense(dense)) => {
+            if let Some(y) = f.gated_linear(&gate_up, act, dense) {
+                return y;
+            }
         }
+        (_, linear::Weight::Native(n)) => {
+            let [batch, seq, features] = gate_up.dims();
+            let rows = gate_up.clone().reshape([batch * seq, features]);
+            if let Some(y) = n.0.gated_forward(&rows, act) {
+                let out = y.dims()[1];
+                return y.reshape([batch, seq, out]);
+            }
+        }
+        _ => {}
     }
     w.forward_with(gated(gate_up, act, fused), fused)
 }
@@ -391,8 +403,9 @@ pub fn add_rms_norm_with<B: Backend>(
 }
 
 /// [`add_rms_norm_with`] and the normed rows through the projection `w`: `(x + y,
-/// rms_norm(x + y) * weight matmul w)`, one op through `fused` where it can (dense weights),
-/// else the two.
+/// rms_norm(x + y) * weight matmul w)`, one op through `fused` where it can (dense weights)
+/// or through the kernels of a weight in the backend's own form
+/// ([`linear::NativeQuantized::add_rms_norm_forward`]), else the two.
 pub fn add_rms_norm_linear_with<B: Backend>(
     x: Tensor<B, 3>,
     y: Tensor<B, 3>,
@@ -402,10 +415,24 @@ pub fn add_rms_norm_linear_with<B: Backend>(
     fused: Option<&dyn FusedOps<B>>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let same = x.dtype() == y.dtype() && x.dtype() == weight.dtype();
-    if let (Some(f), linear::Weight::Dense(dense), true) = (fused, w, same) {
-        if let Some(out) = f.add_rms_norm_linear(&x, &y, weight, eps, dense) {
-            return out;
+    match (fused, w, same) {
+        (Some(f), linear::Weight::Dense(dense), true) => {
+            if let Some(out) = f.add_rms_norm_linear(&x, &y, weight, eps, dense) {
+                return out;
+            }
         }
+        (_, linear::Weight::Native(n), true) => {
+            let [batch, seq, hidden] = x.dims();
+            let rows = |t: &Tensor<B, 3>| t.clone().reshape([batch * seq, hidden]);
+            if let Some((sum, out)) = n.0.add_rms_norm_forward(&rows(&x), &rows(&y), weight, eps) {
+                let width = out.dims()[1];
+                return (
+                    sum.reshape([batch, seq, hidden]),
+                    out.reshape([batch, seq, width]),
+                );
+            }
+        }
+        _ => {}
     }
     let (sum, normed) = add_rms_norm_with(x, y, weight, eps, fused);
     (sum, w.forward_with(normed, fused))

@@ -1,0 +1,494 @@
+//! Weights kept quantized on the GPU (`[model] weights = "keep"`, [`FusedOps::quantized`]):
+//! the GGUF blocks' integers packed into 32-bit words (4 bits each for Q2-Q4 types, 8 for
+//! Q5-Q8), with one f32 scale and one f32 offset per group, as [`Unpacked`] decodes them.
+//! A decode step's product is one matrix-vector kernel on those words
+//! ([`kernels::quantized_matvec`]: a Q8_0 weight reads 1.25 bytes per value and a Q4_0 one
+//! 0.75, against 2 for f16); a prompt's product dequantizes the weight into the run's dtype,
+//! in parts of rows, for burn's matmul; a looked-up embedding row is dequantized alone
+//! ([`kernels::dequantize_rows`]).
+//!
+//! [`FusedOps::quantized`]: ember::nn::FusedOps::quantized
+
+use std::any::Any;
+use std::sync::Arc;
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData, TensorPrimitive};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::{CubeCount, CubeDim};
+use ember::format::quant::Unpacked;
+use ember::format::QuantizedRows;
+use ember::nn::linear::{rows_per_part, Native, NativeQuantized, MAX_TENSOR_ELEMENTS};
+
+use crate::kernels::{self, BLOCK};
+use crate::{
+    float_dtype, fusion, output, register, register_outputs, FusedCube, Prologue, MAX_MATVEC_ROWS,
+    MAX_NORM_FEATURES,
+};
+use ember::nn::Gate;
+
+/// Units per output row of [`kernels::quantized_matvec`]: a cube of [`BLOCK`] units computes
+/// `BLOCK / UNITS` output rows.
+const UNITS: usize = 32;
+
+/// Words per vector load of [`kernels::quantized_matvec`] (16 bytes).
+const WORDS: usize = 4;
+
+/// Rows of activations, `[n, features]`.
+type Rows<R, F, I, BT> = Tensor<FusedCube<R, F, I, BT>, 2>;
+
+/// The norm prologue's `y` (added to `x`) and weight.
+type NormInputs<'a, R, F, I, BT> = (&'a Rows<R, F, I, BT>, &'a Tensor<FusedCube<R, F, I, BT>, 1>);
+
+/// A `[outputs, inputs]` weight kept quantized on a CubeCL device.
+pub struct CubeQuantized<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
+    /// `[outputs, words]`, u32: the integers of a row, `32 / bits` per word.
+    packed: Tensor<FusedCube<R, F, I, BT>, 2, Int>,
+    /// `[outputs, groups]`, f32.
+    scale: Tensor<FusedCube<R, F, I, BT>, 2>,
+    /// `[outputs, groups]`, f32.
+    min: Tensor<FusedCube<R, F, I, BT>, 2>,
+    /// Bits per packed integer: 4 or 8.
+    bits: u32,
+    group: usize,
+    shape: [usize; 2],
+    dtype: DType,
+}
+
+/// Bits per packed integer for integers of `bits` bits, or `None` past 8.
+fn packed_bits(bits: u32) -> Option<u32> {
+    match bits {
+        1..=4 => Some(4),
+        5..=8 => Some(8),
+        _ => None,
+    }
+}
+
+/// Appends `part`'s rows of `cols` integers to `words`, `32 / bits` per word, the first in
+/// the low bits.
+fn pack(part: &Unpacked, cols: usize, bits: u32, words: &mut Vec<u32>) {
+    let per_word = (32 / bits) as usize;
+    for row in part.u.chunks_exact(cols) {
+        words.extend(row.chunks_exact(per_word).map(|digits| {
+            digits
+                .iter()
+                .rev()
+                .fold(0u32, |acc, &u| (acc << bits) | u32::from(u))
+        }));
+    }
+}
+
+impl<R, F, I, BT> CubeQuantized<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    /// `tensor` packed on `device` (read in parts of about 8 MiB of integers), computing in
+    /// `dtype`; `None` where the kernels do not take it: integers past 8 bits, groups or rows
+    /// that are not whole vectors of words, a packed weight past one buffer's portable size
+    /// ([`MAX_TENSOR_ELEMENTS`] words), or a grid past the portable limits.
+    pub fn load(
+        tensor: &QuantizedRows<'_>,
+        device: &burn::tensor::Device<FusedCube<R, F, I, BT>>,
+        dtype: DType,
+    ) -> ember::Result<Option<Self>> {
+        let [rows, cols] = tensor.shape();
+        if !float_dtype(dtype) || rows == 0 || cols == 0 {
+            return Ok(None);
+        }
+        let per = ((8 << 20) / cols).max(1);
+        let (mut words, mut scale, mut min) = (Vec::new(), Vec::new(), Vec::new());
+        let mut layout: Option<(u32, usize)> = None;
+        for start in (0..rows).step_by(per) {
+            let part = tensor.part(start..(start + per).min(rows))?;
+            let Some(bits) = packed_bits(part.bits) else {
+                return Ok(None);
+            };
+            let per_word = (32 / bits) as usize;
+            let fits = part.group > 0
+                && part.group.is_multiple_of(per_word)
+                && cols.is_multiple_of(part.group)
+                && cols.is_multiple_of(per_word * WORDS);
+            if !fits || layout.is_some_and(|l| l != (bits, part.group)) {
+                return Ok(None);
+            }
+            layout = Some((bits, part.group));
+            if words.is_empty() {
+                let total = rows * cols / per_word;
+                if total > MAX_TENSOR_ELEMENTS {
+                    return Ok(None);
+                }
+                words.reserve_exact(total);
+            }
+            pack(&part, cols, bits, &mut words);
+            scale.extend_from_slice(&part.scale);
+            min.extend_from_slice(&part.min);
+        }
+        let Some((bits, group)) = layout else {
+            return Ok(None);
+        };
+        let per_row = cols * bits as usize / 32;
+        let groups = cols / group;
+        if u32::try_from(rows.div_ceil(BLOCK / UNITS)).map_or(true, |g| g > 65535) {
+            return Ok(None);
+        }
+        let f32_tensor = |values: Vec<f32>| {
+            Tensor::from_data(
+                TensorData::new(values, [rows, groups]),
+                (device, DType::F32),
+            )
+        };
+        Ok(Some(Self {
+            packed: Tensor::from_data(
+                TensorData::new(words, [rows, per_row]),
+                (device, DType::U32),
+            ),
+            scale: f32_tensor(scale),
+            min: f32_tensor(min),
+            bits,
+            group,
+            shape: [rows, cols],
+            dtype,
+        }))
+    }
+
+    /// [`kernels::quantized_matvec`] as a registered op: `x: [n, inputs]` (`[n, 2 inputs]`
+    /// gated) through `prologue` times the weight's transpose, and for the norm the sum `x +
+    /// y`; `None` where it does not apply (more than [`MAX_MATVEC_ROWS`] rows, another
+    /// dtype, shapes that do not match, a norm over more than [`MAX_NORM_FEATURES`]).
+    fn matvec(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 2>,
+        norm: Option<NormInputs<'_, R, F, I, BT>>,
+        prologue: Prologue,
+    ) -> Option<[Rows<R, F, I, BT>; 2]> {
+        let [n, features] = x.dims();
+        let [outputs, inputs] = self.shape;
+        let wanted = match prologue {
+            Prologue::Gated(_) => 2 * inputs,
+            _ => inputs,
+        };
+        if x.dtype() != self.dtype || features != wanted || n == 0 || n > MAX_MATVEC_ROWS {
+            return None;
+        }
+        // The norm's inputs (`x` stands in where there is none: the kernel does not read it).
+        let (y, weight) = match (prologue, norm) {
+            (Prologue::Norm(_), Some((y, weight))) => {
+                let same = y.dtype() == self.dtype && weight.dtype() == self.dtype;
+                if !same
+                    || y.dims() != [n, inputs]
+                    || weight.dims() != [inputs]
+                    || inputs > MAX_NORM_FEATURES
+                {
+                    return None;
+                }
+                (fusion(y)?, fusion(weight)?)
+            }
+            (Prologue::Norm(_), None) => return None,
+            _ => (fusion(x)?, fusion(x)?),
+        };
+        let launch = Launch {
+            grid: (
+                u32::try_from(outputs.div_ceil(BLOCK / UNITS)).ok()?,
+                n as u32,
+            ),
+            bits: self.bits,
+            group: self.group,
+            prologue,
+            shape: [n, outputs, inputs],
+        };
+        let inputs = [
+            fusion(x)?,
+            y,
+            weight,
+            self.packed.clone().into_primitive(),
+            fusion(&self.scale)?,
+            fusion(&self.min)?,
+        ];
+        let dtype = self.dtype;
+        let [sum, out] = if matches!(prologue, Prologue::Norm(_)) {
+            register_outputs::<R, F, I, BT, 6, 2>(
+                "ember.add_rms_norm_quantized_matvec",
+                inputs,
+                [(vec![n, launch.shape[2]], dtype), (vec![n, outputs], dtype)],
+                move |t| launch.run(t),
+            )
+        } else {
+            let out = register::<R, F, I, BT, 6>(
+                "ember.quantized_matvec",
+                inputs,
+                vec![n, outputs],
+                dtype,
+                move |t| {
+                    let [_, out] = launch.run(t);
+                    out
+                },
+            );
+            [out.clone(), out]
+        };
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        Some([float(sum), float(out)])
+    }
+
+    /// Rows `range` dequantized (`ids` `None`), or the rows `ids` names: `[n, inputs]` in
+    /// the run's dtype, by [`kernels::dequantize_rows`].
+    fn dequantize(
+        &self,
+        range: std::ops::Range<usize>,
+        ids: Option<Tensor<FusedCube<R, F, I, BT>, 1, Int>>,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 2>> {
+        let inputs = self.shape[1];
+        let part =
+            |t: &Tensor<FusedCube<R, F, I, BT>, 2>| t.clone().narrow(0, range.start, range.len());
+        let packed = self.packed.clone().narrow(0, range.start, range.len());
+        let (scale, min) = (part(&self.scale), part(&self.min));
+        let all = ids.is_none();
+        let ids = match ids {
+            Some(ids) if matches!(ids.dtype(), DType::U32 | DType::I32) => ids,
+            Some(ids) => ids.cast(DType::I32),
+            // A stand-in the kernel does not read.
+            None => packed.clone().narrow(0, 0, 1).reshape([-1]),
+        };
+        let n = if all { range.len() } else { ids.dims()[0] };
+        let words = inputs * self.bits as usize / 32;
+        let cubes = n.checked_mul(words)?.div_ceil(BLOCK);
+        if n == 0 || cubes == 0 {
+            return None;
+        }
+        let grid = (
+            u32::try_from(cubes.min(65535)).ok()?,
+            u32::try_from(cubes.div_ceil(65535))
+                .ok()
+                .filter(|&y| y <= 65535)?,
+        );
+        let (bits, group, dtype) = (self.bits, self.group, self.dtype);
+        let out = register::<R, F, I, BT, 4>(
+            "ember.dequantize_rows",
+            [
+                packed.into_primitive(),
+                fusion(&scale)?,
+                fusion(&min)?,
+                ids.into_primitive(),
+            ],
+            vec![n, inputs],
+            dtype,
+            move |[packed, scale, min, ids]| {
+                let out = empty(&scale, vec![n, inputs], dtype);
+                let client = scale.client.clone();
+                // SAFETY: `packed` [rows, words] u32, `scale` and `min` [rows, inputs / group]
+                // f32; each unit below n * words decodes word `w` of source row `ids[r]` (or
+                // `r`), read only when below `rows`, and writes `out` (allocated here, [n,
+                // inputs]) at `r, w * (32 / bits) + t`, below `inputs`; `ids` holds `n` ids
+                // when read.
+                unsafe {
+                    kernels::dequantize_rows::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(grid.0, grid.1, 1),
+                        CubeDim::new_1d(BLOCK as u32),
+                        packed.into_tensor_arg(),
+                        scale.into_tensor_arg(),
+                        min.into_tensor_arg(),
+                        ids.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        bits,
+                        group,
+                        all,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                out
+            },
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+}
+
+/// A checked [`kernels::quantized_matvec`] launch.
+#[derive(Debug, Clone, Copy)]
+struct Launch {
+    grid: (u32, u32),
+    bits: u32,
+    group: usize,
+    prologue: Prologue,
+    /// Rows, outputs, inputs.
+    shape: [usize; 3],
+}
+
+impl Launch {
+    /// Launches the kernel (when the stream reaches the op) on `[x, y, weight, packed,
+    /// scale, min]`: `[sum, out]`, the sum a stand-in (`out`) without the norm.
+    fn run<R: CubeRuntime>(
+        &self,
+        [x, y, weight, packed, scale, min]: [CubeTensor<R>; 6],
+    ) -> [CubeTensor<R>; 2] {
+        let [n, outputs, inputs] = self.shape;
+        let out = output(&x, vec![n, outputs]);
+        let (gated, gelu, norm, eps) = match self.prologue {
+            Prologue::Plain => (false, false, false, 0.0),
+            Prologue::Gated(act) => (true, act == Gate::GeluTanh, false, 0.0),
+            Prologue::Norm(eps) => (false, false, true, eps),
+        };
+        let sum = if norm {
+            output(&x, vec![n, inputs])
+        } else {
+            out.clone()
+        };
+        let dtype = x.dtype;
+        let client = x.client.clone();
+        // SAFETY: `x` is [n, inputs] ([n, 2 inputs] gated; `y` [n, inputs] and `weight`
+        // [inputs] for the norm, inputs at most MAX_NORM_FEATURES, the shared row's length:
+        // checked by `CubeQuantized::matvec`); `packed` [outputs, inputs / (32 / bits)] u32
+        // with whole vectors of WORDS words per row (checked at load), read as vectors below
+        // its rows' length, rows below `outputs`; `scale` and `min` [outputs, inputs /
+        // group], read at groups below that; the grid is (outputs / rows per cube rounded
+        // up, n), units past `outputs` read nothing and write nothing; `out` ([n, outputs])
+        // and `sum` ([n, inputs], written by the norm only) are allocated here.
+        unsafe {
+            kernels::quantized_matvec::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(self.grid.0, self.grid.1, 1),
+                CubeDim::new_1d(BLOCK as u32),
+                WORDS,
+                x.into_tensor_arg(),
+                y.into_tensor_arg(),
+                weight.into_tensor_arg(),
+                packed.into_tensor_arg(),
+                scale.into_tensor_arg(),
+                min.into_tensor_arg(),
+                sum.clone().into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                eps,
+                self.bits,
+                self.group,
+                gated,
+                gelu,
+                norm,
+                UNITS,
+                BLOCK,
+                MAX_NORM_FEATURES,
+                dtype.into(),
+            );
+        }
+        [sum, out]
+    }
+}
+
+/// A contiguous output of `dtype` on `like`'s device.
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        burn::tensor::Shape::from(shape),
+        dtype,
+    )
+}
+
+impl<R, F, I, BT> NativeQuantized<FusedCube<R, F, I, BT>> for CubeQuantized<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn forward(&self, x: Tensor<FusedCube<R, F, I, BT>, 2>) -> Tensor<FusedCube<R, F, I, BT>, 2> {
+        if let Some([_, y]) = self.matvec(&x, None, Prologue::Plain) {
+            return y;
+        }
+        // A prompt: the weight dequantized in parts of rows that fit one buffer, each
+        // multiplied by burn's matmul.
+        let [outputs, inputs] = self.shape;
+        let x = x.cast(self.dtype);
+        let per = rows_per_part(outputs, inputs);
+        let parts: Vec<_> = (0..outputs)
+            .step_by(per)
+            .map(|start| {
+                let range = start..(start + per).min(outputs);
+                match self.dequantize(range.clone(), None) {
+                    Some(w) => x.clone().matmul(w.transpose()),
+                    None => Tensor::zeros([x.dims()[0], range.len()], (&x.device(), self.dtype)),
+                }
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    fn add_rms_norm_forward(
+        &self,
+        x: &Tensor<FusedCube<R, F, I, BT>, 2>,
+        y: &Tensor<FusedCube<R, F, I, BT>, 2>,
+        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        eps: f64,
+    ) -> Option<(
+        Tensor<FusedCube<R, F, I, BT>, 2>,
+        Tensor<FusedCube<R, F, I, BT>, 2>,
+    )> {
+        let [sum, out] = self.matvec(x, Some((y, weight)), Prologue::Norm(eps as f32))?;
+        Some((sum, out))
+    }
+
+    fn gated_forward(
+        &self,
+        gate_up: &Tensor<FusedCube<R, F, I, BT>, 2>,
+        act: Gate,
+    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 2>> {
+        let [_, out] = self.matvec(gate_up, None, Prologue::Gated(act))?;
+        Some(out)
+    }
+
+    fn rows(
+        &self,
+        ids: Tensor<FusedCube<R, F, I, BT>, 1, Int>,
+    ) -> Tensor<FusedCube<R, F, I, BT>, 2> {
+        let n = ids.dims()[0];
+        let device = ids.device();
+        self.dequantize(0..self.shape[0], Some(ids))
+            .unwrap_or_else(|| Tensor::zeros([n, self.shape[1]], (&device, self.dtype)))
+    }
+
+    fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+
+    fn bytes(&self) -> usize {
+        let [rows, cols] = self.shape;
+        rows * cols * self.bits as usize / 8 + 2 * rows * (cols / self.group) * 4
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn stack(
+        &self,
+        others: &[&Native<FusedCube<R, F, I, BT>>],
+    ) -> Option<Native<FusedCube<R, F, I, BT>>> {
+        let mut parts = vec![self];
+        for other in others {
+            parts.push(other.0.as_any().downcast_ref::<Self>()?);
+        }
+        let alike = parts.iter().all(|p| {
+            (p.bits, p.group, p.shape[1], p.dtype)
+                == (self.bits, self.group, self.shape[1], self.dtype)
+        });
+        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+        let words = rows * self.shape[1] * self.bits as usize / 32;
+        if !alike || words > MAX_TENSOR_ELEMENTS || rows.div_ceil(BLOCK / UNITS) > 65535 {
+            return None;
+        }
+        Some(Native(Arc::new(Self {
+            packed: Tensor::cat(parts.iter().map(|p| p.packed.clone()).collect(), 0),
+            scale: Tensor::cat(parts.iter().map(|p| p.scale.clone()).collect(), 0),
+            min: Tensor::cat(parts.iter().map(|p| p.min.clone()).collect(), 0),
+            shape: [rows, self.shape[1]],
+            ..*self
+        })))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
