@@ -261,26 +261,34 @@ for stage in "$@"; do
     done
     ;;
   ncu)
-    # Where a decoded token's time goes on CubeCL cuda (f16, SmolLM2-135M shape, Ember's
-    # kernels): wall time per token (one warm run of 16 and one of 144 tokens), then every
-    # kernel's GPU time under Nsight Compute (gpu__time_duration, clocks left alone) for a
-    # 12-token run, as CSV: the sum per token against the wall time says launch-bound or not.
+    # Where a decoded token's time goes on CubeCL cuda (f16, Ember's kernels), for each of
+    # NCU_MODELS (default the SmolLM2-135M shape; weights kept as stored: `weights = "keep"`):
+    # wall time per token (one warm run of 16 and one of 144 tokens; NCU_WALL=0 skips them),
+    # then every kernel's GPU time under Nsight Compute (gpu__time_duration, clocks left alone)
+    # for a 12-token run, as CSV: the sum per token against the wall time says launch-bound
+    # or not.
     use_cubecl_cache
     cp cubecl.toml "$work/cubecl.toml"
-    for n in 16 144 16 144; do
-      start=$(date +%s%N)
-      (cd "$work" && timeout 300 "$ember" --model preset:smollm2-135m --backend cuda --device cuda:0 \
-        --dtype f16 --raw --prompt "The quick brown fox" -n $n -t 0 > "$work/wall-$n.out" 2> "$work/wall-$n.log")
-      echo "== wall n=$n: rc $? in $(( ($(date +%s%N) - start) / 1000000 )) ms; $(grep -i -E 'tok|t/s' "$work/wall-$n.log" | tail -2 | tr '\n' ' ')"
-    done
     ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    start=$(date +%s)
-    (cd "$work" && timeout 400 "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum --csv \
-      "$ember" --model preset:smollm2-135m --backend cuda --device cuda:0 --dtype f16 --raw \
-      --prompt "The quick brown fox" -n 12 -t 0 > "$work/ncu.csv" 2> "$work/ncu.log")
-    echo "== ncu: rc $? in $(( $(date +%s) - start )) s, $(grep -c gpu__time_duration "$work/ncu.csv") kernels"
-    tail -3 "$work/ncu.log"
-    python3 - "$work/ncu.csv" <<'EOF'
+    for model in ${NCU_MODELS:-preset:smollm2-135m}; do
+      tag=$(echo "$model" | tr -c 'a-z0-9.\n' '-')
+      config() { # TOKENS: a config of the model on CubeCL cuda, f16, weights kept
+        printf '[model]\nsource = "%s"\nweights = "keep"\n[backend]\nname = "cuda"\ndevice = "cuda:0"\ndtype = "f16"\n[generation]\nprompt = "The quick brown fox"\nmax_new_tokens = %s\ntemperature = 0.0\n' "$model" "$1" > "$work/ncu-$tag-$1.toml"
+        echo "$work/ncu-$tag-$1.toml"
+      }
+      if [ "${NCU_WALL:-1}" != 0 ]; then
+        for n in 16 144 16 144; do
+          start=$(date +%s%N)
+          (cd "$work" && timeout 300 "$ember" --config "$(config $n)" --raw > "$work/wall-$tag-$n.out" 2> "$work/wall-$tag-$n.log")
+          echo "== $model wall n=$n: rc $? in $(( ($(date +%s%N) - start) / 1000000 )) ms; $(grep -i -E 'tok|t/s' "$work/wall-$tag-$n.log" | tail -2 | tr '\n' ' ')"
+        done
+      fi
+      start=$(date +%s)
+      (cd "$work" && timeout 400 "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum --csv \
+        "$ember" --config "$(config 12)" --raw > "$work/ncu-$tag.csv" 2> "$work/ncu-$tag.log")
+      echo "== $model ncu: rc $? in $(( $(date +%s) - start )) s, $(grep -c gpu__time_duration "$work/ncu-$tag.csv") kernels"
+      tail -3 "$work/ncu-$tag.log"
+      python3 - "$work/ncu-$tag.csv" <<'EOF'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]; rows = [dict(zip(head, r)) for r in rows[1:] if r[head.index("Metric Name")] == "gpu__time_duration.sum"]
@@ -288,13 +296,14 @@ print("kernels", len(rows))
 per = collections.defaultdict(lambda: [0, 0.0])
 for r in rows[len(rows) // 2:]:  # the second half: decode steps only
     v = float(r["Metric Value"].replace(",", "")); unit = r["Metric Unit"]
-    us = v / 1000 if unit == "nsecond" else v if unit == "usecond" else v * 1000
+    us = v / 1000 if unit in ("ns", "nsecond") else v if unit in ("us", "usecond") else v * 1000
     k = r["Kernel Name"][:70]; per[k][0] += 1; per[k][1] += us
 tot = sum(v[1] for v in per.values())
 print(f"second half: {sum(v[0] for v in per.values())} kernels, {tot:.0f} us GPU time")
 for k, (n, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:25]:
     print(f"{us:9.0f} us {n:6d} x {us / n:7.2f} us  {k}")
 EOF
+    done
     ;;
   cubecl-diag)
     # Ember's CubeCL kernels on CubeCL cuda (a 1-layer model, 4 tokens, f16 and f32) with
