@@ -241,9 +241,24 @@ where
         ids: Option<Tensor<FusedCube<R, F, I, BT>, 1, Int>>,
     ) -> Option<Tensor<FusedCube<R, F, I, BT>, 2>> {
         let inputs = self.shape[1];
-        let part =
-            |t: &Tensor<FusedCube<R, F, I, BT>, 2>| t.clone().narrow(0, range.start, range.len());
-        let packed = self.packed.clone().narrow(0, range.start, range.len());
+        if range.is_empty() {
+            return None;
+        }
+        // The whole weight as it is (an embedding's lookup, every token: no slice ops in the
+        // stream), else views of the part's rows.
+        let whole = range == (0..self.shape[0]);
+        let part = |t: &Tensor<FusedCube<R, F, I, BT>, 2>| {
+            if whole {
+                t.clone()
+            } else {
+                t.clone().narrow(0, range.start, range.len())
+            }
+        };
+        let packed = if whole {
+            self.packed.clone()
+        } else {
+            self.packed.clone().narrow(0, range.start, range.len())
+        };
         let (scale, min) = (part(&self.scale), part(&self.min));
         let all = ids.is_none();
         let ids = match ids {
