@@ -489,11 +489,20 @@ impl RopeWrite {
 
 /// A contiguous output like `like`'s device and dtype.
 fn output<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
+    output_of(like, shape, like.dtype)
+}
+
+/// A contiguous output of `dtype` on `like`'s device.
+fn output_of<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: Vec<usize>,
+    dtype: DType,
+) -> CubeTensor<R> {
     empty_device_contiguous_dtype(
         like.client.clone(),
         like.device.clone(),
         burn::tensor::Shape::from(shape),
-        like.dtype,
+        dtype,
     )
 }
 
@@ -969,6 +978,17 @@ enum Prologue {
     Norm(f32),
 }
 
+impl Prologue {
+    /// The kernels' comptime switches and epsilon: `(gated, gelu, norm, eps)`.
+    fn flags(self) -> (bool, bool, bool, f32) {
+        match self {
+            Prologue::Plain => (false, false, false, 0.0),
+            Prologue::Gated(act) => (true, act == Gate::GeluTanh, false, 0.0),
+            Prologue::Norm(eps) => (false, false, true, eps),
+        }
+    }
+}
+
 /// The grid and vector width of [`kernels::matvec`] for `rows` rows and `outputs` columns,
 /// or `None` past the portable limits.
 fn matvec_grid(rows: usize, outputs: usize) -> Option<((u32, u32), usize)> {
@@ -1021,11 +1041,7 @@ fn launch_matvec<R: CubeRuntime>(
     };
     let dtype = x.dtype;
     let client = x.client.clone();
-    let (gated, gelu, eps) = match prologue {
-        Prologue::Plain => (false, false, 0.0),
-        Prologue::Gated(act) => (true, act == Gate::GeluTanh, 0.0),
-        Prologue::Norm(eps) => (false, false, eps),
-    };
+    let (gated, gelu, _, eps) = prologue.flags();
     // SAFETY: the grid is (vectors of `out`'s columns / lanes rounded up, batch * seq); each
     // unit reads features below `inputs` (w's rows; and `inputs + i` gated: `x` has `2 *
     // inputs` features, checked by the caller, as `y`'s and `weight`'s shapes for the norm,

@@ -13,7 +13,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData, TensorPrimitive};
+use burn::tensor::{BasicOps, DType, TensorData, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{CubeCount, CubeDim};
@@ -23,8 +23,8 @@ use ember::nn::linear::{rows_per_part, Native, NativeQuantized, MAX_TENSOR_ELEME
 
 use crate::kernels::{self, BLOCK};
 use crate::{
-    float_dtype, fusion, output, register, register_outputs, FusedCube, Prologue, MAX_MATVEC_ROWS,
-    MAX_NORM_FEATURES,
+    float_dtype, fusion, output, output_of, register, register_outputs, FusedCube, Prologue,
+    MAX_MATVEC_ROWS, MAX_NORM_FEATURES,
 };
 use ember::nn::Gate;
 
@@ -56,12 +56,34 @@ pub struct CubeQuantized<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     dtype: DType,
 }
 
+/// The cubes of [`kernels::quantized_matvec`] along x for a weight of `rows` rows, when a
+/// `[rows, cols]` weight of `bits`-bit integers fits the kernels: its words in one buffer of
+/// portable size ([`MAX_TENSOR_ELEMENTS`]), the cubes within the portable 65535.
+fn row_cubes(rows: usize, cols: usize, bits: u32) -> Option<u32> {
+    let words = rows.checked_mul(cols)? / (32 / bits) as usize;
+    let cubes = u32::try_from(rows.div_ceil(BLOCK / UNITS)).ok()?;
+    (words <= MAX_TENSOR_ELEMENTS && cubes <= 65535).then_some(cubes)
+}
+
 /// Bits per packed integer for integers of `bits` bits, or `None` past 8.
 fn packed_bits(bits: u32) -> Option<u32> {
     match bits {
         1..=4 => Some(4),
         5..=8 => Some(8),
         _ => None,
+    }
+}
+
+/// Rows `range` of `t`: `t` itself when that is all of them (an embedding's lookup, every
+/// token: no slice op in the stream), else a view.
+fn rows_in<B: Backend, K: BasicOps<B>>(
+    t: &Tensor<B, 2, K>,
+    range: &std::ops::Range<usize>,
+) -> Tensor<B, 2, K> {
+    if *range == (0..t.dims()[0]) {
+        t.clone()
+    } else {
+        t.clone().narrow(0, range.start, range.len())
     }
 }
 
@@ -117,11 +139,10 @@ where
             }
             layout = Some((bits, part.group));
             if words.is_empty() {
-                let total = rows * cols / per_word;
-                if total > MAX_TENSOR_ELEMENTS {
+                if row_cubes(rows, cols, bits).is_none() {
                     return Ok(None);
                 }
-                words.reserve_exact(total);
+                words.reserve_exact(rows * cols / per_word);
             }
             pack(&part, cols, bits, &mut words);
             scale.extend_from_slice(&part.scale);
@@ -132,9 +153,6 @@ where
         };
         let per_row = cols * bits as usize / 32;
         let groups = cols / group;
-        if u32::try_from(rows.div_ceil(BLOCK / UNITS)).map_or(true, |g| g > 65535) {
-            return Ok(None);
-        }
         let f32_tensor = |values: Vec<f32>| {
             Tensor::from_data(
                 TensorData::new(values, [rows, groups]),
@@ -244,22 +262,8 @@ where
         if range.is_empty() {
             return None;
         }
-        // The whole weight as it is (an embedding's lookup, every token: no slice ops in the
-        // stream), else views of the part's rows.
-        let whole = range == (0..self.shape[0]);
-        let part = |t: &Tensor<FusedCube<R, F, I, BT>, 2>| {
-            if whole {
-                t.clone()
-            } else {
-                t.clone().narrow(0, range.start, range.len())
-            }
-        };
-        let packed = if whole {
-            self.packed.clone()
-        } else {
-            self.packed.clone().narrow(0, range.start, range.len())
-        };
-        let (scale, min) = (part(&self.scale), part(&self.min));
+        let packed = rows_in(&self.packed, &range);
+        let (scale, min) = (rows_in(&self.scale, &range), rows_in(&self.min, &range));
         let all = ids.is_none();
         let ids = match ids {
             Some(ids) if matches!(ids.dtype(), DType::U32 | DType::I32) => ids,
@@ -291,7 +295,7 @@ where
             vec![n, inputs],
             dtype,
             move |[packed, scale, min, ids]| {
-                let out = empty(&scale, vec![n, inputs], dtype);
+                let out = output_of(&scale, vec![n, inputs], dtype);
                 let client = scale.client.clone();
                 // SAFETY: `packed` [rows, words] u32, `scale` and `min` [rows, inputs / group]
                 // f32; each unit below n * words decodes word `w` of source row `ids[r]` (or
@@ -342,11 +346,7 @@ impl Launch {
     ) -> [CubeTensor<R>; 2] {
         let [n, outputs, inputs] = self.shape;
         let out = output(&x, vec![n, outputs]);
-        let (gated, gelu, norm, eps) = match self.prologue {
-            Prologue::Plain => (false, false, false, 0.0),
-            Prologue::Gated(act) => (true, act == Gate::GeluTanh, false, 0.0),
-            Prologue::Norm(eps) => (false, false, true, eps),
-        };
+        let (gated, gelu, norm, eps) = self.prologue.flags();
         let sum = if norm {
             output(&x, vec![n, inputs])
         } else {
@@ -390,16 +390,6 @@ impl Launch {
         }
         [sum, out]
     }
-}
-
-/// A contiguous output of `dtype` on `like`'s device.
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
-    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        burn::tensor::Shape::from(shape),
-        dtype,
-    )
 }
 
 impl<R, F, I, BT> NativeQuantized<FusedCube<R, F, I, BT>> for CubeQuantized<R, F, I, BT>
@@ -490,8 +480,7 @@ where
                 == (self.bits, self.group, self.shape[1], self.dtype)
         });
         let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
-        let words = rows * self.shape[1] * self.bits as usize / 32;
-        if !alike || words > MAX_TENSOR_ELEMENTS || rows.div_ceil(BLOCK / UNITS) > 65535 {
+        if !alike || row_cubes(rows, self.shape[1], self.bits).is_none() {
             return None;
         }
         Some(Native(Arc::new(Self {
