@@ -302,6 +302,156 @@ pub fn rope_write<F: Float>(
     }
 }
 
+/// RoPE, the KV-cache write and single-query attention of one decode step as one kernel:
+/// for each batch row `b` of the unsplit projection `qkv: [b, 1, (heads + 2 kv) d]` (any
+/// strides; each token's query heads, then its key heads, then its value heads), q and k
+/// rotated as [`rope_write`] rotates them (by `cos, sin: [1 or b, 1, 1, d]`, rounded to the
+/// element type), the key and value written into `keys, values: [slots, kv, n, d]` at row
+/// `row0 + b`, position `pos`, and query head `h` attends over that row's positions `first..=
+/// pos` of KV head `h / groups` (as [`attention`] without bias; the new position's key and
+/// value are taken from shared memory, not read back) into the contiguous `out: [b, 1,
+/// heads d]`.
+///
+/// Cube position x: the query head's index in its group (`groups` = the grid's x count), y:
+/// the KV head, z: the batch row; one unit per dimension of the head (`d` at most the cube's
+/// width). Every cube of a group rotates the group's key (units' work, no sync between
+/// cubes); the group's cube 0 writes it and the value. Other cubes read only positions
+/// before `pos`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attend<F: Float>(
+    qkv: &Tensor<F>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    out: &mut Tensor<F>,
+    keys: &mut Tensor<F>,
+    values: &mut Tensor<F>,
+    row0: u32,
+    pos: u32,
+    first: u32,
+    scale: f32,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let g = CUBE_POS_X as usize;
+    let h = CUBE_POS_Y as usize;
+    let b = CUBE_POS_Z as usize;
+    let unit = UNIT_POS as usize;
+    let groups = CUBE_COUNT_X as usize;
+    let kv = keys.shape(1);
+    let dim = keys.shape(3);
+    let heads = groups * kv;
+    let head = h * groups + g;
+    let row = row0 as usize + b;
+    let last = pos as usize;
+    let at = b * qkv.stride(0);
+    let step = qkv.stride(2);
+
+    let mut query = SharedMemory::<f32>::new(block);
+    let mut new_k = SharedMemory::<f32>::new(block);
+    let mut new_v = SharedMemory::<f32>::new(block);
+    if unit < dim {
+        let half = dim / 2;
+        let mut partner = unit + half;
+        if unit >= half {
+            partner = unit - half;
+        }
+        let t = b % cos.shape(0);
+        let c = f32::cast_from(cos[t * cos.stride(0) + unit * cos.stride(3)]);
+        let sn = f32::cast_from(sin[t * sin.stride(0) + unit * sin.stride(3)]);
+        let qa = at + head * dim * step;
+        let x = f32::cast_from(qkv[qa + unit * step]);
+        let y = f32::cast_from(qkv[qa + partner * step]);
+        query[unit] = f32::cast_from(F::cast_from(x * c + y * sn)) * scale;
+        let ka = at + (heads + h) * dim * step;
+        let kx = f32::cast_from(qkv[ka + unit * step]);
+        let ky = f32::cast_from(qkv[ka + partner * step]);
+        let k = F::cast_from(kx * c + ky * sn);
+        let v = qkv[at + ((heads + kv + h) * dim + unit) * step];
+        new_k[unit] = f32::cast_from(k);
+        new_v[unit] = f32::cast_from(v);
+        if g == 0 {
+            keys[row * keys.stride(0)
+                + h * keys.stride(1)
+                + last * keys.stride(2)
+                + unit * keys.stride(3)] = k;
+            values[row * values.stride(0)
+                + h * values.stride(1)
+                + last * values.stride(2)
+                + unit * values.stride(3)] = v;
+        }
+    }
+
+    let k_at = row * keys.stride(0) + h * keys.stride(1);
+    let v_at = row * values.stride(0) + h * values.stride(1);
+    let (k_step, k_dim) = (keys.stride(2), keys.stride(3));
+    let (v_step, v_dim) = (values.stride(2), values.stride(3));
+    let mut weights = SharedMemory::<f32>::new(block);
+    let mut scratch = SharedMemory::<f32>::new(block);
+    let end = last + 1;
+    let neg = f32::new(-3.0e38);
+    let mut running_max = neg;
+    let mut running_sum = 0.0f32;
+    let mut acc = 0.0f32;
+    sync_cube();
+
+    let mut chunk = first as usize;
+    while chunk < end {
+        // As in `attention`: the floor past the end, no infinity literal.
+        let key = chunk + unit;
+        let mut score = neg;
+        if key < end {
+            let mut dot = 0.0f32;
+            if key == last {
+                for d in 0..dim {
+                    dot += query[d] * new_k[d];
+                }
+            } else {
+                let ka = k_at + key * k_step;
+                for d in 0..dim {
+                    dot += query[d] * f32::cast_from(keys[ka + d * k_dim]);
+                }
+            }
+            score = dot;
+        }
+        scratch[unit] = score;
+        let chunk_max = block_max(&mut scratch);
+        let new_max = f32::max(running_max, chunk_max);
+        let mut p = 0.0f32;
+        if key < end {
+            p = f32::exp(score - new_max);
+        }
+        weights[unit] = p;
+        scratch[unit] = p;
+        let chunk_sum = block_sum(&mut scratch);
+        let rescale = f32::exp(running_max - new_max);
+        running_sum = running_sum * rescale + chunk_sum;
+        running_max = new_max;
+        if unit < dim {
+            let mut part = 0.0f32;
+            let n = u32::min(block as u32, (end - chunk) as u32) as usize;
+            for j in 0..n {
+                let mut value = new_v[unit];
+                if chunk + j != last {
+                    value = f32::cast_from(values[v_at + (chunk + j) * v_step + unit * v_dim]);
+                }
+                part += weights[j] * value;
+            }
+            acc = acc * rescale + part;
+        }
+        sync_cube();
+        chunk += block;
+    }
+
+    if unit < dim {
+        let mut value = 0.0f32;
+        if running_sum > 0.0 {
+            value = acc / running_sum;
+        }
+        out[(b * heads + head) * dim + unit] = F::cast_from(value);
+    }
+}
+
 /// A residual add folded into the RMSNorm that reads it: for each row of `x, y: [batch, seq,
 /// hidden]` (any strides), `sum = x + y` (rounded to the element type, as an add of two
 /// tensors is) into the contiguous `sum`, and RMSNorm of that sum into the contiguous `out`

@@ -267,6 +267,16 @@ where
     }
 }
 
+/// `t` where a kernel may write it in place (the only handle, no overlapping elements), else
+/// a copy (as burn's `slice_assign` does).
+fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.can_mut() && t.is_nonoverlapping() {
+        t
+    } else {
+        t.copy()
+    }
+}
+
 /// A checked [`FusedOps::rope_write`]: the shapes agree, every index the kernel computes is
 /// inside its tensor, and the grid fits.
 #[derive(Debug, Clone)]
@@ -421,13 +431,6 @@ impl RopeWrite {
         values: CubeTensor<R>,
         (k_at, v_at): (usize, usize),
     ) -> [CubeTensor<R>; 3] {
-        let writable = |t: CubeTensor<R>| {
-            if t.can_mut() && t.is_nonoverlapping() {
-                t
-            } else {
-                t.copy()
-            }
-        };
         let (keys, values) = (writable(keys), writable(values));
         let q_out = output(&q, self.q_shape.clone());
         let client = q.client.clone();
@@ -866,6 +869,117 @@ where
                 plan.launch(q, k, v, cos, sin, keys, values, at)
             },
         ))
+    }
+
+    fn rope_write_attend(
+        &self,
+        qkv: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        heads: usize,
+        cos: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        sin: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        cache: CachePair<FusedCube<R, F, I, BT>>,
+        rows: &[(usize, usize)],
+        keys: std::ops::Range<usize>,
+    ) -> Result<
+        (
+            Tensor<FusedCube<R, F, I, BT>, 3>,
+            CachePair<FusedCube<R, F, I, BT>>,
+        ),
+        CachePair<FusedCube<R, F, I, BT>>,
+    > {
+        let [batch, seq, features] = qkv.dims();
+        let [_, kv, _, dim] = cache.0.dims();
+        let fits = (heads + 2 * kv).checked_mul(dim) == Some(features);
+        let plan = fits
+            .then(|| {
+                RopeWrite::plan_shape(
+                    [batch, heads, seq, dim],
+                    kv,
+                    qkv.dtype(),
+                    cos,
+                    sin,
+                    &cache,
+                    rows,
+                )
+            })
+            .flatten();
+        // One token per row, every row at the position `keys` ends on (the plan checked it
+        // is inside the cache), a head within the cube, whole groups of query heads.
+        let decode = seq == 1
+            && kv > 0
+            && heads.is_multiple_of(kv)
+            && dim <= MAX_HEAD_DIM
+            && keys.start < keys.end
+            && rows.iter().all(|&(_, start)| start + 1 == keys.end);
+        let grid = (
+            u32::try_from(heads / kv.max(1)).ok(),
+            u32::try_from(kv).ok(),
+            u32::try_from(batch).ok(),
+        );
+        let Some(plan) = plan.filter(|p| decode && p.per_row.is_none()) else {
+            return Err(cache);
+        };
+        let (Some(gx), Some(gy), Some(gz)) = grid else {
+            return Err(cache);
+        };
+        let (Some(qkv), Some([cos, sin, keys_in, values_in])) =
+            (fusion(qkv), [cos, sin, &cache.0, &cache.1].try_map_fusion())
+        else {
+            return Err(cache);
+        };
+        let (Ok(pos), Ok(first)) = (u32::try_from(keys.end - 1), u32::try_from(keys.start)) else {
+            return Err(cache);
+        };
+        let outputs = [
+            (vec![batch, 1, heads * dim], plan.dtype),
+            (cache.0.dims().to_vec(), plan.dtype),
+            (cache.1.dims().to_vec(), plan.dtype),
+        ];
+        // The cache's tensors go into the op: its outputs are the written cache.
+        drop(cache);
+        let scale = (dim as f32).powf(-0.5);
+        let row0 = plan.row0;
+        let [out, keys_out, values_out] = register_outputs::<R, F, I, BT, 5, 3>(
+            "ember.rope_attend",
+            [qkv, cos, sin, keys_in, values_in],
+            outputs,
+            move |[qkv, cos, sin, keys, values]| {
+                let (keys, values) = (writable(keys), writable(values));
+                let out = output(&qkv, vec![batch, 1, heads * dim]);
+                let dtype = qkv.dtype;
+                let client = qkv.client.clone();
+                // SAFETY: the plan checked the shapes (qkv `[b, 1, (heads + 2 kv) d]`, cos and
+                // sin `[1 or b, 1, 1, d]`, keys and values `[slots, kv, n, d]` with rows
+                // `row0 + b` below `slots` and `pos < n`, d even and at most the cube's
+                // width); the grid is (heads / kv, kv, b); units at or past `d` only take
+                // part in the reductions; `out` is allocated here.
+                unsafe {
+                    kernels::rope_attend::launch_unchecked::<R>(
+                        &client,
+                        CubeCount::Static(gx, gy, gz),
+                        CubeDim::new_1d(BLOCK as u32),
+                        qkv.into_tensor_arg(),
+                        cos.into_tensor_arg(),
+                        sin.into_tensor_arg(),
+                        out.clone().into_tensor_arg(),
+                        keys.clone().into_tensor_arg(),
+                        values.clone().into_tensor_arg(),
+                        row0,
+                        pos,
+                        first,
+                        scale,
+                        BLOCK,
+                        dtype.into(),
+                    );
+                }
+                [out, keys, values]
+            },
+        );
+        let cache = (
+            Tensor::from_primitive(TensorPrimitive::Float(keys_out)),
+            Tensor::from_primitive(TensorPrimitive::Float(values_out)),
+        );
+        Ok((Tensor::from_primitive(TensorPrimitive::Float(out)), cache))
     }
 
     fn attention(

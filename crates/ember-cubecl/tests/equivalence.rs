@@ -1071,3 +1071,139 @@ fn quantized_declines_what_it_does_not_take() {
         );
     }
 }
+
+/// RoPE, the cache write and attention of one decode step as one op, against burn's ops:
+/// rotate, `slice_assign` into the cache, attention over the row's positions `0..=start`.
+fn check_rope_attend(
+    (heads, kv, hd): (usize, usize, usize),
+    rows: &[(usize, usize)],
+    (slots, n): (usize, usize),
+    dtype: DType,
+) {
+    let (batch, start, groups) = (rows.len(), rows[0].1, heads / kv);
+    let seed = (heads * 100 + kv * 10 + hd + start) as u64;
+    let projection = tensor([batch, 1, heads + 2 * kv, hd], seed, dtype);
+    let split = projection.clone().swap_dims(1, 2);
+    let q = split.clone().narrow(1, 0, heads);
+    let k = split.clone().narrow(1, heads, kv);
+    let v = split.narrow(1, heads + kv, kv);
+    let rope = Rope::<B>::new(&inv_freq(hd, 10_000.0, None), n, &device(), dtype);
+    let tables = rope.tables(start, 1);
+    let keys = tensor([slots, kv, n, hd], seed + 1, dtype);
+    let values = tensor([slots, kv, n, hd], seed + 2, dtype);
+
+    let (q_rot, k_rot) = (rotate(q, &tables), rotate(k, &tables));
+    let (mut keys_ref, mut values_ref) = (keys.clone(), values.clone());
+    for (i, &(row, start)) in rows.iter().enumerate() {
+        let at = [row..row + 1, 0..kv, start..start + 1, 0..hd];
+        keys_ref = keys_ref.slice_assign(at.clone(), k_rot.clone().narrow(0, i, 1));
+        values_ref = values_ref.slice_assign(at, v.clone().narrow(0, i, 1));
+    }
+    let out_ref = Tensor::cat(
+        rows.iter()
+            .enumerate()
+            .map(|(i, &(row, start))| {
+                let seen = [row..row + 1, 0..kv, 0..start + 1, 0..hd];
+                let q = q_rot.clone().narrow(0, i, 1).reshape([1, kv, groups, hd]);
+                let (k, v) = (
+                    keys_ref.clone().slice(seen.clone()),
+                    values_ref.clone().slice(seen),
+                );
+                attend_all(q, k, v, None, AttentionImpl::Plain).reshape([1, 1, heads * hd])
+            })
+            .collect(),
+        0,
+    );
+
+    let flat = projection.reshape([batch, 1, (heads + 2 * kv) * hd]);
+    let what = format!("{dtype:?} heads {heads} kv {kv} hd {hd} rows {rows:?}");
+    let (out, (keys_out, values_out)) = FusedOps::<B>::rope_write_attend(
+        &ops(),
+        &flat,
+        heads,
+        tables.cos(),
+        tables.sin(),
+        (keys, values),
+        rows,
+        0..start + 1,
+    )
+    .unwrap_or_else(|_| panic!("the kernel declined {what}"));
+    assert_eq!(out.dims(), [batch, 1, heads * hd]);
+    let d_out = max_diff(&host(out), &host(out_ref));
+    let d_keys = max_diff(&host(keys_out), &host(keys_ref));
+    let d_values = max_diff(&host(values_out), &host(values_ref));
+    let (tol, tol_rope) = (tolerance(dtype, 1e-4), tolerance(dtype, 1e-5));
+    assert!(d_out <= tol, "{what}: attention max diff {d_out} > {tol}");
+    assert!(
+        d_keys <= tol_rope,
+        "{what}: keys max diff {d_keys} > {tol_rope}"
+    );
+    assert_eq!(d_values, 0.0, "{what}: values differ");
+}
+
+fn rope_attend_shapes(dtype: DType) {
+    // SmolLM2-135M (9 heads on 3 KV heads, hd 64); the first position; hd 256 with keys in
+    // two chunks of the cube (GQA 4); one KV head and two sequences; a server's slot (row 2
+    // of 3).
+    check_rope_attend((9, 3, 64), &[(0, 37)], (1, 256), dtype);
+    check_rope_attend((9, 3, 64), &[(0, 0)], (1, 256), dtype);
+    check_rope_attend((8, 2, 256), &[(0, 300)], (1, 512), dtype);
+    check_rope_attend((4, 1, 64), &[(0, 5), (1, 5)], (2, 64), dtype);
+    check_rope_attend((9, 3, 64), &[(2, 17)], (3, 320), dtype);
+}
+
+#[test]
+fn rope_write_attend_equals_portable_f32() {
+    rope_attend_shapes(DType::F32);
+}
+
+#[test]
+fn rope_write_attend_equals_portable_f16() {
+    rope_attend_shapes(DType::F16);
+}
+
+#[test]
+fn rope_write_attend_declines_what_it_does_not_take() {
+    let dtype = DType::F32;
+    let rope = Rope::<B>::new(&inv_freq(64, 10_000.0, None), 16, &device(), dtype);
+    let cache = || {
+        (
+            tensor([2, 3, 16, 64], 1, dtype),
+            tensor([2, 3, 16, 64], 2, dtype),
+        )
+    };
+    let call = |qkv: Tensor<B, 3>,
+                tables: &ember::nn::rope::RopeTables<B>,
+                rows: &[(usize, usize)],
+                keys| {
+        FusedOps::<B>::rope_write_attend(
+            &ops(),
+            &qkv,
+            9,
+            tables.cos(),
+            tables.sin(),
+            cache(),
+            rows,
+            keys,
+        )
+        .is_ok()
+    };
+    let one = rope.tables(3, 1);
+    // Rows at different positions, keys that do not end at the step's position, a prompt's
+    // two tokens; and it takes the same step with the right range.
+    let two_rows = rope.tables_rows(&[3, 4]);
+    assert!(!call(
+        tensor([2, 1, 960], 3, dtype),
+        &two_rows,
+        &[(0, 3), (1, 4)],
+        0..5
+    ));
+    assert!(!call(tensor([1, 1, 960], 4, dtype), &one, &[(0, 3)], 0..5));
+    assert!(!call(
+        tensor([1, 2, 960], 5, dtype),
+        &rope.tables(3, 2),
+        &[(0, 3)],
+        0..5
+    ));
+    assert!(call(tensor([1, 1, 960], 6, dtype), &one, &[(0, 3)], 0..4));
+}

@@ -456,6 +456,13 @@ impl<B: Backend> Llama<B> {
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let groups = heads / kv_heads;
         let a = &layer.self_attn;
+        // A decode step's RoPE, cache write and attention as one op where the backend has it.
+        let one_op = attention == AttentionImpl::Fused && bias.is_some() && a.qk_norm.is_none();
+        if one_op {
+            if let Some(out) = cache.rope_write_attend(step, index, &qkv, heads, rope) {
+                return Ok(out);
+            }
+        }
         // RoPE and the cache write of the projection as it is, where the backend has the op
         // (no split into heads: a backend may copy the views of a split).
         let packed = match &a.qk_norm {

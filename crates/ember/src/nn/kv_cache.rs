@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeviceGraphs;
 use crate::nn::attention::position_bias;
 use crate::nn::rope::{Rope, RopeTables};
-use crate::nn::{FusedOps, RopeWritten};
+use crate::nn::FusedOps;
 
 /// Keys and values of every layer for positions `0..len`.
 ///
@@ -532,10 +532,14 @@ impl<B: Backend> KvCache<B> {
         v: &Tensor<B, 4>,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        let batch = k.dims()[0];
         let placeholder = (k.clone(), v.clone());
-        self.rope_write_with(step, layer, k.dims()[0], placeholder, |ops, cache, rows| {
+        let q = self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
             ops.rope_write(q, k, v, rope.cos(), rope.sin(), cache, rows)
-        })
+                .map(|w| (w.q, (w.keys, w.values)))
+        })?;
+        let (k, v) = self.fetch(step, layer, batch);
+        Some((q, k, v))
     }
 
     /// [`KvCache::rope_write`] of the projection `qkv: [batch, seq, (heads + 2 kv_heads) *
@@ -549,24 +553,50 @@ impl<B: Backend> KvCache<B> {
         heads: usize,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-        // The rope tables stand in the slot while the op holds the cache (never read; a
-        // clone of a handle, no op in a lazy backend's stream).
-        let placeholder = (rope.cos().clone(), rope.sin().clone());
-        self.rope_write_with(
-            step,
-            layer,
-            qkv.dims()[0],
-            placeholder,
-            |ops, cache, rows| {
-                ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
-            },
-        )
+        let batch = qkv.dims()[0];
+        let placeholder = Self::stand_in(rope);
+        let q = self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
+            ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
+                .map(|w| (w.q, (w.keys, w.values)))
+        })?;
+        let (k, v) = self.fetch(step, layer, batch);
+        Some((q, k, v))
+    }
+
+    /// A decode step's RoPE, cache write and attention of the projection `qkv: [batch, 1,
+    /// (heads + 2 kv_heads) * head_dim]` as one op of the backend
+    /// ([`FusedOps::rope_write_attend`]): the attention's output `[batch, 1, heads *
+    /// head_dim]` over every cached position and the new one (no sliding window), or
+    /// `None` (a prompt's step, rows at different positions, a backend without the op), the
+    /// cache untouched.
+    pub fn rope_write_attend(
+        &mut self,
+        step: &Step<B>,
+        layer: usize,
+        qkv: &Tensor<B, 3>,
+        heads: usize,
+        rope: &RopeTables<B>,
+    ) -> Option<Tensor<B, 3>> {
+        let keys = step.decode_keys(None)?;
+        let batch = qkv.dims()[0];
+        let placeholder = Self::stand_in(rope);
+        self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
+            ops.rope_write_attend(qkv, heads, rope.cos(), rope.sin(), cache, rows, keys)
+        })
+    }
+
+    /// Stands in a layer's slot while an op holds its cache (never read): the rope tables'
+    /// handles, cloned, so no op joins a lazy backend's stream.
+    fn stand_in(rope: &RopeTables<B>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        (rope.cos().clone(), rope.sin().clone())
     }
 
     /// The cache rows of a step of `batch` rows handed to `write` (the backend's op) with
-    /// layer `layer`'s cache, which `placeholder` stands in for meanwhile.
+    /// layer `layer`'s cache, which `placeholder` stands in for meanwhile; the written cache
+    /// back in the slot and the op's other result returned, or `None` with the cache as it
+    /// was.
     #[allow(clippy::type_complexity)]
-    fn rope_write_with(
+    fn write_with<X>(
         &mut self,
         step: &Step<B>,
         layer: usize,
@@ -576,8 +606,11 @@ impl<B: Backend> KvCache<B> {
             &dyn FusedOps<B>,
             (Tensor<B, 4>, Tensor<B, 4>),
             &[(usize, usize)],
-        ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)>,
-    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+        ) -> std::result::Result<
+            (X, (Tensor<B, 4>, Tensor<B, 4>)),
+            (Tensor<B, 4>, Tensor<B, 4>),
+        >,
+    ) -> Option<X> {
         let fused = self.fused.clone()?;
         let rows: Vec<(usize, usize)> = match &step.positions {
             Positions::Host { start } => (0..batch).map(|b| (b, *start)).collect(),
@@ -589,16 +622,16 @@ impl<B: Backend> KvCache<B> {
         // Taken out of the slot (the placeholder holds it meanwhile) so that the op owns the
         // only handle and can write in place (see `update_and_fetch`).
         let cache = std::mem::replace(slot, placeholder);
-        let written = match write(fused.ops(), cache, &rows) {
-            Ok(w) => w,
+        match write(fused.ops(), cache, &rows) {
+            Ok((x, written)) => {
+                *slot = written;
+                Some(x)
+            }
             Err(cache) => {
                 *slot = cache;
-                return None;
+                None
             }
-        };
-        *slot = (written.keys, written.values);
-        let (k, v) = self.fetch(step, layer, batch);
-        Some((written.q, k, v))
+        }
     }
 
     /// Ends a step: its positions count as filled. A step at a device position leaves the

@@ -265,6 +265,29 @@ pub trait FusedOps<B: Backend>: Send + Sync {
         Err(cache)
     }
 
+    /// [`FusedOps::rope_write_packed`] of one decode step (`qkv: [b, 1, ..]`) with
+    /// [`FusedOps::decode_attention`] of its rotated queries over positions `keys` of the
+    /// written cache (`keys.end - 1` the step's position, the same for every batch row), as
+    /// one op: the attention's output `[b, 1, heads * d]` and the written cache. Same
+    /// results as the two ops; `Err(cache)`, untouched, where the backend cannot.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn rope_write_attend(
+        &self,
+        qkv: &Tensor<B, 3>,
+        heads: usize,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: (Tensor<B, 4>, Tensor<B, 4>),
+        rows: &[(usize, usize)],
+        keys: std::ops::Range<usize>,
+    ) -> std::result::Result<
+        (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)),
+        (Tensor<B, 4>, Tensor<B, 4>),
+    > {
+        let _ = (qkv, heads, cos, sin, rows, keys);
+        Err(cache)
+    }
+
     /// `dst[row_i, .., start_i..start_i + seq, ..] = src[i]` for each `(row_i, start_i)` of
     /// `rows` (one per row of `src: [rows, heads, seq, dim]`), in place: a slotted KV
     /// cache's rows written at each sequence's own position. `Err(dst)` where the backend
