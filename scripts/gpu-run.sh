@@ -25,6 +25,8 @@
 #   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
 #   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
 #   quant     issue 16: decode with weights kept as Q8_0/Q4_0 blocks against f16, both shapes
+#   decode-ab a change's decode speed, .gpu/ember-before against .gpu/ember, alternated
+#   threads   per-thread CPU time of a long CubeCL cuda decode (which host thread sets the pace)
 #   llama-cuda  issue 16's yardstick: llama.cpp's CUDA build (.gpu/llama-cuda.tar.xz) beside
 #             Ember's GPU backends, f16, SmolLM2-135M and the 1.7B shape as GGUFs both read
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
@@ -304,6 +306,47 @@ for k, (n, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:25]:
     print(f"{us:9.0f} us {n:6d} x {us / n:7.2f} us  {k}")
 EOF
     done
+    ;;
+  decode-ab)
+    # A change's decode speed, alternated: .gpu/ember-before and .gpu/ember in the order of
+    # AB_ORDER (default before after after before after before before after), f16 decode
+    # only (-p 0 -n 128 -r 5), SHAPES (default "135m 1.7b") on TARGETS (default CubeCL cuda).
+    use_cubecl_cache
+    targets=$(printf '"%s", ' ${TARGETS:-cuda@cuda:0})
+    models=$(printf '"preset:smollm2-%s", ' ${SHAPES:-135m 1.7b})
+    printf 'models = [%s]\ntargets = [%s]\ndtypes = ["f16"]\n' "${models%, }" "${targets%, }" > "$work/dab.toml"
+    round=0
+    for build in ${AB_ORDER:-before after after before after before before after}; do
+      round=$((round + 1))
+      bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
+      start=$(date +%s)
+      timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/dab.toml" --out-dir "$work/dab-$round-$build" \
+        -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150 > "$work/dab-$round-$build.log" 2>&1
+      echo "== decode-ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
+      reap
+      grep -F ' | ' "$work/dab-$round-$build.log" | grep -v '^| ' | grep -F tg
+      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
+    done
+    ;;
+  threads)
+    # Which host thread sets a decode's pace on CubeCL cuda (f16, the SmolLM2-135M shape, or
+    # THREADS_MODEL): per-thread CPU time over 3 s of a long greedy decode (after 15 s of
+    # compilation and warm-up), from /proc, with voluntary context switches (a thread that
+    # waits yields; one that spins or computes does not). THREADS_BUILD=before: .gpu/ember-before.
+    use_cubecl_cache
+    printf '[model]\nsource = "%s"\n[backend]\nname = "cuda"\ndevice = "cuda:0"\ndtype = "f16"\n[generation]\nprompt = "The quick brown fox"\nmax_new_tokens = 3000\ntemperature = 0.0\n' \
+      "${THREADS_MODEL:-preset:smollm2-135m}" > "$work/threads.toml"
+    bin=$ember; [ "${THREADS_BUILD:-after}" = before ] && bin=$PWD/.gpu/ember-before
+    (cd "$work" && timeout 120 "$bin" --config "$work/threads.toml" --raw > "$work/threads.out" 2> "$work/threads.log") &
+    sleep "${THREADS_WAIT:-15}"
+    pid=$(pgrep -f "threads.toml" | while read p; do [ "$(cat /proc/$p/comm)" = ember ] && echo $p; done | head -1)
+    snap() { for t in /proc/$pid/task/*; do
+      echo "$(basename $t) $(sed 's/.*) //' $t/stat | awk '{print $12 + $13}') $(grep voluntary_ctxt_switches $t/status | head -1 | awk '{print $2}') $(cat $t/comm | tr ' ' _)"; done; }
+    snap | sort > "$work/threads-a"; sleep 3; snap | sort > "$work/threads-b"
+    echo "== threads of pid $pid over 3 s (CPU %, voluntary switches, name)"
+    join "$work/threads-a" "$work/threads-b" | awk -v hz=$(getconf CLK_TCK) '{ cpu = ($5 - $2) * 100 / hz / 3; if (cpu > 1 || $6 - $3 > 100) printf "%6.1f %% %8d  %s\n", cpu, $6 - $3, $7 }' | sort -rn
+    wait
+    grep -i -E 't/s|tok' "$work/threads.log" | tail -2
     ;;
   cubecl-diag)
     # Ember's CubeCL kernels on CubeCL cuda (a 1-layer model, 4 tokens, f16 and f32) with

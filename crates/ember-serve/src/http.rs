@@ -2,7 +2,7 @@
 //! `/v1/models`, and `/health`, `/metrics` and the chat page at `/`.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::{self, ApiError, Sampling};
-use crate::scheduler::{Event, Request};
+use crate::scheduler::{Event, Place, Request};
 use crate::{EmbedJob, Served, Shared, TextModel};
 
 type AppState = State<Arc<Shared>>;
@@ -142,12 +142,9 @@ fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiE
 }
 
 /// The text model `id`, or 404 (unknown) / 400 (an encoder) / 503 (still loading).
-fn text_model(
-    shared: &Shared,
-    id: &str,
-) -> Result<(Arc<dyn TextModel>, std::sync::mpsc::SyncSender<Request>), ApiError> {
+fn text_model(shared: &Shared, id: &str) -> Result<(Arc<dyn TextModel>, Queue), ApiError> {
     match shared.model(id) {
-        Some(Served::Text { model, queue }) => Ok((model, queue)),
+        Some(Served::Text { model, queue, held }) => Ok((model, Queue { queue, held })),
         Some(Served::Embed { .. }) => Err(ApiError::bad_request(format!(
             "model `{id}` is an encoder: it serves /v1/embeddings only"
         ))
@@ -180,10 +177,16 @@ fn unknown_model(shared: &Shared, id: &str) -> ApiError {
 
 /// Checks `sampling`, fits `max_tokens` to the context and queues the request: its events,
 /// or 400 (bad values, a prompt that does not fit), 429 (queue full), 503 (shutting down).
+/// A decoder's scheduler queue and its places taken.
+struct Queue {
+    queue: std::sync::mpsc::SyncSender<Request>,
+    held: Arc<AtomicUsize>,
+}
+
 fn submit(
     shared: &Shared,
     model: &dyn TextModel,
-    queue: &std::sync::mpsc::SyncSender<Request>,
+    queue: &Queue,
     prompt: Vec<u32>,
     sampling: &Sampling,
     default_max_tokens: usize,
@@ -259,6 +262,20 @@ fn submit(
         logprobs,
         ..GenerationConfig::default()
     };
+    let busy = || {
+        ApiError::new(
+            429,
+            "rate_limit_error",
+            format!(
+                "the server is busy: {} requests are running (--parallel) and {} waiting \
+                 (--queue); retry later",
+                shared.options.scheduler.parallel.max(1),
+                shared.options.queue.max(1)
+            ),
+        )
+        .code("rate_limit_exceeded")
+    };
+    let place = Place::take(&queue.held, shared.places()).ok_or_else(busy)?;
     let (tx, rx) = unbounded_channel();
     let request = Request {
         prompt,
@@ -266,22 +283,15 @@ fn submit(
         events: tx,
         received,
         deadline: shared.options.request_timeout.map(|t| received + t),
+        place,
     };
     shared.metrics.queue_depth.inc();
-    match queue.try_send(request) {
+    match queue.queue.try_send(request) {
         Ok(()) => Ok(rx),
         Err(e) => {
             shared.metrics.queue_depth.dec();
             Err(match e {
-                std::sync::mpsc::TrySendError::Full(_) => ApiError::new(
-                    429,
-                    "rate_limit_error",
-                    format!(
-                        "the server is busy: {} requests are already waiting (--queue); retry later",
-                        shared.options.queue
-                    ),
-                )
-                .code("rate_limit_exceeded"),
+                std::sync::mpsc::TrySendError::Full(_) => busy(),
                 std::sync::mpsc::TrySendError::Disconnected(_) => {
                     ApiError::new(503, "server_error", "the model has stopped")
                 }

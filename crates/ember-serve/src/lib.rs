@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod scheduler;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -98,6 +98,8 @@ pub enum Served {
         model: Arc<dyn TextModel>,
         /// Its scheduler's queue.
         queue: SyncSender<Request>,
+        /// Requests running or waiting ([`scheduler::Place`]s taken).
+        held: Arc<AtomicUsize>,
     },
     /// An encoder: embeddings.
     Embed {
@@ -128,6 +130,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Requests a decoder takes at once, running (`--parallel`) or waiting (`--queue`); past
+    /// it, 429.
+    pub fn places(&self) -> usize {
+        self.options.scheduler.parallel.max(1) + self.options.queue.max(1)
+    }
+
     /// Asks everything to stop (what SIGTERM does).
     pub fn stop(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
@@ -197,12 +205,14 @@ impl BackendJob for ModelJob {
                     engine.context_length(),
                     engine.load_time().as_secs_f64()
                 );
-                let (tx, rx) = std::sync::mpsc::sync_channel(shared.options.queue.max(1));
+                // Room for every place (`Shared::places`): a send never finds it full.
+                let (tx, rx) = std::sync::mpsc::sync_channel(shared.places());
                 shared.register(
                     id,
                     Served::Text {
                         model: engine.clone(),
                         queue: tx,
+                        held: Arc::new(AtomicUsize::new(0)),
                     },
                 );
                 scheduler::run(

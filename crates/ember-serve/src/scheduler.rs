@@ -1,7 +1,7 @@
 //! Continuous batching: one engine, many sequences, on one thread of its own (burn's
 //! backends are not async).
 //!
-//! Requests wait in a bounded queue (a full queue is the HTTP side's 429) and join the
+//! Requests wait in a bounded queue and join the
 //! running batch between two forward steps, when one of its `parallel` slots is free. The
 //! sequences share one KV cache whose batch rows are the slots
 //! ([`Engine::new_slot_cache`]), each row at its own length. A step runs every decoding
@@ -15,7 +15,7 @@
 //! sequence at a time to find the culprit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,42 @@ pub struct Request {
     pub received: Instant,
     /// When it is cut off, if ever.
     pub deadline: Option<Instant>,
+    /// Its place in the model's bound, held until the request is dropped.
+    pub place: Place,
+}
+
+/// A request's place among its model's `--parallel` running and `--queue` waiting ones (the
+/// HTTP side answers 429 when none is left), given back when the request is dropped:
+/// finished, failed, cancelled or refused at shutdown alike.
+///
+/// Why not the channel's own bound: a request the scheduler is about to admit into a free
+/// slot still sits in the channel, so with the channel as the bound, `--parallel 2 --queue
+/// 2` refused a third request that arrived before the scheduler's thread woke up (seen on a
+/// loaded 2-core machine).
+pub struct Place(Option<Arc<AtomicUsize>>);
+
+impl Place {
+    /// A place if fewer than `limit` of `held` are taken, else `None`.
+    pub fn take(held: &Arc<AtomicUsize>, limit: usize) -> Option<Place> {
+        held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Place(Some(held.clone())))
+    }
+
+    /// A place outside any bound (a caller that bounds its requests itself).
+    pub fn unbounded() -> Place {
+        Place(None)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(held) = &self.0 {
+            held.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// What the scheduler tells a request.
@@ -450,5 +486,33 @@ fn run_step<B: Backend>(
             tracing::error!("a forward step panicked: {what}");
             Err(format!("internal error (panic: {what})"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_bounded_and_given_back_when_dropped() {
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut taken: Vec<Place> = (0..4).map_while(|_| Place::take(&held, 4)).collect();
+        assert_eq!(taken.len(), 4);
+        assert!(
+            Place::take(&held, 4).is_none(),
+            "a fifth place past a bound of 4"
+        );
+        drop(taken.pop());
+        let again = Place::take(&held, 4);
+        assert!(again.is_some(), "a dropped place is given back");
+        assert_eq!(held.load(Ordering::SeqCst), 4);
+        drop(again);
+        assert_eq!(held.load(Ordering::SeqCst), 3);
+        let _free = Place::unbounded();
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            3,
+            "an unbounded place counts nothing"
+        );
     }
 }

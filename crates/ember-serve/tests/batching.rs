@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ember::{CancelToken, Engine, EngineConfig, FinishReason, GenerationConfig};
-use ember_serve::scheduler::{self, Event, Request, SchedulerOptions};
+use ember_serve::scheduler::{self, Event, Place, Request, SchedulerOptions};
 use ember_serve::Metrics;
 
 type B = ember_flex::Backend;
@@ -94,6 +94,7 @@ fn batched_until(
             events,
             received,
             deadline: deadline(i, received),
+            place: Place::unbounded(),
         })
         .unwrap();
         receivers.push(rx_events);
