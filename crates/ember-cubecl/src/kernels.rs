@@ -546,6 +546,29 @@ pub fn gated<F: Float>(
     }
 }
 
+/// Where [`matvec`] finds its operands, as scalars: the kernel takes arrays, whose shapes and
+/// strides CubeCL does not copy to the device at each launch as it does a tensor's (on
+/// CUDA a tensor argument costs an allocation and a host-to-device copy per launch).
+#[derive(CubeLaunch, CubeType)]
+pub struct MatvecGeometry {
+    /// Rows of `x` per batch row.
+    pub seq: usize,
+    /// Strides of `x` (batch row, row, feature).
+    pub x_batch: usize,
+    pub x_seq: usize,
+    pub x_step: usize,
+    /// Strides of `y` (read by the norm only).
+    pub y_batch: usize,
+    pub y_seq: usize,
+    pub y_step: usize,
+    /// Stride of the norm's `weight`.
+    pub weight_step: usize,
+    /// Rows of `w` (the features), its row's vectors and the vectors from row to row.
+    pub inputs: usize,
+    pub columns: usize,
+    pub w_row: usize,
+}
+
 /// A decode step's matrix-vector product: `out[row, j] = sum_i a[row, i] w[i, j]` for the
 /// few rows of `x: [batch, seq, ..]` (any strides) and `w: [in, out]` with rows a whole
 /// number of vectors apart, into the contiguous `out: [batch, seq, out]`. The activations
@@ -570,12 +593,13 @@ pub fn gated<F: Float>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn matvec<F: Float, N: Size>(
-    x: &Tensor<F>,
-    y: &Tensor<F>,
-    weight: &Tensor<F>,
-    w: &Tensor<Vector<F, N>>,
-    sum: &mut Tensor<F>,
-    out: &mut Tensor<Vector<F, N>>,
+    x: &Array<F>,
+    y: &Array<F>,
+    weight: &Array<F>,
+    w: &Array<Vector<F, N>>,
+    sum: &mut Array<F>,
+    out: &mut Array<Vector<F, N>>,
+    geometry: MatvecGeometry,
     eps: f32,
     #[comptime] gated: bool,
     #[comptime] gelu: bool,
@@ -590,19 +614,18 @@ pub fn matvec<F: Float, N: Size>(
     let unit = UNIT_POS as usize;
     let lane = unit % lanes;
     let part = unit / lanes;
-    let width = w.vector_size();
     let c = CUBE_POS_X as usize * lanes + lane;
-    let columns = w.shape(1) / width;
-    let inputs = w.shape(0);
-    let w_row = w.stride(0) / width;
-    let seq = x.shape(1);
-    let at = (row / seq) * x.stride(0) + (row % seq) * x.stride(1);
-    let step = x.stride(2);
+    let columns = geometry.columns;
+    let inputs = geometry.inputs;
+    let w_row = geometry.w_row;
+    let seq = geometry.seq;
+    let at = (row / seq) * geometry.x_batch + (row % seq) * geometry.x_seq;
+    let step = geometry.x_step;
 
     // The normed row (norm only; one element otherwise).
     let mut normed = SharedMemory::<f32>::new(comptime![if norm { max_in } else { 1 }]);
     if norm {
-        let y_at = (row / seq) * y.stride(0) + (row % seq) * y.stride(1);
+        let y_at = (row / seq) * geometry.y_batch + (row % seq) * geometry.y_seq;
         norm_row(
             x,
             y,
@@ -615,7 +638,8 @@ pub fn matvec<F: Float, N: Size>(
             at,
             step,
             y_at,
-            y.stride(2),
+            geometry.y_step,
+            geometry.weight_step,
             CUBE_POS_X == 0,
             block,
         );
@@ -661,10 +685,10 @@ pub fn matvec<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn norm_row<F: Float>(
-    x: &Tensor<F>,
-    y: &Tensor<F>,
-    weight: &Tensor<F>,
-    sum: &mut Tensor<F>,
+    x: &Array<F>,
+    y: &Array<F>,
+    weight: &Array<F>,
+    sum: &mut Array<F>,
     normed: &mut SharedMemory<f32>,
     row: usize,
     inputs: usize,
@@ -673,6 +697,7 @@ fn norm_row<F: Float>(
     step: usize,
     y_at: usize,
     y_step: usize,
+    w_step: usize,
     writer: bool,
     #[comptime] block: usize,
 ) {
@@ -694,7 +719,6 @@ fn norm_row<F: Float>(
     squares[unit] = own;
     let total = block_sum(&mut squares);
     let inv = f32::inverse_sqrt(total / f32::cast_from(inputs) + eps);
-    let w_step = weight.stride(0);
     let mut i = unit;
     while i < inputs {
         let v = normed[i] * inv;
@@ -708,7 +732,7 @@ fn norm_row<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn input<F: Float>(
-    x: &Tensor<F>,
+    x: &Array<F>,
     normed: &SharedMemory<f32>,
     at: usize,
     step: usize,
@@ -729,6 +753,23 @@ fn input<F: Float>(
     }
 }
 
+/// Where [`quantized_matvec`] finds its operands, as scalars (see [`MatvecGeometry`]).
+#[derive(CubeLaunch, CubeType)]
+pub struct QuantizedGeometry {
+    /// Rows of the weight (the outputs) and vectors of words per row.
+    pub outputs: usize,
+    pub vectors: usize,
+    /// Vectors of words and groups from weight row to weight row.
+    pub w_row: usize,
+    pub s_row: usize,
+    /// Strides of `x` and `y` (row, feature) and of the norm's `weight`.
+    pub x_row: usize,
+    pub x_step: usize,
+    pub y_row: usize,
+    pub y_step: usize,
+    pub weight_step: usize,
+}
+
 /// `out = x . dequantize(w)^T` for a weight kept quantized, `[outputs, inputs]` with
 /// `value = scale[g] * u + min[g]` per group `g` of `group` values along a row: the `u` of a
 /// row packed `32 / bits` per word, first in the low bits (`bits` 4 or 8), the words read as
@@ -745,14 +786,15 @@ fn input<F: Float>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn quantized_matvec<F: Float, N: Size>(
-    x: &Tensor<F>,
-    y: &Tensor<F>,
-    weight: &Tensor<F>,
-    packed: &Tensor<Vector<u32, N>>,
-    scale: &Tensor<f32>,
-    min: &Tensor<f32>,
-    sum: &mut Tensor<F>,
-    out: &mut Tensor<F>,
+    x: &Array<F>,
+    y: &Array<F>,
+    weight: &Array<F>,
+    packed: &Array<Vector<u32, N>>,
+    scale: &Array<f32>,
+    min: &Array<f32>,
+    sum: &mut Array<F>,
+    out: &mut Array<F>,
+    geometry: QuantizedGeometry,
     eps: f32,
     #[comptime] bits: u32,
     #[comptime] group: usize,
@@ -768,14 +810,14 @@ pub fn quantized_matvec<F: Float, N: Size>(
     let unit = UNIT_POS as usize;
     let lane = unit % units;
     let o = CUBE_POS_X as usize * (block / units) + unit / units;
-    let outputs = packed.shape(0);
+    let outputs = geometry.outputs;
     let width = packed.vector_size();
-    let vectors = packed.shape(1) / width;
+    let vectors = geometry.vectors;
     let per_word = comptime![(32 / bits) as usize];
     let mask = comptime![(1u32 << bits) - 1];
     let inputs = vectors * width * per_word;
-    let at = row * x.stride(0);
-    let step = x.stride(1);
+    let at = row * geometry.x_row;
+    let step = geometry.x_step;
 
     // The normed row (norm only; one element otherwise).
     let mut normed = SharedMemory::<f32>::new(comptime![if norm { max_in } else { 1 }]);
@@ -791,8 +833,9 @@ pub fn quantized_matvec<F: Float, N: Size>(
             eps,
             at,
             step,
-            row * y.stride(0),
-            y.stride(1),
+            row * geometry.y_row,
+            geometry.y_step,
+            geometry.weight_step,
             CUBE_POS_X == 0,
             block,
         );
@@ -800,8 +843,8 @@ pub fn quantized_matvec<F: Float, N: Size>(
 
     let mut acc = 0.0f32;
     if o < outputs {
-        let w_at = o * (packed.stride(0) / width);
-        let s_at = o * scale.stride(0);
+        let w_at = o * geometry.w_row;
+        let s_at = o * geometry.s_row;
         let mut j = lane;
         while j < vectors {
             let words = packed[w_at + j];
@@ -838,7 +881,7 @@ pub fn quantized_matvec<F: Float, N: Size>(
         half /= 2;
     }
     if lane == 0 && o < outputs {
-        out[row * out.stride(0) + o * out.stride(1)] = F::cast_from(partial[unit]);
+        out[row * outputs + o] = F::cast_from(partial[unit]);
     }
 }
 

@@ -1119,6 +1119,15 @@ fn matvec_grid(rows: usize, outputs: usize) -> Option<((u32, u32), usize)> {
     Some((grid, width))
 }
 
+/// The strides of a tensor's last three dims (a 1D or 2D tensor's missing ones 0).
+fn last3(strides: &[usize]) -> [usize; 3] {
+    let mut out = [0; 3];
+    for (o, s) in out.iter_mut().rev().zip(strides.iter().rev()) {
+        *o = *s;
+    }
+    out
+}
+
 /// Launches [`kernels::matvec`] (when the stream reaches the op) into `out` (and `sum` for
 /// the norm), allocated here; `y` and `weight` are read by the norm only.
 #[allow(clippy::too_many_arguments)]
@@ -1156,6 +1165,21 @@ fn launch_matvec<R: CubeRuntime>(
     let dtype = x.dtype;
     let client = x.client.clone();
     let (gated, gelu, _, eps) = prologue.flags();
+    let [x_batch, x_seq, x_step] = last3(x.meta.strides());
+    let [y_batch, y_seq, y_step] = last3(y.meta.strides());
+    let geometry = kernels::MatvecGeometryLaunch::new(
+        x.meta.shape()[1],
+        x_batch,
+        x_seq,
+        x_step,
+        y_batch,
+        y_seq,
+        y_step,
+        weight.meta.strides()[0],
+        w.meta.shape()[0],
+        w.meta.shape()[1] / width,
+        w.meta.strides()[0] / width,
+    );
     // SAFETY: the grid is (vectors of `out`'s columns / lanes rounded up, batch * seq); each
     // unit reads features below `inputs` (w's rows; and `inputs + i` gated: `x` has `2 *
     // inputs` features, checked by the caller, as `y`'s and `weight`'s shapes for the norm,
@@ -1171,12 +1195,13 @@ fn launch_matvec<R: CubeRuntime>(
             CubeCount::Static(grid.0, grid.1, 1),
             CubeDim::new_1d(BLOCK as u32),
             width,
-            x.into_tensor_arg(),
-            y.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            w.into_tensor_arg(),
-            sum.clone().into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            y.into_array_arg(),
+            weight.into_array_arg(),
+            w.into_array_arg(),
+            sum.clone().into_array_arg(),
+            out.clone().into_array_arg(),
+            geometry,
             eps,
             gated,
             gelu,

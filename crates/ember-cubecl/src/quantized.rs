@@ -354,6 +354,18 @@ impl Launch {
         };
         let dtype = x.dtype;
         let client = x.client.clone();
+        let words = packed.meta.shape()[1];
+        let geometry = kernels::QuantizedGeometryLaunch::new(
+            outputs,
+            words / WORDS,
+            packed.meta.strides()[0] / WORDS,
+            scale.meta.strides()[0],
+            x.meta.strides()[0],
+            x.meta.strides()[1],
+            y.meta.strides()[0],
+            y.meta.strides()[1],
+            weight.meta.strides()[0],
+        );
         // SAFETY: `x` is [n, inputs] ([n, 2 inputs] gated; `y` [n, inputs] and `weight`
         // [inputs] for the norm, inputs at most MAX_NORM_FEATURES, the shared row's length:
         // checked by `CubeQuantized::matvec`); `packed` [outputs, inputs / (32 / bits)] u32
@@ -368,14 +380,15 @@ impl Launch {
                 CubeCount::Static(self.grid.0, self.grid.1, 1),
                 CubeDim::new_1d(BLOCK as u32),
                 WORDS,
-                x.into_tensor_arg(),
-                y.into_tensor_arg(),
-                weight.into_tensor_arg(),
-                packed.into_tensor_arg(),
-                scale.into_tensor_arg(),
-                min.into_tensor_arg(),
-                sum.clone().into_tensor_arg(),
-                out.clone().into_tensor_arg(),
+                x.into_array_arg(),
+                y.into_array_arg(),
+                weight.into_array_arg(),
+                packed.into_array_arg(),
+                scale.into_array_arg(),
+                min.into_array_arg(),
+                sum.clone().into_array_arg(),
+                out.clone().into_array_arg(),
+                geometry,
                 eps,
                 self.bits,
                 self.group,
