@@ -339,7 +339,7 @@ EOF
     bin=$ember; [ "${THREADS_BUILD:-after}" = before ] && bin=$PWD/.gpu/ember-before
     (cd "$work" && timeout 120 "$bin" --config "$work/threads.toml" --raw > "$work/threads.out" 2> "$work/threads.log") &
     sleep "${THREADS_WAIT:-15}"
-    pid=$(pgrep -f "threads.toml" | while read p; do [ "$(cat /proc/$p/comm)" = ember ] && echo $p; done | head -1)
+    pid=$(pgrep -f "threads.toml" | while read p; do case "$(cat /proc/$p/comm)" in ember*) true;; *) false;; esac && echo $p; done | head -1)
     snap() { for t in /proc/$pid/task/*; do
       echo "$(basename $t) $(sed 's/.*) //' $t/stat | awk '{print $12 + $13}') $(grep voluntary_ctxt_switches $t/status | head -1 | awk '{print $2}') $(cat $t/comm | tr ' ' _)"; done; }
     snap | sort > "$work/threads-a"; sleep 3; snap | sort > "$work/threads-b"
