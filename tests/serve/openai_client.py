@@ -351,9 +351,14 @@ def faults(server, client):
           and m["ember_active_sequences"] == 0, "a client gone before a whole answer is dropped")
 
     # A burst past the queue (2 slots, 2 waiting): the rest get 429, the others answers.
+    # All 12 are sent at once (a barrier), and each answer is long enough (48 tokens) that
+    # none ends before the last one has arrived: one ending early would free its place.
+    barrier = threading.Barrier(12)
+
     def one(i):
+        barrier.wait(timeout=60)
         try:
-            r = client.completions.create(model=lm, prompt=f"Story number {i}:", max_tokens=24,
+            r = client.completions.create(model=lm, prompt=f"Story number {i}:", max_tokens=48,
                                           temperature=0)
             return r.usage.completion_tokens
         except openai.RateLimitError:
@@ -426,7 +431,7 @@ def shutdown_under_load(server):
         t.join(timeout=30)
     check(code == 0, f"SIGTERM under load: exit code {code}")
     check(len(results) == 3 and all(r is not None for r in results),
-          f"every stream in flight ended ({[r[:40] if r else r for r in results]})")
+          f"every stream in flight ended ({[r[:40] if r else r for r in results]}; {failures})")
 
 
 if __name__ == "__main__":

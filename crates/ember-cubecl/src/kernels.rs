@@ -546,9 +546,11 @@ pub fn gated<F: Float>(
     }
 }
 
-/// Where [`matvec`] finds its operands, as scalars: the kernel takes arrays, whose shapes and
-/// strides CubeCL does not copy to the device at each launch as it does a tensor's (on
-/// CUDA a tensor argument costs an allocation and a host-to-device copy per launch).
+/// Where [`matvec`] finds its operands, as scalars: the kernel takes arrays, not tensors. An
+/// array argument carries only its lengths, which go with the scalars in the launch's static
+/// part (a grid constant on CUDA); a tensor's shapes and strides are dynamic metadata, which
+/// cubecl-cuda 0.10 copies to the device at every launch (`create_with_data`: a pool
+/// allocation and a host-to-device copy).
 #[derive(CubeLaunch, CubeType)]
 pub struct MatvecGeometry {
     /// Rows of `x` per batch row.
@@ -774,7 +776,8 @@ pub struct QuantizedGeometry {
 /// `value = scale[g] * u + min[g]` per group `g` of `group` values along a row: the `u` of a
 /// row packed `32 / bits` per word, first in the low bits (`bits` 4 or 8), the words read as
 /// vectors of `N` (4: 16 bytes per load); `scale` and `min` are f32 `[outputs, groups]`;
-/// `x: [rows, inputs]` (`[rows, 2 inputs]` gated), `out: [rows, outputs]`. The prologues
+/// `x: [rows, inputs]` (`[rows, 2 inputs]` gated, rows and features at the strides of
+/// `geometry`), `out: [rows, outputs]` contiguous, as `sum`. The prologues
 /// are [`matvec`]'s: `gated` (the activation of `x`'s first half times its second) and
 /// `norm` (the RMSNorm of `x + y` with `weight`, the sum written to `sum: [rows, inputs]`
 /// by the cubes of the first output tile).

@@ -175,14 +175,15 @@ fn unknown_model(shared: &Shared, id: &str) -> ApiError {
     .code("model_not_found")
 }
 
-/// Checks `sampling`, fits `max_tokens` to the context and queues the request: its events,
-/// or 400 (bad values, a prompt that does not fit), 429 (queue full), 503 (shutting down).
 /// A decoder's scheduler queue and its places taken.
 struct Queue {
     queue: std::sync::mpsc::SyncSender<Request>,
     held: Arc<AtomicUsize>,
 }
 
+/// Checks `sampling`, fits `max_tokens` to the context and queues the request: its events,
+/// or 400 (bad values, a prompt that does not fit), 429 (every place taken: `--parallel`
+/// running and `--queue` waiting), 503 (shutting down).
 fn submit(
     shared: &Shared,
     model: &dyn TextModel,
@@ -267,8 +268,9 @@ fn submit(
             429,
             "rate_limit_error",
             format!(
-                "the server is busy: {} requests are running (--parallel) and {} waiting \
-                 (--queue); retry later",
+                "the server is busy: all {} places are taken ({} running, --parallel, and {} \
+                 waiting, --queue); retry later",
+                shared.places(),
                 shared.options.scheduler.parallel.max(1),
                 shared.options.queue.max(1)
             ),

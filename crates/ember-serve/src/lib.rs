@@ -133,7 +133,11 @@ impl Shared {
     /// Requests a decoder takes at once, running (`--parallel`) or waiting (`--queue`); past
     /// it, 429.
     pub fn places(&self) -> usize {
-        self.options.scheduler.parallel.max(1) + self.options.queue.max(1)
+        self.options
+            .scheduler
+            .parallel
+            .max(1)
+            .saturating_add(self.options.queue.max(1))
     }
 
     /// Asks everything to stop (what SIGTERM does).

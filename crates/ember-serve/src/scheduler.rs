@@ -264,6 +264,16 @@ pub fn run<B: Backend>(
         step(&engine, &mut cache, &mut active, &metrics, &options);
         metrics.active.set(active.len() as i64);
     }
+    // A request queued between the last drain and now (it passed the HTTP side's shutdown
+    // check just before the flag was set) is answered, not dropped with the channel.
+    while let Ok(r) = queue.try_recv() {
+        metrics.queue_depth.dec();
+        metrics.finish("shutdown");
+        let _ = r.events.send(Event::Error {
+            status: 503,
+            message: "the server is shutting down".into(),
+        });
+    }
     metrics.active.set(0);
 }
 
