@@ -315,6 +315,32 @@ impl RopeWrite {
         Self::plan_shape(q.dims(), kv, q.dtype(), cos, sin, cache, rows)
     }
 
+    /// [`RopeWrite::plan_shape`] for a projection `qkv: [b, seq, (heads + 2 kv) d]` before
+    /// it is split into heads (`kv` and `d` are the cache's).
+    fn plan_packed<B: Backend>(
+        qkv: &Tensor<B, 3>,
+        heads: usize,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &CachePair<B>,
+        rows: &[(usize, usize)],
+    ) -> Option<Self> {
+        let [batch, seq, features] = qkv.dims();
+        let [_, kv, _, dim] = cache.0.dims();
+        if (heads + 2 * kv).checked_mul(dim) != Some(features) {
+            return None;
+        }
+        Self::plan_shape(
+            [batch, heads, seq, dim],
+            kv,
+            qkv.dtype(),
+            cos,
+            sin,
+            cache,
+            rows,
+        )
+    }
+
     /// [`RopeWrite::plan`] for queries of shape `q: [b, heads, seq, d]` and keys and values
     /// of `kv` heads, all of `dtype`.
     fn plan_shape<B: Backend>(
@@ -824,22 +850,9 @@ where
         cache: CachePair<FusedCube<R, F, I, BT>>,
         rows: &[(usize, usize)],
     ) -> Result<RopeWritten<FusedCube<R, F, I, BT>>, CachePair<FusedCube<R, F, I, BT>>> {
-        let [batch, seq, features] = qkv.dims();
+        let [batch, seq, _] = qkv.dims();
         let [_, kv, _, dim] = cache.0.dims();
-        let fits = (heads + 2 * kv).checked_mul(dim) == Some(features);
-        let plan = fits
-            .then(|| {
-                RopeWrite::plan_shape(
-                    [batch, heads, seq, dim],
-                    kv,
-                    qkv.dtype(),
-                    cos,
-                    sin,
-                    &cache,
-                    rows,
-                )
-            })
-            .flatten();
+        let plan = RopeWrite::plan_packed(qkv, heads, cos, sin, &cache, rows);
         let Some(plan) = plan else {
             return Err(cache);
         };
@@ -887,22 +900,9 @@ where
         ),
         CachePair<FusedCube<R, F, I, BT>>,
     > {
-        let [batch, seq, features] = qkv.dims();
+        let [batch, seq, _] = qkv.dims();
         let [_, kv, _, dim] = cache.0.dims();
-        let fits = (heads + 2 * kv).checked_mul(dim) == Some(features);
-        let plan = fits
-            .then(|| {
-                RopeWrite::plan_shape(
-                    [batch, heads, seq, dim],
-                    kv,
-                    qkv.dtype(),
-                    cos,
-                    sin,
-                    &cache,
-                    rows,
-                )
-            })
-            .flatten();
+        let plan = RopeWrite::plan_packed(qkv, heads, cos, sin, &cache, rows);
         // One token per row, every row at the position `keys` ends on (the plan checked it
         // is inside the cache), a head within the cube, whole groups of query heads.
         let decode = seq == 1

@@ -175,14 +175,7 @@ pub fn run<B: Backend>(
         if shutdown.load(Ordering::SeqCst) {
             let since = *shutdown_at.get_or_insert_with(Instant::now);
             // Nothing new joins; what waits is answered at once.
-            while let Ok(r) = queue.try_recv() {
-                metrics.queue_depth.dec();
-                metrics.finish("shutdown");
-                let _ = r.events.send(Event::Error {
-                    status: 503,
-                    message: "the server is shutting down".into(),
-                });
-            }
+            refuse_waiting(&queue, &metrics);
             if since.elapsed() >= options.shutdown_grace {
                 for seq in active.drain(..) {
                     metrics.finish("shutdown");
@@ -266,6 +259,12 @@ pub fn run<B: Backend>(
     }
     // A request queued between the last drain and now (it passed the HTTP side's shutdown
     // check just before the flag was set) is answered, not dropped with the channel.
+    refuse_waiting(&queue, &metrics);
+    metrics.active.set(0);
+}
+
+/// Answers every request waiting in `queue` with 503: the server is shutting down.
+fn refuse_waiting(queue: &Receiver<Request>, metrics: &Metrics) {
     while let Ok(r) = queue.try_recv() {
         metrics.queue_depth.dec();
         metrics.finish("shutdown");
@@ -274,7 +273,6 @@ pub fn run<B: Backend>(
             message: "the server is shutting down".into(),
         });
     }
-    metrics.active.set(0);
 }
 
 /// What one sequence's part of a step gave: the logits of its last token, or an error.

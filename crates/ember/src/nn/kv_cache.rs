@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph::DeviceGraphs;
 use crate::nn::attention::position_bias;
 use crate::nn::rope::{Rope, RopeTables};
-use crate::nn::FusedOps;
+use crate::nn::{FusedOps, RopeWritten};
 
 /// Keys and values of every layer for positions `0..len`.
 ///
@@ -532,14 +532,10 @@ impl<B: Backend> KvCache<B> {
         v: &Tensor<B, 4>,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-        let batch = k.dims()[0];
         let placeholder = (k.clone(), v.clone());
-        let q = self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
+        self.rope_write_with(step, layer, k.dims()[0], placeholder, |ops, cache, rows| {
             ops.rope_write(q, k, v, rope.cos(), rope.sin(), cache, rows)
-                .map(|w| (w.q, (w.keys, w.values)))
-        })?;
-        let (k, v) = self.fetch(step, layer, batch);
-        Some((q, k, v))
+        })
     }
 
     /// [`KvCache::rope_write`] of the projection `qkv: [batch, seq, (heads + 2 kv_heads) *
@@ -553,11 +549,35 @@ impl<B: Backend> KvCache<B> {
         heads: usize,
         rope: &RopeTables<B>,
     ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-        let batch = qkv.dims()[0];
         let placeholder = Self::stand_in(rope);
+        self.rope_write_with(
+            step,
+            layer,
+            qkv.dims()[0],
+            placeholder,
+            |ops, cache, rows| {
+                ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
+            },
+        )
+    }
+
+    /// [`KvCache::write_with`] of a RoPE-write op (`write`), then the rows' cached keys and
+    /// values: the rotated queries and what they attend to.
+    #[allow(clippy::type_complexity)]
+    fn rope_write_with(
+        &mut self,
+        step: &Step<B>,
+        layer: usize,
+        batch: usize,
+        placeholder: (Tensor<B, 4>, Tensor<B, 4>),
+        write: impl FnOnce(
+            &dyn FusedOps<B>,
+            (Tensor<B, 4>, Tensor<B, 4>),
+            &[(usize, usize)],
+        ) -> std::result::Result<RopeWritten<B>, (Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
         let q = self.write_with(step, layer, batch, placeholder, |ops, cache, rows| {
-            ops.rope_write_packed(qkv, heads, rope.cos(), rope.sin(), cache, rows)
-                .map(|w| (w.q, (w.keys, w.values)))
+            write(ops, cache, rows).map(|w| (w.q, (w.keys, w.values)))
         })?;
         let (k, v) = self.fetch(step, layer, batch);
         Some((q, k, v))
