@@ -51,9 +51,11 @@ if [ ! -e "$libtorch/lib/libtorch_cuda.so" ]; then
 fi
 export CUDA_ROOT=$cuda PATH=$cuda/bin:$PATH CUDA_COMPUTE_CAP=90
 export LIBTORCH=$libtorch LIBTORCH_BYPASS_VERSION_CHECK=1 EMBER_LINK_ALLOW_SHLIB_UNDEFINED=1
-cargo build --release -p ember-cli --no-default-features --features flex,cuda,wgpu,candle-cuda,tch-cuda-graphs
+cargo build --release -p ember-cli --no-default-features --features flex,cuda,wgpu,candle-cuda,tch-cuda-graphs,profile
 mkdir -p .gpu
-strip -o .gpu/ember target/release/ember
+# EMBER_SYMBOLS=1 keeps the symbol table (~5 MB more, compressed) for the `pprof` stage of
+# scripts/gpu-run.sh, whose profiler names functions from it.
+strip ${EMBER_SYMBOLS:+--strip-debug} -o .gpu/ember target/release/ember
 rm -f .gpu/ember.gz
 xz -9e -T2 -f .gpu/ember   # 11 MB instead of 18 with gzip: room for a model half beside it
 ls -la .gpu

@@ -27,6 +27,8 @@
 #   quant     issue 16: decode with weights kept as Q8_0/Q4_0 blocks against f16, both shapes
 #   decode-ab a change's decode speed, .gpu/ember-before against .gpu/ember, alternated
 #   threads   per-thread CPU time of a long CubeCL cuda decode (which host thread sets the pace)
+#   pprof     where that thread's time goes: a sampled profile (a build with the `profile`
+#             feature, EMBER_PPROF) of the same decode, summarized by scripts/pprof-summary.py
 #   llama-cuda  issue 16's yardstick: llama.cpp's CUDA build (.gpu/llama-cuda.tar.xz) beside
 #             Ember's GPU backends, f16, SmolLM2-135M and the 1.7B shape as GGUFs both read
 # LIMIT (seconds, default 560) bounds each bench stage. Everything lands in OUT/results.tgz
@@ -347,6 +349,20 @@ EOF
     join "$work/threads-a" "$work/threads-b" | awk -v hz=$(getconf CLK_TCK) '{ cpu = ($5 - $2) * 100 / hz / 3; if (cpu > 1 || $6 - $3 > 100) printf "%6.1f %% %8d  %s\n", cpu, $6 - $3, $7 }' | sort -rn
     wait
     grep -i -E 't/s|tok' "$work/threads.log" | tail -2
+    ;;
+  pprof)
+    # A sampled CPU profile (crates/ember-cli/src/profile.rs) of a long greedy CubeCL cuda
+    # decode, f16 (PPROF_MODEL, default the SmolLM2-135M shape; PPROF_TOKENS, default 3000),
+    # sampling from PPROF_DELAY seconds (default 15: after compilation and warm-up).
+    use_cubecl_cache
+    printf '[model]\nsource = "%s"\n[backend]\nname = "cuda"\ndevice = "cuda:0"\ndtype = "f16"\n[generation]\nprompt = "The quick brown fox"\nmax_new_tokens = %s\ntemperature = 0.0\n' \
+      "${PPROF_MODEL:-preset:smollm2-135m}" "${PPROF_TOKENS:-3000}" > "$work/pprof.toml"
+    start=$(date +%s)
+    (cd "$work" && EMBER_PPROF="$work/pprof.folded" EMBER_PPROF_DELAY=${PPROF_DELAY:-15} timeout 150 \
+      "$ember" --config "$work/pprof.toml" --raw > "$work/pprof.out" 2> "$work/pprof.log")
+    echo "== pprof: rc $? in $(( $(date +%s) - start )) s"
+    grep -v INFO "$work/pprof.log" | tail -4
+    [ -s "$work/pprof.folded" ] && python3 scripts/pprof-summary.py "$work/pprof.folded" --top 40 | tee "$work/pprof-summary.txt" | head -150
     ;;
   cubecl-diag)
     # Ember's CubeCL kernels on CubeCL cuda (a 1-layer model, 4 tokens, f16 and f32) with

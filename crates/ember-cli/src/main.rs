@@ -1,5 +1,8 @@
 //! `ember`: run a model from a TOML config, list devices.
 
+#[cfg(feature = "profile")]
+mod profile;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -488,6 +491,11 @@ fn main() {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    #[cfg(feature = "profile")]
+    if let Err(e) = profile::start() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Some(Command::Devices) => devices(),
         Some(Command::Bench(args)) => bench(&args),
@@ -499,6 +507,8 @@ fn main() {
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     };
+    #[cfg(feature = "profile")]
+    let result = result.and_then(|()| profile::finish());
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
