@@ -1,12 +1,10 @@
 //! Ember's fused ops as CubeCL kernels, written once for every burn backend built on CubeCL:
 //! CUDA (`ember-cuda`), Vulkan through SPIR-V and Metal through MSL (`ember-wgpu`).
 //!
-//! burn's `Wgpu` and `Cuda` are `Fusion<CubeBackend<R, ..>>`: tensors are handles in a
-//! lazily executed stream of operations. Each op here is registered in that stream as a
-//! custom operation (the way burn-vision 0.21 adds its CubeCL kernels), so nothing is flushed
-//! or read back: when the stream reaches it, [`burn_fusion::stream::Operation::execute`]
-//! takes the inputs' `CubeTensor`s, launches the kernel, and registers the output. A custom
-//! op is a fusion barrier: the element-wise ops before it run as their own fused kernel.
+//! The ops run on any [`CubeHost`]: burn's `Wgpu` and `Cuda` (`Fusion<CubeBackend<R, ..>>`,
+//! where each op is a custom operation in burn-fusion's lazily executed stream: nothing is
+//! flushed or read back, and a custom op is a fusion barrier), and a bare `CubeBackend`,
+//! where each op launches at once on the caller's thread.
 //!
 //! The element type is the tensors' run-time dtype (Ember picks f32 or f16 per run), not the
 //! backend's `F` type parameter. Every kernel accumulates in f32.
@@ -33,6 +31,7 @@
 pub mod kernels;
 mod quantized;
 
+pub use burn_cubecl::CubeBackend;
 pub use quantized::CubeQuantized;
 
 use std::marker::PhantomData;
@@ -42,7 +41,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::{BoolElement, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
@@ -53,7 +52,7 @@ use ember::nn::{FusedOps, Gate, RopeWritten};
 
 use kernels::{BLOCK, MAX_HEAD_DIM};
 
-/// A backend these ops run on: burn's fusion wrapper over a CubeCL backend (`Wgpu`, `Cuda`).
+/// burn's fusion wrapper over a CubeCL backend (`Wgpu`, `Cuda`).
 pub type FusedCube<R, F, I, BT> = Fusion<CubeBackend<R, F, I, BT>>;
 
 /// Query rows per attention call above which [`FusedOps::attention`] declines: the kernel
@@ -106,27 +105,119 @@ impl<R> std::fmt::Debug for CubeFused<R> {
 pub const ENV_SWITCH: &str = "EMBER_CUBECL";
 
 /// The ops for a backend's [`ember::Capabilities::fused`], the runtime inferred from the
-/// backend type (`Wgpu`, `Cuda`); `None` when [`ENV_SWITCH`] is `off`.
-pub fn fused<R, F, I, BT>() -> Option<ember::nn::Fused<FusedCube<R, F, I, BT>>>
+/// backend type (`Wgpu`, `Cuda`, a bare `CubeBackend`); `None` when [`ENV_SWITCH`] is `off`.
+pub fn fused<B: CubeHost>() -> Option<ember::nn::Fused<B>> {
+    if std::env::var(ENV_SWITCH).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+        return None;
+    }
+    Some(ember::nn::Fused(std::sync::Arc::new(
+        CubeFused::<B::Runtime>::new(),
+    )))
+}
+
+/// A burn backend on a CubeCL runtime whose float tensors the kernels here take, and how an
+/// op reaches the device on it.
+///
+/// - burn's `Wgpu` and `Cuda` are `Fusion<CubeBackend<R, ..>>`: tensors are handles in a
+///   lazily executed stream of operations, which burn-fusion's own thread walks. The op is
+///   registered in that stream as a custom operation (the way burn-vision 0.21 adds its
+///   CubeCL kernels), so nothing is flushed or read back: when the stream reaches it,
+///   [`burn_fusion::stream::Operation::execute`] takes the inputs' `CubeTensor`s, launches
+///   the kernel, and registers the outputs. A custom op is a fusion barrier.
+/// - A bare `CubeBackend<R, ..>` (what `ember-cuda` runs: change 44 in docs/performance.md)
+///   launches the kernel at once, on the caller's thread: no stream, no description of the
+///   op, no second thread between the caller and CubeCL's device thread.
+pub trait CubeHost: Backend {
+    /// The CubeCL runtime under the backend.
+    type Runtime: CubeRuntime;
+
+    /// The op named `name` on `inputs`: `run` launches it on their `CubeTensor`s and returns
+    /// its `M` outputs, of the given shapes and dtypes, in that order.
+    fn launch<const N: usize, const M: usize>(
+        name: &'static str,
+        inputs: [Self::FloatTensorPrimitive; N],
+        outputs: [(Vec<usize>, DType); M],
+        run: impl Fn([CubeTensor<Self::Runtime>; N]) -> [CubeTensor<Self::Runtime>; M]
+            + Send
+            + Sync
+            + 'static,
+    ) -> [Self::FloatTensorPrimitive; M];
+
+    /// An int tensor's primitive as an input of [`CubeHost::launch`] (the same `CubeTensor`
+    /// or fusion handle: the kernels read its words).
+    fn int_input(t: Self::IntTensorPrimitive) -> Self::FloatTensorPrimitive;
+}
+
+impl<R, F, I, BT> CubeHost for FusedCube<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
     I: IntElement,
     BT: BoolElement,
 {
-    if std::env::var(ENV_SWITCH).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
-        return None;
+    type Runtime = R;
+
+    fn launch<const N: usize, const M: usize>(
+        name: &'static str,
+        inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
+        outputs: [(Vec<usize>, DType); M],
+        run: impl Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync + 'static,
+    ) -> [FusionTensor<FusionCubeRuntime<R>>; M] {
+        let client = inputs[0].client.clone();
+        let streams = OperationStreams::with_inputs(inputs.iter());
+        let outputs = outputs.map(|(shape, dtype)| {
+            TensorIr::uninit(
+                client.create_empty_handle(),
+                burn::tensor::Shape::from(shape),
+                dtype,
+            )
+        });
+        let inputs = inputs.map(FusionTensor::into_ir);
+        let desc = CustomOpIr::new(name, &inputs, &outputs);
+        let op = CustomOp::<R, F, I, BT, N, M> {
+            desc: desc.clone(),
+            run: Box::new(run),
+            _backend: PhantomData,
+        };
+        let outputs = client.register(streams, OperationIr::Custom(desc), op);
+        let mut outputs = outputs.into_iter();
+        // `register` returns one tensor per output of the description, in its order.
+        std::array::from_fn(|_| match outputs.next() {
+            Some(t) => t,
+            None => unreachable!("burn-fusion returned fewer outputs than registered"),
+        })
     }
-    Some(ember::nn::Fused(std::sync::Arc::new(CubeFused::<R>::new())))
+
+    fn int_input(t: FusionTensor<FusionCubeRuntime<R>>) -> FusionTensor<FusionCubeRuntime<R>> {
+        t
+    }
 }
 
-/// The fusion tensor behind a float tensor (`None` for a quantized one).
-fn fusion<R: CubeRuntime, const D: usize, B>(
-    t: &Tensor<B, D>,
-) -> Option<FusionTensor<FusionCubeRuntime<R>>>
+impl<R, F, I, BT> CubeHost for CubeBackend<R, F, I, BT>
 where
-    B: Backend<FloatTensorPrimitive = FusionTensor<FusionCubeRuntime<R>>>,
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
 {
+    type Runtime = R;
+
+    fn launch<const N: usize, const M: usize>(
+        _name: &'static str,
+        inputs: [CubeTensor<R>; N],
+        _outputs: [(Vec<usize>, DType); M],
+        run: impl Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync + 'static,
+    ) -> [CubeTensor<R>; M] {
+        run(inputs)
+    }
+
+    fn int_input(t: CubeTensor<R>) -> CubeTensor<R> {
+        t
+    }
+}
+
+/// The primitive behind a float tensor (`None` for a quantized one).
+fn float<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<B::FloatTensorPrimitive> {
     match t.clone().into_primitive() {
         TensorPrimitive::Float(t) => Some(t),
         TensorPrimitive::QFloat(_) => None,
@@ -138,66 +229,34 @@ fn float_dtype(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// Registers a custom op named `name` with `inputs` and one output of `shape` and `dtype` in
-/// the inputs' fusion stream; `run` launches it when the stream gets there.
-fn register<R, F, I, BT, const N: usize>(
+/// [`CubeHost::launch`] of an op with one output of `shape` and `dtype`.
+fn register<R, B, const N: usize>(
     name: &'static str,
-    inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
+    inputs: [B::FloatTensorPrimitive; N],
     shape: Vec<usize>,
     dtype: DType,
     run: impl Fn([CubeTensor<R>; N]) -> CubeTensor<R> + Send + Sync + 'static,
-) -> FusionTensor<FusionCubeRuntime<R>>
+) -> B::FloatTensorPrimitive
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
-    let [out] =
-        register_outputs::<R, F, I, BT, N, 1>(name, inputs, [(shape, dtype)], move |inputs| {
-            [run(inputs)]
-        });
+    let [out] = B::launch(name, inputs, [(shape, dtype)], move |inputs| [run(inputs)]);
     out
 }
 
-/// Registers a custom op named `name` with `inputs` and `M` outputs of the given shapes and
-/// dtypes in the inputs' fusion stream; `run` launches it when the stream gets there and
-/// returns the outputs in that order.
-fn register_outputs<R, F, I, BT, const N: usize, const M: usize>(
+/// [`CubeHost::launch`] of an op with `M` outputs.
+fn register_outputs<R, B, const N: usize, const M: usize>(
     name: &'static str,
-    inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
+    inputs: [B::FloatTensorPrimitive; N],
     outputs: [(Vec<usize>, DType); M],
     run: impl Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync + 'static,
-) -> [FusionTensor<FusionCubeRuntime<R>>; M]
+) -> [B::FloatTensorPrimitive; M]
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let outputs = outputs.map(|(shape, dtype)| {
-        TensorIr::uninit(
-            client.create_empty_handle(),
-            burn::tensor::Shape::from(shape),
-            dtype,
-        )
-    });
-    let inputs = inputs.map(FusionTensor::into_ir);
-    let desc = CustomOpIr::new(name, &inputs, &outputs);
-    let op = CustomOp::<R, F, I, BT, N, M> {
-        desc: desc.clone(),
-        run: Box::new(run),
-        _backend: PhantomData,
-    };
-    let outputs = client.register(streams, OperationIr::Custom(desc), op);
-    let mut outputs = outputs.into_iter();
-    // `register` returns one tensor per output of the description, in its order.
-    std::array::from_fn(|_| match outputs.next() {
-        Some(t) => t,
-        None => unreachable!("burn-fusion returned fewer outputs than registered"),
-    })
+    B::launch(name, inputs, outputs, run)
 }
 
 type Launch<R, const N: usize, const M: usize> =
@@ -251,18 +310,14 @@ where
 /// A KV cache's keys and values.
 type CachePair<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
-/// The fusion tensors behind several float tensors, or `None` if one is quantized.
-trait TryMapFusion<R: CubeRuntime, const N: usize> {
-    fn try_map_fusion(self) -> Option<[FusionTensor<FusionCubeRuntime<R>>; N]>;
+/// The primitives behind several float tensors, or `None` if one is quantized.
+trait TryMapFloat<B: Backend, const N: usize> {
+    fn try_map_float(self) -> Option<[B::FloatTensorPrimitive; N]>;
 }
 
-impl<R, B, const N: usize> TryMapFusion<R, N> for [&Tensor<B, 4>; N]
-where
-    R: CubeRuntime,
-    B: Backend<FloatTensorPrimitive = FusionTensor<FusionCubeRuntime<R>>>,
-{
-    fn try_map_fusion(self) -> Option<[FusionTensor<FusionCubeRuntime<R>>; N]> {
-        let all: Vec<_> = self.iter().map(|t| fusion(*t)).collect::<Option<_>>()?;
+impl<B: Backend, const N: usize> TryMapFloat<B, N> for [&Tensor<B, 4>; N] {
+    fn try_map_float(self) -> Option<[B::FloatTensorPrimitive; N]> {
+        let all: Vec<_> = self.iter().map(|t| float(*t)).collect::<Option<_>>()?;
         all.try_into().ok()
     }
 }
@@ -413,17 +468,15 @@ impl RopeWrite {
 
     /// Registers the op of `inputs` (the cache's keys and values among them: `cache` goes
     /// into the op, its outputs are the written cache) that `run` launches.
-    fn register<R, F, I, BT, const N: usize>(
+    fn register<R, B, const N: usize>(
         self,
-        inputs: [FusionTensor<FusionCubeRuntime<R>>; N],
-        cache: CachePair<FusedCube<R, F, I, BT>>,
+        inputs: [B::FloatTensorPrimitive; N],
+        cache: CachePair<B>,
         run: impl Fn(&Self, [CubeTensor<R>; N]) -> [CubeTensor<R>; 3] + Send + Sync + 'static,
-    ) -> RopeWritten<FusedCube<R, F, I, BT>>
+    ) -> RopeWritten<B>
     where
         R: CubeRuntime,
-        F: FloatElement,
-        I: IntElement,
-        BT: BoolElement,
+        B: CubeHost<Runtime = R>,
     {
         let outputs = [
             (self.q_shape.clone(), self.dtype),
@@ -432,7 +485,7 @@ impl RopeWrite {
         ];
         drop(cache);
         let [q, keys, values] =
-            register_outputs::<R, F, I, BT, N, 3>("ember.rope_write", inputs, outputs, move |t| {
+            register_outputs::<R, B, N, 3>("ember.rope_write", inputs, outputs, move |t| {
                 run(&self, t)
             });
         let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
@@ -535,19 +588,12 @@ fn output_of<R: CubeRuntime>(
     )
 }
 
-impl<R, F, I, BT> FusedOps<FusedCube<R, F, I, BT>> for CubeFused<R>
+impl<R, B> FusedOps<B> for CubeFused<R>
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
-    fn rms_norm(
-        &self,
-        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
-        eps: f64,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+    fn rms_norm(&self, x: &Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 3>> {
         let [batch, seq, hidden] = x.dims();
         let dtype = x.dtype();
         if dtype != weight.dtype() || !float_dtype(dtype) || weight.dims()[0] != hidden {
@@ -556,10 +602,10 @@ where
         if batch * seq == 0 || hidden == 0 {
             return None;
         }
-        let (xf, wf) = (fusion(x)?, fusion(weight)?);
+        let (xf, wf) = (float(x)?, float(weight)?);
         let rows = u32::try_from(batch * seq).ok()?;
         let eps = eps as f32;
-        let out = register::<R, F, I, BT, 2>(
+        let out = register::<R, B, 2>(
             "ember.rms_norm",
             [xf, wf],
             vec![batch, seq, hidden],
@@ -592,14 +638,11 @@ where
 
     fn add_rms_norm(
         &self,
-        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        y: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        x: &Tensor<B, 3>,
+        y: &Tensor<B, 3>,
+        weight: &Tensor<B, 1>,
         eps: f64,
-    ) -> Option<(
-        Tensor<FusedCube<R, F, I, BT>, 3>,
-        Tensor<FusedCube<R, F, I, BT>, 3>,
-    )> {
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
         let [batch, seq, hidden] = x.dims();
         let dtype = x.dtype();
         let same = y.dtype() == dtype && weight.dtype() == dtype && float_dtype(dtype);
@@ -609,11 +652,11 @@ where
         if batch * seq == 0 || hidden == 0 {
             return None;
         }
-        let (xf, yf, wf) = (fusion(x)?, fusion(y)?, fusion(weight)?);
+        let (xf, yf, wf) = (float(x)?, float(y)?, float(weight)?);
         let rows = u32::try_from(batch * seq).ok()?;
         let eps = eps as f32;
         let shape = vec![batch, seq, hidden];
-        let [sum, out] = register_outputs::<R, F, I, BT, 3, 2>(
+        let [sum, out] = register_outputs::<R, B, 3, 2>(
             "ember.add_rms_norm",
             [xf, yf, wf],
             [(shape.clone(), dtype), (shape.clone(), dtype)],
@@ -653,23 +696,16 @@ where
 
     fn add_rms_norm_linear(
         &self,
-        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        y: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        x: &Tensor<B, 3>,
+        y: &Tensor<B, 3>,
+        weight: &Tensor<B, 1>,
         eps: f64,
-        w: &Tensor<FusedCube<R, F, I, BT>, 2>,
-    ) -> Option<(
-        Tensor<FusedCube<R, F, I, BT>, 3>,
-        Tensor<FusedCube<R, F, I, BT>, 3>,
-    )> {
+        w: &Tensor<B, 2>,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
         norm_matvec(x, y, weight, eps, w)
     }
 
-    fn gated(
-        &self,
-        gate_up: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        act: Gate,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+    fn gated(&self, gate_up: &Tensor<B, 3>, act: Gate) -> Option<Tensor<B, 3>> {
         let [batch, seq, features] = gate_up.dims();
         let dtype = gate_up.dtype();
         let inter = features / 2;
@@ -681,9 +717,9 @@ where
         let grid = (limit(inter.div_ceil(BLOCK))?, limit(batch * seq)?);
         let gelu = act == Gate::GeluTanh;
         let shape = vec![batch, seq, inter];
-        let out = register::<R, F, I, BT, 1>(
+        let out = register::<R, B, 1>(
             "ember.gated",
-            [fusion(gate_up)?],
+            [float(gate_up)?],
             shape.clone(),
             dtype,
             move |[gate_up]| {
@@ -714,38 +750,34 @@ where
 
     fn gated_linear(
         &self,
-        gate_up: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        gate_up: &Tensor<B, 3>,
         act: Gate,
-        w: &Tensor<FusedCube<R, F, I, BT>, 2>,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+        w: &Tensor<B, 2>,
+    ) -> Option<Tensor<B, 3>> {
         matvec(gate_up, w, Some(act))
     }
 
-    fn linear(
-        &self,
-        x: &Tensor<FusedCube<R, F, I, BT>, 3>,
-        w: &Tensor<FusedCube<R, F, I, BT>, 2>,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+    fn linear(&self, x: &Tensor<B, 3>, w: &Tensor<B, 2>) -> Option<Tensor<B, 3>> {
         matvec(x, w, None)
     }
 
     fn quantized(
         &self,
         tensor: &ember::format::QuantizedRows<'_>,
-        device: &burn::tensor::Device<FusedCube<R, F, I, BT>>,
+        device: &burn::tensor::Device<B>,
         dtype: DType,
-    ) -> ember::Result<Option<ember::nn::linear::Native<FusedCube<R, F, I, BT>>>> {
-        Ok(CubeQuantized::<R, F, I, BT>::load(tensor, device, dtype)?
+    ) -> ember::Result<Option<ember::nn::linear::Native<B>>> {
+        Ok(CubeQuantized::<B>::load(tensor, device, dtype)?
             .map(|q| ember::nn::linear::Native(std::sync::Arc::new(q))))
     }
 
     fn decode_attention(
         &self,
-        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
         keys: std::ops::Range<usize>,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>> {
+    ) -> Option<Tensor<B, 3>> {
         let [batch, heads, one, dim] = q.dims();
         let [kb, kv, cached, kd] = k.dims();
         let dtype = q.dtype();
@@ -770,9 +802,9 @@ where
             u32::try_from(keys.end).ok()?,
         );
         let scale = (dim as f32).powf(-0.5);
-        let out = register::<R, F, I, BT, 3>(
+        let out = register::<R, B, 3>(
             "ember.decode_attention",
-            [fusion(q)?, fusion(k)?, fusion(v)?],
+            [float(q)?, float(k)?, float(v)?],
             vec![batch, 1, heads * dim],
             dtype,
             move |[mut q, k, v]| {
@@ -817,21 +849,18 @@ where
 
     fn rope_write(
         &self,
-        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        cos: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        sin: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        cache: (
-            Tensor<FusedCube<R, F, I, BT>, 4>,
-            Tensor<FusedCube<R, F, I, BT>, 4>,
-        ),
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: (Tensor<B, 4>, Tensor<B, 4>),
         rows: &[(usize, usize)],
-    ) -> Result<RopeWritten<FusedCube<R, F, I, BT>>, CachePair<FusedCube<R, F, I, BT>>> {
+    ) -> Result<RopeWritten<B>, CachePair<B>> {
         let Some(plan) = RopeWrite::plan(q, k, v, cos, sin, &cache, rows) else {
             return Err(cache);
         };
-        let Some(inputs) = [q, k, v, cos, sin, &cache.0, &cache.1].try_map_fusion() else {
+        let Some(inputs) = [q, k, v, cos, sin, &cache.0, &cache.1].try_map_float() else {
             return Err(cache);
         };
         Ok(
@@ -843,13 +872,13 @@ where
 
     fn rope_write_packed(
         &self,
-        qkv: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        qkv: &Tensor<B, 3>,
         heads: usize,
-        cos: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        sin: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        cache: CachePair<FusedCube<R, F, I, BT>>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: CachePair<B>,
         rows: &[(usize, usize)],
-    ) -> Result<RopeWritten<FusedCube<R, F, I, BT>>, CachePair<FusedCube<R, F, I, BT>>> {
+    ) -> Result<RopeWritten<B>, CachePair<B>> {
         let [batch, seq, _] = qkv.dims();
         let [_, kv, _, dim] = cache.0.dims();
         let plan = RopeWrite::plan_packed(qkv, heads, cos, sin, &cache, rows);
@@ -857,7 +886,7 @@ where
             return Err(cache);
         };
         let (Some(qkv), Some([cos, sin, keys, values])) =
-            (fusion(qkv), [cos, sin, &cache.0, &cache.1].try_map_fusion())
+            (float(qkv), [cos, sin, &cache.0, &cache.1].try_map_float())
         else {
             return Err(cache);
         };
@@ -886,20 +915,14 @@ where
 
     fn rope_write_attend(
         &self,
-        qkv: &Tensor<FusedCube<R, F, I, BT>, 3>,
+        qkv: &Tensor<B, 3>,
         heads: usize,
-        cos: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        sin: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        cache: CachePair<FusedCube<R, F, I, BT>>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: CachePair<B>,
         rows: &[(usize, usize)],
         keys: std::ops::Range<usize>,
-    ) -> Result<
-        (
-            Tensor<FusedCube<R, F, I, BT>, 3>,
-            CachePair<FusedCube<R, F, I, BT>>,
-        ),
-        CachePair<FusedCube<R, F, I, BT>>,
-    > {
+    ) -> Result<(Tensor<B, 3>, CachePair<B>), CachePair<B>> {
         let [batch, seq, _] = qkv.dims();
         let [_, kv, _, dim] = cache.0.dims();
         let plan = RopeWrite::plan_packed(qkv, heads, cos, sin, &cache, rows);
@@ -923,7 +946,7 @@ where
             return Err(cache);
         };
         let (Some(qkv), Some([cos, sin, keys_in, values_in])) =
-            (fusion(qkv), [cos, sin, &cache.0, &cache.1].try_map_fusion())
+            (float(qkv), [cos, sin, &cache.0, &cache.1].try_map_float())
         else {
             return Err(cache);
         };
@@ -939,7 +962,7 @@ where
         drop(cache);
         let scale = (dim as f32).powf(-0.5);
         let row0 = plan.row0;
-        let [out, keys_out, values_out] = register_outputs::<R, F, I, BT, 5, 3>(
+        let [out, keys_out, values_out] = register_outputs::<R, B, 5, 3>(
             "ember.rope_attend",
             [qkv, cos, sin, keys_in, values_in],
             outputs,
@@ -984,11 +1007,11 @@ where
 
     fn attention(
         &self,
-        q: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        k: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        v: &Tensor<FusedCube<R, F, I, BT>, 4>,
-        bias: Option<&Tensor<FusedCube<R, F, I, BT>, 4>>,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 4>> {
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        bias: Option<&Tensor<B, 4>>,
+    ) -> Option<Tensor<B, 4>> {
         let [batch, heads, rows, dim] = q.dims();
         let [kb, kh, keys, kd] = k.dims();
         let dtype = q.dtype();
@@ -1054,17 +1077,17 @@ where
             }
             out
         };
-        let (qf, kf, vf) = (fusion(q)?, fusion(k)?, fusion(v)?);
+        let (qf, kf, vf) = (float(q)?, float(k)?, float(v)?);
         let shape = vec![batch, heads, rows, dim];
         let out = match bias {
-            Some(b) => register::<R, F, I, BT, 4>(
+            Some(b) => register::<R, B, 4>(
                 "ember.attention",
-                [qf, kf, vf, fusion(b)?],
+                [qf, kf, vf, float(b)?],
                 shape,
                 dtype,
                 move |[q, k, v, b]| launch(q, k, v, Some(b)),
             ),
-            None => register::<R, F, I, BT, 3>(
+            None => register::<R, B, 3>(
                 "ember.attention",
                 [qf, kf, vf],
                 shape,
@@ -1220,16 +1243,10 @@ fn launch_matvec<R: CubeRuntime>(
 /// in]`) or `gated(x, gate).matmul(w)` (`x: [batch, seq, 2 in]`) for `w: [in, out]`, or
 /// `None` where the kernel does not apply (a prompt's rows, mixed dtypes, shapes that do not
 /// match, grids past the portable limits): burn's autotuned matmul then.
-fn matvec<R, F, I, BT>(
-    x: &Tensor<FusedCube<R, F, I, BT>, 3>,
-    w: &Tensor<FusedCube<R, F, I, BT>, 2>,
-    gate: Option<Gate>,
-) -> Option<Tensor<FusedCube<R, F, I, BT>, 3>>
+fn matvec<R, B>(x: &Tensor<B, 3>, w: &Tensor<B, 2>, gate: Option<Gate>) -> Option<Tensor<B, 3>>
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
     let [batch, seq, features] = x.dims();
     let [inputs, outputs] = w.dims();
@@ -1248,9 +1265,9 @@ where
         None => ("ember.matvec", Prologue::Plain),
     };
     let shape = vec![batch, seq, outputs];
-    let out = register::<R, F, I, BT, 2>(
+    let out = register::<R, B, 2>(
         name,
-        [fusion(x)?, fusion(w)?],
+        [float(x)?, float(w)?],
         shape.clone(),
         dtype,
         move |[x, w]| {
@@ -1263,24 +1280,19 @@ where
 }
 
 /// Two tensors of a CubeCL backend.
-type Pair<R, F, I, BT> = (
-    Tensor<FusedCube<R, F, I, BT>, 3>,
-    Tensor<FusedCube<R, F, I, BT>, 3>,
-);
+type Pair<B> = (Tensor<B, 3>, Tensor<B, 3>);
 
 /// [`FusedOps::add_rms_norm_linear`] as one registered op on [`kernels::matvec`].
-fn norm_matvec<R, F, I, BT>(
-    x: &Tensor<FusedCube<R, F, I, BT>, 3>,
-    y: &Tensor<FusedCube<R, F, I, BT>, 3>,
-    weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+fn norm_matvec<R, B>(
+    x: &Tensor<B, 3>,
+    y: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
     eps: f64,
-    w: &Tensor<FusedCube<R, F, I, BT>, 2>,
-) -> Option<Pair<R, F, I, BT>>
+    w: &Tensor<B, 2>,
+) -> Option<Pair<B>>
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
     let [batch, seq, hidden] = x.dims();
     let [inputs, outputs] = w.dims();
@@ -1299,9 +1311,9 @@ where
     let plan = matvec_grid(rows, outputs)?;
     let prologue = Prologue::Norm(eps as f32);
     let shape = vec![batch, seq, outputs];
-    let [sum, out] = register_outputs::<R, F, I, BT, 4, 2>(
+    let [sum, out] = register_outputs::<R, B, 4, 2>(
         "ember.add_rms_norm_matvec",
-        [fusion(x)?, fusion(y)?, fusion(weight)?, fusion(w)?],
+        [float(x)?, float(y)?, float(weight)?, float(w)?],
         [(vec![batch, seq, hidden], dtype), (shape.clone(), dtype)],
         move |[x, y, weight, w]| launch_matvec(x, y, weight, w, shape.clone(), prologue, plan),
     );

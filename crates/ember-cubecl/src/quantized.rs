@@ -15,7 +15,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 use burn::tensor::{BasicOps, DType, TensorData, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{BoolElement, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::CubeRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 use ember::format::quant::Unpacked;
 use ember::format::QuantizedRows;
@@ -23,7 +23,7 @@ use ember::nn::linear::{rows_per_part, Native, NativeQuantized, MAX_TENSOR_ELEME
 
 use crate::kernels::{self, BLOCK};
 use crate::{
-    float_dtype, fusion, output, output_of, register, register_outputs, FusedCube, Prologue,
+    float, float_dtype, output, output_of, register, register_outputs, CubeHost, Prologue,
     MAX_MATVEC_ROWS, MAX_NORM_FEATURES,
 };
 use ember::nn::Gate;
@@ -36,19 +36,19 @@ const UNITS: usize = 32;
 const WORDS: usize = 4;
 
 /// Rows of activations, `[n, features]`.
-type Rows<R, F, I, BT> = Tensor<FusedCube<R, F, I, BT>, 2>;
+type Rows<B> = Tensor<B, 2>;
 
 /// The norm prologue's `y` (added to `x`) and weight.
-type NormInputs<'a, R, F, I, BT> = (&'a Rows<R, F, I, BT>, &'a Tensor<FusedCube<R, F, I, BT>, 1>);
+type NormInputs<'a, B> = (&'a Rows<B>, &'a Tensor<B, 1>);
 
 /// A `[outputs, inputs]` weight kept quantized on a CubeCL device.
-pub struct CubeQuantized<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
+pub struct CubeQuantized<B: CubeHost> {
     /// `[outputs, words]`, u32: the integers of a row, `32 / bits` per word.
-    packed: Tensor<FusedCube<R, F, I, BT>, 2, Int>,
+    packed: Tensor<B, 2, Int>,
     /// `[outputs, groups]`, f32.
-    scale: Tensor<FusedCube<R, F, I, BT>, 2>,
+    scale: Tensor<B, 2>,
     /// `[outputs, groups]`, f32.
-    min: Tensor<FusedCube<R, F, I, BT>, 2>,
+    min: Tensor<B, 2>,
     /// Bits per packed integer: 4 or 8.
     bits: u32,
     group: usize,
@@ -101,12 +101,10 @@ fn pack(part: &Unpacked, cols: usize, bits: u32, words: &mut Vec<u32>) {
     }
 }
 
-impl<R, F, I, BT> CubeQuantized<R, F, I, BT>
+impl<R, B> CubeQuantized<B>
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
     /// `tensor` packed on `device` (read in parts of about 8 MiB of integers), computing in
     /// `dtype`; `None` where the kernels do not take it: integers past 8 bits, groups or rows
@@ -114,7 +112,7 @@ where
     /// ([`MAX_TENSOR_ELEMENTS`] words), or a grid past the portable limits.
     pub fn load(
         tensor: &QuantizedRows<'_>,
-        device: &burn::tensor::Device<FusedCube<R, F, I, BT>>,
+        device: &burn::tensor::Device<B>,
         dtype: DType,
     ) -> ember::Result<Option<Self>> {
         let [rows, cols] = tensor.shape();
@@ -179,10 +177,10 @@ where
     /// dtype, shapes that do not match, a norm over more than [`MAX_NORM_FEATURES`]).
     fn matvec(
         &self,
-        x: &Tensor<FusedCube<R, F, I, BT>, 2>,
-        norm: Option<NormInputs<'_, R, F, I, BT>>,
+        x: &Tensor<B, 2>,
+        norm: Option<NormInputs<'_, B>>,
         prologue: Prologue,
-    ) -> Option<[Rows<R, F, I, BT>; 2]> {
+    ) -> Option<[Rows<B>; 2]> {
         let [n, features] = x.dims();
         let [outputs, inputs] = self.shape;
         let wanted = match prologue {
@@ -203,10 +201,10 @@ where
                 {
                     return None;
                 }
-                (fusion(y)?, fusion(weight)?)
+                (float(y)?, float(weight)?)
             }
             (Prologue::Norm(_), None) => return None,
-            _ => (fusion(x)?, fusion(x)?),
+            _ => (float(x)?, float(x)?),
         };
         let launch = Launch {
             grid: (
@@ -219,23 +217,23 @@ where
             shape: [n, outputs, inputs],
         };
         let inputs = [
-            fusion(x)?,
+            float(x)?,
             y,
             weight,
-            self.packed.clone().into_primitive(),
-            fusion(&self.scale)?,
-            fusion(&self.min)?,
+            B::int_input(self.packed.clone().into_primitive()),
+            float(&self.scale)?,
+            float(&self.min)?,
         ];
         let dtype = self.dtype;
         let [sum, out] = if matches!(prologue, Prologue::Norm(_)) {
-            register_outputs::<R, F, I, BT, 6, 2>(
+            register_outputs::<R, B, 6, 2>(
                 "ember.add_rms_norm_quantized_matvec",
                 inputs,
                 [(vec![n, launch.shape[2]], dtype), (vec![n, outputs], dtype)],
                 move |t| launch.run(t),
             )
         } else {
-            let out = register::<R, F, I, BT, 6>(
+            let out = register::<R, B, 6>(
                 "ember.quantized_matvec",
                 inputs,
                 vec![n, outputs],
@@ -256,8 +254,8 @@ where
     fn dequantize(
         &self,
         range: std::ops::Range<usize>,
-        ids: Option<Tensor<FusedCube<R, F, I, BT>, 1, Int>>,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 2>> {
+        ids: Option<Tensor<B, 1, Int>>,
+    ) -> Option<Tensor<B, 2>> {
         let inputs = self.shape[1];
         if range.is_empty() {
             return None;
@@ -284,13 +282,13 @@ where
                 .filter(|&y| y <= 65535)?,
         );
         let (bits, group, dtype) = (self.bits, self.group, self.dtype);
-        let out = register::<R, F, I, BT, 4>(
+        let out = register::<R, B, 4>(
             "ember.dequantize_rows",
             [
-                packed.into_primitive(),
-                fusion(&scale)?,
-                fusion(&min)?,
-                ids.into_primitive(),
+                B::int_input(packed.into_primitive()),
+                float(&scale)?,
+                float(&min)?,
+                B::int_input(ids.into_primitive()),
             ],
             vec![n, inputs],
             dtype,
@@ -405,14 +403,12 @@ impl Launch {
     }
 }
 
-impl<R, F, I, BT> NativeQuantized<FusedCube<R, F, I, BT>> for CubeQuantized<R, F, I, BT>
+impl<R, B> NativeQuantized<B> for CubeQuantized<B>
 where
     R: CubeRuntime,
-    F: FloatElement,
-    I: IntElement,
-    BT: BoolElement,
+    B: CubeHost<Runtime = R>,
 {
-    fn forward(&self, x: Tensor<FusedCube<R, F, I, BT>, 2>) -> Tensor<FusedCube<R, F, I, BT>, 2> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if let Some([_, y]) = self.matvec(&x, None, Prologue::Plain) {
             return y;
         }
@@ -436,31 +432,21 @@ where
 
     fn add_rms_norm_forward(
         &self,
-        x: &Tensor<FusedCube<R, F, I, BT>, 2>,
-        y: &Tensor<FusedCube<R, F, I, BT>, 2>,
-        weight: &Tensor<FusedCube<R, F, I, BT>, 1>,
+        x: &Tensor<B, 2>,
+        y: &Tensor<B, 2>,
+        weight: &Tensor<B, 1>,
         eps: f64,
-    ) -> Option<(
-        Tensor<FusedCube<R, F, I, BT>, 2>,
-        Tensor<FusedCube<R, F, I, BT>, 2>,
-    )> {
+    ) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
         let [sum, out] = self.matvec(x, Some((y, weight)), Prologue::Norm(eps as f32))?;
         Some((sum, out))
     }
 
-    fn gated_forward(
-        &self,
-        gate_up: &Tensor<FusedCube<R, F, I, BT>, 2>,
-        act: Gate,
-    ) -> Option<Tensor<FusedCube<R, F, I, BT>, 2>> {
+    fn gated_forward(&self, gate_up: &Tensor<B, 2>, act: Gate) -> Option<Tensor<B, 2>> {
         let [_, out] = self.matvec(gate_up, None, Prologue::Gated(act))?;
         Some(out)
     }
 
-    fn rows(
-        &self,
-        ids: Tensor<FusedCube<R, F, I, BT>, 1, Int>,
-    ) -> Tensor<FusedCube<R, F, I, BT>, 2> {
+    fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
         let n = ids.dims()[0];
         let device = ids.device();
         self.dequantize(0..self.shape[0], Some(ids))
@@ -480,10 +466,7 @@ where
         self.dtype
     }
 
-    fn stack(
-        &self,
-        others: &[&Native<FusedCube<R, F, I, BT>>],
-    ) -> Option<Native<FusedCube<R, F, I, BT>>> {
+    fn stack(&self, others: &[&Native<B>]) -> Option<Native<B>> {
         let mut parts = vec![self];
         for other in others {
             parts.push(other.0.as_any().downcast_ref::<Self>()?);

@@ -5,7 +5,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use burn::backend::cuda::CudaDevice;
-use burn::backend::Cuda;
+use cubecl::cuda::CudaRuntime;
 
 use ember::backend::{choose_dtype, supported_dtypes, DeviceSpec};
 use ember::{
@@ -15,8 +15,12 @@ use ember::{
 /// The name configs use for this backend.
 pub const NAME: &str = "cuda";
 
-/// The concrete backend type (with burn's kernel fusion).
-pub type Backend = Cuda;
+/// The concrete backend type: burn's CubeCL CUDA backend without burn-fusion's wrapper (burn's
+/// `Cuda` is `Fusion<` this `>`). On it Ember's kernels launch from the caller's thread
+/// instead of going through burn-fusion's stream and thread, which a profile of decode on
+/// an H200 found to set the pace (change 44 in docs/performance.md); burn's own ops then run
+/// unfused, one kernel each.
+pub type Backend = ember_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
 
 /// Number of CUDA devices the driver reports, or why there are none.
 pub fn device_count() -> std::result::Result<usize, String> {
