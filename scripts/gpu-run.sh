@@ -312,7 +312,8 @@ EOF
   decode-ab)
     # A change's decode speed, alternated: .gpu/ember-before and .gpu/ember in the order of
     # AB_ORDER (default before after after before after before before after), f16 decode
-    # only (-p 0 -n 128 -r 5), SHAPES (default "135m 1.7b") on TARGETS (default CubeCL cuda).
+    # only (-p 0 -n 128 -r 5; AB_PROMPT=512 adds prefill), SHAPES (default "135m 1.7b") on
+    # TARGETS (default CubeCL cuda).
     use_cubecl_cache
     targets=$(printf '"%s", ' ${TARGETS:-cuda@cuda:0})
     models=$(printf '"preset:smollm2-%s", ' ${SHAPES:-135m 1.7b})
@@ -323,10 +324,10 @@ EOF
       bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
       start=$(date +%s)
       timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/dab.toml" --out-dir "$work/dab-$round-$build" \
-        -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150 > "$work/dab-$round-$build.log" 2>&1
+        -p "${AB_PROMPT:-0}" -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150 > "$work/dab-$round-$build.log" 2>&1
       echo "== decode-ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
       reap
-      grep -F ' | ' "$work/dab-$round-$build.log" | grep -v '^| ' | grep -F tg
+      grep -F ' | ' "$work/dab-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
       tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
     done
     ;;

@@ -1,0 +1,17 @@
+//! The kernels' equivalence cases (tests/equivalence.rs, whose header says what they check
+//! and with which tolerances) on a bare `CubeBackend` over wgpu: no burn-fusion wrapper, so
+//! each op launches at once from the caller's thread ([`ember_cubecl::CubeHost`]), the way
+//! `ember-cuda` runs them. The kernels are the same on both backends; what differs is how
+//! inputs reach them and outputs come back (and whether a KV cache is written in place), so
+//! the f32 cases of every op run here, and the f16 ones only in tests/equivalence.rs (CI
+//! time: lavapipe runs ~10 GFLOP/s).
+
+/// The backend: burn's wgpu backend without its fusion wrapper.
+type B = ember_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
+/// The f16 cases are left to tests/equivalence.rs (see above).
+macro_rules! full_only {
+    ($($case:tt)*) => {};
+}
+
+include!("equivalence/cases.rs");
