@@ -53,6 +53,18 @@ export CUDA_ROOT=$cuda PATH=$cuda/bin:$PATH CUDA_COMPUTE_CAP=90
 export LIBTORCH=$libtorch LIBTORCH_BYPASS_VERSION_CHECK=1 EMBER_LINK_ALLOW_SHLIB_UNDEFINED=1
 cargo build --release -p ember-cli --no-default-features --features flex,cuda,wgpu,candle-cuda,tch-cuda-graphs,profile
 mkdir -p .gpu
+# EMBER_GPU_SUITE=1: also the shared model suite of ember-cuda (CubeCL cuda), release, for
+# scripts/gpu-check.sh (.gpu/suite-ember-cuda.xz).
+if [ -n "${EMBER_GPU_SUITE:-}" ]; then
+  suite=$(cargo test --release -p ember-cuda --features gpu-tests --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "suite" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+  [ -n "$suite" ] || { echo "build-gpu.sh: the ember-cuda suite did not build" >&2; exit 1; }
+  strip -o .gpu/suite-ember-cuda "$suite" && xz -9e -T2 -f .gpu/suite-ember-cuda
+fi
 # EMBER_SYMBOLS=1 keeps the symbol table (~5 MB more, compressed) for the `pprof` stage of
 # scripts/gpu-run.sh, whose profiler names functions from it.
 strip ${EMBER_SYMBOLS:+--strip-debug} -o .gpu/ember target/release/ember

@@ -23,6 +23,8 @@
 #   ab-graphs tch-CUDA graph replay before/after the model registry (.gpu/ember-before), f16
 #             (ab, ab-graphs: AB_ORDER="before after ..." sets the rounds)
 #   kernels   issue 16: CubeCL cuda, wgpu, candle-CUDA f16 with PyTorch eager, kernels on and off
+#   issue16   issue 16's table in one bench: CubeCL cuda, wgpu, candle-CUDA with PyTorch eager,
+#             f16, both shapes (SHAPES), pp512 and tg128
 #   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
 #   quant     issue 16: decode with weights kept as Q8_0/Q4_0 blocks against f16, both shapes
 #   decode-ab a change's decode speed, .gpu/ember-before against .gpu/ember, alternated
@@ -421,6 +423,15 @@ PY
     echo "== graphs-bench: rc $? in $(( $(date +%s) - start )) s"
     reap
     grep -F ' | ' "$work/graphs-bench.log" | grep '^| ' | tail -30
+    ;;
+  issue16)
+    # Issue 16's targets in one bench: decode and prefill in f16 on CubeCL cuda, wgpu (NVIDIA
+    # Vulkan) and candle-CUDA, PyTorch eager beside them, SHAPES (default "135m 1.7b").
+    use_cubecl_cache
+    models=$(printf '"preset:smollm2-%s", ' ${SHAPES:-135m 1.7b})
+    bench issue16 "${LIMIT:-540}" "$(printf 'models = [%s]\ntargets = ["cuda@cuda:0", "wgpu@vulkan:0", "candle@cuda:0"]\ndtypes = ["f16"]\n[baselines]\npytorch = ["cuda"]\n' "${models%, }")" \
+      -p 512 -n 128 -r 3 --warmup 1 --accuracy-tokens 0 --run-timeout 240
+    reap
     ;;
   all)
     # benches/nvidia.toml as one bench (every GPU backend x f32/f16/bf16 x SmolLM2-135M and the

@@ -278,10 +278,12 @@ fn base_record(target: &Target) -> Record {
         dtype: b.dtype.to_string(),
         flash_attn: b.attention == ember::AttentionImpl::Fused,
         weights_kept: target.config.model.weights == WeightsMode::Keep,
-        fusion: if [BackendName::Wgpu, BackendName::Cuda].contains(&b.name) {
-            "on".into()
-        } else {
-            "n/a".into()
+        // burn's kernel fusion: compiled into wgpu's backend; ember-cuda runs the bare
+        // CubeCL backend (docs/performance.md, change 44).
+        fusion: match b.name {
+            BackendName::Wgpu => "on".into(),
+            BackendName::Cuda => "off".into(),
+            _ => "n/a".into(),
         },
         autotune: if ["wgpu", "cuda"].contains(&b.name.as_str()) {
             target.autotune.clone()
