@@ -56,13 +56,13 @@ mkdir -p .gpu
 # EMBER_GPU_SUITE=1: also the shared model suite of ember-cuda (CubeCL cuda), release, for
 # scripts/gpu-check.sh (.gpu/suite-ember-cuda.xz).
 if [ -n "${EMBER_GPU_SUITE:-}" ]; then
-  suite=$(cargo test --release -p ember-cuda --features gpu-tests --no-run --message-format=json 2>/dev/null |
+  suite=$(cargo test --release -p ember-cuda --features gpu-tests --no-run --message-format=json |
     python3 -c 'import json, sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "suite" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-  [ -n "$suite" ] || { echo "build-gpu.sh: the ember-cuda suite did not build" >&2; exit 1; }
+        print(m["executable"])' | tail -1) || { echo "build-gpu.sh: the ember-cuda suite did not build" >&2; exit 1; }
+  [ -n "$suite" ] || { echo "build-gpu.sh: no ember-cuda suite binary" >&2; exit 1; }
   strip -o .gpu/suite-ember-cuda "$suite" && xz -9e -T2 -f .gpu/suite-ember-cuda
 fi
 # EMBER_SYMBOLS=1 keeps the symbol table (~5 MB more, compressed) for the `pprof` stage of

@@ -31,3 +31,4 @@ for cfg in "cuda cuda:0 f16" "cuda cuda:0 f32" "wgpu vulkan f16"; do
   set -- $cfg
   .gpu/ember --model crates/ember-tests/fixtures/tiny/gqa-untied/hf --backend $1 --device $2 --dtype $3 --raw --prompt "The quick brown fox" -n 16 2>&1 | tail -3
 done
+rm -f cubecl.toml

@@ -10,7 +10,8 @@ import re
 
 def crate(symbol):
     """`<burn_fusion::stream::X as Y>::f` -> burn_fusion; `cuLaunchKernel` -> (C)."""
-    m = re.match(r"[<&\s]*(?:dyn\s+)?([A-Za-z_][A-Za-z0-9_]*)::", symbol)
+    # (profile.rs writes spaces as underscores: `<dyn core::..>` is `<dyn_core::..>`)
+    m = re.match(r"[<&_]*(?:dyn_)?([A-Za-z_][A-Za-z0-9_]*)::", symbol)
     return m.group(1) if m else "(C or unknown)"
 
 

@@ -507,8 +507,12 @@ fn main() {
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     };
+    // The profile is written whether the command succeeded or not; the command's error wins.
     #[cfg(feature = "profile")]
-    let result = result.and_then(|()| profile::finish());
+    let result = match (result, profile::finish()) {
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

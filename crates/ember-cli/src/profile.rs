@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The profiler while it samples: started on its own thread after the delay.
 static GUARD: Mutex<Option<pprof::ProfilerGuard<'static>>> = Mutex::new(None);
@@ -28,8 +28,16 @@ pub fn start() -> Result<()> {
                 .with_context(|| format!("{name}={v:?} is not a number"))
         })
     };
-    let delay = Duration::from_secs_f64(seconds("EMBER_PPROF_DELAY", 0.0)?);
-    let hz = seconds("EMBER_PPROF_HZ", 997.0)? as i32;
+    let delay = seconds("EMBER_PPROF_DELAY", 0.0)?;
+    if !(delay.is_finite() && delay >= 0.0) {
+        bail!("EMBER_PPROF_DELAY={delay} is not a number of seconds >= 0");
+    }
+    let delay = Duration::from_secs_f64(delay);
+    let hz = seconds("EMBER_PPROF_HZ", 997.0)?;
+    if !(1.0..=10_000.0).contains(&hz) {
+        bail!("EMBER_PPROF_HZ={hz} is not a rate from 1 to 10000 samples per second");
+    }
+    let hz = hz as i32;
     std::thread::spawn(move || {
         std::thread::sleep(delay);
         match pprof::ProfilerGuardBuilder::default()

@@ -203,12 +203,22 @@ where
     type Runtime = R;
 
     fn launch<const N: usize, const M: usize>(
-        _name: &'static str,
+        name: &'static str,
         inputs: [CubeTensor<R>; N],
-        _outputs: [(Vec<usize>, DType); M],
+        outputs: [(Vec<usize>, DType); M],
         run: impl Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync + 'static,
     ) -> [CubeTensor<R>; M] {
-        run(inputs)
+        let ys = run(inputs);
+        // What the fusion stream is told the op makes is what it makes (checked in tests).
+        for ((shape, dtype), y) in outputs.iter().zip(&ys) {
+            debug_assert!(
+                y.meta.shape().as_slice() == shape.as_slice() && y.dtype == *dtype,
+                "{name}: made {:?} {:?}, declared {shape:?} {dtype:?}",
+                y.meta.shape(),
+                y.dtype
+            );
+        }
+        ys
     }
 
     fn int_input(t: CubeTensor<R>) -> CubeTensor<R> {

@@ -479,6 +479,9 @@ fn run_child(
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
     }
+    // A profile (`profile` feature) is of the process it was asked for: a run would write the
+    // same file, and the bench's own, mostly idle process would overwrite it last.
+    cmd.env_remove("EMBER_PPROF");
     // Output goes to files, read after the run ended or was killed.
     let (out_path, err_path) = (
         dir.join(format!("run-{index}.out")),
