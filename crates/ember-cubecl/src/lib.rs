@@ -255,20 +255,6 @@ where
     out
 }
 
-/// [`CubeHost::launch`] of an op with `M` outputs.
-fn register_outputs<R, B, const N: usize, const M: usize>(
-    name: &'static str,
-    inputs: [B::FloatTensorPrimitive; N],
-    outputs: [(Vec<usize>, DType); M],
-    run: impl Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync + 'static,
-) -> [B::FloatTensorPrimitive; M]
-where
-    R: CubeRuntime,
-    B: CubeHost<Runtime = R>,
-{
-    B::launch(name, inputs, outputs, run)
-}
-
 type Launch<R, const N: usize, const M: usize> =
     Box<dyn Fn([CubeTensor<R>; N]) -> [CubeTensor<R>; M] + Send + Sync>;
 
@@ -495,9 +481,7 @@ impl RopeWrite {
         ];
         drop(cache);
         let [q, keys, values] =
-            register_outputs::<R, B, N, 3>("ember.rope_write", inputs, outputs, move |t| {
-                run(&self, t)
-            });
+            B::launch("ember.rope_write", inputs, outputs, move |t| run(&self, t));
         let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
         RopeWritten {
             q: float(q),
@@ -666,7 +650,7 @@ where
         let rows = u32::try_from(batch * seq).ok()?;
         let eps = eps as f32;
         let shape = vec![batch, seq, hidden];
-        let [sum, out] = register_outputs::<R, B, 3, 2>(
+        let [sum, out] = B::launch(
             "ember.add_rms_norm",
             [xf, yf, wf],
             [(shape.clone(), dtype), (shape.clone(), dtype)],
@@ -972,7 +956,7 @@ where
         drop(cache);
         let scale = (dim as f32).powf(-0.5);
         let row0 = plan.row0;
-        let [out, keys_out, values_out] = register_outputs::<R, B, 5, 3>(
+        let [out, keys_out, values_out] = B::launch(
             "ember.rope_attend",
             [qkv, cos, sin, keys_in, values_in],
             outputs,
@@ -1321,7 +1305,7 @@ where
     let plan = matvec_grid(rows, outputs)?;
     let prologue = Prologue::Norm(eps as f32);
     let shape = vec![batch, seq, outputs];
-    let [sum, out] = register_outputs::<R, B, 4, 2>(
+    let [sum, out] = B::launch(
         "ember.add_rms_norm_matvec",
         [float(x)?, float(y)?, float(weight)?, float(w)?],
         [(vec![batch, seq, hidden], dtype), (shape.clone(), dtype)],

@@ -23,8 +23,8 @@ use ember::nn::linear::{rows_per_part, Native, NativeQuantized, MAX_TENSOR_ELEME
 
 use crate::kernels::{self, BLOCK};
 use crate::{
-    float, float_dtype, output, output_of, register, register_outputs, CubeHost, Prologue,
-    MAX_MATVEC_ROWS, MAX_NORM_FEATURES,
+    float, float_dtype, output, output_of, register, CubeHost, Prologue, MAX_MATVEC_ROWS,
+    MAX_NORM_FEATURES,
 };
 use ember::nn::Gate;
 
@@ -226,7 +226,7 @@ where
         ];
         let dtype = self.dtype;
         let [sum, out] = if matches!(prologue, Prologue::Norm(_)) {
-            register_outputs::<R, B, 6, 2>(
+            B::launch(
                 "ember.add_rms_norm_quantized_matvec",
                 inputs,
                 [(vec![n, launch.shape[2]], dtype), (vec![n, outputs], dtype)],
