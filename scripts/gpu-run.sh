@@ -28,6 +28,7 @@
 #   cubecl-diag  Ember's CubeCL kernels on CubeCL cuda with CubeCL's compilation log
 #   quant     issue 16: decode with weights kept as Q8_0/Q4_0 blocks against f16, both shapes
 #   decode-ab a change's decode speed, .gpu/ember-before against .gpu/ember, alternated
+#   quant-ab  the same with weights kept as Q8_0/Q4_0 blocks beside f16 (the 1.7B shape)
 #   threads   per-thread CPU time of a long CubeCL cuda decode (which host thread sets the pace)
 #   pprof     where that thread's time goes: a sampled profile (a build with the `profile`
 #             feature, EMBER_PPROF) of the same decode, summarized by scripts/pprof-summary.py
@@ -330,6 +331,32 @@ EOF
       echo "== decode-ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
       reap
       grep -F ' | ' "$work/dab-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
+      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
+    done
+    ;;
+  quant-ab)
+    # A quantized kernel's change, alternated as in decode-ab (AB_ORDER, default before after
+    # after before): SHAPES (default "1.7b") kept as Q8_0 and Q4_0 blocks beside the same
+    # shape's f16 weights (the control), f16 decode (-p 0 -n 128 -r 5) on TARGETS (default
+    # CubeCL cuda).
+    use_cubecl_cache
+    targets=$(printf '"%s", ' ${TARGETS:-cuda@cuda:0})
+    models=""
+    for shape in ${SHAPES:-1.7b}; do
+      p="preset:smollm2-$shape"
+      models+="\"$p\", \"$p,quant=q8_0\", \"$p,quant=q4_0\", "
+    done
+    printf 'models = [%s]\ntargets = [%s]\ndtypes = ["f16"]\nweights = ["keep"]\n' "${models%, }" "${targets%, }" > "$work/qab.toml"
+    round=0
+    for build in ${AB_ORDER:-before after after before}; do
+      round=$((round + 1))
+      bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
+      start=$(date +%s)
+      timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/qab.toml" --out-dir "$work/qab-$round-$build" \
+        -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150 > "$work/qab-$round-$build.log" 2>&1
+      echo "== quant-ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
+      reap
+      grep -F ' | ' "$work/qab-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
       tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
     done
     ;;

@@ -786,6 +786,14 @@ pub struct QuantizedGeometry {
 /// output row read its consecutive vectors of words (neighbouring units, neighbouring
 /// vectors) and add, per word, `scale * sum(u x) + min * sum(x)` in f32; their partial sums
 /// are added through shared memory.
+///
+/// `staged` (at most `stage_len` features with their padding): the cube first writes its
+/// row's activations, rounded to `F` as the prologues round them, into shared memory, value
+/// `i` at `i + pad * (i / 32)`. Neighbouring units read activations a vector of words apart
+/// (32 values for 4-bit integers), so without the padding every unit of a warp would read
+/// the same bank, and without the stage each would read `x` (or recompute the gated
+/// activation) on its own: a 32-way split access per value. `pad` is 4 bytes' worth of `F`,
+/// which puts neighbouring units in distinct banks.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn quantized_matvec<F: Float, N: Size>(
@@ -807,6 +815,9 @@ pub fn quantized_matvec<F: Float, N: Size>(
     #[comptime] units: usize,
     #[comptime] block: usize,
     #[comptime] max_in: usize,
+    #[comptime] staged: bool,
+    #[comptime] pad: usize,
+    #[comptime] stage_len: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS_Y as usize;
@@ -844,6 +855,18 @@ pub fn quantized_matvec<F: Float, N: Size>(
         );
     }
 
+    // The row's activations, padded (staged only; one element otherwise).
+    let mut stage = SharedMemory::<F>::new(comptime![if staged { stage_len } else { 1 }]);
+    if staged {
+        let mut i = unit;
+        while i < inputs {
+            stage[i + pad * (i / 32)] =
+                F::cast_from(input(x, &normed, at, step, inputs, i, gated, gelu, norm));
+            i += block;
+        }
+        sync_cube();
+    }
+
     let mut acc = 0.0f32;
     if o < outputs {
         let w_at = o * geometry.w_row;
@@ -856,12 +879,18 @@ pub fn quantized_matvec<F: Float, N: Size>(
                 let word = words[k];
                 let first = (j * width + k) * per_word;
                 let g = s_at + first / group;
+                // A word's values share their 32-value run: `per_word` divides 32.
+                let padded = first + pad * (first / 32);
                 let mut su = 0.0f32;
                 let mut sx = 0.0f32;
                 #[unroll]
                 for t in 0..per_word {
                     let u = (word >> (t as u32 * bits)) & mask;
-                    let xv = input(x, &normed, at, step, inputs, first + t, gated, gelu, norm);
+                    let xv = if staged {
+                        f32::cast_from(stage[padded + t])
+                    } else {
+                        input(x, &normed, at, step, inputs, first + t, gated, gelu, norm)
+                    };
                     su += f32::cast_from(u) * xv;
                     sx += xv;
                 }

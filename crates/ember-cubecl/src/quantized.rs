@@ -35,6 +35,20 @@ const UNITS: usize = 32;
 /// Words per vector load of [`kernels::quantized_matvec`] (16 bytes).
 const WORDS: usize = 4;
 
+/// Bytes of activations [`kernels::quantized_matvec`] stages in shared memory (without its
+/// padding): 8192 features in f16, 4096 in f32. With the norm's row and the partial sums,
+/// a cube's shared memory stays under 32 KiB, Metal's limit for a threadgroup.
+const STAGE_BYTES: usize = 16 << 10;
+
+/// Whether [`kernels::quantized_matvec`] stages `inputs` activations of `dtype`, its padding
+/// (4 bytes' worth of the element) and the staged row's comptime length.
+fn stage(dtype: DType, inputs: usize) -> (bool, usize, usize) {
+    let size = dtype.size().max(1);
+    let features = STAGE_BYTES / size;
+    let pad = (4 / size).max(1);
+    (inputs <= features, pad, features + pad * features / 32)
+}
+
 /// Rows of activations, `[n, features]`.
 type Rows<B> = Tensor<B, 2>;
 
@@ -351,6 +365,7 @@ impl Launch {
             out.clone()
         };
         let dtype = x.dtype;
+        let (staged, pad, stage_len) = stage(dtype, inputs);
         let client = x.client.clone();
         let words = packed.meta.shape()[1];
         let geometry = kernels::QuantizedGeometryLaunch::new(
@@ -371,7 +386,8 @@ impl Launch {
         // its rows' length, rows below `outputs`; `scale` and `min` [outputs, inputs /
         // group], read at groups below that; the grid is (outputs / rows per cube rounded
         // up, n), units past `outputs` read nothing and write nothing; `out` ([n, outputs])
-        // and `sum` ([n, inputs], written by the norm only) are allocated here.
+        // and `sum` ([n, inputs], written by the norm only) are allocated here; staged, the
+        // padded row (`inputs + pad * inputs / 32`) fits `stage_len` (`stage`).
         unsafe {
             kernels::quantized_matvec::launch_unchecked::<R>(
                 &client,
@@ -396,6 +412,9 @@ impl Launch {
                 UNITS,
                 BLOCK,
                 MAX_NORM_FEATURES,
+                staged,
+                pad,
+                stage_len,
                 dtype.into(),
             );
         }

@@ -923,14 +923,18 @@ fn dense(q: &Unpacked, [rows, cols]: [usize; 2]) -> Tensor<B, 2> {
 /// Q5's 5, Q6_K's 6 and Q8_0's 8 in bytes; groups of 16 and 32): products of 1, 3 and 4
 /// rows (the matrix-vector kernel) and of 7 (a prompt: dequantized, then burn's matmul)
 /// against the host-dequantized weight's f32 product, looked-up rows (one id past the last
-/// row: zeros) against the host's values, and q, k and v stacked.
+/// row: zeros) against the host's values, and q, k and v stacked. The matrix-vector kernel
+/// stages rows of up to 16 KiB of activations in shared memory: the last shape's row is
+/// longer (4128 features in f32, 8224 in f16), so its product reads them from `x`.
 fn quantized_shapes(dtype: DType) {
+    let unstaged = 16384 / dtype.size() + 32;
     for (i, (bits, group, rows, cols)) in [
         (8, 32, 37, 576),
         (4, 32, 40, 64),
         (2, 16, 9, 96),
         (5, 32, 17, 160),
         (6, 16, 8, 48),
+        (4, 32, 5, unstaged),
     ]
     .into_iter()
     .enumerate()
