@@ -29,6 +29,8 @@
 #   quant     issue 16: decode with weights kept as Q8_0/Q4_0 blocks against f16, both shapes
 #   decode-ab a change's decode speed, .gpu/ember-before against .gpu/ember, alternated
 #   quant-ab  the same with weights kept as Q8_0/Q4_0 blocks beside f16 (the 1.7B shape)
+#   quant-acc the kept weights' logits against the dequantized f32 run's, .gpu/ember-before
+#             and .gpu/ember (a kernel change that must not change the numbers)
 #   threads   per-thread CPU time of a long CubeCL cuda decode (which host thread sets the pace)
 #   pprof     where that thread's time goes: a sampled profile (a build with the `profile`
 #             feature, EMBER_PPROF) of the same decode, summarized by scripts/pprof-summary.py
@@ -358,6 +360,25 @@ EOF
       reap
       grep -F ' | ' "$work/qab-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
       tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
+    done
+    ;;
+  quant-acc)
+    # Kept Q4_0 and Q8_0 blocks in f16 and f32 against the same model dequantized in f32 (the
+    # bench's reference), on the 135M shape (ACC_SHAPE), CubeCL cuda (ACC_TARGETS): top-1
+    # agreement and max logit error over 32 positions, from .gpu/ember-before and .gpu/ember.
+    use_cubecl_cache
+    targets=$(printf '"%s", ' ${ACC_TARGETS:-cuda@cuda:0})
+    p="preset:smollm2-${ACC_SHAPE:-135m}"
+    printf 'models = ["%s,quant=q4_0", "%s,quant=q8_0"]\ntargets = [%s]\ndtypes = ["f32", "f16"]\nweights = ["dequantize", "keep"]\n' "$p" "$p" "${targets%, }" > "$work/qacc.toml"
+    for build in before after; do
+      bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
+      start=$(date +%s)
+      timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/qacc.toml" --out-dir "$work/qacc-$build" \
+        -p 16 -n 8 -r 1 --warmup 0 --accuracy-tokens 32 --run-timeout 150 > "$work/qacc-$build.log" 2>&1
+      echo "== quant-acc $build: rc $? in $(( $(date +%s) - start )) s"
+      reap
+      grep -F '| ember |' "$work/qacc-$build.log" | grep -F '| tg8 |'
+      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" .
     done
     ;;
   threads)

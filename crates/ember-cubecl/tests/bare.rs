@@ -3,14 +3,19 @@
 //! each op launches at once from the caller's thread ([`ember_cubecl::CubeHost`]), the way
 //! `ember-cuda` runs them. The kernels are the same on both backends; what differs is how
 //! inputs reach them and outputs come back (and whether a KV cache is written in place), so
-//! the f32 cases of every op run here, and the f16 ones only in tests/equivalence.rs (CI
-//! time: lavapipe runs ~10 GFLOP/s).
+//! the f32 cases of every op run here, and the f16 ones in tests/equivalence.rs, each only
+//! once (CI time: lavapipe runs ~10 GFLOP/s).
 
 /// The backend: burn's wgpu backend without its fusion wrapper.
 type B = ember_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
+/// The f32 cases run here (and not in tests/equivalence.rs).
+macro_rules! f32_cases {
+    ($($case:tt)*) => { $($case)* };
+}
+
 /// The f16 cases are left to tests/equivalence.rs (see above).
-macro_rules! full_only {
+macro_rules! f16_cases {
     ($($case:tt)*) => {};
 }
 

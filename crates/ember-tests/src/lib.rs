@@ -898,14 +898,44 @@ pub fn embedding_batch_equals_one_by_one<B: Backend>(ctx: &Ctx<B>) {
 }
 
 /// Binds every suite test to one backend and dtype, in module `$module`:
-/// `backend_suite!(f32, Flex, ctx(DType::F32))` in a test file.
+/// `backend_suite!(f32, Flex, ctx(DType::F32))` in a test file. `backend_suite!(f32, B,
+/// ctx, only [a, b])` binds the tests named (a backend that runs some tests in one dtype
+/// only; its file should check with [`SUITE_TESTS`] that each test runs in some dtype). The
+/// module's `NAMES` lists the tests it binds.
 #[macro_export]
 macro_rules! backend_suite {
     ($module:ident, $backend:ty, $ctx:expr) => {
+        $crate::with_suite_tests!(backend_suite!(@module $module, $backend, $ctx));
+    };
+    ($module:ident, $backend:ty, $ctx:expr, only [$($name:ident),* $(,)?]) => {
+        $crate::backend_suite!(@module $module, $backend, $ctx, [$($name),*]);
+    };
+    (@module $module:ident, $backend:ty, $ctx:expr, [$($name:ident),* $(,)?]) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
-            $crate::backend_suite!(@tests $backend, $ctx,
+            /// The suite's tests this module binds.
+            #[allow(dead_code)]
+            pub const NAMES: &[&str] = &[$(stringify!($name)),*];
+            $crate::backend_suite!(@tests $backend, $ctx, $($name),*);
+        }
+    };
+    (@tests $backend:ty, $ctx:expr, $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::$name::<$backend>(&$ctx);
+            }
+        )*
+    };
+}
+
+/// Calls `$m!(args.., [every suite test])`: the one list of the shared suite's tests.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_suite_tests {
+    ($m:ident ! ($($args:tt)*)) => {
+        $crate::$m! { $($args)*, [
             tiny_matches_transformers,
             tiny_gguf_equals_hf,
             tiny_gguf_kept_float_equals_dequantized,
@@ -927,18 +957,22 @@ macro_rules! backend_suite {
             whisper_tiny_hf_matches_transformers,
             whisper_multilingual_matches_faster_whisper,
             whisper_tokenizer_of_another_model_is_an_error,
-            );
-        }
-    };
-    (@tests $backend:ty, $ctx:expr, $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                $crate::$name::<$backend>(&$ctx);
-            }
-        )*
+        ]}
     };
 }
+
+/// The names of a list of tests (for [`with_suite_tests`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! suite_names {
+    // `with_suite_tests!(suite_names!())` passes `, [..]`: no arguments before the list.
+    ($(,)? [$($name:ident),* $(,)?]) => {
+        &[$(stringify!($name)),*]
+    };
+}
+
+/// Every test of the shared suite, by name.
+pub const SUITE_TESTS: &[&str] = with_suite_tests!(suite_names!());
 
 /// Copies the tiny HF model to a fresh temp directory for a test to damage.
 fn scratch_copy(tag: &str) -> PathBuf {

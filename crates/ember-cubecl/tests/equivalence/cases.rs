@@ -1,6 +1,6 @@
 // The cases of tests/equivalence.rs (burn's `Wgpu`, with the fusion wrapper) and tests/bare.rs
 // (a bare `CubeBackend` on wgpu): each includes this file after defining `B` (the backend)
-// and `full_only!` (which keeps or drops the cases in f16).
+// and `f32_cases!` and `f16_cases!` (which keep or drop the cases of each dtype).
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::prelude::*;
@@ -99,12 +99,14 @@ fn rms_norm_shapes(dtype: DType) {
     check_rms_norm(x, dtype, 31);
 }
 
+f32_cases! {
 #[test]
 fn rms_norm_equals_portable_f32() {
     rms_norm_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn rms_norm_equals_portable_f16() {
     rms_norm_shapes(DType::F16);
@@ -149,12 +151,14 @@ fn add_rms_norm_shapes(dtype: DType) {
     check_add_rms_norm(x, dtype, 61);
 }
 
+f32_cases! {
 #[test]
 fn add_rms_norm_equals_portable_f32() {
     add_rms_norm_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn add_rms_norm_equals_portable_f16() {
     add_rms_norm_shapes(DType::F16);
@@ -235,12 +239,14 @@ fn decode_shapes(dtype: DType) {
     check_decode(2, 2, 64, 999, 1000, None, 1, dtype);
 }
 
+f32_cases! {
 #[test]
 fn decode_attention_equals_portable_f32() {
     decode_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn decode_attention_equals_portable_f16() {
     decode_shapes(DType::F16);
@@ -426,12 +432,14 @@ fn rope_write_shapes(dtype: DType) {
     check_rope_write(4, 4, 256, 5, &[(0, 254)], (1, 300), true, dtype);
 }
 
+f32_cases! {
 #[test]
 fn rope_write_equals_portable_f32() {
     rope_write_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn rope_write_equals_portable_f16() {
     rope_write_shapes(DType::F16);
@@ -572,12 +580,14 @@ fn gated_shapes(dtype: DType) {
     check_gated(wide, dtype, true);
 }
 
+f32_cases! {
 #[test]
 fn gated_equals_portable_f32() {
     gated_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn gated_equals_portable_f16() {
     gated_shapes(DType::F16);
@@ -659,12 +669,14 @@ fn gated_linear_shapes(dtype: DType) {
     check_gated_linear(gate_up, w, dtype);
 }
 
+f32_cases! {
 #[test]
 fn gated_linear_equals_portable_f32() {
     gated_linear_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn gated_linear_equals_portable_f16() {
     gated_linear_shapes(DType::F16);
@@ -744,12 +756,14 @@ fn linear_shapes(dtype: DType) {
     }
 }
 
+f32_cases! {
 #[test]
 fn linear_equals_portable_f32() {
     linear_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn linear_equals_portable_f16() {
     linear_shapes(DType::F16);
@@ -839,12 +853,14 @@ fn add_rms_norm_linear_shapes(dtype: DType) {
     check_add_rms_norm_linear(x, 960, dtype, 191);
 }
 
+f32_cases! {
 #[test]
 fn add_rms_norm_linear_equals_portable_f32() {
     add_rms_norm_linear_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn add_rms_norm_linear_equals_portable_f16() {
     add_rms_norm_linear_shapes(DType::F16);
@@ -1048,12 +1064,14 @@ fn quantized_shapes(dtype: DType) {
     assert!(diff <= tolerance(dtype, 1e-5), "stacked: {diff}");
 }
 
+f32_cases! {
 #[test]
 fn quantized_equals_dequantized_f32() {
     quantized_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn quantized_equals_dequantized_f16() {
     quantized_shapes(DType::F16);
@@ -1159,12 +1177,14 @@ fn rope_attend_shapes(dtype: DType) {
     check_rope_attend((9, 3, 64), &[(2, 17)], (3, 320), dtype);
 }
 
+f32_cases! {
 #[test]
 fn rope_write_attend_equals_portable_f32() {
     rope_attend_shapes(DType::F32);
 }
+}
 
-full_only! {
+f16_cases! {
 #[test]
 fn rope_write_attend_equals_portable_f16() {
     rope_attend_shapes(DType::F16);
