@@ -793,7 +793,8 @@ pub struct QuantizedGeometry {
 /// (32 values for 4-bit integers), so without the padding every unit of a warp would read
 /// the same bank, and without the stage each would read `x` (or recompute the gated
 /// activation) on its own: a 32-way split access per value. `pad` is 4 bytes' worth of `F`,
-/// which puts neighbouring units in distinct banks.
+/// which puts the units of a warp in distinct banks (for 8-bit integers in f16, two units
+/// share a bank).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn quantized_matvec<F: Float, N: Size>(

@@ -32,7 +32,7 @@ pub mod kernels;
 mod quantized;
 
 pub use burn_cubecl::CubeBackend;
-pub use quantized::CubeQuantized;
+pub use quantized::{CubeQuantized, STAGE_BYTES};
 
 use std::marker::PhantomData;
 

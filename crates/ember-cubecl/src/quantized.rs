@@ -38,7 +38,7 @@ const WORDS: usize = 4;
 /// Bytes of activations [`kernels::quantized_matvec`] stages in shared memory (without its
 /// padding): 8192 features in f16, 4096 in f32. With the norm's row and the partial sums,
 /// a cube's shared memory stays under 32 KiB, Metal's limit for a threadgroup.
-const STAGE_BYTES: usize = 16 << 10;
+pub const STAGE_BYTES: usize = 16 << 10;
 
 /// Whether [`kernels::quantized_matvec`] stages `inputs` activations of `dtype`, its padding
 /// (4 bytes' worth of the element) and the staged row's comptime length.

@@ -7,7 +7,8 @@
 //!
 //! Tolerances (max absolute difference, values of order 1; relative to values above 1 for the
 //! gated activation, whose products reach 10^4 in its wide-range case): f32 1e-5 for RMSNorm,
-//! RoPE and the gated activation and 1e-4 for attention (sums of up to 1000 products in another order); f16 1e-2: the
+//! RoPE and the gated activation and 1e-4 for attention (sums of up to 1000 products in another order)
+//! and for the quantized products of rows past 1024 features; f16 1e-2: the
 //! kernels round once, the portable path after every op (RMSNorm's normed value is rounded to
 //! f16 before the weight multiplies it; attention's scores and probabilities are f16 between
 //! its two matmuls; RoPE's two products and their sum; the activation's sigmoid, its product

@@ -6,6 +6,8 @@
 //! shaders) in both. f32, with its 1e-4 tolerance, takes the checks of exact equality
 //! (kept-quantized weights, batched embeddings) and Whisper's references; f16, the dtype of
 //! the Metal configs, takes Gemma 3 and MiniLM; SmolLM2 against `transformers` runs in both.
+//! The checks of errors that do not depend on the dtype (malformed checkpoints, a Whisper
+//! tokenizer of another model) run in f32 only.
 //! The same real-model tests run in f32 on every CPU backend, and each CubeCL kernel in both
 //! dtypes in ember-cubecl's equivalence tests. `every_suite_test_runs` checks that no suite
 //! test is left out.

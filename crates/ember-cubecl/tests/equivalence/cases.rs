@@ -940,16 +940,19 @@ fn dense(q: &Unpacked, [rows, cols]: [usize; 2]) -> Tensor<B, 2> {
 /// rows (the matrix-vector kernel) and of 7 (a prompt: dequantized, then burn's matmul)
 /// against the host-dequantized weight's f32 product, looked-up rows (one id past the last
 /// row: zeros) against the host's values, and q, k and v stacked. The matrix-vector kernel
-/// stages rows of up to 16 KiB of activations in shared memory: the last shape's row is
-/// longer (4128 features in f32, 8224 in f16), so its product reads them from `x`.
+/// stages rows of up to [`ember_cubecl::STAGE_BYTES`] of activations in shared memory: the
+/// second-to-last shape's row fills the stage (its last padded slot is read), the last one's
+/// is longer, so its product reads the activations from `x`.
 fn quantized_shapes(dtype: DType) {
-    let unstaged = 16384 / dtype.size() + 32;
+    let staged = ember_cubecl::STAGE_BYTES / dtype.size();
+    let unstaged = staged + 32;
     for (i, (bits, group, rows, cols)) in [
         (8, 32, 37, 576),
         (4, 32, 40, 64),
         (2, 16, 9, 96),
         (5, 32, 17, 160),
         (6, 16, 8, 48),
+        (8, 32, 3, staged),
         (4, 32, 5, unstaged),
     ]
     .into_iter()
@@ -973,7 +976,9 @@ fn quantized_shapes(dtype: DType) {
             assert_eq!(got.dims(), [n, rows], "{what}");
             assert_eq!(got.dtype(), dtype, "{what}");
             let diff = max_rel_diff(&host(got), &want);
-            let tol = tolerance(dtype, 1e-5);
+            // Rows past 1024 features: f32 sums of thousands of products in another order
+            // (measured 1.03e-5 over 4096), as attention's 1e-4.
+            let tol = tolerance(dtype, if cols > 1024 { 1e-4 } else { 1e-5 });
             assert!(diff <= tol, "{what}, {n} rows: max diff {diff} > {tol}");
         }
         let ids = Tensor::<B, 1, Int>::from_data(
