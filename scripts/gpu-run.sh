@@ -86,6 +86,22 @@ alternate() { # NAME LIMIT RUN-TIMEOUT MATRIX-TOML: one bench per round, .gpu/em
     grep -F ' | ' "$work/$name-$round-$build.log" | grep -v '^| '
   done
 }
+ab_rounds() { # LABEL PREFIX ORDER BENCH-FLAGS...: the matrix $work/PREFIX.toml benched once per
+  # round of ORDER (before: .gpu/ember-before, after: .gpu/ember), each within LIMIT (default
+  # 200) s, its decode and prefill rows printed, results.tgz rewritten after every round
+  local label=$1 prefix=$2 order=$3 round=0 build bin start; shift 3
+  for build in $order; do
+    round=$((round + 1))
+    bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
+    start=$(date +%s)
+    timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/$prefix.toml" --out-dir "$work/$prefix-$round-$build" \
+      "$@" > "$work/$prefix-$round-$build.log" 2>&1
+    echo "== $label round $round, $build: rc $? in $(( $(date +%s) - start )) s"
+    reap
+    grep -F ' | ' "$work/$prefix-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
+    tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
+  done
+}
 for stage in "$@"; do
   case $stage in
   setup)
@@ -323,18 +339,8 @@ EOF
     targets=$(printf '"%s", ' ${TARGETS:-cuda@cuda:0})
     models=$(printf '"preset:smollm2-%s", ' ${SHAPES:-135m 1.7b})
     printf 'models = [%s]\ntargets = [%s]\ndtypes = ["f16"]\n' "${models%, }" "${targets%, }" > "$work/dab.toml"
-    round=0
-    for build in ${AB_ORDER:-before after after before after before before after}; do
-      round=$((round + 1))
-      bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
-      start=$(date +%s)
-      timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/dab.toml" --out-dir "$work/dab-$round-$build" \
-        -p "${AB_PROMPT:-0}" -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150 > "$work/dab-$round-$build.log" 2>&1
-      echo "== decode-ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
-      reap
-      grep -F ' | ' "$work/dab-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
-      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
-    done
+    ab_rounds decode-ab dab "${AB_ORDER:-before after after before after before before after}" \
+      -p "${AB_PROMPT:-0}" -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150
     ;;
   quant-ab)
     # A quantized kernel's change, alternated as in decode-ab (AB_ORDER, default before after
@@ -349,18 +355,8 @@ EOF
       models+="\"$p\", \"$p,quant=q8_0\", \"$p,quant=q4_0\", "
     done
     printf 'models = [%s]\ntargets = [%s]\ndtypes = ["f16"]\nweights = ["keep"]\n' "${models%, }" "${targets%, }" > "$work/qab.toml"
-    round=0
-    for build in ${AB_ORDER:-before after after before}; do
-      round=$((round + 1))
-      bin=$ember; [ "$build" = before ] && bin=$PWD/.gpu/ember-before
-      start=$(date +%s)
-      timeout "${LIMIT:-200}" "$bin" bench --matrix "$work/qab.toml" --out-dir "$work/qab-$round-$build" \
-        -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150 > "$work/qab-$round-$build.log" 2>&1
-      echo "== quant-ab round $round, $build: rc $? in $(( $(date +%s) - start )) s"
-      reap
-      grep -F ' | ' "$work/qab-$round-$build.log" | grep -v '^| ' | grep -E 'tg|pp'
-      tar -czf "$out/results.tgz" --exclude='*.f32' -C "$work" . # kept if the call ends mid-stage
-    done
+    ab_rounds quant-ab qab "${AB_ORDER:-before after after before}" \
+      -p 0 -n 128 -r 5 --warmup 1 --accuracy-tokens 0 --run-timeout 150
     ;;
   quant-acc)
     # Kept Q4_0 and Q8_0 blocks in f16 and f32 against the same model dequantized in f32 (the
