@@ -35,6 +35,7 @@
 //! without requantizing, and its flex backend dequantizes them before a float matmul.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use half::f16;
@@ -179,6 +180,24 @@ impl Inputs {
             _ => Inputs::Q8,
         })
     }
+}
+
+/// Whether products of many inputs on B4/B5 rows take 2 x 8 tiles on paired inputs (change
+/// 46; the default) or 4 x 4 tiles: `EMBER_KERNEL_TILES=4x4` at start, or
+/// [`set_paired_tiles`]. A developer's switch for A/B runs in one binary (the products agree
+/// to f32 rounding).
+static PAIRED_TILES: OnceLock<AtomicBool> = OnceLock::new();
+
+fn paired_tiles() -> &'static AtomicBool {
+    PAIRED_TILES.get_or_init(|| {
+        AtomicBool::new(std::env::var("EMBER_KERNEL_TILES").as_deref() != Ok("4x4"))
+    })
+}
+
+/// Turns the 2 x 8 tiles of change 46 on or off for the rest of the process (see
+/// `EMBER_KERNEL_TILES`); for benchmarks.
+pub fn set_paired_tiles(on: bool) {
+    paired_tiles().store(on, Ordering::Relaxed);
 }
 
 /// Why a weight cannot take a block layout (the caller keeps its portable form).
@@ -457,7 +476,10 @@ impl QuantMatrix {
         if inputs == Inputs::F32 {
             return self.matmul_f32(isa, x, n, out);
         }
-        let xq = Activations::quantize(x, n, self.cols);
+        let mut xq = Activations::quantize(x, n, self.cols);
+        if self.takes_paired(isa, n) {
+            xq = xq.pair();
+        }
         let out = Shared(out.as_mut_ptr());
         self.by_rows(&|rows| {
             // SAFETY: the chunks of rows are disjoint, and a chunk writes only its rows'
@@ -483,6 +505,9 @@ impl QuantMatrix {
         match (isa, n) {
             (Isa::Scalar, _) => self.tiles_of::<1, 1>(isa, xq, n, rows, out),
             (_, 1..=3) => self.tiles_of::<4, 1>(isa, xq, n, rows, out),
+            // Many inputs on B4/B5 rows: 2 rows x 8 inputs, each row's blocks unpacked once
+            // for the 8 (change 46).
+            _ if xq.paired.is_some() => self.tiles_of::<2, 8>(isa, xq, n, rows, out),
             (Isa::Avx2, _) => self.tiles_of::<2, 4>(isa, xq, n, rows, out),
             (Isa::Avx512Vnni | Isa::Avx512, _) => self.tiles_of::<4, 4>(isa, xq, n, rows, out),
         }
@@ -537,7 +562,8 @@ impl QuantMatrix {
             }
             _ => &[],
         };
-        if n > 1 {
+        // Once per quad of rows (a tile of 2 rows would ask twice).
+        if n > 1 && r.is_multiple_of(QUAD) {
             self.prefetch(r + PREFETCH_ROWS);
         }
         let whole = (n / C) * C;
@@ -592,6 +618,23 @@ impl QuantMatrix {
             // blocks of this layout (the lengths asserted in `matmul_with`).
             Isa::Avx512 if self.layout == Layout::B8 => {
                 x86::tile_b8_zmm::<R, C>(w.map(|(p, _)| p), w[0].1, ds, q)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; `mins` holds `R` rows of `blocks` offsets (`tile_row`), and
+            // the paired inputs hold each input's block pairs (`Activations::pair`).
+            Isa::Avx512 if !mins.is_empty() && C > 1 && xq.paired.is_some() => {
+                let blocks = self.blocks();
+                let mins: [&[f32]; R] =
+                    std::array::from_fn(|i| &mins[i * blocks..(i + 1) * blocks]);
+                let paired = xq.paired(j, C).unwrap_or_default();
+                x86::tile_b45_zmm_paired::<R, C>(
+                    self.layout,
+                    w.map(|(p, _)| p),
+                    w[0].1,
+                    (ds, q),
+                    paired,
+                    mins,
+                )
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above; `mins` holds `R` rows of `blocks` offsets (`tile_row`).
@@ -650,6 +693,18 @@ impl QuantMatrix {
         });
     }
 
+    /// Whether a product of `n` inputs on `isa` takes the 2 x 8 tiles on paired inputs
+    /// (change 46): B4 and B5 rows of at least one block pair on AVX-512, 8 inputs or more,
+    /// and room for a tile row's offsets (`tile_row`'s `MINS`).
+    fn takes_paired(&self, isa: Isa, n: usize) -> bool {
+        isa == Isa::Avx512
+            && paired_tiles().load(Ordering::Relaxed)
+            && self.layout != Layout::B8
+            && n >= 8
+            && self.blocks() >= 2
+            && 2 * self.blocks() <= MINS
+    }
+
     /// Runs `fill` over chunks of the rows, claimed by the pool's threads in turn; each
     /// chunk's weights are read once for all the inputs (they stay in cache while the inputs
     /// stream past). Chunks are whole 4-row tiles but the last.
@@ -687,6 +742,20 @@ struct Activations {
     ds: Vec<[f32; 2]>,
     q: Vec<i8>,
     cols: usize,
+    /// The same inputs in the order of the B4/B5 512-bit tiles, for products of many
+    /// inputs ([`Activations::pair`]).
+    paired: Option<Paired>,
+}
+
+/// Quantized inputs laid out for `x86::tile_b45_zmm_paired` (change 46), block pair by
+/// block pair (an odd last block is left out): the 64 values of blocks `b, b + 1` as the
+/// 16-value runs `[lo(b), lo(b + 1), hi(b), hi(b + 1)]` (lo: values 0..16 of a block, hi:
+/// 16..32), and their scales as 16 lanes `[d_b; 4], [d_b1; 4], [d_b; 4], [d_b1; 4]`, the
+/// order of the unpacked nibbles and of their sums. A 4 x 4 tile shuffles and permutes these
+/// per tile; laid out once per product, they are read straight from memory.
+struct Paired {
+    q: Vec<i8>,
+    d: Vec<f32>,
 }
 
 impl Activations {
@@ -699,6 +768,46 @@ impl Activations {
     /// Input `j`'s quantized values.
     fn values(&self, j: usize) -> &[i8] {
         &self.q[j * self.cols..(j + 1) * self.cols]
+    }
+
+    /// Inputs `j..j + n`'s values and scales in the pair order, where
+    /// [`Activations::pair`] made them.
+    fn paired(&self, j: usize, n: usize) -> Option<(&[i8], &[f32])> {
+        let pairs = self.cols / BLOCK / 2;
+        self.paired.as_ref().map(|p| {
+            (
+                &p.q[j * pairs * 2 * BLOCK..(j + n) * pairs * 2 * BLOCK],
+                &p.d[j * pairs * 16..(j + n) * pairs * 16],
+            )
+        })
+    }
+
+    /// Adds the pair order ([`Paired`]) of every input.
+    fn pair(mut self) -> Self {
+        let blocks = self.cols / BLOCK;
+        let (pairs, n) = (blocks / 2, self.ds.len() / blocks.max(1));
+        let mut q = vec![0i8; n * pairs * 2 * BLOCK];
+        let mut d = vec![0f32; n * pairs * 16];
+        let half = BLOCK / 2;
+        for j in 0..n {
+            for p in 0..pairs {
+                let (b, at) = (j * blocks + 2 * p, (j * pairs + p) * 2 * BLOCK);
+                let src = &self.q[b * BLOCK..(b + 2) * BLOCK];
+                let dst = &mut q[at..at + 2 * BLOCK];
+                // [lo(b), hi(b), lo(b + 1), hi(b + 1)] -> [lo(b), lo(b + 1), hi(b), hi(b + 1)]
+                for (k, from) in [0, 2, 1, 3].into_iter().enumerate() {
+                    dst[k * half..(k + 1) * half]
+                        .copy_from_slice(&src[from * half..(from + 1) * half]);
+                }
+                let (d0, d1) = (self.ds[b][0], self.ds[b + 1][0]);
+                let lanes = &mut d[(j * pairs + p) * 16..(j * pairs + p + 1) * 16];
+                for (l, v) in lanes.iter_mut().enumerate() {
+                    *v = if (l / 4) % 2 == 0 { d0 } else { d1 };
+                }
+            }
+        }
+        self.paired = Some(Paired { q, d });
+        self
     }
 
     fn quantize(x: &[f32], n: usize, cols: usize) -> Self {
@@ -751,7 +860,12 @@ impl Activations {
                 fill(x, ds, q);
             });
         }
-        Self { ds, q, cols }
+        Self {
+            ds,
+            q,
+            cols,
+            paired: None,
+        }
     }
 }
 
@@ -1051,8 +1165,14 @@ mod tests {
     fn products_match_the_dequantized_weight_on_every_isa() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         // 9 blocks: an odd one after the pairs; 35: the 512-bit loops' offsets in two
-        // chunks of 16 blocks and a third, partial one.
-        for (rows, cols, n) in [(37, 288, 6), (9, 35 * BLOCK, 5)] {
+        // chunks of 16 blocks and a third, partial one. 8 inputs and more: the 2 x 8 tiles
+        // on paired inputs (B4/B5 on AVX-512), with 3 inputs and an odd row left over.
+        for (rows, cols, n) in [
+            (37, 288, 6),
+            (9, 35 * BLOCK, 5),
+            (37, 288, 11),
+            (9, 35 * BLOCK, 8),
+        ] {
             products_match_on_every_isa(&mut rng, rows, cols, n);
         }
     }

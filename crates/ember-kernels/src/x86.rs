@@ -166,6 +166,41 @@ pub unsafe fn tile_b45_zmm<const R: usize, const C: usize>(
     out
 }
 
+/// [`tile_b45_zmm`] with the inputs also in the pair order (`xp`: the `C` inputs' values,
+/// each block pair shuffled, one input after the other; `dp`: their scales, 16 lanes per
+/// pair; [`crate::Paired`]), for tiles of many inputs (change 46). The offsets and an odd
+/// last block still read `ds` and `q`.
+///
+/// # Safety
+/// As [`tile_b45_zmm`]; `xp` holds `C * 2 * BLOCK` values and `dp` `C * 16` per block pair.
+pub unsafe fn tile_b45_zmm_paired<const R: usize, const C: usize>(
+    layout: Layout,
+    w: [*const u8; R],
+    step: usize,
+    (ds, q): ([&[[f32; 2]]; C], [&[i8]; C]),
+    (xp, dp): (&[i8], &[f32]),
+    mins: [&[f32]; R],
+) -> [[f32; C]; R] {
+    let blocks = ds[0].len();
+    let pairs = blocks / 2;
+    assert!(xp.len() >= C * pairs * 2 * BLOCK && dp.len() >= C * pairs * 16);
+    debug_assert!((0..R).all(|i| mins[i].len() >= blocks));
+    debug_assert!(layout != Layout::B8);
+    let (ds_at, xp_at, dp_at, mins_at) = (
+        ds.map(|d| d.as_ptr().cast::<f32>()),
+        xp.as_ptr(),
+        dp.as_ptr(),
+        mins.map(<[f32]>::as_ptr),
+    );
+    let mut out = if layout == Layout::B5 {
+        tile_b45_paired::<B5, R, C>(w, step, pairs, ds_at, xp_at, dp_at, mins_at)
+    } else {
+        tile_b45_paired::<B4, R, C>(w, step, pairs, ds_at, xp_at, dp_at, mins_at)
+    };
+    add_odd_block(layout, &mut out, w, step, ds, q);
+    out
+}
+
 /// Adds to `out` the last block's products where a row has an odd number of blocks (the
 /// 512-bit loops take blocks in pairs), by [`tile`]'s 256-bit loop.
 ///
@@ -233,8 +268,7 @@ pub unsafe fn mins(w: &[*const u8], step: usize, blocks: usize, out: *mut f32) {
 
 /// The 512-bit loop of [`tile_b45_zmm`] over `pairs` block pairs, and the offsets of those
 /// `2 * pairs` blocks (first: change 27). A row's pair of blocks is unpacked as the 128-bit
-/// lanes `[lo(b), lo(b + 1), hi(b), hi(b + 1)]` (low nibbles, values 0..16; high, 16..32),
-/// B5's fifth bits added by a mask in the same order (change 33), and an input's pair is
+/// lanes `[lo(b), lo(b + 1), hi(b), hi(b + 1)]` ([`unpack_pair`]), and an input's pair is
 /// shuffled to that order, once per input for the tile's `R` rows; lanes 0..4 and 8..12 of
 /// a sum then belong to block `b`, 4..8 and 12..16 to block `b + 1`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -246,18 +280,106 @@ unsafe fn tile_b45_512<const L: u8, const R: usize, const C: usize>(
     q: [*const i8; C],
     mins: [*const f32; R],
 ) -> [[f32; C]; R] {
-    // Lane k of a permute takes element `index[k]` of [s_b, _, s_b1, _] (a scale pair):
-    // block b's scale in lanes 0..4 and 8..12, block b + 1's in 4..8 and 12..16.
-    let blocks = _mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0);
-    let low = _mm512_set1_epi8(0x0F);
-    let sixteen = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); C]; R];
-    // The offsets, sixteen blocks at a time: an input's sums are every second value of
-    // its [d, sum] pairs.
+    add_offsets(&mut acc, 2 * pairs, ds, mins);
+    for p in 0..pairs {
+        let b = 2 * p;
+        // [lo(b), hi(b), lo(b + 1), hi(b + 1)] -> [lo(b), lo(b + 1), hi(b), hi(b + 1)].
+        let x: [__m512i; C] = std::array::from_fn(|j| {
+            let v = _mm512_loadu_si512(q[j].add(b * BLOCK).cast());
+            _mm512_shuffle_i64x2(v, v, 0b11_01_10_00)
+        });
+        let dx: [__m512; C] = std::array::from_fn(|j| {
+            _mm512_permutexvar_ps(
+                pair_lanes(),
+                _mm512_castps128_ps512(_mm_loadu_ps(ds[j].add(2 * b))),
+            )
+        });
+        for i in 0..R {
+            let (dw, u) = unpack_pair::<L>(w[i].add(b * step), w[i].add((b + 1) * step));
+            for j in 0..C {
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x[j]);
+                acc[i][j] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(dw, dx[j]),
+                    _mm512_cvtepi32_ps(sums),
+                    acc[i][j],
+                );
+            }
+        }
+    }
+    std::array::from_fn(|i| std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j])))
+}
+
+/// [`tile_b45_512`] with the inputs already in the pair order ([`crate::Paired`]: each
+/// block pair's values shuffled, its scales as 16 lanes), read from memory where they are
+/// used: no shuffle or permute per tile, so a tile can take 8 inputs for 2 rows (16
+/// accumulators) and unpack each row's block pair once for all 8 (change 46).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_b45_paired<const L: u8, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    step: usize,
+    pairs: usize,
+    ds: [*const f32; C],
+    xp: *const i8,
+    dp: *const f32,
+    mins: [*const f32; R],
+) -> [[f32; C]; R] {
+    // Input j's pairs start `j * pairs` pairs in.
+    let (x_stride, d_stride) = (pairs * 2 * BLOCK, pairs * 16);
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    add_offsets(&mut acc, 2 * pairs, ds, mins);
+    for p in 0..pairs {
+        let b = 2 * p;
+        // (A loop, not `array::from_fn`: its closure does not take this function's target
+        // features, so it was called, not inlined.)
+        let mut rows = [(_mm512_setzero_ps(), _mm512_setzero_si512()); R];
+        for (i, row) in rows.iter_mut().enumerate() {
+            *row = unpack_pair::<L>(w[i].add(b * step), w[i].add((b + 1) * step));
+        }
+        // Input by input, so that an input's two registers serve the rows and die (`j`
+        // picks a column of every row's accumulators).
+        #[allow(clippy::needless_range_loop)]
+        for j in 0..C {
+            let x = _mm512_loadu_si512(xp.add(j * x_stride + p * 2 * BLOCK).cast());
+            let dx = _mm512_loadu_ps(dp.add(j * d_stride + p * 16));
+            for (i, &(dw, u)) in rows.iter().enumerate() {
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+                acc[i][j] =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(sums), acc[i][j]);
+            }
+        }
+    }
+    // Loops, not `array::from_fn`: a closure that reads `acc` kept it in memory, stored at
+    // every multiply-add.
+    let mut out = [[0f32; C]; R];
+    for (out, acc) in out.iter_mut().zip(&acc) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(*a);
+        }
+    }
+    out
+}
+
+/// The permutation that lays a block pair's `[s_b, _, s_b1, _]` onto the lanes of its sums:
+/// block b's in lanes 0..4 and 8..12, block b + 1's in 4..8 and 12..16.
+#[inline(always)]
+unsafe fn pair_lanes() -> __m512i {
+    _mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0)
+}
+
+/// Puts the offsets of `blocks` blocks in the accumulators as `mins[i] . sums(x[j])`,
+/// sixteen blocks per multiply-add (an input's sums are every second value of its `[d,
+/// sum]` pairs).
+#[inline(always)]
+unsafe fn add_offsets<const R: usize, const C: usize>(
+    acc: &mut [[__m512; C]; R],
+    blocks: usize,
+    ds: [*const f32; C],
+    mins: [*const f32; R],
+) {
     let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    let n = 2 * pairs;
-    for start in (0..n).step_by(16) {
-        let len = (n - start).min(16);
+    for start in (0..blocks).step_by(16) {
+        let len = (blocks - start).min(16);
         let mask = (1u32 << len).wrapping_sub(1) as __mmask16;
         let (lo, hi) = (mask_pairs(len), mask_pairs(len.saturating_sub(8)));
         let sums: [__m512; C] = std::array::from_fn(|j| {
@@ -275,63 +397,45 @@ unsafe fn tile_b45_512<const L: u8, const R: usize, const C: usize>(
             }
         }
     }
-    for p in 0..pairs {
-        let b = 2 * p;
-        // [lo(b), hi(b), lo(b + 1), hi(b + 1)] -> [lo(b), lo(b + 1), hi(b), hi(b + 1)].
-        let x: [__m512i; C] = std::array::from_fn(|j| {
-            let v = _mm512_loadu_si512(q[j].add(b * BLOCK).cast());
-            _mm512_shuffle_i64x2(v, v, 0b11_01_10_00)
-        });
-        let dx: [__m512; C] = std::array::from_fn(|j| {
-            _mm512_permutexvar_ps(
-                blocks,
-                _mm512_castps128_ps512(_mm_loadu_ps(ds[j].add(2 * b))),
-            )
-        });
-        for i in 0..R {
-            let (b0, b1) = (w[i].add(b * step), w[i].add((b + 1) * step));
-            // Both blocks' f16 [d, m]: [d(b), m(b), d(b + 1), m(b + 1)].
-            let scales = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_unpacklo_epi32(
-                _mm_cvtsi32_si128(b0.cast::<i32>().read_unaligned()),
-                _mm_cvtsi32_si128(b1.cast::<i32>().read_unaligned()),
-            )));
-            let dw = _mm512_permutexvar_ps(blocks, scales);
-            let nibbles_at = if L == B5 { 8 } else { 4 };
-            let packed = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128(b0.add(nibbles_at).cast())),
-                _mm_loadu_si128(b1.add(nibbles_at).cast()),
-                1,
-            );
-            let mut u = _mm512_and_si512(
-                _mm512_inserti64x4(
-                    _mm512_castsi256_si512(packed),
-                    _mm256_srli_epi16(packed, 4),
-                    1,
-                ),
-                low,
-            );
-            if L == B5 {
-                // Bit k of a block's word is value k's fifth bit: values 0..16 of b, of
-                // b + 1, then 16..32 of b, of b + 1, as the lanes above.
-                let (f0, f1) = (
-                    u64::from(b0.add(4).cast::<u32>().read_unaligned()),
-                    u64::from(b1.add(4).cast::<u32>().read_unaligned()),
-                );
-                let fifth =
-                    (f0 & 0xFFFF) | (f1 & 0xFFFF) << 16 | (f0 >> 16) << 32 | (f1 >> 16) << 48;
-                u = _mm512_mask_add_epi8(u, fifth, u, sixteen);
-            }
-            for j in 0..C {
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x[j]);
-                acc[i][j] = _mm512_fmadd_ps(
-                    _mm512_mul_ps(dw, dx[j]),
-                    _mm512_cvtepi32_ps(sums),
-                    acc[i][j],
-                );
-            }
-        }
+}
+
+/// A row's B4 or B5 blocks `b0, b1` (a pair): their scales `d` on the lanes of the pair's
+/// sums ([`pair_lanes`]) and their values unpacked as the 128-bit lanes `[lo(b), lo(b + 1),
+/// hi(b), hi(b + 1)]` (low nibbles, values 0..16; high, 16..32), B5's fifth bits added by a
+/// mask in the same order (change 33).
+#[inline(always)]
+unsafe fn unpack_pair<const L: u8>(b0: *const u8, b1: *const u8) -> (__m512, __m512i) {
+    // Both blocks' f16 [d, m]: [d(b), m(b), d(b + 1), m(b + 1)].
+    let scales = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_unpacklo_epi32(
+        _mm_cvtsi32_si128(b0.cast::<i32>().read_unaligned()),
+        _mm_cvtsi32_si128(b1.cast::<i32>().read_unaligned()),
+    )));
+    let dw = _mm512_permutexvar_ps(pair_lanes(), scales);
+    let nibbles_at = if L == B5 { 8 } else { 4 };
+    let packed = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(b0.add(nibbles_at).cast())),
+        _mm_loadu_si128(b1.add(nibbles_at).cast()),
+        1,
+    );
+    let mut u = _mm512_and_si512(
+        _mm512_inserti64x4(
+            _mm512_castsi256_si512(packed),
+            _mm256_srli_epi16(packed, 4),
+            1,
+        ),
+        _mm512_set1_epi8(0x0F),
+    );
+    if L == B5 {
+        // Bit k of a block's word is value k's fifth bit: values 0..16 of b, of b + 1, then
+        // 16..32 of b, of b + 1, as the lanes above.
+        let (f0, f1) = (
+            u64::from(b0.add(4).cast::<u32>().read_unaligned()),
+            u64::from(b1.add(4).cast::<u32>().read_unaligned()),
+        );
+        let fifth = (f0 & 0xFFFF) | (f1 & 0xFFFF) << 16 | (f0 >> 16) << 32 | (f1 >> 16) << 48;
+        u = _mm512_mask_add_epi8(u, fifth, u, _mm512_set1_epi8(0x10));
     }
-    std::array::from_fn(|i| std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j])))
+    (dw, u)
 }
 
 /// The load mask of `blocks` (at most 8) blocks' `[d, sum]` pairs: two lanes each.
