@@ -1,5 +1,5 @@
-//! Products of SmolLM2-135M's Q4_1 shapes with 8 inputs (a batched decode step of the
-//! server) and 128 (a prefill chunk), with the 2 x 8 tiles on paired inputs (change 46)
+//! Products of SmolLM2-135M's Q4_1 shapes with 8 and 16 inputs (batched decode steps of
+//! the server), with the 2 x 8 tiles on paired inputs (change 46)
 //! against the 4 x 4 tiles, alternated in one process on the kernels' pool:
 //! `cargo run --release -p ember-kernels --example tiles`. Prints the median time of each
 //! per round; a benchmark, not a test.
@@ -32,8 +32,8 @@ fn main() {
         "isa {isa:?}, {} threads",
         ember_kernels::Pool::global().threads()
     );
-    for n in [8usize, 128] {
-        let reps = if n == 8 { 200 } else { 10 };
+    for n in [8usize, 16] {
+        let reps = 200 / (n / 8);
         let inputs: Vec<Vec<f32>> = shapes
             .iter()
             .map(|&(_, cols)| {

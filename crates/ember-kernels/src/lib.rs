@@ -194,6 +194,9 @@ fn paired_tiles() -> &'static AtomicBool {
     })
 }
 
+/// The most inputs a product takes the 2 x 8 tiles for ([`QuantMatrix::takes_paired`]).
+const PAIRED_INPUTS: usize = 16;
+
 /// Turns the 2 x 8 tiles of change 46 on or off for the rest of the process (see
 /// `EMBER_KERNEL_TILES`); for benchmarks.
 pub fn set_paired_tiles(on: bool) {
@@ -694,13 +697,15 @@ impl QuantMatrix {
     }
 
     /// Whether a product of `n` inputs on `isa` takes the 2 x 8 tiles on paired inputs
-    /// (change 46): B4 and B5 rows of at least one block pair on AVX-512, 8 inputs or more,
-    /// and room for a tile row's offsets (`tile_row`'s `MINS`).
+    /// (change 46): B4 and B5 rows of at least one block pair on AVX-512, 8 to 16 inputs (a
+    /// server's batched decode step; two rows stream every input's paired values, which for
+    /// a prefill's hundreds of inputs leave L1: 4 x 4 tiles read fewer), and room for a tile
+    /// row's offsets (`tile_row`'s `MINS`).
     fn takes_paired(&self, isa: Isa, n: usize) -> bool {
         isa == Isa::Avx512
             && paired_tiles().load(Ordering::Relaxed)
             && self.layout != Layout::B8
-            && n >= 8
+            && (8..=PAIRED_INPUTS).contains(&n)
             && self.blocks() >= 2
             && 2 * self.blocks() <= MINS
     }
