@@ -679,10 +679,21 @@ impl Views {
         for (i, out) in out.chunks_exact_mut(dim).enumerate() {
             let query = q.row(b, h, i, dim);
             self.bias_row(b, h, i, &mut scores[..keys]);
+            // The keys up to the last one the bias shows: a batched step's rows attend over
+            // the decode window, whose positions past a row's own sequence are hidden, often
+            // most of them (change 47).
+            let live = scores[..keys]
+                .iter()
+                .rposition(|&s| s != f32::NEG_INFINITY)
+                .map_or(0, |t| t + 1);
+            if live == 0 {
+                continue;
+            }
+            let padded = live.next_multiple_of(8);
             // Products, four keys at a time (a group whose keys the bias all hides skipped).
             let key = |t: usize| ks.as_ptr().add(k0 + t.min(keys - 1) * kt);
-            for t in (0..keys).step_by(4) {
-                let n = (keys - t).min(4);
+            for t in (0..live).step_by(4) {
+                let n = (live - t).min(4);
                 if scores[t..t + n].iter().all(|&s| s == f32::NEG_INFINITY) {
                     continue;
                 }
@@ -709,13 +720,14 @@ impl Views {
                     *s += d * scale;
                 }
             }
-            let max = scores[..keys]
+            let max = scores[..live]
                 .iter()
                 .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             if max == f32::NEG_INFINITY {
                 continue;
             }
-            scores[keys..].fill(f32::NEG_INFINITY);
+            let scores = &mut scores[..padded];
+            scores[live..].fill(f32::NEG_INFINITY);
             for s in scores.iter_mut() {
                 *s = crate::flash::exp_nonpositive::<true>(*s - max);
             }
@@ -729,7 +741,7 @@ impl Views {
             let inv = _mm256_set1_ps(1.0 / total);
             for c in (0..dim).step_by(32) {
                 let mut acc = [_mm256_setzero_ps(); 4];
-                for (t, &p) in scores[..keys].iter().enumerate() {
+                for (t, &p) in scores[..live].iter().enumerate() {
                     if p == 0.0 {
                         continue;
                     }

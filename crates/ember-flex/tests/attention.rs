@@ -93,6 +93,49 @@ fn decode_attention_equals_the_reference() {
     case(1, 2, 2, 12, 9, 2);
 }
 
+/// A batched step's rows, each with its own hidden tail of the decode window (the kernel
+/// stops at a row's last shown key, change 47) and one with a hidden start as well (a
+/// sliding window), equal the reference row by row.
+#[test]
+fn rows_with_their_own_hidden_tails_equal_the_reference() {
+    let (batch, kv_heads, groups, dim, visible) = (4, 3, 3, 64, 48);
+    // (hidden start, hidden tail) per row: none, part of a group of four, most keys, both.
+    let masks = [(0, 0), (0, 6), (0, 41), (9, 20)];
+    let q = random([batch, kv_heads, groups, dim]);
+    let k = random([batch, kv_heads, visible + 5, dim]).narrow(2, 0, visible);
+    let v = random([batch, kv_heads, visible + 5, dim]).narrow(2, 0, visible);
+    let values: Vec<f32> = masks
+        .iter()
+        .flat_map(|&(start, tail)| {
+            (0..visible).map(move |t| {
+                if t < start || t >= visible - tail {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let bias = Tensor::<Flex, 1>::from_floats(values.as_slice(), &Default::default())
+        .reshape([batch, 1, 1, visible])
+        .expand([batch, kv_heads, groups, visible]);
+    let reference = attend_all(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        Some(&bias),
+        AttentionImpl::Plain,
+    );
+    for isa in isas() {
+        let fused = FlexFused::default()
+            .with_attention_isa(isa)
+            .attention(&q, &k, &v, Some(&bias))
+            .expect("flex runs f32 decode attention");
+        let err = max_error(fused, reference.clone());
+        assert!(err <= 1e-5, "{isa:?}: max error {err}");
+    }
+}
+
 #[test]
 fn without_a_bias_every_key_is_attended() {
     let q = random([1, 2, 3, 64]);
