@@ -19,7 +19,8 @@ Bounded: every request has a timeout, and the run stops at --max-seconds per pha
 Standard library only (http.client and threads), so it measures the server, not a client.
 
 Usage: scripts/bench-serve.py --ember target/release/ember --config configs/cpu-f32-keep.toml \
-           [--clients 64] [--tokens 64] [--out docs/benchmarks/serve-DATE]
+           [--clients 64] [--tokens 64] [--out docs/benchmarks/serve-DATE] \
+           [--serve-args "--no-prefix-cache"]
 """
 
 import argparse
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,10 +43,10 @@ TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a garden", "the moo
 
 
 class Server:
-    def __init__(self, ember, config, parallel, queue):
+    def __init__(self, ember, config, parallel, queue, extra=()):
         self.proc = subprocess.Popen(
             [ember, "serve", "--config", config, "--port", "0", "--parallel", str(parallel),
-             "--queue", str(queue)],
+             "--queue", str(queue), *extra],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         self.port = None
@@ -187,6 +189,8 @@ def main():
     ap.add_argument("--ab-tokens", type=int, default=96)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--serve-args", default="",
+                    help="more arguments for every `ember serve`, e.g. --no-prefix-cache")
     args = ap.parse_args()
     ember = os.path.abspath(args.ember)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -196,7 +200,8 @@ def main():
     report = {"command": " ".join(sys.argv), "commit": commit, "config": args.config,
               "cpu": cpu, "cores": os.cpu_count()}
 
-    server = Server(ember, args.config, args.parallel, args.clients * 2)
+    extra = shlex.split(args.serve_args)
+    server = Server(ember, args.config, args.parallel, args.clients * 2, extra)
     try:
         stream(server.port, 0, 8, args.timeout)  # warm-up
         results, wall = run_clients(server.port, args.clients, args.tokens, args.timeout)
@@ -208,7 +213,7 @@ def main():
 
     report["ab"] = {}
     for parallel in (args.ab_streams, 1):
-        server = Server(ember, args.config, parallel, args.ab_streams * 2)
+        server = Server(ember, args.config, parallel, args.ab_streams * 2, extra)
         try:
             stream(server.port, 0, 8, args.timeout)
             results, wall = run_clients(server.port, args.ab_streams, args.ab_tokens, args.timeout)

@@ -123,6 +123,10 @@ struct ServeArgs {
     /// Seconds running answers may take to finish after SIGINT/SIGTERM before they are cut.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Prefill every prompt in full, instead of reusing the keys and values of a prefix
+    /// that a slot already holds (a shared system prompt).
+    #[arg(long)]
+    no_prefix_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -907,6 +911,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
             prefill_chunk: args.prefill_chunk,
             cache_block: args.cache_block,
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            prefix_cache: !args.no_prefix_cache,
             fault: None,
         },
     };

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub finished: Family<FinishLabels, Counter>,
     /// Prompt tokens run.
     pub prompt_tokens: Counter,
+    /// Prompt tokens not run: their keys and values were in a slot already.
+    pub prompt_tokens_cached: Counter,
     /// Tokens generated.
     pub generated_tokens: Counter,
     /// Requests waiting for a slot.
@@ -72,6 +74,12 @@ impl Metrics {
             "ember_prompt_tokens",
             "Prompt tokens run",
             prompt_tokens.clone(),
+        );
+        let prompt_tokens_cached = Counter::default();
+        registry.register(
+            "ember_prompt_tokens_cached",
+            "Prompt tokens not run: a slot held their keys and values (a shared prefix)",
+            prompt_tokens_cached.clone(),
         );
         let generated_tokens = Counter::default();
         registry.register(
@@ -120,6 +128,7 @@ impl Metrics {
             requests,
             finished,
             prompt_tokens,
+            prompt_tokens_cached,
             generated_tokens,
             queue_depth,
             active,

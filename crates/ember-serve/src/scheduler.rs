@@ -13,6 +13,14 @@
 //! checked before every step), at its deadline, or on an error or a panic in its step,
 //! which is reported to that request alone: a failed batched step is run again one
 //! sequence at a time to find the culprit.
+//!
+//! A slot's row keeps the keys and values of its tokens after its sequence leaves. A new
+//! request takes the free row whose tokens share the longest prefix with its prompt, and
+//! before each of its prompt chunks copies a longer shared prefix from any other row
+//! ([`KvCache::copy_prefix`]: a prompt that arrived with others prefilled first), so its
+//! prefill starts after that prefix (a chat template's system prompt is the common case;
+//! `SchedulerOptions::prefix_cache`). The keys and values of a position depend only on the
+//! tokens up to it, so the answer is the one a full prefill gives.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -124,6 +132,9 @@ pub struct SchedulerOptions {
     pub cache_block: usize,
     /// After shutdown is asked, how long running sequences may finish before they are cut.
     pub shutdown_grace: Duration,
+    /// Reuse the keys and values of a prompt prefix that a slot's row already holds
+    /// (`ember serve --no-prefix-cache` turns it off).
+    pub prefix_cache: bool,
     /// A test's fault injection.
     pub fault: Option<FaultHook>,
 }
@@ -135,6 +146,7 @@ impl Default for SchedulerOptions {
             prefill_chunk: 256,
             cache_block: 256,
             shutdown_grace: Duration::from_secs(10),
+            prefix_cache: true,
             fault: None,
         }
     }
@@ -171,6 +183,8 @@ pub fn run<B: Backend>(
     let mut shutdown_at: Option<Instant> = None;
     let parallel = options.parallel.max(1);
     let mut cache = engine.new_slot_cache(parallel, options.cache_block);
+    // Per row: the tokens whose keys and values the row holds, at positions 0..len.
+    let mut cached: Vec<Vec<u32>> = vec![Vec::new(); parallel];
     loop {
         if shutdown.load(Ordering::SeqCst) {
             let since = *shutdown_at.get_or_insert_with(Instant::now);
@@ -217,12 +231,17 @@ pub fn run<B: Backend>(
                     metrics.finish("cancelled");
                     continue;
                 }
-                let row = (0..parallel)
-                    .find(|r| active.iter().all(|s| s.row != *r))
-                    .unwrap_or_default();
+                let free: Vec<usize> = (0..parallel)
+                    .filter(|r| active.iter().all(|s| s.row != *r))
+                    .collect();
+                let (row, reused) =
+                    place(&mut cached, &free, &request.prompt, options.prefix_cache);
+                metrics.prompt_tokens_cached.inc_by(reused as u64);
+                let mut tokens = Vec::with_capacity(request.prompt.len() + 16);
+                tokens.extend_from_slice(&request.prompt[..reused]);
                 active.push(Seq {
                     generator: Generator::new(&request.generation),
-                    tokens: Vec::with_capacity(request.prompt.len() + 16),
+                    tokens,
                     request,
                     row,
                     next: None,
@@ -254,13 +273,83 @@ pub fn run<B: Backend>(
         if active.is_empty() {
             continue;
         }
-        step(&engine, &mut cache, &mut active, &metrics, &options);
+        step(
+            &engine,
+            &mut cache,
+            &mut cached,
+            &mut active,
+            &metrics,
+            &options,
+        );
         metrics.active.set(active.len() as i64);
     }
     // A request queued between the last drain and now (it passed the HTTP side's shutdown
     // check just before the flag was set) is answered, not dropped with the channel.
     refuse_waiting(&queue, &metrics);
     metrics.active.set(0);
+}
+
+/// How many first tokens of `prompt` the row holding `kept` can reuse: their common prefix,
+/// at most all but the prompt's last token (whose logits the prefill must still compute).
+fn shared(kept: &[u32], prompt: &[u32]) -> usize {
+    let common = kept.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
+}
+
+/// The free row (of `free`) for `prompt`, and how many of its first tokens that row holds
+/// already: the free row whose kept tokens share the longest prefix with the prompt (ties:
+/// the lowest). Without `reuse`, the first free row and 0. A longer prefix in another row is
+/// copied when the prompt's prefill starts ([`reuse_prefix`]).
+fn place(cached: &mut [Vec<u32>], free: &[usize], prompt: &[u32], reuse: bool) -> (usize, usize) {
+    let first = free.first().copied().unwrap_or_default();
+    let row = if reuse {
+        free.iter()
+            .copied()
+            .rev()
+            .max_by_key(|&r| shared(&cached[r], prompt))
+            .unwrap_or(first)
+    } else {
+        first
+    };
+    let len = if reuse {
+        shared(&cached[row], prompt)
+    } else {
+        0
+    };
+    cached[row].truncate(len);
+    (row, len)
+}
+
+/// Before `seq`'s next prompt chunk: where another row holds a longer prefix of its prompt
+/// than its own row (a request that arrived with others sharing its system prompt, whose
+/// prefill ran first), copies that prefix into its row ([`KvCache::copy_prefix`]); the
+/// number of prompt tokens that no longer need to run.
+fn reuse_prefix<B: Backend>(
+    cache: &mut KvCache<B>,
+    cached: &mut [Vec<u32>],
+    seq: &mut Seq,
+) -> usize {
+    let (have, prompt) = (seq.tokens.len(), &seq.request.prompt);
+    let Some((from, best)) = (0..cached.len())
+        .filter(|&r| r != seq.row)
+        .map(|r| (r, shared(&cached[r], prompt)))
+        .rev()
+        .max_by_key(|&(_, len)| len)
+    else {
+        return 0;
+    };
+    if best <= have {
+        return 0;
+    }
+    if let Err(e) = cache.copy_prefix(from, seq.row, best) {
+        // Checked before anything is written: the row is as it was.
+        tracing::warn!("prompt prefix not reused: {e}");
+        return 0;
+    }
+    seq.tokens.clear();
+    seq.tokens.extend_from_slice(&prompt[..best]);
+    cached[seq.row].clone_from(&seq.tokens);
+    best - have
 }
 
 /// Answers every request waiting in `queue` with 503: the server is shutting down.
@@ -283,6 +372,7 @@ type Outcome = Result<Vec<f32>, String>;
 fn step<B: Backend>(
     engine: &Engine<B>,
     cache: &mut KvCache<B>,
+    cached: &mut [Vec<u32>],
     active: &mut Vec<Seq>,
     metrics: &Metrics,
     options: &SchedulerOptions,
@@ -296,8 +386,19 @@ fn step<B: Backend>(
     if !decoding.is_empty() {
         let rows = decoding.iter().map(|&i| active[i].row).max().unwrap_or(0) + 1;
         // Rows of sequences still reading their prompt run a placeholder at their next
-        // position (which their next chunk overwrites); free rows at position 0.
+        // position (which their next chunk overwrites). Free rows run one past the tokens
+        // they keep for a later prompt, but not past the decoding rows (the step's window):
+        // a row that held more keeps the prefix before that position.
+        let last = decoding
+            .iter()
+            .map(|&i| active[i].tokens.len())
+            .max()
+            .unwrap_or(0);
         let mut positions = vec![0; rows];
+        for (p, kept) in positions.iter_mut().zip(cached.iter_mut()) {
+            kept.truncate(last);
+            *p = kept.len();
+        }
         let mut tokens = vec![0u32; rows];
         for seq in active.iter().filter(|s| s.row < rows) {
             positions[seq.row] = seq.tokens.len();
@@ -342,10 +443,14 @@ fn step<B: Backend>(
         if budget == 0 {
             break;
         }
-        let seq = &active[i];
-        if !seq.prefilling() {
+        if !active[i].prefilling() {
             continue;
         }
+        if options.prefix_cache {
+            let reused = reuse_prefix(cache, cached, &mut active[i]);
+            metrics.prompt_tokens_cached.inc_by(reused as u64);
+        }
+        let seq = &active[i];
         let from = seq.tokens.len();
         let take = (seq.request.prompt.len() - from).min(budget);
         budget -= take;
@@ -355,6 +460,11 @@ fn step<B: Backend>(
             cache.next_row(row, from);
             (chunk.clone(), [1, chunk.len()])
         });
+        if outcome.is_ok() {
+            // At once, so that a later prompt of this step can reuse it.
+            cached[row].clone_from(&active[i].tokens);
+            cached[row].extend_from_slice(&chunk);
+        }
         results.push((i, chunk, outcome));
     }
     if results.is_empty() {
@@ -373,6 +483,8 @@ fn step<B: Backend>(
         let mut logits = match result {
             Ok(l) => l,
             Err(message) => {
+                // What the failed step wrote in the row is not known.
+                cached[seq.row].clear();
                 metrics.finish("error");
                 let _ = seq.request.events.send(Event::Error {
                     status: 500,
@@ -384,6 +496,7 @@ fn step<B: Backend>(
         };
         let was_prefill = seq.prefilling();
         seq.tokens.extend_from_slice(&chunk);
+        cached[seq.row].clone_from(&seq.tokens);
         if was_prefill {
             metrics.prompt_tokens.inc_by(chunk.len() as u64);
             if seq.prefilling() {

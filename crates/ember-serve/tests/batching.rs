@@ -137,20 +137,23 @@ fn options() -> SchedulerOptions {
         prefill_chunk: 16,
         cache_block: 8,
         shutdown_grace: Duration::from_secs(1),
+        prefix_cache: true,
         fault: None,
     }
 }
 
+/// A metric's value, from the metrics' text (`name` with its trailing space).
+fn metric(metrics: &Metrics, name: &str) -> f64 {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
 /// Mean sequences per step, from the metrics' text.
 fn mean_batch(metrics: &Metrics) -> f64 {
-    let text = metrics.encode();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    };
-    value("ember_batch_size_sum ") / value("ember_batch_size_count ")
+    metric(metrics, "ember_batch_size_sum ") / metric(metrics, "ember_batch_size_count ")
 }
 
 #[test]
@@ -230,4 +233,77 @@ fn a_request_past_its_deadline_gets_504_and_the_others_finish() {
             .any(|l| l.contains("timeout") && l.trim_end().ends_with(" 1")),
         "one request counted as timed out:\n{text}"
     );
+}
+
+/// Prompts that share a long prefix (a system prompt, as a chat template renders it), one of
+/// them twice: their prefills reuse the keys and values a slot already holds (copied from
+/// another row, or kept in the row itself with one slot), and every request still gets the
+/// tokens its own session generates. With the prefix cache off, no token is reused.
+#[test]
+fn shared_prompt_prefixes_are_reused_and_change_no_answer() {
+    let engine = engine();
+    let lead = "You are a careful assistant. You answer in one short paragraph, and you never \
+                make up facts. The user asks:";
+    let prompts: Vec<Vec<u32>> = [
+        "What is the capital of France?",
+        "Name three planets.",
+        "What is the capital of France?",
+        "Count to five.",
+    ]
+    .iter()
+    .map(|q| {
+        engine
+            .tokenizer()
+            .encode(&format!("{lead} {q}"), true)
+            .unwrap()
+    })
+    .collect();
+    let shared = prompts[0]
+        .iter()
+        .zip(&prompts[1])
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared > 16, "the prompts share a prefix of {shared} tokens");
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|ids| {
+            let mut session = engine.session();
+            session
+                .generate_from_tokens(ids, &generation(), &CancelToken::new(), &mut |_| {})
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    for (parallel, reuse) in [(2, true), (1, true), (2, false)] {
+        let options = SchedulerOptions {
+            parallel,
+            prefix_cache: reuse,
+            ..options()
+        };
+        let (results, metrics) = batched(&engine, &prompts, options);
+        for (i, (want, got)) in expected.iter().zip(&results).enumerate() {
+            assert_eq!(
+                got.as_ref().unwrap(),
+                want,
+                "request {i}, --parallel {parallel}, prefix cache {reuse}"
+            );
+        }
+        let reused = metric(&metrics, "ember_prompt_tokens_cached_total ");
+        let run = metric(&metrics, "ember_prompt_tokens_total ");
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        assert_eq!(
+            reused + run,
+            total as f64,
+            "every prompt token is run or reused"
+        );
+        if reuse {
+            // The first prompt runs in full; each later one reuses at least the shared lead.
+            assert!(
+                reused >= (3 * shared) as f64,
+                "--parallel {parallel}: {reused} tokens reused, {shared} shared"
+            );
+        } else {
+            assert_eq!(reused, 0.0);
+        }
+    }
 }

@@ -256,6 +256,42 @@ impl<B: Backend> KvCache<B> {
         self.rows_step = Some(RowsStep::Rows { positions });
     }
 
+    /// Copies positions `0..len` of row `from` into row `to`, in every layer: a prompt's
+    /// prefix whose keys and values another slot already holds (a server's shared system
+    /// prompt), so that its prefill starts after them. The copy goes through host memory
+    /// (a prefix, not the cache), then into the row in place where the backend writes rows
+    /// in place. An error names rows or a length the cache does not hold.
+    pub fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        let (slots, allocated) = (self.slots(), self.allocated());
+        if from >= slots || to >= slots || len > allocated {
+            return Err(Error::Backend(format!(
+                "KV cache prefix copy of {len} positions from row {from} to row {to}: the \
+                 cache has {slots} rows and {allocated} positions"
+            )));
+        }
+        if from == to || len == 0 {
+            return Ok(());
+        }
+        let [_, heads, dim] = self.shape.1;
+        let (device, dtype, fused) = (self.device.clone(), self.dtype, self.fused.clone());
+        let copy = |t: &Tensor<B, 4>| {
+            let data = t
+                .clone()
+                .slice([from..from + 1, 0..heads, 0..len, 0..dim])
+                .into_data();
+            Tensor::<B, 4>::from_data(data, (&device, dtype))
+        };
+        for slot in &mut self.layers {
+            let (k_prefix, v_prefix) = (copy(&slot.0), copy(&slot.1));
+            let (k, v) = std::mem::replace(slot, (k_prefix.clone(), v_prefix.clone()));
+            *slot = (
+                write_rows(&fused, k, &[(to, 0)], k_prefix),
+                write_rows(&fused, v, &[(to, 0)], v_prefix),
+            );
+        }
+        Ok(())
+    }
+
     /// Positions the memory holds now (0 before the first step).
     pub fn allocated(&self) -> usize {
         self.layers.first().map_or(0, |(k, _)| k.dims()[2])
