@@ -14,6 +14,12 @@ client that disconnects mid-stream (its sequence is dropped), a burst past the q
 (429, the rest answered), /health and /metrics afterwards (the counts add up), and SIGTERM
 under load (exit 0, every in-flight stream ended).
 
+The decoder's config is configs/cpu-f32.toml, weights dequantized to f32: with `weights =
+"keep"` the q8 kernel rounds a prompt token run alone differently from the same token in a
+longer prefill, so a prompt whose prefix a slot holds already (prefix reuse runs only its
+last token) may take the other branch of a near tie (it did for the text completion below,
+seen on 2026-12-02), as batching may (README, "Prompt prefix reuse").
+
 Usage: openai_client.py --ember target/debug/ember [--decoder CONFIG] [--encoder CONFIG]
 """
 
@@ -86,7 +92,7 @@ def sse_events(resp):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ember", required=True)
-    ap.add_argument("--decoder", default="configs/cpu-f32-keep.toml")
+    ap.add_argument("--decoder", default="configs/cpu-f32.toml")
     ap.add_argument("--encoder", default="configs/minilm-cpu-f32.toml")
     args = ap.parse_args()
     ember = os.path.abspath(args.ember)
