@@ -136,6 +136,19 @@ def run_clients(port, clients, tokens, timeout):
     return results, wall
 
 
+def prompt_counters(port):
+    """(prompt tokens run, prompt tokens reused from a slot) from the server's /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+
+    def value(name):
+        m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+    return value("ember_prompt_tokens_total"), value("ember_prompt_tokens_cached_total")
+
+
 def pct(values, p):
     if not values:
         return float("nan")
@@ -216,8 +229,12 @@ def main():
         server = Server(ember, args.config, parallel, args.ab_streams * 2, extra)
         try:
             stream(server.port, 0, 8, args.timeout)
+            run0, cached0 = prompt_counters(server.port)
             results, wall = run_clients(server.port, args.ab_streams, args.ab_tokens, args.timeout)
-            report["ab"][f"parallel_{parallel}"] = summary(results, wall)
+            run1, cached1 = prompt_counters(server.port)
+            report["ab"][f"parallel_{parallel}"] = dict(
+                summary(results, wall), prompt_tokens_run=run1 - run0,
+                prompt_tokens_cached=cached1 - cached0)
         finally:
             server.stop()
         print(parallel, json.dumps(report["ab"][f"parallel_{parallel}"]), flush=True)
@@ -251,14 +268,15 @@ def main():
             "",
             f"Batching at {args.ab_streams} concurrent streams ({args.ab_tokens} tokens each):",
             "",
-            "| --parallel | answered | TTFT p50 | tokens/s end to end | decode tokens/s |",
-            "|---|---|---|---|---|",
+            "| --parallel | answered | TTFT p50 | tokens/s end to end | decode tokens/s | prompt tokens run / reused |",
+            "|---|---|---|---|---|---|",
         ]
         for key in (f"parallel_{args.ab_streams}", "parallel_1"):
             r = ab[key]
             lines.append(f"| {key.split('_')[1]} | {r['answered']}/{r['requests']} | "
                          f"{r['ttft_p50_s']:.2f} s | {r['tokens_per_s']:.1f} | "
-                         f"{r['decode_tokens_per_s']:.1f} |")
+                         f"{r['decode_tokens_per_s']:.1f} | "
+                         f"{r['prompt_tokens_run']:.0f} / {r['prompt_tokens_cached']:.0f} |")
         lines += ["", f"Ratio: {ab['ratio']:.2f}x end to end, {ab['decode_ratio']:.2f}x decode "
                   "(the module's docstring defines both)", ""]
         with open(os.path.join(args.out, "README.md"), "w") as f:
