@@ -3,8 +3,8 @@
 //!
 //! lavapipe is slow (~10 GFLOP/s; a test of the six tiny models takes ~70 s, most of it
 //! lavapipe running and compiling kernels) and this suite was CI's longest step (1433 s of a
-//! CI run that passed its 5400 s limit on a slow machine; 1222 s on 2026-12-02 with five
-//! tests fewer). So each real-model test runs in one dtype here; the tiny models' tests
+//! CI run that passed its 5400 s limit on a slow machine; 866 s with the 22 below on
+//! 2026-12-02's VM). So each real-model test runs in one dtype here; the tiny models' tests
 //! (every architecture variant) in both. f32, with its 1e-4 tolerance, takes Whisper's
 //! references; f16, the dtype of the Metal configs, takes the decode paths (KV cache,
 //! positions on the device) and the models against `transformers` and sentence-transformers
