@@ -20,7 +20,8 @@ Standard library only (http.client and threads), so it measures the server, not 
 
 Usage: scripts/bench-serve.py --ember target/release/ember --config configs/cpu-f32-keep.toml \
            [--clients 64] [--tokens 64] [--out docs/benchmarks/serve-DATE] \
-           [--serve-args "--no-prefix-cache"]
+           [--serve-args=--no-prefix-cache]  (with "=": argparse takes a value starting with
+           "--" only in that form)
 """
 
 import argparse
@@ -203,7 +204,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=None)
     ap.add_argument("--serve-args", default="",
-                    help="more arguments for every `ember serve`, e.g. --no-prefix-cache")
+                    help="more arguments for every `ember serve`, e.g. --serve-args=--no-prefix-cache")
     args = ap.parse_args()
     ember = os.path.abspath(args.ember)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,

@@ -296,25 +296,29 @@ fn shared(kept: &[u32], prompt: &[u32]) -> usize {
     common.min(prompt.len().saturating_sub(1))
 }
 
-/// The free row (of `free`) for `prompt`, and how many of its first tokens that row holds
-/// already: the free row whose kept tokens share the longest prefix with the prompt (ties:
-/// the lowest). Without `reuse`, the first free row and 0. A longer prefix in another row is
-/// copied when the prompt's prefill starts ([`reuse_prefix`]).
+/// Of `rows`, the one whose kept tokens share the longest prefix with `prompt` ([`shared`];
+/// ties: the first listed), and that prefix's length; `None` without rows.
+fn longest_prefix(
+    cached: &[Vec<u32>],
+    rows: impl DoubleEndedIterator<Item = usize>,
+    prompt: &[u32],
+) -> Option<(usize, usize)> {
+    rows.map(|r| (r, shared(&cached[r], prompt)))
+        .rev()
+        .max_by_key(|&(_, len)| len)
+}
+
+/// The free row (of `free`, never empty: a request is admitted only into a free slot) for
+/// `prompt`, and how many of its first tokens that row holds already: the free row whose
+/// kept tokens share the longest prefix with the prompt (ties: the lowest). Without
+/// `reuse`, the first free row and 0. A longer prefix in another row is copied when the
+/// prompt's prefill starts ([`reuse_prefix`]).
 fn place(cached: &mut [Vec<u32>], free: &[usize], prompt: &[u32], reuse: bool) -> (usize, usize) {
-    let first = free.first().copied().unwrap_or_default();
-    let row = if reuse {
-        free.iter()
-            .copied()
-            .rev()
-            .max_by_key(|&r| shared(&cached[r], prompt))
-            .unwrap_or(first)
+    let first = (free.first().copied().unwrap_or_default(), 0);
+    let (row, len) = if reuse {
+        longest_prefix(cached, free.iter().copied(), prompt).unwrap_or(first)
     } else {
         first
-    };
-    let len = if reuse {
-        shared(&cached[row], prompt)
-    } else {
-        0
     };
     cached[row].truncate(len);
     (row, len)
@@ -330,12 +334,8 @@ fn reuse_prefix<B: Backend>(
     seq: &mut Seq,
 ) -> usize {
     let (have, prompt) = (seq.tokens.len(), &seq.request.prompt);
-    let Some((from, best)) = (0..cached.len())
-        .filter(|&r| r != seq.row)
-        .map(|r| (r, shared(&cached[r], prompt)))
-        .rev()
-        .max_by_key(|&(_, len)| len)
-    else {
+    let others = (0..cached.len()).filter(|&r| r != seq.row);
+    let Some((from, best)) = longest_prefix(cached, others, prompt) else {
         return 0;
     };
     if best <= have {

@@ -50,8 +50,8 @@ fn generation() -> GenerationConfig {
 }
 
 /// Each prompt's tokens and greedy continuation, run alone in its own session.
-fn alone(engine: &Engine<B>) -> Vec<(Vec<u32>, Vec<u32>)> {
-    PROMPTS
+fn alone(engine: &Engine<B>, prompts: &[&str]) -> Vec<(Vec<u32>, Vec<u32>)> {
+    prompts
         .iter()
         .map(|p| {
             let ids = engine.tokenizer().encode(p, true).unwrap();
@@ -159,7 +159,7 @@ fn mean_batch(metrics: &Metrics) -> f64 {
 #[test]
 fn batched_greedy_decoding_equals_each_request_alone() {
     let engine = engine();
-    let expected = alone(&engine);
+    let expected = alone(&engine, PROMPTS);
     let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
     assert!(
         prompts.iter().any(|p| p.len() > 16),
@@ -184,7 +184,7 @@ fn batched_greedy_decoding_equals_each_request_alone() {
 #[test]
 fn a_panic_in_one_sequence_fails_that_request_only() {
     let engine = engine();
-    let expected = alone(&engine);
+    let expected = alone(&engine, PROMPTS);
     let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
     let poisoned = prompts[2].clone();
     let mut options = options();
@@ -209,7 +209,7 @@ fn a_panic_in_one_sequence_fails_that_request_only() {
 #[test]
 fn a_request_past_its_deadline_gets_504_and_the_others_finish() {
     let engine = engine();
-    let expected = alone(&engine);
+    let expected = alone(&engine, PROMPTS);
     let prompts: Vec<Vec<u32>> = expected.iter().map(|(p, _)| p.clone()).collect();
     // Request 1's time is up on arrival: the scheduler must drop it at its first check,
     // before or after it took a slot, and never decode it to the end.
@@ -244,36 +244,23 @@ fn shared_prompt_prefixes_are_reused_and_change_no_answer() {
     let engine = engine();
     let lead = "You are a careful assistant. You answer in one short paragraph, and you never \
                 make up facts. The user asks:";
-    let prompts: Vec<Vec<u32>> = [
+    let questions = [
         "What is the capital of France?",
         "Name three planets.",
         "What is the capital of France?",
         "Count to five.",
     ]
-    .iter()
-    .map(|q| {
-        engine
-            .tokenizer()
-            .encode(&format!("{lead} {q}"), true)
-            .unwrap()
-    })
-    .collect();
+    .map(|q| format!("{lead} {q}"));
+    let (prompts, expected): (Vec<Vec<u32>>, Vec<Vec<u32>>) =
+        alone(&engine, &questions.each_ref().map(String::as_str))
+            .into_iter()
+            .unzip();
     let shared = prompts[0]
         .iter()
         .zip(&prompts[1])
         .take_while(|(a, b)| a == b)
         .count();
     assert!(shared > 16, "the prompts share a prefix of {shared} tokens");
-    let expected: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|ids| {
-            let mut session = engine.session();
-            session
-                .generate_from_tokens(ids, &generation(), &CancelToken::new(), &mut |_| {})
-                .unwrap()
-                .tokens
-        })
-        .collect();
     for (parallel, reuse) in [(2, true), (1, true), (2, false)] {
         let options = SchedulerOptions {
             parallel,
