@@ -6,6 +6,11 @@
 //! the f32 cases of every op run here, and the f16 ones in tests/equivalence.rs, each only
 //! once (CI time: lavapipe runs ~10 GFLOP/s).
 
+// ember-wgpu is linked for its compiled code alone: a debug build (opt-level 1) shares the
+// generic instances a dependency made, so the kernels' code for wgpu's runtime, which
+// ember-wgpu instantiates for burn's `Wgpu`, is not compiled a second time here.
+use ember_wgpu as _;
+
 /// The backend: burn's wgpu backend without its fusion wrapper.
 type B = ember_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 

@@ -16,6 +16,11 @@
 //! (2^-10 relative) of each output. Values written to the KV cache unchanged (v) and the
 //! cache's other positions must be equal exactly.
 
+// ember-wgpu is linked for its compiled code alone: a debug build (opt-level 1) shares the
+// generic instances a dependency made, so the kernels' code for wgpu's runtime, which
+// ember-wgpu instantiates for burn's `Wgpu`, is not compiled a second time here.
+use ember_wgpu as _;
+
 /// The backend: burn's `Wgpu`, where each op is a custom operation in burn-fusion's stream.
 type B = burn::backend::Wgpu;
 
